@@ -18,7 +18,13 @@ from importlib import resources
 
 import pandas as pd
 
-PAPERS: tuple[str, ...] = ("imta", "glancenet", "biasloss", "dgate", "dcp")
+
+
+def available() -> list[str]:
+    """Papers that ship a reference CSV (adding a paper means adding its CSV)."""
+    folder = resources.files("repro").joinpath("reference")
+    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".csv"))
+
 COLUMNS: tuple[str, ...] = ("artifact", "row", "column", "value", "unit", "source")
 KEY: tuple[str, ...] = ("artifact", "row", "column")
 
@@ -29,9 +35,9 @@ def load_reference(paper: str) -> pd.DataFrame:
     Columns are exactly :data:`COLUMNS`; ``value`` is float, the rest are str.
     Raises ``ValueError`` naming the valid choices for an unknown paper.
     """
-    if paper not in PAPERS:
+    if paper not in available():
         raise ValueError(
-            f"unknown paper {paper!r}; valid choices: {', '.join(PAPERS)}"
+            f"unknown paper {paper!r}; valid choices: {', '.join(available())}"
         )
     resource = resources.files("repro").joinpath("reference", f"{paper}.csv")
     with resource.open("r", encoding="utf-8") as fh:

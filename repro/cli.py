@@ -1,0 +1,172 @@
+"""The command line: ``repro list``, ``repro <paper> <artifact>``, ``repro <paper> all``, ``repro all``, ``repro bench``.
+
+Built with Typer from the registry of papers; bad input ends in one line naming the
+problem and the valid choices, with exit code 2 (never a traceback).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from repro import distributed as D
+from repro.artifacts import get_paper, papers
+from repro.config import ConfigError
+from repro.scales import SCALES
+
+EXIT_BAD_INPUT = 2
+
+
+def _log(msg: str) -> None:
+    if D.env().is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers):
+    from repro.runner import Settings
+
+    return Settings(runs_dir=Path(runs_dir), out_dir=Path(out_dir), data_root=Path(data_root) if data_root else None,
+                    device=device, force=force, amp=amp, channels_last=channels_last, sync_bn=sync_bn,
+                    workers=workers, log=_log)
+
+
+def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
+         no_wait: bool, cluster: dict) -> None:
+    from repro.launch import make_launcher
+    from repro.runner import plan, run_artifact
+    from repro.store import Run
+
+    if dry_run:
+        for p, a in targets:
+            cfgs = plan(get_paper(p).artifact(a), request)
+            print(f"{p} {a}: {len(cfgs)} run(s)")
+            for c in cfgs:
+                print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
+                      f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
+        return
+    launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
+    for p, a in targets:
+        paths = run_artifact(p, a, request, settings, launch)
+        for path in paths:
+            _log(f"wrote {path}")
+        for path in paths:
+            if path.suffix == ".md":
+                print(path.read_text())
+
+
+def _make_command(targets_fn):
+    def command(
+        scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
+        dataset: Optional[str] = typer.Option(None, help="Override the dataset (cifar10, cifar100, imagenet, fashion-mnist)."),
+        data_root: Optional[str] = typer.Option(None, help="Where datasets live (default $REPRO_DATA or ~/.cache/repro)."),
+        seeds: int = typer.Option(1, help="Train every run with seeds 0..N-1; tables show mean ± std."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+        epochs: Optional[int] = typer.Option(None, help="Override every run's epochs."),
+        train_limit: Optional[int] = typer.Option(None, help="Use only N training images."),
+        batch_size: Optional[int] = typer.Option(None, help="Override the global batch size."),
+        runs_dir: str = typer.Option("runs", help="The run store."),
+        out_dir: str = typer.Option(".", help="tables/ and figures/ are written under it."),
+        force: bool = typer.Option(False, help="Retrain the runs even if they are done."),
+        dry_run: bool = typer.Option(False, help="List the runs and their state; train nothing."),
+        launcher: str = typer.Option("local", help="local or submitit (Slurm job array)."),
+        jobs: int = typer.Option(1, help="Local launcher: train up to N runs at once, one device each."),
+        no_wait: bool = typer.Option(False, help="submitit: return after submitting; render later."),
+        partition: Optional[str] = typer.Option(None, help="submitit: Slurm partition."),
+        gpus_per_run: int = typer.Option(1, help="submitit: GPUs per run (> 1 starts torchrun in the job)."),
+        time_limit: int = typer.Option(24 * 60, help="submitit: minutes per job."),
+        array_parallelism: int = typer.Option(16, help="submitit: jobs of the array running at once."),
+        amp: bool = typer.Option(True, help="Mixed precision on CUDA."),
+        channels_last: bool = typer.Option(False, help="channels_last memory format on CUDA."),
+        sync_bn: bool = typer.Option(False, help="SyncBatchNorm under torchrun."),
+        workers: int = typer.Option(8, help="DataLoader workers (ImageNet only)."),
+    ):
+        from repro.runner import Request
+
+        request = Request(scale=scale, seeds=seeds, dataset=dataset, epochs=epochs, train_limit=train_limit,
+                          batch_size=batch_size)
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+        settings = _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers)
+        cluster = dict(partition=partition, gpus_per_run=gpus_per_run, time_limit=time_limit,
+                       array_parallelism=array_parallelism, request=request)
+        _run(targets_fn(), request, settings, dry_run, launcher, jobs, no_wait, cluster)
+
+    return command
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="Reproduce tables and accuracy-vs-FLOPs figures of efficient-CNN papers.")
+
+    @app.command("list")
+    def list_cmd(scale: str = typer.Option("quick", help="Show run states at this scale."),
+                 runs_dir: str = typer.Option("runs")):
+        """Every paper and artifact, with a description and whether its runs are done."""
+        from repro.runner import Request, plan
+        from repro.store import Run
+
+        request = Request(scale=scale)
+        for p in papers().values():
+            print(f"{p.name}: {p.title}")
+            for a in p.artifacts.values():
+                cfgs = plan(a, request)
+                done = sum(Run(Path(runs_dir), c).done for c in cfgs)
+                print(f"  {a.name:12s} {done}/{len(cfgs)} runs done ({scale})  {a.description}")
+
+    @app.command("bench")
+    def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),
+                  out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False)):
+        """Speed and memory benchmarks against their targets (see README, Performance)."""
+        from repro.bench import main as bench_main
+
+        bench_main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick)
+
+    all_targets = lambda: [(p.name, a) for p in papers().values() for a in p.artifacts]  # noqa: E731
+    app.command("all", help="Every artifact of every paper.")(_make_command(all_targets))
+    for paper in papers().values():
+        sub = typer.Typer(no_args_is_help=True, help=paper.title)
+        for name, art in paper.artifacts.items():
+            sub.command(name, help=art.description)(_make_command(lambda p=paper.name, a=name: [(p, a)]))
+        sub.command("all", help=f"Every artifact of {paper.name}.")(
+            _make_command(lambda p=paper: [(p.name, a) for a in p.artifacts]))
+        app.add_typer(sub, name=paper.name)
+    return app
+
+
+def _check_names(argv: list[str]) -> None:
+    """Unknown paper or artifact: one line with the valid choices (click's message lists none)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] in ("list", "bench", "all") or argv[0].startswith("-"):
+        return
+    paper = get_paper(words[0])
+    if len(words) > 1 and argv.index(words[1]) == argv.index(words[0]) + 1 and words[1] != "all":
+        paper.artifact(words[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from repro.data import DataUnavailable
+    from repro.store import CheckpointError, RunLocked
+    from repro.train import NonFiniteLoss
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    D.init_from_env()
+    try:
+        _check_names(argv)
+        build_app()(argv, standalone_mode=False)
+    except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument
+        _fail(e.format_message())
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted: finished epochs are checkpointed; run the same command again to resume", 130)
+
+
+def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
+    print(f"error: {msg.strip().splitlines()[0]}", file=sys.stderr)
+    raise SystemExit(code)

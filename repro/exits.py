@@ -1,0 +1,248 @@
+"""Early-exit evaluation shared by every multi-exit paper.
+
+Everything here works on per-exit outputs collected once per run
+(``logits``: exits x samples x classes) and is vectorised over samples:
+
+- scores: how sure exit k is about a sample (max softmax, negative entropy, max logit);
+- budgeted batch classification (MSDNet / IMTA protocol): thresholds fitted on the
+  held-out validation split for a geometric exit distribution, applied to test;
+- fixed-threshold policies (GlanceNets' learned entropy thresholds, d-gate distances);
+- a bootstrap interval over test samples;
+- real early exit: an inference path that stops computing for samples that exit,
+  compacting the batch between stages, and its timing.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from repro.models.base import MultiExitNet, select_rows
+
+Score = Callable[[torch.Tensor], torch.Tensor]
+
+
+def confidence(logits: torch.Tensor) -> torch.Tensor:
+    """Max softmax probability (MSDNet, IMTA)."""
+    return logits.float().softmax(-1).amax(-1)
+
+
+def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Minus the prediction entropy in nats (GlanceNets exit when entropy < threshold)."""
+    logp = logits.float().log_softmax(-1)
+    return (logp.exp() * logp).sum(-1)
+
+
+def max_logit(logits: torch.Tensor) -> torch.Tensor:
+    """The largest raw output (decision gates: d = Wx - b, exit when max d >= t)."""
+    return logits.float().amax(-1)
+
+
+SCORES: dict[str, Score] = {"confidence": confidence, "entropy": neg_entropy, "max_logit": max_logit}
+
+
+@torch.no_grad()
+def collect_logits(model: torch.nn.Module, batches, device: torch.device | None = None) -> torch.Tensor:
+    """Per-exit logits over a whole split: exits x samples x classes (float32, CPU)."""
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    for x, _ in batches:
+        out = model(x)
+        out = torch.stack(list(out)) if isinstance(out, (list, tuple)) else out.unsqueeze(0)
+        chunks.append(out.float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks, dim=1)
+
+
+def per_exit_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 (%) of every exit: a vector of length exits."""
+    return (logits.argmax(-1) == labels).double().mean(1) * 100
+
+
+# --------------------------------------------------------------------------- budgeted batch
+
+
+def budget_distributions(num_exits: int, budgets: Sequence[int] = range(1, 40)) -> torch.Tensor:
+    """Geometric exit distributions p_k ∝ q^k (k = 1..K), q = budget/20; one row per budget."""
+    q = torch.tensor(list(budgets), dtype=torch.float64) / 20
+    p = q[:, None] ** torch.arange(1, num_exits + 1, dtype=torch.float64)
+    return p / p.sum(1, keepdim=True)
+
+
+def fit_thresholds(val_scores: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Thresholds for one exit distribution, fitted on validation scores (exits x samples).
+
+    For exit k, among the samples no earlier exit took, the threshold is the score of the
+    floor(n * p_k)-th most confident one (nobody exits at k if too few remain, or if
+    that count is zero); the last exit takes everyone left (threshold -inf).
+    """
+    num_exits, n = val_scores.shape
+    thresholds = torch.full((num_exits,), math.inf, dtype=torch.float64)
+    thresholds[-1] = -math.inf
+    exited = torch.zeros(n, dtype=torch.bool)
+    for k in range(num_exits - 1):
+        want = math.floor(n * float(probs[k]))
+        remaining = val_scores[k][~exited]
+        if 1 <= want <= remaining.numel():
+            thresholds[k] = float(remaining.double().topk(want).values[-1])
+        exited |= val_scores[k].double() >= thresholds[k]
+    return thresholds
+
+
+def exit_index(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The first exit whose score reaches its threshold, for every sample (the last takes the rest)."""
+    passes = scores.double() >= thresholds.double()[:, None]
+    passes[-1] = True
+    return passes.to(torch.uint8).argmax(0)
+
+
+def evaluate_exits(exit_idx: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                   costs: Sequence[float]) -> dict:
+    """Accuracy (%), expected cost and exit fractions of one exit assignment."""
+    n = labels.numel()
+    preds = logits.argmax(-1)[exit_idx, torch.arange(n)]
+    counts = torch.bincount(exit_idx, minlength=logits.shape[0]).double()
+    cost = float((counts * torch.as_tensor(costs, dtype=torch.float64)).sum() / n)
+    return {"acc": float((preds == labels).double().mean() * 100), "cost": cost,
+            "fractions": (counts / n).tolist(), "correct": preds == labels}
+
+
+def budgeted_sweep(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: torch.Tensor,
+                   test_labels: torch.Tensor, costs: Sequence[float], score: str | Score = "confidence",
+                   budgets: Sequence[int] = range(1, 40)) -> pd.DataFrame:
+    """Budgeted batch classification: one row per budget (thresholds from validation only)."""
+    fn = SCORES[score] if isinstance(score, str) else score
+    val_s, test_s = fn(val_logits), fn(test_logits)
+    rows = []
+    for budget, probs in zip(budgets, budget_distributions(val_logits.shape[0], budgets)):
+        t = fit_thresholds(val_s, probs)
+        v = evaluate_exits(exit_index(val_s, t), val_logits, val_labels, costs)
+        r = evaluate_exits(exit_index(test_s, t), test_logits, test_labels, costs)
+        rows.append({"budget": budget, "thresholds": t.tolist(), "val_acc": v["acc"], "val_cost": v["cost"],
+                     "val_fractions": v["fractions"], "acc": r["acc"], "cost": r["cost"],
+                     "fractions": r["fractions"]})
+    return pd.DataFrame(rows)
+
+
+def fixed_thresholds(logits: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float],
+                     costs: Sequence[float], score: str | Score) -> dict:
+    """Evaluate one set of thresholds (last exit takes the rest) on stored logits."""
+    fn = SCORES[score] if isinstance(score, str) else score
+    t = torch.tensor(list(thresholds) + [-math.inf] * (logits.shape[0] - len(thresholds)), dtype=torch.float64)
+    t[-1] = -math.inf
+    return evaluate_exits(exit_index(fn(logits), t), logits, labels, costs)
+
+
+# --------------------------------------------------------------------------- spread
+
+
+def bootstrap_ci(correct: torch.Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval (%) of the accuracy over test samples."""
+    c = correct.double().flatten()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, c.numel(), (n_boot, c.numel()), generator=g)
+    means = c[idx].mean(1) * 100
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for one seed)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- real early exit
+
+
+@torch.no_grad()
+def early_exit(net: MultiExitNet, x: torch.Tensor, thresholds: Sequence[float], score: str | Score
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classify ``x`` exit by exit, computing later stages only for samples still undecided.
+
+    Returns predictions and the exit (0-based) of every sample.
+    """
+    fn = SCORES[score] if isinstance(score, str) else score
+    n, k = x.shape[0], net.num_exits
+    preds = torch.empty(n, dtype=torch.long, device=x.device)
+    exits = torch.empty(n, dtype=torch.long, device=x.device)
+    alive = torch.arange(n, device=x.device)
+    state, prev = x, None
+    for i in range(k):
+        state = net.stage(i, state)
+        logits = net.head(i, state, prev)
+        if i == k - 1:
+            preds[alive], exits[alive] = logits.argmax(1), i
+            break
+        go = fn(logits) >= thresholds[i]
+        preds[alive[go]], exits[alive[go]] = logits[go].argmax(1), i
+        keep = (~go).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            break
+        alive, state, prev = alive[keep], select_rows(state, keep), logits.index_select(0, keep)
+    return preds, exits
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Median wall-clock seconds of ``fn()`` after warm-up."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+@torch.no_grad()
+def measure_speedup(net: MultiExitNet, x: torch.Tensor, thresholds: Sequence[float], score: str | Score,
+                    batch_size: int, warmup: int = 1, repeats: int = 3) -> dict:
+    """Wall-clock time per image of the full network vs real early exit over ``x``."""
+    net.eval()
+    device = x.device
+    chunks = list(x.split(batch_size))
+
+    def full():
+        for c in chunks:
+            net.forward_until(c, net.num_exits - 1)
+
+    def early():
+        for c in chunks:
+            early_exit(net, c, thresholds, score)
+
+    t_full = time_call(full, device, warmup, repeats)
+    t_early = time_call(early, device, warmup, repeats)
+    return {"batch_size": batch_size, "ms_full": 1000 * t_full / x.shape[0],
+            "ms_early": 1000 * t_early / x.shape[0], "speedup": t_full / t_early}
+
+
+def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[float], list[float]]:
+    """Per-exit test accuracy (%) over seeds, and its spread.
+
+    ``runs``: one (logits exits x N x C, labels) per seed. With several seeds the
+    spread is the standard deviation over seeds; with one, the half-width of the 95 %
+    bootstrap interval over test samples.
+    """
+    accs = torch.stack([per_exit_accuracy(lg, lb) for lg, lb in runs])  # seeds x exits
+    if len(runs) > 1:
+        return accs.mean(0).tolist(), accs.std(0, unbiased=True).tolist()
+    logits, labels = runs[0]
+    correct = logits.argmax(-1) == labels
+    spreads = []
+    for k in range(logits.shape[0]):
+        lo, hi = bootstrap_ci(correct[k])
+        spreads.append((hi - lo) / 2)
+    return accs[0].tolist(), spreads

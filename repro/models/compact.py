@@ -1,0 +1,469 @@
+"""CIFAR-adapted compact CNNs of the bias-loss paper's Table 4 (CIFAR-100, 32x32).
+
+Every model here (and in :mod:`repro.models.skipblocknet`) follows the
+*feature interface* that the bias loss needs, so that it can read the last
+convolutional feature map without a second forward pass:
+
+- ``forward_features(x)``: the last conv feature map before global pooling
+  (N×C×H×W);
+- ``forward_head(features)``: logits;
+- ``forward(x) = forward_head(forward_features(x))``;
+- ``forward_with_features(x) -> (logits, features)``.
+
+torchvision's definitions are used wherever they exist (ShuffleNetV2,
+MobileNetV2, SqueezeNet, DenseNet-121); only their stems are adapted to 32x32.
+NASNet-A and the Huang et al. CIFAR DenseNets have no torchvision version and
+are written here.
+
+Choices the paper leaves open (README material)
+-----------------------------------------------
+Table 4's "Params" column looks like ImageNet (1000-class) counts copied from
+the original papers (ShuffleNetV2 0.5x 1.4 M, MobileNetV2 0.75x 2.6 M,
+NASNet-A mobile 4@1056 5.3 M, SqueezeNet 1.0 1.25 M), not the counts of the
+CIFAR-100 models; the models actually trained match the weiaicunzai
+pytorch-cifar100 zoo (shufflenetv2 1.3 M, nasnet 5.2 M, densenet121 7.0 M).
+
+- ``shufflenetv2_cifar(width=0.5)``: torchvision ShuffleNetV2 with a 3x3
+  stride-1 first conv and no max-pool (32→32, stages at 16/8/4).  Default is a
+  *true* 0.5x (stage widths 48/96/192, ~0.45 M params at 100 classes).  The
+  authors' "0.5x" (their code's ``ShuffleNetV2(ratio=1)``) is width 1.0
+  (116/232/464, ~1.36 M); use ``width=1.0`` (registry name
+  ``shufflenetv2_x1_0_cifar``) to match the authors.
+- ``mobilenetv2_cifar(width=0.75)``: torchvision MobileNetV2, first conv
+  stride 1 and the 24-channel stage stride 1 (32→32→32→16→8→4).
+- ``squeezenet_cifar(version="1_0")``: torchvision SqueezeNet **1.0** (Table 4's
+  1.25 M is SqueezeNet 1.0's ImageNet count), first 7x7/2 conv replaced by a
+  3x3/1 conv with 96 channels, the three ceil-mode max-pools kept
+  (32→16→8→4); ``version="1_1"`` gives 1.1 likewise (3x3/1, 64 ch).  Its
+  "features" for the bias loss are the fire9 output (512 ch, torchvision's
+  ``features``), i.e. before the dropout + classifier 1x1 conv whose output is
+  a class-score map, not a feature map.
+- ``densenet_cifar(depth=100, growth=12, bottleneck=True, compression=0.5)``:
+  Huang et al.'s CIFAR DenseNet (3 dense blocks, 3x3 stem conv with 2k
+  channels for BC / 16 otherwise, BN-ReLU-conv1x1-avgpool transitions).
+  Defaults: DenseNet-BC (L=100, k=12), ~0.8 M.  Table 4's "DenseNet (k=12) 7M"
+  matches both DenseNet (L=100, k=12) without bottleneck/compression (7.0 M;
+  registry ``densenet100_k12_cifar``) and the authors' code, which trains a
+  CIFAR DenseNet-121 (k=32, blocks 6/12/24/16, 3x3 stem with 64 channels;
+  7.0 M; ``densenet121_cifar``, built on torchvision's DenseNet).
+- ``nasnet_a_cifar(N=4, filters=44)``: NASNet-A (TF-slim cell wiring) with the
+  CIFAR stem (3x3 conv, 3·F channels, BN), 3 groups of N normal cells and 2
+  reduction cells, filters F, 2F, 4F, i.e. "N @ 24F" = 4 @ 1056 by default
+  (the size the paper's "NASNet-A (N=4), 5.3 M" and the weiaicunzai nasnet
+  have).  No auxiliary head and no drop-path (the paper's CIFAR recipe uses
+  neither); ``nasnet_a_cifar(6, 32)`` is the NASNet paper's 6 @ 768 (3.3 M at
+  10 classes).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import densenet as tv_densenet
+from torchvision.models import mobilenetv2 as tv_mnv2
+from torchvision.models import shufflenetv2 as tv_shufflenet
+from torchvision.models import squeezenet as tv_squeezenet
+
+
+class FeatureInterface:
+    """Mixin: ``forward`` and ``forward_with_features`` from ``forward_features`` + ``forward_head``.
+
+    Put it first in the bases so its ``forward`` overrides the backbone's.
+    """
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.forward_features(x)
+        return self.forward_head(features), features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _conv_like(old: nn.Conv2d, in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    """A fresh conv replacing ``old`` (same out channels / bias), He-initialised."""
+    conv = nn.Conv2d(in_channels, old.out_channels, kernel_size, stride=stride,
+                     padding=kernel_size // 2, bias=old.bias is not None)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+# --------------------------------------------------------------------------- ShuffleNetV2
+
+_SHUFFLE_WIDTHS = {
+    0.5: [24, 48, 96, 192, 1024],
+    1.0: [24, 116, 232, 464, 1024],
+    1.5: [24, 176, 352, 704, 1024],
+    2.0: [24, 244, 488, 976, 2048],
+}
+
+
+class ShuffleNetV2Cifar(FeatureInterface, tv_shufflenet.ShuffleNetV2):
+    """torchvision ShuffleNetV2 with a 3x3 stride-1 first conv and no max-pool."""
+
+    def __init__(self, width: float = 0.5, num_classes: int = 100, in_channels: int = 3) -> None:
+        if width not in _SHUFFLE_WIDTHS:
+            raise ValueError(f"ShuffleNetV2 width must be one of {sorted(_SHUFFLE_WIDTHS)}, got {width}")
+        super().__init__([4, 8, 4], _SHUFFLE_WIDTHS[width], num_classes=num_classes)
+        self.width = width
+        self.conv1[0] = _conv_like(self.conv1[0], in_channels, 3, 1)
+        self.maxpool = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.conv1(x))
+        x = self.stage4(self.stage3(self.stage2(x)))
+        return self.conv5(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features.mean([2, 3]))
+
+
+def shufflenetv2_cifar(width: float = 0.5, num_classes: int = 100, in_channels: int = 3) -> ShuffleNetV2Cifar:
+    """ShuffleNetV2 for 32x32.  ``width=0.5`` is a true 0.5x (~0.45 M at 100 classes);
+    the bias-loss authors' "0.5x" is ``width=1.0`` (~1.36 M)."""
+    return ShuffleNetV2Cifar(width, num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------- MobileNetV2
+
+class MobileNetV2Cifar(FeatureInterface, tv_mnv2.MobileNetV2):
+    """torchvision MobileNetV2 with the first conv and the 24-channel stage at stride 1."""
+
+    def __init__(self, width: float = 0.75, num_classes: int = 100, in_channels: int = 3,
+                 dropout: float = 0.2) -> None:
+        setting = [
+            # t, c, n, s
+            [1, 16, 1, 1],
+            [6, 24, 2, 1],  # stride 2 on ImageNet
+            [6, 32, 3, 2],
+            [6, 64, 4, 2],
+            [6, 96, 3, 1],
+            [6, 160, 3, 2],
+            [6, 320, 1, 1],
+        ]
+        super().__init__(num_classes=num_classes, width_mult=width, inverted_residual_setting=setting,
+                         dropout=dropout)
+        self.width = width
+        self.features[0][0] = _conv_like(self.features[0][0], in_channels, 3, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+def mobilenetv2_cifar(width: float = 0.75, num_classes: int = 100, in_channels: int = 3) -> MobileNetV2Cifar:
+    return MobileNetV2Cifar(width, num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------- SqueezeNet
+
+class SqueezeNetCifar(FeatureInterface, tv_squeezenet.SqueezeNet):
+    """torchvision SqueezeNet with a 3x3 stride-1 first conv (max-pools kept: 32→16→8→4)."""
+
+    def __init__(self, version: str = "1_0", num_classes: int = 100, in_channels: int = 3,
+                 dropout: float = 0.5) -> None:
+        super().__init__(version=version, num_classes=num_classes, dropout=dropout)
+        self.version = version
+        self.features[0] = _conv_like(self.features[0], in_channels, 3, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(features), 1)
+
+
+def squeezenet_cifar(num_classes: int = 100, in_channels: int = 3, version: str = "1_0") -> SqueezeNetCifar:
+    """SqueezeNet 1.0 (default; Table 4's 1.25 M is 1.0's ImageNet count) or 1.1 for 32x32."""
+    return SqueezeNetCifar(version, num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------- DenseNet (Huang et al. CIFAR)
+
+class _DenseLayer(nn.Module):
+    """BN-ReLU-Conv3x3 (DenseNet) or BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3 (DenseNet-B); output concatenated."""
+
+    def __init__(self, in_channels: int, growth: int, bottleneck: bool) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        if bottleneck:
+            layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, 4 * growth, 1, bias=False)]
+            c = 4 * growth
+        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, growth, 3, padding=1, bias=False)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+                         nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.AvgPool2d(2, 2))
+
+
+class DenseNetCifar(FeatureInterface, nn.Module):
+    """Huang et al.'s CIFAR DenseNet: 3x3 stem, 3 dense blocks at 32/16/8, BN-ReLU-GAP-FC."""
+
+    def __init__(self, depth: int = 100, growth: int = 12, bottleneck: bool = True, compression: float = 0.5,
+                 num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        per_block = (depth - 4) // (6 if bottleneck else 3)
+        if per_block * (6 if bottleneck else 3) + 4 != depth:
+            raise ValueError(f"depth {depth} does not give whole dense blocks (bottleneck={bottleneck})")
+        c = 2 * growth if bottleneck else 16
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False)]
+        for b in range(3):
+            for _ in range(per_block):
+                layers.append(_DenseLayer(c, growth, bottleneck))
+                c += growth
+            if b < 2:
+                out = int(compression * c)  # floor, as in the reference implementations
+                layers.append(_Transition(c, out))
+                c = out
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, num_classes)
+        self.num_features = c
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last dense block, before the final BN-ReLU."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm(features))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def densenet_cifar(depth: int = 100, growth: int = 12, bottleneck: bool = True, compression: float = 0.5,
+                   num_classes: int = 100, in_channels: int = 3) -> DenseNetCifar:
+    """DenseNet(-BC) for CIFAR.  Defaults: DenseNet-BC (L=100, k=12), ~0.8 M params."""
+    return DenseNetCifar(depth, growth, bottleneck, compression, num_classes, in_channels)
+
+
+class DenseNet121Cifar(FeatureInterface, tv_densenet.DenseNet):
+    """torchvision DenseNet-121 (k=32, blocks 6/12/24/16) with a 3x3 stride-1 stem conv
+    and no max-pool: the CIFAR DenseNet-121 the bias-loss authors' code trains."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64,
+                         num_classes=num_classes)
+        self.features.conv0 = _conv_like(self.features.conv0, in_channels, 3, 1)
+        self.features.pool0 = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of denseblock4, before the final BN (norm5) and ReLU."""
+        for name, module in self.features.named_children():
+            if name == "norm5":
+                break
+            x = module(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.features.norm5(features))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def densenet121_cifar(num_classes: int = 100, in_channels: int = 3) -> DenseNet121Cifar:
+    return DenseNet121Cifar(num_classes, in_channels)
+
+
+def densenet100_k12_cifar(num_classes: int = 100, in_channels: int = 3) -> DenseNetCifar:
+    """DenseNet (L=100, k=12), no bottleneck, no compression: 7.0 M, Table 4's "DenseNet (k=12) 7M"."""
+    return DenseNetCifar(100, 12, False, 1.0, num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------- NASNet-A (CIFAR)
+
+class _SepConvStack(nn.Sequential):
+    """NASNet "separable_kxk_2": twice ReLU → depthwise kxk → pointwise 1x1 → BN (stride on the first)."""
+
+    def __init__(self, channels: int, kernel: int, stride: int) -> None:
+        layers: list[nn.Module] = []
+        for i in range(2):
+            layers += [
+                nn.ReLU(inplace=False),
+                nn.Conv2d(channels, channels, kernel, stride=stride if i == 0 else 1, padding=kernel // 2,
+                          groups=channels, bias=False),
+                nn.Conv2d(channels, channels, 1, bias=False),
+                nn.BatchNorm2d(channels),
+            ]
+        super().__init__(*layers)
+
+
+class _FactorizedReduce(nn.Module):
+    """ReLU, then two stride-2 1x1 convs on the input and on it shifted by one pixel, concatenated, BN."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        half = out_channels // 2
+        self.conv1 = nn.Conv2d(in_channels, half, 1, bias=False)
+        self.conv2 = nn.Conv2d(in_channels, out_channels - half, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        p1 = self.conv1(x[:, :, ::2, ::2])
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        p2 = self.conv2(shifted[:, :, ::2, ::2])
+        return self.bn(torch.cat([p1, p2], 1))
+
+
+def _relu_conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+def _op(name: str, channels: int, stride: int) -> nn.Module:
+    if name.startswith("sep"):
+        return _SepConvStack(channels, int(name[3]), stride)
+    if name == "avg3":
+        return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+    if name == "max3":
+        return nn.MaxPool2d(3, stride=stride, padding=1)
+    if name == "id":
+        if stride != 1:
+            raise ValueError("identity with stride is not used by NASNet-A")
+        return nn.Identity()
+    raise ValueError(name)
+
+
+# (op on left input, left input index, op on right input, right input index), one line per combination.
+# Hidden state 0 is the cell's (1x1-projected) current input h_i, 1 is the adjusted previous one h_{i-1};
+# combination j becomes hidden state j + 2.  (TF-slim nasnet_utils, NASNet-A.)
+_NORMAL_CELL = [
+    ("sep5", 0, "sep3", 1),
+    ("sep5", 1, "sep3", 1),
+    ("avg3", 0, "id", 1),
+    ("avg3", 1, "avg3", 1),
+    ("sep3", 0, "id", 0),
+]
+_NORMAL_OUT = [1, 2, 3, 4, 5, 6]          # h_{i-1} and all five combinations: 6F channels
+_REDUCTION_CELL = [
+    ("sep5", 0, "sep7", 1),
+    ("max3", 0, "sep7", 1),
+    ("avg3", 0, "sep5", 1),
+    ("id", 3, "avg3", 2),
+    ("sep3", 2, "max3", 0),
+]
+_REDUCTION_OUT = [3, 4, 5, 6]             # the combinations not consumed inside the cell: 4F channels
+
+
+class _NASNetCell(nn.Module):
+    def __init__(self, in_channels: int, prev_channels: int, prev_reduced: bool, filters: int,
+                 reduction: bool) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.spec = _REDUCTION_CELL if reduction else _NORMAL_CELL
+        self.outputs = _REDUCTION_OUT if reduction else _NORMAL_OUT
+        self.base = _relu_conv_bn(in_channels, filters)
+        if prev_reduced:  # h_{i-1} has twice the spatial size of h_i
+            self.prev = _FactorizedReduce(prev_channels, filters)
+        elif prev_channels != filters:
+            self.prev = _relu_conv_bn(prev_channels, filters)
+        else:
+            self.prev = nn.Identity()
+        stride = 2 if reduction else 1
+        self.ops = nn.ModuleList()
+        for op_l, i_l, op_r, i_r in self.spec:
+            self.ops.append(_op(op_l, filters, stride if i_l < 2 else 1))
+            self.ops.append(_op(op_r, filters, stride if i_r < 2 else 1))
+        self.out_channels = filters * len(self.outputs)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        states = [self.base(x), self.prev(prev)]
+        for j, (_, i_l, _, i_r) in enumerate(self.spec):
+            states.append(self.ops[2 * j](states[i_l]) + self.ops[2 * j + 1](states[i_r]))
+        return torch.cat([states[i] for i in self.outputs], 1)
+
+
+class NASNetACifar(FeatureInterface, nn.Module):
+    """NASNet-A "N @ 24F" for CIFAR: 3x3 stem (3F ch) + BN, then N normal cells at F,
+    a reduction cell to 2F, N normal cells, a reduction cell to 4F, N normal cells;
+    ReLU → global average pooling → (dropout) → Linear.  Each cell takes the outputs of
+    the two previous cells (h_i, h_{i-1}); no auxiliary head, no drop-path."""
+
+    def __init__(self, N: int = 4, filters: int = 44, num_classes: int = 100, in_channels: int = 3,
+                 stem_multiplier: int = 3, dropout: float = 0.0) -> None:
+        super().__init__()
+        stem_c = stem_multiplier * filters
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
+        self.cells = nn.ModuleList()
+        # (channels, spatial scale) of the last two outputs
+        prev_c, cur_c = stem_c, stem_c
+        prev_scale, cur_scale = 1, 1
+        f = filters
+        for group in range(3):
+            if group > 0:
+                f *= 2
+                cell = _NASNetCell(cur_c, prev_c, prev_scale != cur_scale, f, reduction=True)
+                self.cells.append(cell)
+                prev_c, prev_scale, cur_c, cur_scale = cur_c, cur_scale, cell.out_channels, cur_scale * 2
+            for _ in range(N):
+                cell = _NASNetCell(cur_c, prev_c, prev_scale != cur_scale, f, reduction=False)
+                self.cells.append(cell)
+                prev_c, prev_scale, cur_c = cur_c, cur_scale, cell.out_channels
+        self.num_features = cur_c
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cur_c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last cell, before the final ReLU."""
+        x = self.stem(x)
+        prev = x
+        for cell in self.cells:
+            x, prev = cell(x, prev), x
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(F.relu(features), 1), 1)
+        return self.fc(self.dropout(x))
+
+
+def nasnet_a_cifar(N: int = 4, filters: int = 44, num_classes: int = 100, in_channels: int = 3) -> NASNetACifar:
+    """NASNet-A "N @ 24·filters" for CIFAR; default 4 @ 1056 (the paper's "NASNet-A (N=4)")."""
+    return NASNetACifar(N, filters, num_classes, in_channels)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "shufflenetv2_cifar": shufflenetv2_cifar,
+    "shufflenetv2_x0_5_cifar": lambda num_classes=100, in_channels=3: shufflenetv2_cifar(0.5, num_classes, in_channels),
+    "shufflenetv2_x1_0_cifar": lambda num_classes=100, in_channels=3: shufflenetv2_cifar(1.0, num_classes, in_channels),
+    "mobilenetv2_cifar": mobilenetv2_cifar,
+    "squeezenet_cifar": squeezenet_cifar,
+    "squeezenet1_1_cifar": lambda num_classes=100, in_channels=3: squeezenet_cifar(num_classes, in_channels, "1_1"),
+    "densenet_cifar": densenet_cifar,
+    "densenet100_k12_cifar": densenet100_k12_cifar,
+    "densenet40_k12_cifar": lambda num_classes=100, in_channels=3: densenet_cifar(40, 12, False, 1.0, num_classes,
+                                                                                  in_channels),
+    "densenet121_cifar": densenet121_cifar,
+    "nasnet_a_cifar": nasnet_a_cifar,
+}

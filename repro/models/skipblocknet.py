@@ -1,0 +1,255 @@
+"""SkipblockNet (Abrahamyan et al., "Bias Loss for Mobile Neural Networks", ICCV 2021)
+and the torchvision MobileNetV3 baselines, with the feature interface of
+:mod:`repro.models.compact` (``forward_features`` / ``forward_head`` /
+``forward_with_features``).
+
+Architecture (paper section 4 and the authors' code, re-implemented on
+torchvision's MobileNetV3 building blocks):
+
+- stem: 3x3 conv, stride 2 (1 with ``cifar_stem=True``), 16·w channels, BN, h-swish;
+- a first inverted residual 16→16 (3x3, no expansion, h-swish as in the
+  authors' code; torchvision's block has no expansion conv when the expanded
+  width equals the input width, the authors' has a 16→16 one: 272 parameters);
+- 14 inverted residuals laid out as MobileNetV3-Large, except the 5th of them
+  (6th counting the first block), the last 40-channel one: expansion ratio 6
+  (240 channels) with SE and h-swish instead of 120 channels and ReLU.  (The
+  authors' config row is ``[k=5, t=6, 40, SE, HS, s=1]``: kernel 5, ratio 6.)
+  Expanded widths are ``make_divisible(t · rounded input width)``, the authors'
+  rule, so that ratios (4, 3, 3, 3, 6, 6, 2.5, 2.3, 2.3, 6, 6, 6, 6, 6) give
+  MobileNetV3-L's 64/72/.../960 at w=1;
+- two skip blocks, both reading the first block's output: adaptive average pool
+  to the spatial size of the tensor they are added to (28 and 14 at 224 input,
+  8 and 4 at 32 with the CIFAR stem: derived from the actual feature sizes),
+  1x1 conv-BN-ReLU, depthwise kxk conv-BN-ReLU, 1x1 conv-BN (no activation).
+  Skip 1: 16·w → 6·(16·w) → 40·w channels, k=5, added to the output of the
+  40-channel stage (the input of the 80-channel stage, i.e. of the 6th of the
+  14 blocks); skip 2: 16·w → 2.3·(16·w) → 80·w, k=3, added to the input of the
+  112-channel stage (10th block).  The width multiplier is applied to the skip
+  blocks' input channels too (the public code hard-codes 16 and so cannot
+  build XS or L);
+- head: 1x1 conv to 6·(160·w) = 960·w channels, BN, h-swish (this is
+  ``forward_features``' output), global average pooling, Linear to 1280
+  ("large") or 1024 ("small"), h-swish, dropout 0.2, Linear to the classes.
+  As in the authors' code that hidden width is scaled (``make_divisible``)
+  only for w > 1 (1472 for L).
+
+What "small" means (choice for the README): in the authors' code the mode
+only selects the hidden width of the classifier (1024 instead of 1280); the
+inverted-residual layout is the same MobileNetV3-Large-like one.  With that
+reading the family reproduces Table 1 (XS ≈ 2.3 M / 81 M, S ≈ 3.6 M /
+152 M); a MobileNetV3-Small layout with skip blocks would give ~1 M params /
+~20 MMACs for XS, far from the table.  So: XS = small w 0.5, S = small w 0.75,
+M = large w 1.0, L = large w 1.15, all on the same block layout.
+
+``input_size`` is accepted for API symmetry and recorded; the pooled sizes of
+the skip blocks are taken from the actual feature maps, so any input size
+works (at 224 they are 28 and 14, as in the paper).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import mobilenetv3 as tv_mnv3
+from torchvision.models._utils import _make_divisible
+from torchvision.ops.misc import Conv2dNormActivation
+
+from repro.models.compact import FeatureInterface
+
+_norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)  # torchvision's MobileNetV3 BN settings
+
+# kernel, expansion ratio, out channels, SE, activation, stride  (after the first 16→16 block)
+_BLOCKS = [
+    (3, 4.0, 24, False, "RE", 2),
+    (3, 3.0, 24, False, "RE", 1),
+    (5, 3.0, 40, True, "RE", 2),
+    (5, 3.0, 40, True, "RE", 1),
+    (5, 6.0, 40, True, "HS", 1),   # MobileNetV3-L: ratio 3 (120), ReLU
+    (3, 6.0, 80, False, "HS", 2),
+    (3, 2.5, 80, False, "HS", 1),
+    (3, 2.3, 80, False, "HS", 1),
+    (3, 2.3, 80, False, "HS", 1),
+    (3, 6.0, 112, True, "HS", 1),
+    (3, 6.0, 112, True, "HS", 1),
+    (5, 6.0, 160, True, "HS", 2),
+    (5, 6.0, 160, True, "HS", 1),
+    (5, 6.0, 160, True, "HS", 1),
+]
+_STAGE_ENDS = (5, 9, 11, 14)  # stages: 24+40 | 80 | 112 | 160 ; skips enter stages 2 and 3
+# skip blocks: input channels (before width), expansion ratio, out channels, kernel
+_SKIPS = [(16, 6.0, 40, 5), (16, 2.3, 80, 3)]
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    return _make_divisible(v, divisor)
+
+
+class SkipBlock(nn.Module):
+    """Adaptive average pool to ``size`` → 1x1 conv-BN-ReLU → depthwise kxk conv-BN-ReLU → 1x1 conv-BN."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, kernel: int,
+                 norm_layer: Callable[..., nn.Module] = _norm) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            Conv2dNormActivation(in_channels, hidden, 1, norm_layer=norm_layer, activation_layer=nn.ReLU),
+            Conv2dNormActivation(hidden, hidden, kernel, groups=hidden, norm_layer=norm_layer,
+                                 activation_layer=nn.ReLU),
+            Conv2dNormActivation(hidden, out_channels, 1, norm_layer=norm_layer, activation_layer=None),
+        )
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.body(F.adaptive_avg_pool2d(x, size))
+
+
+def _block(cin: int, kernel: int, expanded: int, cout: int, se: bool, act: str, stride: int) -> nn.Module:
+    cfg = tv_mnv3.InvertedResidualConfig(cin, kernel, expanded, cout, se, act, stride, 1, width_mult=1.0)
+    return tv_mnv3.InvertedResidual(cfg, _norm)
+
+
+class SkipblockNet(FeatureInterface, nn.Module):
+    def __init__(self, width_mult: float = 1.0, mode: str = "large", num_classes: int = 1000,
+                 in_channels: int = 3, input_size: int = 224, cifar_stem: bool = False,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        if mode not in ("large", "small"):
+            raise ValueError(f"mode must be 'large' or 'small', got {mode!r}")
+        self.width_mult, self.mode, self.input_size, self.cifar_stem = width_mult, mode, input_size, cifar_stem
+        self.num_classes = num_classes
+
+        c = make_divisible(16 * width_mult)
+        self.stem = Conv2dNormActivation(in_channels, c, 3, stride=1 if cifar_stem else 2, norm_layer=_norm,
+                                         activation_layer=nn.Hardswish)
+        self.first_block = _block(c, 3, c, c, False, "HS", 1)
+        base_c = c
+
+        stages: list[nn.Module] = []
+        blocks: list[nn.Module] = []
+        expanded = c
+        for i, (k, t, out, se, act, s) in enumerate(_BLOCKS, start=1):
+            out = make_divisible(out * width_mult)
+            expanded = make_divisible(c * t)
+            blocks.append(_block(c, k, expanded, out, se, act, s))
+            c = out
+            if i in _STAGE_ENDS:
+                stages.append(nn.Sequential(*blocks))
+                blocks = []
+        self.stages = nn.ModuleList(stages)
+
+        skips = []
+        for cin, t, out, k in _SKIPS:
+            cin = make_divisible(cin * width_mult)
+            skips.append(SkipBlock(cin, make_divisible(cin * t), make_divisible(out * width_mult), k))
+        assert cin == base_c
+        self.skips = nn.ModuleList(skips)
+
+        last_conv = expanded  # = 6 · (160·w) rounded
+        self.last_conv = Conv2dNormActivation(c, last_conv, 1, norm_layer=_norm, activation_layer=nn.Hardswish)
+        hidden = {"large": 1280, "small": 1024}[mode]
+        if width_mult > 1.0:
+            hidden = make_divisible(hidden * width_mult)
+        self.num_features = last_conv
+        self.classifier = nn.Sequential(
+            nn.Linear(last_conv, hidden),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=dropout, inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+        # skip sizes at the nominal input size (for reference; forward uses the actual sizes)
+        first = input_size if cifar_stem else math.ceil(input_size / 2)
+        self.skip_sizes = (math.ceil(first / 4), math.ceil(first / 8))
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last 1x1 conv's output (960·w channels, 7x7 at 224), before global pooling."""
+        base = self.first_block(self.stem(x))
+        x = self.stages[0](base)
+        x = x + self.skips[0](base, x.shape[-2:])
+        x = self.stages[1](x)
+        x = x + self.skips[1](base, x.shape[-2:])
+        x = self.stages[3](self.stages[2](x))
+        return self.last_conv(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+def skipblocknet(width_mult: float = 1.0, mode: str = "large", num_classes: int = 1000, in_channels: int = 3,
+                 input_size: int = 224, cifar_stem: bool = False) -> SkipblockNet:
+    return SkipblockNet(width_mult, mode, num_classes, in_channels, input_size, cifar_stem)
+
+
+def skipblocknet_xs(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
+                    cifar_stem: bool = False) -> SkipblockNet:
+    return SkipblockNet(0.5, "small", num_classes, in_channels, input_size, cifar_stem)
+
+
+def skipblocknet_s(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
+                   cifar_stem: bool = False) -> SkipblockNet:
+    return SkipblockNet(0.75, "small", num_classes, in_channels, input_size, cifar_stem)
+
+
+def skipblocknet_m(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
+                   cifar_stem: bool = False) -> SkipblockNet:
+    return SkipblockNet(1.0, "large", num_classes, in_channels, input_size, cifar_stem)
+
+
+def skipblocknet_l(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
+                   cifar_stem: bool = False) -> SkipblockNet:
+    return SkipblockNet(1.15, "large", num_classes, in_channels, input_size, cifar_stem)
+
+
+# --------------------------------------------------------------------------- MobileNetV3 baselines
+
+class MobileNetV3Features(FeatureInterface, tv_mnv3.MobileNetV3):
+    """torchvision MobileNetV3; ``forward_features`` is ``features`` (ends with the 1x1 conv to 960/576)."""
+
+    def __init__(self, arch: str, width_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3,
+                 cifar_stem: bool = False, dropout: float = 0.2) -> None:
+        setting, last_channel = tv_mnv3._mobilenet_v3_conf(arch, width_mult=width_mult)
+        super().__init__(setting, last_channel, num_classes=num_classes, dropout=dropout)
+        if in_channels != 3 or cifar_stem:
+            old = self.features[0][0]
+            conv = nn.Conv2d(in_channels, old.out_channels, 3, stride=1 if cifar_stem else 2, padding=1, bias=False)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+            self.features[0][0] = conv
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(features), 1))
+
+
+def mobilenetv3_large(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
+                      cifar_stem: bool = False) -> MobileNetV3Features:
+    return MobileNetV3Features("mobilenet_v3_large", width_mult, num_classes, in_channels, cifar_stem)
+
+
+def mobilenetv3_small(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
+                      cifar_stem: bool = False) -> MobileNetV3Features:
+    return MobileNetV3Features("mobilenet_v3_small", width_mult, num_classes, in_channels, cifar_stem)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "skipblocknet_xs": skipblocknet_xs,
+    "skipblocknet_s": skipblocknet_s,
+    "skipblocknet_m": skipblocknet_m,
+    "skipblocknet_l": skipblocknet_l,
+    "mobilenetv3_large": mobilenetv3_large,
+    "mobilenetv3_small": mobilenetv3_small,
+}

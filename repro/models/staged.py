@@ -1,0 +1,262 @@
+"""Backbones cut into stages, exits attached between them, and channel-mask slots.
+
+Three small pieces shared by the ResNet, DenseNet and VGG families:
+
+- :class:`StagedBackbone`: a plain single-exit classifier written as ``num_stages``
+  stages plus a classifier, so that exits can be attached after any stage
+  (``forward_stage(i, x)``, ``forward_classifier(x)``, ``stage_channels``).
+- :class:`GatedBackbone`: a :class:`~repro.models.base.MultiExitNet` made of a
+  staged backbone and one head after each chosen stage; the last exit is the
+  backbone's own classifier, so with the heads ignored it *is* the backbone.
+  Decision gates (global average pooling → one Linear) are the default head;
+  GlanceNet bypasses (BN → ReLU → GAP → Linear) are the other one used here.
+- :class:`MaskSlot` / :func:`prune_channels`: where a channel mask may sit
+  (after a BatchNorm, before its ReLU) and how to cut the masked channels out
+  of the producing conv/BN and the consuming conv/linear for real.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from repro.models.base import MultiExitNet
+
+
+def init_weights(model: nn.Module) -> None:
+    """torchvision-style init: He-normal (fan_out) convs, BN γ=1 β=0, linear bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels × width``, rounded, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+class StagedBackbone(nn.Module):
+    """A single-exit classifier cut into stages.
+
+    Subclasses set ``stages`` (an ``nn.ModuleList``), ``classifier`` (feature map
+    → logits), ``stage_channels`` (output channels of each stage) and
+    ``num_classes``; the rest follows.
+    """
+
+    stages: nn.ModuleList
+    classifier: nn.Module
+    stage_channels: list[int]
+    num_classes: int
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.stages[i](x)
+
+    def forward_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before the classifier (what bias loss reads)."""
+        for i in range(self.num_stages):
+            x = self.forward_stage(i, x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_classifier(self.forward_features(x))
+
+
+class LinearGate(nn.Module):
+    """Decision gate: global average pooling → one Linear (d = Wx + b, raw distances)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class BypassHead(nn.Module):
+    """GlanceNet bypass: BN → ReLU → global average pooling → Linear (logits; callers apply softmax)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.norm(x))), 1))
+
+
+HeadFactory = Callable[[int, int], nn.Module]
+
+
+class GatedBackbone(MultiExitNet):
+    """A staged backbone with a head after each stage in ``exits_after`` (0-based).
+
+    Exit ``j < len(exits_after)`` is ``heads[j]`` on the output of backbone stage
+    ``exits_after[j]``; the last exit is the backbone's classifier on the last
+    stage.  MultiExitNet stage ``j`` runs the backbone stages between two exits.
+    With ``exits_after=(0, 1, 2)`` on a 4-stage backbone there are 4 exits.
+
+    ``heads`` is an ``nn.ModuleList``: replace a head with ``set_head(j, module)``
+    (or plain item assignment); the backbone's parameters are untouched by it, so
+    heads can be trained on a frozen backbone (:meth:`freeze_backbone`).
+    """
+
+    def __init__(
+        self,
+        backbone: StagedBackbone,
+        exits_after: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        head_factory: HeadFactory = LinearGate,
+    ) -> None:
+        super().__init__()
+        n = backbone.num_stages
+        if exits_after is None:
+            exits_after = tuple(range(n - 1))
+        exits_after = tuple(int(i) for i in exits_after)
+        if list(exits_after) != sorted(set(exits_after)) or any(i < 0 or i >= n - 1 for i in exits_after):
+            raise ValueError(f"exits_after must be increasing stage indices in [0, {n - 2}], got {exits_after}")
+        if num_classes is None:
+            num_classes = backbone.num_classes
+        self.backbone = backbone
+        self.exits_after = exits_after
+        self.num_classes = num_classes
+        self.num_exits = len(exits_after) + 1
+        self.heads = nn.ModuleList(
+            head_factory(backbone.stage_channels[i], num_classes) for i in exits_after
+        )
+        bounds = (-1, *exits_after, n - 1)
+        # backbone stages run by exit j: bounds[j]+1 .. bounds[j+1]
+        self._spans = [tuple(range(bounds[j] + 1, bounds[j + 1] + 1)) for j in range(self.num_exits)]
+
+    @property
+    def gates(self) -> nn.ModuleList:
+        return self.heads
+
+    def set_head(self, j: int, module: nn.Module) -> None:
+        self.heads[j] = module
+
+    def freeze_backbone(self) -> None:
+        """requires_grad=False on the backbone and eval mode for it (BN statistics frozen)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+
+    def stage_span(self, j: int) -> tuple[int, ...]:
+        """The backbone stages that MultiExitNet stage ``j`` runs."""
+        return self._spans[j]
+
+    def stage(self, i: int, state: torch.Tensor) -> torch.Tensor:
+        for s in self._spans[i]:
+            state = self.backbone.forward_stage(s, state)
+        return state
+
+    def head(self, i: int, state: torch.Tensor, prev_logits: torch.Tensor | None) -> torch.Tensor:
+        if i < len(self.heads):
+            return self.heads[i](state)
+        return self.backbone.forward_classifier(state)
+
+
+# ---------------------------------------------------------------------------
+# channel-mask slots (Dynamic Channel Propagation)
+
+
+@dataclass
+class MaskSlot:
+    """One maskable group of channels.
+
+    ``conv`` → ``bn`` produce the channels; ``getattr(owner, attr)`` (an
+    ``nn.Identity`` by default) sits between ``bn`` and the ReLU, where a mask
+    module goes; ``consumers`` are the layers that read these channels as input
+    (an ``nn.Conv2d``, or an ``nn.Linear`` reading the flattened map, channel
+    major).
+    """
+
+    name: str
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+    owner: nn.Module
+    attr: str
+    consumers: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return self.bn.num_features
+
+    def set_mask(self, module: nn.Module) -> None:
+        setattr(self.owner, self.attr, module)
+
+    def get_mask(self) -> nn.Module:
+        return getattr(self.owner, self.attr)
+
+    def clear_mask(self) -> None:
+        setattr(self.owner, self.attr, nn.Identity())
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone())
+
+
+def prune_channels(slot: MaskSlot, keep: torch.Tensor | Sequence[int]) -> None:
+    """Keep only channels ``keep`` of ``slot``, in place, and put an Identity back in the slot.
+
+    Slices the producing conv's output channels (weight and bias), every BN
+    tensor (weight, bias, running mean and variance), and the consumers' input
+    channels, so the smaller network computes exactly what the masked one did
+    when the mask zeroed the other channels (pass the kept indices in
+    ascending order to keep the channel order).
+    """
+    idx = torch.as_tensor(keep, dtype=torch.long, device=slot.bn.weight.device).flatten()
+    c = slot.channels
+    if idx.numel() == 0:
+        raise ValueError(f"{slot.name}: cannot keep zero channels")
+    if int(idx.min()) < 0 or int(idx.max()) >= c:
+        raise ValueError(f"{slot.name}: channel index out of range 0..{c - 1}")
+    conv, bn = slot.conv, slot.bn
+    if conv.groups != 1:
+        raise NotImplementedError("grouped convolutions are not sliceable here")
+    conv.weight = _param(conv.weight[idx])
+    if conv.bias is not None:
+        conv.bias = _param(conv.bias[idx])
+    conv.out_channels = idx.numel()
+    if bn.affine:
+        bn.weight = _param(bn.weight[idx])
+        bn.bias = _param(bn.bias[idx])
+    if bn.track_running_stats and bn.running_mean is not None:
+        bn.running_mean = bn.running_mean[idx].clone()
+        bn.running_var = bn.running_var[idx].clone()
+    bn.num_features = idx.numel()
+    for m in slot.consumers:
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1:
+                raise NotImplementedError("grouped convolutions are not sliceable here")
+            m.weight = _param(m.weight[:, idx])
+            m.in_channels = idx.numel()
+        elif isinstance(m, nn.Linear):
+            if m.in_features % c:
+                raise ValueError(f"{slot.name}: Linear in_features {m.in_features} is not a multiple of {c}")
+            hw = m.in_features // c
+            cols = (idx[:, None] * hw + torch.arange(hw, device=idx.device)[None, :]).flatten()
+            m.weight = _param(m.weight[:, cols])
+            m.in_features = cols.numel()
+        else:
+            raise TypeError(f"{slot.name}: cannot slice the inputs of {type(m).__name__}")
+    slot.clear_mask()

@@ -1,0 +1,1 @@
+"""One module per paper: its models and losses, its runs, its artifacts (see repro.artifacts)."""

@@ -1,0 +1,392 @@
+"""IMTA: Li et al., "Improved Techniques for Training Adaptive Deep Networks", ICCV 2019.
+
+The method, on an MSDNet with k exits (``repro.models.msdnet``):
+
+1. Gradient Equilibrium (GE). The loss is the unweighted sum of the exits'
+   cross-entropies; gradient re-scaling makes every block receive the *average*
+   of the gradients of the losses at and after it (``gradient_equilibrium=True``
+   on the model; see ``MSDNet`` for where the re-scalings sit).
+2. Inline Subnetwork Collaboration (ISC). Exit i >= 2 classifies its own
+   feature together with an embedding of exit i-1's logits; the gradient along
+   that path is discarded (paper; ``isc_detach=False`` follows the authors' code).
+3. One-for-all knowledge distillation (OFA). Every exit but the last is also
+   taught by the last exit: L_i = (1-g) CE_i + g T^2 KL(p_k^T || p_i^T); the
+   last exit gets CE only.  T = 1, g = 0.1, the authors' released script; the
+   KL is averaged over the batch ('batchmean', the paper's formula); the code's
+   'mean' (also divided by the number of classes) is ``kl_reduction='mean'``.
+4. Two phases. Phase I trains the whole network (with or without GE).
+   Phase II freezes the blocks and the heads' convolutions (BatchNorm statistics
+   included, unlike the authors' code) and trains only the final linear
+   classifiers (and ISC modules) with ISC and/or OFA.
+
+Ablation runs (Table 2): phase I without GE ("baseline"), phase I with GE ("GE");
+phase II on the baseline with ISC ("ISC") or OFA ("OFA"); phase II on the GE model
+with both ("GE+ISC+OFA").  Thresholds for budgeted batch classification are
+fitted on the held-out validation split, never on test.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.artifacts import Artifact, Paper
+from repro.config import RunConfig, TrainSpec
+from repro.data import DataSpec, dataset_info
+from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, per_exit_accuracy
+from repro.flops import CONVENTIONS, count_exits
+from repro.models import msdnet
+from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.train import freeze_except
+
+PAPER_NAME = "imta"
+COST = "msdnet"  # Table 1's "Inference MADDs" are MSDNet's own counter
+
+# ---------------------------------------------------------------------------- losses
+
+
+def exits_ce(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """The unweighted sum of the exits' cross-entropies (MSDNet's loss, GE's loss)."""
+    return sum(F.cross_entropy(z, y) for z in logits)
+
+
+def ofa_loss(logits: list[torch.Tensor], y: torch.Tensor, T: float = 1.0, weight: float = 0.1,
+             kl_reduction: str = "batchmean") -> torch.Tensor:
+    """One-for-all distillation: every exit but the last learns from the last (detached)."""
+    teacher = F.softmax(logits[-1].detach() / T, dim=1)
+    total = F.cross_entropy(logits[-1], y)
+    for z in logits[:-1]:
+        kl = F.kl_div(F.log_softmax(z / T, dim=1), teacher, reduction=kl_reduction)
+        total = total + (1 - weight) * F.cross_entropy(z, y) + weight * T * T * kl
+    return total
+
+
+def make_step(method: dict):
+    if method.get("ofa"):
+        T, g, red = method.get("T", 1.0), method.get("ofa_weight", 0.1), method.get("kl_reduction", "batchmean")
+
+        def step(model, x, y):
+            logits = model(x)
+            return ofa_loss(logits, y, T, g, red), logits
+    else:
+        def step(model, x, y):
+            logits = model(x)
+            return exits_ce(logits, y), logits
+    return step
+
+
+# ---------------------------------------------------------------------------- runs
+
+MODELS = {"msdnet_cifar_7exit": msdnet.msdnet_cifar_7exit, "msdnet_cifar_5exit": msdnet.msdnet_cifar_5exit,
+          "msdnet_imagenet": msdnet.msdnet_imagenet}
+
+# Reduced MSDNets for CPU scales: the same layout as the paper's configs, narrower.
+QUICK_ARGS = {"nChannels": 8, "growthRate": 4, "head_channels": 32}
+SMOKE_ARGS = {"nChannels": 4, "growthRate": 2, "head_channels": 16}
+
+
+def _phase_specs(scale: str, imagenet: bool) -> tuple[TrainSpec, TrainSpec]:
+    if scale == "paper":
+        if imagenet:  # 90 + 90 epochs, batch 256, drops at 30 and 60
+            one = TrainSpec(epochs=90, batch_size=256, lr=0.1, nesterov=True, weight_decay=1e-4,
+                            milestones=(1 / 3, 2 / 3))
+            return one, one
+        # CIFAR: 300 epochs (/10 at 150, 225), then 180 epochs (/10 at 90, 135); batch 64
+        return (TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)),
+                TrainSpec(epochs=180, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)))
+    if scale == "quick":
+        return (TrainSpec(epochs=3, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(2 / 3,)),
+                TrainSpec(epochs=1, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=()))
+    return (TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()),
+            TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()))
+
+
+def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset: str = "cifar100"
+                  ) -> dict[str, RunConfig]:
+    """The five rows of Tables 2/3: {row key: run}."""
+    scale = request.scale
+    dataset = request.dataset_for("imagenet" if imagenet else paper_dataset)
+    if scale == "paper":
+        model = "msdnet_imagenet" if imagenet else f"msdnet_cifar_{exits}exit"
+        args: dict = {}
+        data = DataSpec(val_size=dataset_info(dataset).default_val_size)
+    else:
+        model = f"msdnet_cifar_{exits}exit"
+        args = dict(QUICK_ARGS if scale == "quick" else SMOKE_ARGS)
+        data = request.scale_preset.data
+    p1, p2 = _phase_specs(scale, imagenet and scale == "paper")
+    base = RunConfig(paper=PAPER_NAME, name=f"{model}-phase1", kind="phase1", dataset=dataset, model=model,
+                     model_args=args, method={"ge": False}, train=p1, data=data)
+    ge = replace(base, name=f"{model}-ge-phase1", method={"ge": True})
+
+    def phase2(parent: RunConfig, isc: bool, ofa: bool, tag: str) -> RunConfig:
+        method = {"isc": isc, "isc_detach": True, "ofa": ofa, "T": 1.0, "ofa_weight": 0.1,
+                  "kl_reduction": "batchmean"}
+        return replace(parent, name=f"{model}-{tag}-phase2", kind="phase2", method=method, train=p2, parent=parent)
+
+    return {"baseline": base, "ge": ge, "isc": phase2(base, True, False, "isc"),
+            "ofa": phase2(base, False, True, "ofa"), "ge+isc+ofa": phase2(ge, True, True, "ge-isc-ofa")}
+
+
+def _build(cfg: RunConfig, info) -> msdnet.MSDNet:
+    m = cfg.method
+    return MODELS[cfg.model](num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args,
+                             gradient_equilibrium=bool(m.get("ge")), isc=bool(m.get("isc")),
+                             isc_detach=m.get("isc_detach", True))
+
+
+def _val_eval(data):
+    def evaluate(model) -> dict:
+        from repro.exits import collect_logits
+
+        from repro import distributed as D
+
+        acc = per_exit_accuracy(collect_logits(D.unwrap(model), data.val), data.val_labels)
+        return {f"val_acc_exit{i + 1}": float(a) for i, a in enumerate(acc)}
+    return evaluate
+
+
+def _finish(ctx, model, info) -> dict:
+    ctx.save_model(model)
+    out = ctx.collect_outputs(model)
+    bare = model
+    costs = count_exits(bare.eval(), (1, info.in_channels, info.image_size, info.image_size), convention=COST)
+    return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
+            "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
+            "costs": costs["cost"].tolist(), "params": costs["params"].tolist(), "cost_convention": COST}
+
+
+def train_phase1(ctx) -> dict:
+    data = ctx.data()
+    model = ctx.to_device(_build(ctx.cfg, data.info))
+    ctx.fit(model, make_step(ctx.cfg.method), "phase1", eval_fn=_val_eval(data))
+    return _finish(ctx, model, data.info)
+
+
+def train_phase2(ctx) -> dict:
+    data = ctx.data()
+    model = ctx.to_device(_build(ctx.cfg, data.info))
+    missing, unexpected = model.load_state_dict(ctx.parent_state(), strict=False)
+    assert not unexpected and all(k.startswith("isc_") for k in missing), (missing, unexpected)
+    model.gradient_equilibrium = False  # phase II trains only final layers: nothing to rescale
+    trainable = model.final_layer_parameters()
+    freeze_except(model, trainable)
+    ctx.fit(model, make_step(ctx.cfg.method), "phase2", params=trainable)
+    return _finish(ctx, model, data.info)
+
+
+# ---------------------------------------------------------------------------- artifacts
+
+ROWS = ["baseline", "ge", "isc", "ofa", "ge+isc+ofa"]
+LABELS = {"baseline": "MSDNet (no GE/ISC/OFA)", "ge": "GE", "isc": "ISC", "ofa": "OFA", "ge+isc+ofa": "GE+ISC+OFA"}
+
+
+def _meta(request, artifact: str, title: str, cfg: RunConfig, notes=()) -> Meta:
+    scale_note = {"paper": "paper scale", "quick": "quick scale (reduced MSDNet, few epochs: NOT the paper's setting)",
+                  "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
+    return Meta(PAPER_NAME, artifact, title, scale_note[request.scale], cfg.dataset, request.seeds,
+                f"{CONVENTIONS[COST]}; model {cfg.model} {cfg.model_args or ''}".strip(), list(notes))
+
+
+def _runs_outputs(results, cfg) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in results[cfg]]
+
+
+def _ablation_table(request, results, settings, artifact: str, imagenet: bool) -> list:
+    runs = ablation_runs(request, imagenet=imagenet)
+    cols = [f"E-{i + 1}" for i in range(5)]
+    rows, acc = [], {}
+    for key, cfg in runs.items():
+        mean, spread = accuracy_with_spread(_runs_outputs(results, cfg))
+        acc[key] = (mean, spread)
+        rows += [{"row": key, "column": c, "value": v, "spread": s} for c, v, s in zip(cols, mean, spread)]
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, artifact, ROWS, cols, LABELS)
+    from repro.reference_data import load_reference, reference_value
+
+    ref = load_reference(PAPER_NAME)
+    notes = []
+    for k, c in enumerate(cols):
+        gap = acc["ge+isc+ofa"][0][k] - acc["baseline"][0][k]
+        spread = math.hypot(acc["ge+isc+ofa"][1][k], acc["baseline"][1][k])
+        p_full, p_base = (reference_value(ref, artifact, r, c) for r in ("ge+isc+ofa", "baseline"))
+        pgap = p_full - p_base if p_full is not None and p_base is not None else None
+        notes.append(claim(f"gain of GE+ISC+OFA over MSDNet at {c}", gap, spread, pgap))
+    meta = _meta(request, artifact, f"Top-1 (%) at every exit, ablation of GE / ISC / OFA", runs["baseline"], notes)
+    return write_table(df, meta, settings.tables_dir)
+
+
+def table2_runs(request):
+    return list(ablation_runs(request).values())
+
+
+def build_table2(request, results, settings):
+    return _ablation_table(request, results, settings, "table2", imagenet=False)
+
+
+def table3_runs(request):
+    return list(ablation_runs(request, imagenet=True).values())
+
+
+def build_table3(request, results, settings):
+    return _ablation_table(request, results, settings, "table3", imagenet=True)
+
+
+def table1_runs(request):
+    r = ablation_runs(request, exits=7)
+    return [r["baseline"], r["ge+isc+ofa"]]
+
+
+def build_table1(request, results, settings):
+    from repro.reference_data import load_reference
+
+    base, full = table1_runs(request)
+    mb, sb = accuracy_with_spread(_runs_outputs(results, base))
+    mf, sf = accuracy_with_spread(_runs_outputs(results, full))
+    res = results[full][0].results
+    rows = []
+    for i in range(len(mb)):
+        r = f"exit{i + 1}"
+        rows += [{"row": r, "column": "params_m", "value": res["params"][i] / 1e6},
+                 {"row": r, "column": "madds_m", "value": res["costs"][i] / 1e6},
+                 {"row": r, "column": "msdnet_top1", "value": mb[i], "spread": sb[i]},
+                 {"row": r, "column": "imta_top1", "value": mf[i], "spread": sf[i]}]
+    ref = load_reference(PAPER_NAME)
+    ref = ref[(ref["artifact"] == "table1") & ref["row"].isin(["msdnet", "imta"])]
+    remap = []
+    for _, x in ref.iterrows():
+        exit_no, metric = x["column"].split("_", 1)
+        col = {"params_m": "params_m", "madds_m": "madds_m"}.get(metric, f"{x['row']}_top1")
+        if metric in ("params_m", "madds_m") and x["row"] != "msdnet":
+            continue
+        remap.append({"row": exit_no, "column": col, "value": x["value"]})
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", [f"exit{i + 1}" for i in range(len(mb))],
+                      ["params_m", "madds_m", "msdnet_top1", "imta_top1"], reference=pd.DataFrame(remap))
+    meta = _meta(request, "table1", "Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base)
+    return write_table(df, meta, settings.tables_dir)
+
+
+def _curves(request, results, runs: dict[str, RunConfig]) -> tuple[list[Series], pd.DataFrame]:
+    series, frames = [], []
+    for label, cfg in runs.items():
+        sweeps = []
+        for r in results[cfg]:
+            o = r.outputs
+            sweeps.append(budgeted_sweep(o["val_logits"], o["val_labels"], o["test_logits"], o["test_labels"],
+                                         r.results["costs"], "confidence"))
+        acc = torch.tensor([s["acc"].tolist() for s in sweeps])
+        cost = torch.tensor([s["cost"].tolist() for s in sweeps]).mean(0)
+        err = acc.std(0) if len(sweeps) > 1 else None
+        series.append(Series(label, (cost / 1e6).tolist(), acc.mean(0).tolist(), err.tolist() if err is not None else None))
+        frames.append(pd.DataFrame({"method": label, "budget": sweeps[0]["budget"], "cost_m": (cost / 1e6).numpy(),
+                                    "acc": acc.mean(0).numpy(), "acc_std": err.numpy() if err is not None else math.nan}))
+    return series, pd.concat(frames, ignore_index=True)
+
+
+def _budget_figure(artifact: str, title: str, paper_dataset: str, imagenet: bool = False, exits: int = 7):
+    def runs(request):
+        r = ablation_runs(request, exits=exits, imagenet=imagenet, paper_dataset=paper_dataset)
+        return [r["baseline"], r["ge+isc+ofa"]]
+
+    def build(request, results, settings):
+        base, full = runs(request)
+        series, data = _curves(request, results, {"MSDNet": base, "IMTA (GE+ISC+OFA)": full})
+        meta = _meta(request, artifact, title, base, ["thresholds fitted on the held-out validation split"])
+        return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} counter)",
+                            "top-1 accuracy (%)", data=data)
+    return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
+
+
+def fig4_runs(request):
+    return table2_runs(request)
+
+
+def build_fig4(request, results, settings):
+    runs = ablation_runs(request)
+    series, data = _curves(request, results, {LABELS[k]: v for k, v in runs.items()})
+    meta = _meta(request, "fig4", "Ablation of GE / ISC / OFA, budgeted batch", runs["baseline"],
+                 ["thresholds fitted on the held-out validation split"])
+    return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} counter)",
+                        "top-1 accuracy (%)", data=data)
+
+
+def fig6_runs(request):
+    r = ablation_runs(request)
+    return [r["baseline"], r["ge"]]
+
+
+def build_fig6(request, results, settings):
+    base, ge = fig6_runs(request)
+    series, frames = [], []
+    for label, cfg in {"MSDNet": base, "MSDNet + GE": ge}.items():
+        ms = [r.metrics() for r in results[cfg]]
+        cols = [c for c in ms[0].columns if c.startswith("val_acc_exit")]
+        mean = torch.tensor([m[cols].mean(1).tolist() for m in ms])
+        epochs = ms[0]["epoch"].tolist()
+        series.append(Series(label, epochs, mean.mean(0).tolist(), mean.std(0).tolist() if len(ms) > 1 else None))
+        frames.append(pd.DataFrame({"method": label, "epoch": epochs, "val_acc_mean_over_exits": mean.mean(0).numpy()}))
+    meta = _meta(request, "fig6", "Validation accuracy (mean over exits) per epoch, with and without GE", base)
+    return write_figure(series, meta, settings.figures_dir, "epoch", "validation top-1 (%), mean over exits",
+                        data=pd.concat(frames, ignore_index=True))
+
+
+def fig7_runs(request):
+    r = ablation_runs(request)
+    return [r["baseline"], r["isc"]]
+
+
+def build_fig7(request, results, settings):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base, isc = fig7_runs(request)
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    frames = []
+    for label, cfg, color in (("without ISC", base, "tab:blue"), ("with ISC", isc, "tab:red")):
+        o = results[cfg][0].outputs
+        conf = SCORES["confidence"](o["val_logits"][:2])
+        ranks = conf.argsort(1).argsort(1).float() / (conf.shape[1] - 1)
+        rho = float(torch.corrcoef(ranks)[0, 1])
+        ax.scatter(ranks[0], ranks[1], s=2, alpha=0.3, c=color, label=f"{label} (Spearman ρ = {rho:.3f})")
+        frames.append(pd.DataFrame({"method": label, "spearman_rho": [rho]}))
+    ax.set_xlabel("confidence rank at exit 1 (validation, normalised)")
+    ax.set_ylabel("confidence rank at exit 2")
+    meta = _meta(request, "fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", base)
+    ax.set_title(f"imta fig7 ({meta.scale.split(' (')[0]}, {meta.dataset})", fontsize=9)
+    ax.legend(fontsize=7, markerscale=4)
+    fig.tight_layout()
+    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    stem = settings.figures_dir / "imta_fig7"
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    data = pd.concat(frames, ignore_index=True)
+    head = "".join(f"# {line}\n" for line in [f"imta fig7: {meta.title}", *meta.lines()])
+    stem.with_suffix(".csv").write_text(head + data.to_csv(index=False))
+    return paths + [stem.with_suffix(".csv")]
+
+
+PAPER = Paper(
+    name=PAPER_NAME,
+    title="Li et al., Improved Techniques for Training Adaptive Deep Networks (ICCV 2019)",
+    artifacts={a.name: a for a in [
+        Artifact("table1", "Per-exit params, MADDs and top-1 of MSDNet vs IMTA (7 exits, CIFAR-100)",
+                 table1_runs, build_table1),
+        Artifact("table2", "Ablation GE / ISC / OFA x exits E-1..E-5 (CIFAR-100)", table2_runs, build_table2),
+        Artifact("table3", "Ablation GE / ISC / OFA on ImageNet (smaller scales: their own dataset)",
+                 table3_runs, build_table3),
+        _budget_figure("fig2", "Budgeted batch, MSDNet vs IMTA (CIFAR-10)", "cifar10"),
+        _budget_figure("fig3", "Budgeted batch, MSDNet vs IMTA (CIFAR-100)", "cifar100"),
+        _budget_figure("fig5", "Budgeted batch, MSDNet vs IMTA (ImageNet)", "cifar100", imagenet=True, exits=5),
+        Artifact("fig4", "Ablation as budgeted-batch curves (CIFAR-100)", fig4_runs, build_fig4),
+        Artifact("fig6", "Validation accuracy per epoch with and without GE", fig6_runs, build_fig6),
+        Artifact("fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", fig7_runs, build_fig7),
+    ]},
+    trainers={"phase1": train_phase1, "phase2": train_phase2},
+)

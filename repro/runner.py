@@ -1,0 +1,270 @@
+"""From a request to finished runs: plan, lock, train (or reuse), and hand results to an artifact.
+
+    request (scale, seeds, overrides) --artifact.runs--> run configs (seed 0)
+      --resolve--> one config per seed, ancestors first --execute--> run folders
+      --Results--> artifact.build --> tables/ and figures/
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from repro import distributed as D
+from repro.artifacts import Artifact, get_paper, trainer
+from repro.config import ConfigError, RunConfig, TrainSpec, check_positive, override
+from repro.data import Data, load_data
+from repro.render import git_commit
+from repro.scales import Scale, get_scale
+from repro.store import Run, atomic_torch_save, load_checkpoint
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for: the scale, seeds and overrides that change numbers."""
+    scale: str = "quick"
+    seeds: int = 1
+    dataset: str | None = None
+    epochs: int | None = None
+    train_limit: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        get_scale(self.scale)
+        for name in ("seeds", "epochs", "train_limit", "batch_size"):
+            check_positive(name.replace("_", "-"), getattr(self, name))
+        if self.dataset is not None:
+            from repro.data import dataset_info
+
+            dataset_info(self.dataset)
+
+    @property
+    def scale_preset(self) -> Scale:
+        return get_scale(self.scale)
+
+    def dataset_for(self, paper_default: str) -> str:
+        """The dataset a run uses: --dataset, else the scale's, else the paper's."""
+        return self.dataset or self.scale_preset.dataset or paper_default
+
+
+@dataclass
+class Settings:
+    """Where and how runs execute; none of this changes a run's identity (hash)."""
+    runs_dir: Path = Path("runs")
+    out_dir: Path = Path(".")
+    data_root: Path | None = None
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = False
+    sync_bn: bool = False
+    force: bool = False
+    workers: int = 8
+    log: Callable[[str], None] = print
+    forced: set = field(default_factory=set)
+
+    @property
+    def tables_dir(self) -> Path:
+        return Path(self.out_dir) / "tables"
+
+    @property
+    def figures_dir(self) -> Path:
+        return Path(self.out_dir) / "figures"
+
+
+def resolve(cfg: RunConfig, request: Request) -> list[RunConfig]:
+    """A paper's run config with the request's overrides, once per seed."""
+    cfg = override(cfg, dataset=request.dataset, epochs=request.epochs, train_limit=request.train_limit,
+                   batch_size=request.batch_size)
+    return [cfg.with_seed(s) for s in range(request.seeds)]
+
+
+def plan(artifact: Artifact, request: Request) -> list[RunConfig]:
+    """Every run an artifact needs, ancestors before descendants, each once."""
+    out: dict[str, RunConfig] = {}
+    for cfg in artifact.runs(request):
+        for seeded in resolve(cfg, request):
+            for c in [*reversed(seeded.ancestors()), seeded]:
+                out.setdefault(c.key, c)
+    return sorted(out.values(), key=lambda c: len(c.ancestors()))
+
+
+class RunResult:
+    def __init__(self, run: Run):
+        self.run, self.cfg = run, run.cfg
+        self._results: dict | None = None
+        self._outputs: dict | None = None
+
+    @property
+    def results(self) -> dict:
+        if self._results is None:
+            self._results = self.run.results()
+        return self._results
+
+    @property
+    def outputs(self) -> dict:
+        if self._outputs is None:
+            self._outputs = self.run.outputs()
+        return self._outputs
+
+    def metrics(self):
+        import pandas as pd
+
+        return pd.read_csv(self.run.metrics_path) if self.run.metrics_path.exists() else pd.DataFrame()
+
+
+class Results:
+    """Finished runs of an artifact, looked up by the paper's (seed-0, un-overridden) config."""
+
+    def __init__(self, request: Request, settings: Settings):
+        self.request, self.settings = request, settings
+
+    def __getitem__(self, cfg: RunConfig) -> list[RunResult]:
+        runs = [Run(self.settings.runs_dir, c) for c in resolve(cfg, self.request)]
+        missing = [r.dir for r in runs if not r.done]
+        if missing:
+            raise ConfigError(f"run {missing[0]} has no results yet; run the artifact without --no-wait first")
+        return [RunResult(r) for r in runs]
+
+
+# --------------------------------------------------------------------------- training one run
+
+
+@lru_cache(maxsize=4)
+def _cached_data(dataset: str, spec, batch_size: int, root, device: str, seed: int, rank: int, world: int,
+                 drop_last: bool, channels_last: bool, workers: int) -> Data:
+    return load_data(dataset, spec, batch_size=batch_size, root=root, device=device, seed=seed, rank=rank,
+                     world=world, drop_last=drop_last, channels_last=channels_last, workers=workers)
+
+
+class RunContext:
+    """What a paper's trainer gets: its config, its folder, data, and the training engine."""
+
+    def __init__(self, cfg: RunConfig, run: Run, settings: Settings):
+        self.cfg, self.run, self.settings = cfg, run, settings
+        self.device = D.resolve_device(settings.device)
+        self.log = settings.log
+
+    # data
+    def data(self, batch_size: int | None = None) -> Data:
+        e = D.env()
+        return _cached_data(self.cfg.dataset, self.cfg.data, batch_size or self.cfg.train.batch_size,
+                            self.settings.data_root, str(self.device), self.cfg.seed, e.rank, e.world,
+                            self.cfg.train.drop_last, self.settings.channels_last and self.device.type == "cuda",
+                            self.settings.workers)
+
+    def to_device(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.settings.channels_last and self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    # training
+    def fit(self, model: nn.Module, step, phase: str, spec: TrainSpec | None = None,
+            params: Sequence[nn.Parameter] | None = None, eval_fn=None, stateful: Sequence[nn.Module] = (),
+            batches=None) -> list[dict]:
+        from repro.train import fit
+
+        spec = spec or self.cfg.train
+        wrapped = D.wrap_ddp(model, self.device, self.settings.sync_bn)
+        return fit(wrapped, step, batches if batches is not None else self.data().train, spec,
+                   ckpt_path=self.run.ckpt_path(phase), phase=phase, device=self.device, seed=self.cfg.seed,
+                   params=params, metrics_path=self.run.metrics_path, amp=self.settings.amp,
+                   stateful=stateful, eval_fn=eval_fn, log=self.log)
+
+    # files
+    def save_model(self, model: nn.Module, name: str = "model") -> None:
+        if D.env().is_main:
+            atomic_torch_save(D.unwrap(model).state_dict(), self.run.dir / f"{name}.pt")
+
+    def parent_state(self, name: str = "model") -> dict:
+        if self.cfg.parent is None:
+            raise ConfigError(f"run {self.cfg.name} has no parent run")
+        parent = Run(self.settings.runs_dir, self.cfg.parent)
+        return load_checkpoint(parent.dir / f"{name}.pt", map_location=self.device)
+
+    def save_outputs(self, **tensors: torch.Tensor) -> None:
+        if D.env().is_main:
+            atomic_torch_save({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
+                              self.run.outputs_path)
+
+    def collect_outputs(self, model: nn.Module, **extra) -> dict:
+        """Per-exit logits on validation and test, saved once in outputs.pt."""
+        from repro.exits import collect_logits
+
+        data = self.data()
+        bare = D.unwrap(model)
+        out = {"val_logits": collect_logits(bare, data.val), "val_labels": data.val_labels,
+               "test_logits": collect_logits(bare, data.test), "test_labels": data.test_labels, **extra}
+        self.save_outputs(**out)
+        return out
+
+
+def execute(cfg: RunConfig, settings: Settings) -> str:
+    """Train one run unless it is done; returns 'reused' or 'trained'. Parents must be done."""
+    run = Run(settings.runs_dir, cfg)
+    must_force = settings.force and cfg.key not in settings.forced
+    if run.done and not must_force:
+        return "reused"
+    main = D.env().is_main
+    wait_msg = lambda owner: settings.log(f"{cfg.paper}/{cfg.dirname}: waiting for {owner}")  # noqa: E731
+    lock = run.lock(on_wait=wait_msg) if main else _nolock()
+    with lock:
+        if must_force and main:
+            run.reset()
+        settings.forced.add(cfg.key)
+        if D.broadcast_object(run.done if main else None):
+            return "reused"  # somebody else finished it while we waited
+        for p in cfg.ancestors()[:1]:
+            if not Run(settings.runs_dir, p).done:
+                raise ConfigError(f"run {cfg.name} needs {p.name} first, which has no results")
+        if main:
+            run.prepare()
+        D.barrier()
+        t0 = time.time()
+        ctx = RunContext(cfg, run, settings)
+        if main:
+            data = ctx.data()
+            atomic_torch_save({"train": data.train_idx, "val": data.val_idx}, run.dir / "split.pt")
+            run.write_meta(device=str(ctx.device), processes=D.env().world, commit=git_commit(),
+                           torch=torch.__version__)
+        settings.log(f"{cfg.paper}/{cfg.dirname}: training ({cfg.kind}, {cfg.dataset}, "
+                     f"{cfg.train.epochs} epochs, seed {cfg.seed}) on {ctx.device}")
+        results = trainer(cfg)(ctx)
+        results = {"seconds": time.time() - t0, **results}
+        if main:
+            run.write_results(results)
+        D.barrier()
+    return "trained"
+
+
+class _nolock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
+    for cfg in cfgs:
+        execute(cfg, settings)
+
+
+def run_artifact(paper_name: str, artifact_name: str, request: Request, settings: Settings,
+                 launch: Callable[[Sequence[RunConfig], Settings], bool] | None = None) -> list[Path]:
+    """Make sure the artifact's runs are done (or launched), then build it. Returns written paths."""
+    paper = get_paper(paper_name)
+    artifact = paper.artifact(artifact_name)
+    cfgs = plan(artifact, request)
+    if launch is None:
+        ensure(cfgs, settings)
+    elif not launch(cfgs, settings):
+        return []  # launched elsewhere and not waiting
+    if not D.env().is_main:
+        return []
+    return artifact.build(request, Results(request, settings), settings)

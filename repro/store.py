@@ -1,0 +1,185 @@
+"""The run store: one folder per run, atomic writes, and a lock per run.
+
+runs/<paper>/<name>-s<seed>-<hash>/
+    config.json     the fully resolved RunConfig
+    meta.json       where and when it ran (host, device, processes, commit)
+    split.pt        train / validation indices of the held-out split
+    metrics.csv     one row per epoch (and phase)
+    ckpt/<phase>.pt the last checkpoint of each training phase (atomic: write, then rename)
+    outputs.pt      per-exit logits and labels on validation and test
+    results.json    written last: a run is done once this file exists
+    lock            held (POSIX lock) while a process trains the run
+
+The lock is a ``fcntl.lockf`` lock: the kernel (or the NFS lock manager) drops it
+when its owner dies, so a run whose owner was killed or preempted is taken over by
+the next process that asks, and resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from repro.config import RunConfig
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """Checkpoints hold tensors and plain Python values only: load them with weights_only."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+_HELD: set[Path] = set()  # run folders whose lock this process holds (POSIX locks are per process)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+class Run:
+    """A run's folder and the files in it."""
+
+    def __init__(self, runs_dir: Path, cfg: RunConfig):
+        self.cfg = cfg
+        self.dir = Path(runs_dir) / cfg.paper / cfg.dirname
+
+    # paths
+    @property
+    def results_path(self) -> Path:
+        return self.dir / "results.json"
+
+    @property
+    def outputs_path(self) -> Path:
+        return self.dir / "outputs.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    def ckpt_path(self, phase: str) -> Path:
+        return self.dir / "ckpt" / f"{phase}.pt"
+
+    # state
+    @property
+    def done(self) -> bool:
+        return self.results_path.exists()
+
+    def state(self) -> str:
+        if self.done:
+            return "done"
+        if not self.dir.exists():
+            return "missing"
+        if self.locked_by_other():
+            return "running"
+        return "partial" if any((self.dir / "ckpt").glob("*.pt")) else "missing"
+
+    def results(self) -> dict:
+        return json.loads(self.results_path.read_text())
+
+    def outputs(self) -> dict:
+        return load_checkpoint(self.outputs_path)
+
+    def prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.dir / "config.json"
+        if not cfg_path.exists():
+            atomic_write_json(cfg_path, self.cfg.to_dict())
+
+    def write_meta(self, **meta: Any) -> None:
+        atomic_write_json(self.dir / "meta.json", {"host": socket.gethostname(), "time": time.time(), **meta})
+
+    def write_results(self, results: dict) -> None:
+        atomic_write_json(self.results_path, results)
+
+    def reset(self) -> None:
+        """Forget results and checkpoints (``--force``); the folder and its lock stay."""
+        for p in [self.results_path, self.outputs_path, self.metrics_path, *self.dir.glob("ckpt/*.pt")]:
+            p.unlink(missing_ok=True)
+
+    # locking
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True, poll: float = 2.0, on_wait=None) -> Iterator[None]:
+        """Hold this run's lock; with ``wait`` block until its current owner lets go or dies."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            told = False
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if not wait:
+                        raise RunLocked(f"run {self.dir} is being trained by {self.owner()}") from None
+                    if on_wait and not told:
+                        on_wait(self.owner())
+                        told = True
+                    time.sleep(poll)
+            _HELD.add(self.dir)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                      "since": time.time()}).encode(), 0)
+            yield
+        finally:
+            _HELD.discard(self.dir)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def owner(self) -> str:
+        try:
+            info = json.loads((self.dir / "lock").read_text() or "{}")
+            return f"pid {info.get('pid')} on {info.get('host')}"
+        except (OSError, ValueError):
+            return "another process"
+
+    def locked_by_other(self) -> bool:
+        path = self.dir / "lock"
+        if self.dir in _HELD or not path.exists():
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)

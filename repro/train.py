@@ -1,0 +1,215 @@
+"""One training loop for every paper: SGD, schedules, AMP, DDP, checkpoint and resume.
+
+A paper supplies a *step*: ``step(model, x, y) -> (loss, logits)`` where logits is a
+tensor or a list of per-exit tensors (used for the running training accuracy of the
+last exit).  Everything else (optimiser, schedule, progress, metrics, checkpoints,
+resume, non-finite losses, distributed reduction) lives here.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from repro import distributed as D
+from repro.config import TrainSpec
+from repro.store import atomic_torch_save, load_checkpoint
+
+Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
+CHECK_EVERY = 20  # batches between host syncs (non-finite check, progress display)
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, phase: str, epoch: int, batch: int):
+        super().__init__(f"non-finite loss in phase '{phase}' at epoch {epoch + 1}, batch {batch + 1}; "
+                         f"the last good checkpoint is kept: lower the learning rate or check the data")
+
+
+def lr_factor(spec: TrainSpec, epoch: float) -> float:
+    """Learning-rate multiplier at a (fractional) epoch: linear warm-up, then the schedule."""
+    if spec.warmup_epochs and epoch < spec.warmup_epochs:
+        return (epoch + 1e-8) / spec.warmup_epochs
+    if spec.schedule == "constant":
+        return 1.0
+    if spec.schedule == "cosine":
+        span = max(spec.epochs - spec.warmup_epochs, 1e-8)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - spec.warmup_epochs) / span)))
+    if spec.schedule == "multistep":
+        return spec.gamma ** sum(int(epoch) >= m for m in spec.milestone_epochs())
+    raise ValueError(f"unknown schedule '{spec.schedule}'; choose one of: multistep, cosine, constant")
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
+                           weight_decay=spec.weight_decay)
+
+
+def last_logits(logits) -> torch.Tensor:
+    return logits[-1] if isinstance(logits, (list, tuple)) else logits
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, phase: str, total_batches: int, log: Callable[[str], None]):
+        self.log, self.phase, self.bar = log, phase, None
+        if D.env().is_main and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(phase, total=total_batches, info="")
+
+    def update(self, epoch: int, epochs: int, done: int, info: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=done, description=f"{self.phase} {epoch + 1}/{epochs}", info=info)
+
+    def epoch_end(self, row: dict) -> None:
+        if D.env().is_main:
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
+            self.log(" ".join(f"{k}={v}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Path, phase: str,
+        device: torch.device, seed: int, params: Sequence[nn.Parameter] | None = None,
+        metrics_path: Path | None = None, amp: bool = False, stateful: Sequence[nn.Module] = (),
+        eval_fn: Callable[[nn.Module], dict] | None = None, on_epoch_end: Callable[[int], None] | None = None,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Train ``model`` for ``spec.epochs`` epochs, resuming from ``ckpt_path`` if it exists.
+
+    ``model`` may be wrapped in DistributedDataParallel; checkpoints hold the bare
+    model.  Returns the per-epoch metric rows (also appended to ``metrics_path``).
+    """
+    bare = D.unwrap(model)
+    opt = make_optimizer(params if params is not None else bare.parameters(), spec)
+    steps_per_epoch = max(len(batches), 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(spec, it / steps_per_epoch))
+    use_amp = amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start, history = 0, []
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, map_location=device)
+        bare.load_state_dict(ck["model"])
+        for m, sd in zip(stateful, ck.get("stateful", [])):
+            m.load_state_dict(sd)
+        history = list(ck.get("history", []))
+        if ck.get("finished"):
+            return history
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"], device)
+        start = ck["epoch"]
+        log(f"{phase}: resuming at epoch {start + 1}/{spec.epochs} from {ckpt_path}")
+    else:
+        torch.manual_seed(seed)
+
+    progress = _Progress(phase, steps_per_epoch, log)
+    try:
+        for epoch in range(start, spec.epochs):
+            model.train()
+            batches.set_epoch(epoch)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.float64)
+            seen = torch.zeros((), device=device, dtype=torch.float64)
+            bad = torch.full((), -1, device=device, dtype=torch.long)
+            for b, (x, y) in enumerate(batches):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, logits = step(model, x, y)
+                finite = torch.isfinite(loss.detach())
+                bad = torch.where((bad < 0) & ~finite, torch.full_like(bad, b), bad)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                n = y.shape[0]
+                loss_sum += loss.detach().double() * n
+                correct += (last_logits(logits).detach().argmax(1) == y).sum()
+                seen += n
+                if b % CHECK_EVERY == CHECK_EVERY - 1 or b == steps_per_epoch - 1:
+                    if bad.item() >= 0:
+                        raise NonFiniteLoss(phase, epoch, int(bad.item()))
+                    progress.update(epoch, spec.epochs, b + 1,
+                                    f"loss {loss_sum.item() / max(seen.item(), 1):.3f} "
+                                    f"lr {opt.param_groups[0]['lr']:.3g} "
+                                    f"{seen.item() / (time.perf_counter() - t0):.0f} img/s")
+            stats = D.all_reduce_sum(torch.stack([loss_sum, correct, seen]))
+            seconds = time.perf_counter() - t0
+            row = {"phase": phase, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                   "train_loss": (stats[0] / stats[2]).item(), "train_acc": (100 * stats[1] / stats[2]).item(),
+                   "seconds": seconds, "img_per_s": stats[2].item() / seconds}
+            if eval_fn is not None:
+                row.update(eval_fn(model))
+            history.append(row)
+            progress.epoch_end(row)
+            finished = epoch + 1 == spec.epochs
+            if D.env().is_main:
+                atomic_torch_save({"model": bare.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                                   "stateful": [m.state_dict() for m in stateful], "rng": _rng_state(device),
+                                   "epoch": epoch + 1, "finished": finished, "history": history}, ckpt_path)
+                if metrics_path is not None:
+                    append_metrics(metrics_path, row)
+            D.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    finally:
+        progress.close()
+    return history
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    df = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    keep = df[~((df.get("phase") == row["phase"]) & (df.get("epoch") == row["epoch"]))] if len(df) else df
+    out = pd.concat([keep, pd.DataFrame([row])], ignore_index=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    out.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def freeze_except(model: nn.Module, trainable: Sequence[nn.Parameter]) -> None:
+    """Freeze every parameter but ``trainable``; modules with nothing left to train stay in eval
+    mode for good (BatchNorm statistics frozen too), whatever ``model.train()`` later says."""
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+    def fully_frozen(m: nn.Module) -> bool:
+        return all(id(p) not in keep for p in m.parameters())
+
+    def always_eval(self, mode: bool = True):
+        return nn.Module.train(self, False)
+
+    for m in model.modules():
+        if m is not model and fully_frozen(m) and any(True for _ in m.parameters()):
+            m.train = always_eval.__get__(m)  # type: ignore[method-assign]
+    model.train(model.training)
