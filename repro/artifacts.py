@@ -34,6 +34,13 @@ class Paper:
     title: str
     artifacts: dict[str, Artifact]
     trainers: dict[str, Callable[[RunContext], dict]] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # `--set KEY=VALUE` keys -> one-line help
+
+    def check_options(self, options) -> None:
+        for key, _ in options:
+            if key not in self.options:
+                valid = ", ".join(self.options) or "none"
+                raise ConfigError(f"unknown option '--set {key}=...' for {self.name}; valid keys: {valid}")
 
     def artifact(self, name: str) -> Artifact:
         if name not in self.artifacts:

@@ -81,11 +81,18 @@ def _make_command(targets_fn):
         channels_last: bool = typer.Option(False, help="channels_last memory format on CUDA."),
         sync_bn: bool = typer.Option(False, help="SyncBatchNorm under torchrun."),
         workers: int = typer.Option(8, help="DataLoader workers (ImageNet only)."),
+        set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); see README."),
     ):
         from repro.runner import Request
 
+        options = []
+        for item in set_:
+            if "=" not in item:
+                raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+            k, v = item.split("=", 1)
+            options.append((k.strip(), v.strip()))
         request = Request(scale=scale, seeds=seeds, dataset=dataset, epochs=epochs, train_limit=train_limit,
-                          batch_size=batch_size)
+                          batch_size=batch_size, options=tuple(options))
         if jobs < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
         settings = _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers)

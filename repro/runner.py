@@ -33,6 +33,22 @@ class Request:
     epochs: int | None = None
     train_limit: int | None = None
     batch_size: int | None = None
+    # Paper-specific options from `--set KEY=VALUE` (e.g. dgate's hinge variant); each paper
+    # declares the keys it takes in Paper.options.
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, key: str, default=None, choices=None, type=str):
+        """The value of ``--set key=...`` converted with ``type``, else ``default``."""
+        raw = dict(self.options).get(key)
+        if raw is None:
+            return default
+        try:
+            value = (raw.lower() in ("1", "true", "yes", "on")) if type is bool else type(raw)
+        except ValueError:
+            raise ConfigError(f"--set {key}={raw}: expected a {type.__name__}") from None
+        if choices is not None and value not in choices:
+            raise ConfigError(f"--set {key}={raw}: choose one of: {', '.join(map(str, choices))}")
+        return value
 
     def __post_init__(self):
         get_scale(self.scale)
@@ -260,6 +276,7 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
     """Make sure the artifact's runs are done (or launched), then build it. Returns written paths."""
     paper = get_paper(paper_name)
     artifact = paper.artifact(artifact_name)
+    paper.check_options(request.options)
     cfgs = plan(artifact, request)
     if launch is None:
         ensure(cfgs, settings)
