@@ -26,6 +26,11 @@ class Artifact:
     description: str
     runs: Callable[[Request], list[RunConfig]]
     build: Callable[[Request, Results, Settings], list[Path]]
+    kind: str = ""  # "table" or "figure"; by default a name starting with "fig" is a figure
+
+    @property
+    def output_kind(self) -> str:
+        return self.kind or ("figure" if self.name.startswith("fig") else "table")
 
 
 @dataclass

@@ -38,6 +38,7 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     from repro.runner import plan, run_artifact
     from repro.store import Run
 
+    launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
     if dry_run:
         for p, a in targets:
             cfgs = plan(get_paper(p).artifact(a), request)
@@ -46,7 +47,6 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
                 print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
                       f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
         return
-    launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
     for p, a in targets:
         paths = run_artifact(p, a, request, settings, launch)
         for path in paths:
@@ -109,11 +109,17 @@ def build_app() -> typer.Typer:
 
     @app.command("list")
     def list_cmd(scale: str = typer.Option("quick", help="Show run states at this scale."),
-                 runs_dir: str = typer.Option("runs")):
+                 runs_dir: str = typer.Option("runs"),
+                 names: bool = typer.Option(False, help="Only 'paper artifact table|figure' lines (for scripts).")):
         """Every paper and artifact, with a description and whether its runs are done."""
         from repro.runner import Request, plan
         from repro.store import Run
 
+        if names:
+            for p in papers().values():
+                for a in p.artifacts.values():
+                    print(p.name, a.name, a.output_kind)
+            return
         request = Request(scale=scale)
         for p in papers().values():
             print(f"{p.name}: {p.title}")

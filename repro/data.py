@@ -86,6 +86,14 @@ def _cifar_class(name: str):
             folder = Path(self.root) / self.base_folder
             return all((folder / f).exists() for f, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:
+            import pickle
+
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+            self.classes = data[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
     return Checked
 
 

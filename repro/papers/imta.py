@@ -60,7 +60,9 @@ def ofa_loss(logits: list[torch.Tensor], y: torch.Tensor, T: float = 1.0, weight
     teacher = F.softmax(logits[-1].detach() / T, dim=1)
     total = F.cross_entropy(logits[-1], y)
     for z in logits[:-1]:
-        kl = F.kl_div(F.log_softmax(z / T, dim=1), teacher, reduction=kl_reduction)
+        kl = F.kl_div(F.log_softmax(z / T, dim=1), teacher, reduction="batchmean")
+        if kl_reduction == "mean":  # the authors' KLDivLoss(reduction='mean'): also / classes
+            kl = kl / z.shape[1]
         total = total + (1 - weight) * F.cross_entropy(z, y) + weight * T * T * kl
     return total
 

@@ -1,0 +1,251 @@
+"""The paper-agnostic core: data, split, training engine, store, rendering, CLI errors."""
+import math
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from repro.config import DataSpec, RunConfig, TrainSpec
+from repro.data import (DATASETS, TensorBatches, load_arrays, load_data, random_crop, random_flip, split_indices)
+from repro.render import Meta, beside_paper, to_display, write_table, read_table_csv
+from repro.store import Run, RunLocked, load_checkpoint
+from repro.train import NonFiniteLoss, fit, lr_factor
+
+
+# ---------------------------------------------------------------- split and batches
+
+def test_split_is_deterministic_disjoint_and_complete():
+    a_train, a_val = split_indices(1000, 100, seed=0)
+    b_train, b_val = split_indices(1000, 100, seed=0)
+    c_train, c_val = split_indices(1000, 100, seed=1)
+    assert torch.equal(a_val, b_val) and torch.equal(a_train, b_train)
+    assert not torch.equal(a_val, c_val)
+    assert len(a_val) == 100 and len(a_train) == 900
+    assert set(a_train.tolist()).isdisjoint(a_val.tolist())
+    assert sorted(a_train.tolist() + a_val.tolist()) == list(range(1000))
+
+
+def test_random_crop_is_a_window_of_the_padded_image():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, g)
+    g = torch.Generator().manual_seed(0)
+    oy, ox = torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g)
+    padded = nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        want = padded[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 6]
+        assert torch.equal(out[i], want)
+
+
+def test_random_flip_flips_about_half_and_only_horizontally():
+    x = torch.arange(1000 * 4, dtype=torch.float32).view(1000, 1, 1, 4)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == x[:, 0, 0, 3])
+    assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
+    assert 400 < int(flipped.sum()) < 600
+
+
+def test_ddp_shards_are_disjoint_and_cover_the_epoch():
+    info = DATASETS["synthetic"]
+    x, y = torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10)
+    seen = []
+    for rank in range(2):
+        b = TensorBatches(x, y, 4, info=info, train=True, seed=3, rank=rank, world=2)
+        b.set_epoch(1)
+        seen.append(torch.cat([yy for _, yy in b]).tolist())
+    assert set(seen[0]).isdisjoint(seen[1]) and sorted(seen[0] + seen[1]) == list(range(10))
+
+
+def test_eval_batches_are_normalised_without_augmentation():
+    info = DATASETS["synthetic"]
+    x = torch.full((3, 3, 4, 4), 255, dtype=torch.uint8)
+    b = TensorBatches(x, torch.zeros(3, dtype=torch.long), 2, info=info)
+    xb, _ = next(iter(b))
+    assert torch.allclose(xb, torch.full_like(xb, (1 - 0.5) / 0.25))
+
+
+# ---------------------------------------------------------------- datasets in their real formats
+
+def _fake_cifar(root: Path, name="cifar10"):
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    key = "labels" if name == "cifar10" else "fine_labels"
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
+    for f in files:
+        d = {"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), key: list(range(4))}
+        with open(folder / f, "wb") as fh:
+            pickle.dump(d, fh)
+    meta = "batches.meta" if name == "cifar10" else "meta"
+    with open(folder / meta, "wb") as fh:
+        pickle.dump({"label_names" if name == "cifar10" else "fine_label_names": [str(i) for i in range(10)]}, fh)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_loads_through_torchvision_from_files_in_its_format(tmp_path, name):
+    _fake_cifar(tmp_path, name)
+    a = load_arrays(name, tmp_path, download=False)
+    n_train = 20 if name == "cifar10" else 4
+    assert a.train_x.shape == (n_train, 3, 32, 32) and a.train_x.dtype == torch.uint8
+    assert a.test_y.tolist() == [0, 1, 2, 3]
+
+
+def test_missing_dataset_error_names_paths_and_remedy(tmp_path):
+    from repro.data import DataUnavailable
+
+    with pytest.raises(DataUnavailable, match=r"cifar10.*not found.*looked in .*cifar-10-batches-py"):
+        load_arrays("cifar10", tmp_path, download=False)
+    with pytest.raises(DataUnavailable, match="ImageFolder"):
+        load_data("imagenet", DataSpec(val_size=2), batch_size=2, root=tmp_path)
+
+
+def test_imagenet_imagefolder_split_and_transforms(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((40, 50, 3), i * 40, np.uint8)).save(tmp_path / split / c / f"{i}.png")
+    d = load_data("imagenet", DataSpec(val_size=2), batch_size=2, root=tmp_path, workers=0)
+    assert len(d.val_idx) == 2 and len(d.train_idx) == 4
+    x, y = next(iter(d.test))
+    assert x.shape[1:] == (3, 224, 224)
+    assert d.test_labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+# ---------------------------------------------------------------- training engine
+
+def _tiny_setup(tmp_path, epochs=3):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 10))
+    data = load_data("synthetic", DataSpec(val_size=200), batch_size=50, seed=0)
+    spec = TrainSpec(epochs=epochs, batch_size=50, lr=0.05, milestones=(0.5,), warmup_epochs=0.5)
+
+    def step(m, x, y):
+        out = m(x)
+        return nn.functional.cross_entropy(out, y), out
+    return model, data, spec, step
+
+
+def test_lr_schedule_by_hand():
+    spec = TrainSpec(epochs=300, milestones=(0.5, 0.75), gamma=0.1)
+    assert [lr_factor(spec, e) for e in (0, 149.9, 150, 224, 225, 299)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    cos = TrainSpec(epochs=10, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(cos, 0.5) == pytest.approx(0.5) and lr_factor(cos, 5.5) == pytest.approx(0.5)
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    model, data, spec, step = _tiny_setup(tmp_path)
+    fit(model, step, data.train, spec, ckpt_path=tmp_path / "a.pt", phase="p", device=torch.device("cpu"),
+        seed=0, log=lambda s: None)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch):
+        if epoch == 0:
+            raise Stop
+
+    model2, data2, spec2, _ = _tiny_setup(tmp_path)
+    with pytest.raises(Stop):
+        fit(model2, step, data2.train, spec2, ckpt_path=tmp_path / "b.pt", phase="p", device=torch.device("cpu"),
+            seed=0, on_epoch_end=interrupt, log=lambda s: None)
+    model3, data3, spec3, _ = _tiny_setup(tmp_path)
+    torch.manual_seed(123)  # a fresh process would have another RNG state: the checkpoint restores it
+    hist = fit(model3, step, data3.train, spec3, ckpt_path=tmp_path / "b.pt", phase="p",
+               device=torch.device("cpu"), seed=0, log=lambda s: None)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for k, v in model3.state_dict().items():
+        assert torch.equal(v, straight[k]), k
+    assert load_checkpoint(tmp_path / "b.pt")["finished"] is True
+
+
+def test_non_finite_loss_names_epoch_and_batch_and_keeps_last_checkpoint(tmp_path):
+    model, data, spec, step = _tiny_setup(tmp_path, epochs=2)
+    calls = {"n": 0}
+
+    def bad_step(m, x, y):
+        calls["n"] += 1
+        loss, out = step(m, x, y)
+        return (loss * math.nan if calls["n"] == len(data.train) + 3 else loss), out
+
+    with pytest.raises(NonFiniteLoss, match="epoch 2, batch 3"):
+        fit(model, bad_step, data.train, spec, ckpt_path=tmp_path / "c.pt", phase="p",
+            device=torch.device("cpu"), seed=0, log=lambda s: None)
+    ck = load_checkpoint(tmp_path / "c.pt")
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_freeze_except_keeps_frozen_batchnorm_statistics(tmp_path):
+    from repro.train import freeze_except
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 4, 3))
+    freeze_except(net, list(net[3].parameters()))
+    net.train()
+    before = net[1].running_mean.clone()
+    net(torch.randn(8, 1, 2, 2) + 5)
+    assert torch.equal(net[1].running_mean, before) and not net[1].training
+    assert [p.requires_grad for p in net.parameters()] == [False] * 4 + [True] * 2
+
+
+# ---------------------------------------------------------------- store
+
+def _cfg(**kw):
+    return RunConfig(paper="toy", name="toy", kind="k", dataset="synthetic", model="m", **kw)
+
+
+def test_config_hash_changes_with_what_changes_numbers():
+    a = _cfg()
+    assert a.key == _cfg().key
+    assert a.key != _cfg(seed=1).key
+    assert a.key != replace(a, train=replace(a.train, epochs=2)).key
+    child = replace(_cfg(parent=a), kind="k2")
+    assert child.with_seed(3).parent.seed == 3
+
+
+def test_lock_excludes_a_second_owner(tmp_path):
+    import multiprocessing as mp
+
+    run = Run(tmp_path, _cfg())
+    with run.lock():
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+
+        def other():
+            try:
+                with Run(tmp_path, _cfg()).lock(wait=False):
+                    q.put("got it")
+            except RunLocked as e:
+                q.put(str(e))
+
+        p = ctx.Process(target=other)
+        p.start()
+        p.join()
+        assert "is being trained by pid" in q.get()
+    assert run.state() == "missing"
+
+
+# ---------------------------------------------------------------- rendering
+
+def test_beside_paper_puts_reference_numbers_in_paper_columns_only(tmp_path):
+    ours = pd.DataFrame([{"row": "ge", "column": "E-1", "value": 61.0, "spread": 0.5}])
+    df = beside_paper(ours, "imta", "table2", ["ge"], ["E-1"])
+    assert df.loc[0, "E-1"] == 61.0 and df.loc[0, "E-1 paper"] == 60.35
+    assert df.loc[0, "E-1 Δ"] == pytest.approx(0.65)
+    shown = to_display(df)
+    assert shown.loc[0, "E-1"] == "61.00 ± 0.50"
+    meta = Meta("imta", "table2", "t", "smoke scale", "synthetic", 1, "MMACs")
+    paths = write_table(df, meta, tmp_path)
+    md = paths[0].read_text()
+    assert "scale: smoke scale" in md and "dataset: synthetic" in md and "cost: MMACs" in md and "commit:" in md
+    back = read_table_csv(paths[1])
+    assert list(back.columns) == ["row", "E-1", "E-1 ±", "E-1 paper", "E-1 Δ"]
+    assert "\\pm" in paths[2].read_text()

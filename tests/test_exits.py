@@ -1,0 +1,159 @@
+"""Early-exit evaluation: the budgeted-batch protocol against a per-sample reference."""
+import math
+
+import pytest
+import torch
+
+from repro.exits import (budget_distributions, budgeted_sweep, early_exit, evaluate_exits, exit_index,
+                         fit_thresholds, fixed_thresholds, neg_entropy, confidence, accuracy_with_spread)
+from repro.models.base import MultiExitNet
+
+
+def reference_thresholds(scores, probs):
+    """The protocol of ANCHORS.md, one sample at a time (MSDNet's dynamic evaluation)."""
+    k, n = len(scores), len(scores[0])
+    t = [math.inf] * k
+    filtered = [False] * n
+    for e in range(k - 1):
+        want = math.floor(n * float(probs[e]))
+        order = sorted(range(n), key=lambda i: -scores[e][i])
+        count = 0
+        for i in order:
+            if not filtered[i]:
+                count += 1
+                if count == want:
+                    t[e] = scores[e][i]
+                    break
+        for i in range(n):
+            if scores[e][i] >= t[e]:
+                filtered[i] = True
+    t[-1] = -math.inf
+    return t
+
+
+def reference_exit(scores, t):
+    out = []
+    for i in range(len(scores[0])):
+        for e in range(len(scores)):
+            if scores[e][i] >= t[e] or e == len(scores) - 1:
+                out.append(e)
+                break
+    return out
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 300, 7, generator=g) * torch.tensor([1.0, 1.5, 2.0, 3.0])[:, None, None]
+
+
+def test_budget_distribution_is_geometric():
+    p = budget_distributions(3, [10, 40])
+    # q = 0.5: weights 0.5, 0.25, 0.125 -> 4/7, 2/7, 1/7; q = 2: 2, 4, 8 -> 1/7, 2/7, 4/7
+    assert torch.allclose(p[0], torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64))
+    assert torch.allclose(p[1], torch.tensor([1 / 7, 2 / 7, 4 / 7], dtype=torch.float64))
+
+
+def test_thresholds_match_per_sample_reference(logits):
+    scores = confidence(logits)
+    for probs in budget_distributions(4, range(1, 40, 3)):
+        ours = fit_thresholds(scores, probs)
+        ref = reference_thresholds(scores.double().tolist(), probs)
+        assert ours.tolist() == ref
+        assert exit_index(scores, ours).tolist() == reference_exit(scores.double().tolist(), ref)
+
+
+def test_validation_exit_fractions_follow_the_budget(logits):
+    scores = confidence(logits)  # continuous scores: no ties
+    n = scores.shape[1]
+    for probs in budget_distributions(4, [5, 20, 35]):
+        t = fit_thresholds(scores, probs)
+        counts = torch.bincount(exit_index(scores, t), minlength=4)
+        for k in range(3):
+            assert counts[k] == math.floor(n * float(probs[k])) or counts[k] == 0
+
+
+def test_too_few_left_means_nobody_exits():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1]])
+    t = fit_thresholds(scores, torch.tensor([0.75, 0.5, 0.0], dtype=torch.float64))
+    # exit 1 takes 3 samples; exit 2 wants floor(4*0.5) = 2 but only 1 is left: nobody exits there
+    assert t[0] == pytest.approx(0.7) and t[1] == math.inf and t[2] == -math.inf
+
+
+def test_expected_cost_and_accuracy_by_hand():
+    logits = torch.zeros(2, 4, 3)
+    logits[0, :, 0] = torch.tensor([5.0, 5.0, 0.0, 0.0])  # exit 1 sure about samples 0, 1 (class 0)
+    logits[1, :, 1] = 1.0                                  # exit 2 says class 1 for everyone
+    labels = torch.tensor([0, 1, 1, 1])
+    r = evaluate_exits(torch.tensor([0, 0, 1, 1]), logits, labels, [10.0, 30.0])
+    assert r["cost"] == pytest.approx(20.0)            # (2*10 + 2*30) / 4
+    assert r["acc"] == pytest.approx(75.0)              # sample 1 wrong at exit 1
+    assert r["fractions"] == [0.5, 0.5]
+
+
+def test_sweep_uses_validation_only(logits):
+    labels = torch.zeros(300, dtype=torch.long)
+    a = budgeted_sweep(logits, labels, logits, labels, [1, 2, 3, 4])
+    b = budgeted_sweep(logits, labels, logits * 0 + logits[:, torch.randperm(300)], labels, [1, 2, 3, 4])
+    assert a["thresholds"].tolist() == b["thresholds"].tolist()  # test data changes nothing fitted
+    assert list(a["budget"]) == list(range(1, 40))
+    assert (a["cost"] >= 1).all() and (a["cost"] <= 4).all()
+
+
+def test_entropy_score_by_hand():
+    z = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1e-30]]))
+    assert neg_entropy(z).tolist() == pytest.approx([-math.log(2), 0.0], abs=1e-6)
+
+
+def test_fixed_thresholds_last_exit_takes_the_rest():
+    logits = torch.zeros(3, 2, 2)
+    logits[:, :, 0] = 1.0
+    r = fixed_thresholds(logits, torch.tensor([0, 0]), [math.inf, math.inf], [1, 2, 3], "confidence")
+    assert r["fractions"] == [0.0, 0.0, 1.0] and r["cost"] == 3
+
+
+class ToyExits(MultiExitNet):
+    """Three stages of a linear map; head i is a fixed linear classifier. Counts rows computed."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_exits = 3
+        g = torch.Generator().manual_seed(1)
+        self.w = [torch.randn(8, 8, generator=g) for _ in range(3)]
+        self.c = [torch.randn(8, 5, generator=g) * 3 for _ in range(3)]
+        self.rows = [0, 0, 0]
+
+    def stage(self, i, state):
+        self.rows[i] += state.shape[0]
+        return torch.tanh(state @ self.w[i])
+
+    def head(self, i, state, prev):
+        return state @ self.c[i]
+
+
+def test_real_early_exit_agrees_with_stored_logits_and_skips_work():
+    net = ToyExits()
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(2))
+    logits = torch.stack(net(x))
+    t = torch.tensor([0.9, 0.7, -math.inf], dtype=torch.float64)
+    want = exit_index(confidence(logits), t)
+    net.rows = [0, 0, 0]
+    preds, exits = early_exit(net, x, t.tolist(), "confidence")
+    assert exits.tolist() == want.tolist()
+    assert preds.tolist() == logits.argmax(-1)[want, torch.arange(200)].tolist()
+    # later stages only saw the samples that had not exited
+    assert net.rows == [200, int((want >= 1).sum()), int((want >= 2).sum())]
+    for i in range(5):  # batch size 1 gives the same answers
+        p1, e1 = early_exit(net, x[i:i + 1], t.tolist(), "confidence")
+        assert (p1.item(), e1.item()) == (preds[i].item(), exits[i].item())
+
+
+def test_spread_is_std_over_seeds_or_bootstrap_for_one():
+    labels = torch.zeros(100, dtype=torch.long)
+    a = torch.zeros(1, 100, 2); a[0, :80, 0] = 1; a[0, 80:, 1] = 1   # 80 % right
+    b = torch.zeros(1, 100, 2); b[0, :90, 0] = 1; b[0, 90:, 1] = 1   # 90 % right
+    mean, spread = accuracy_with_spread([(a, labels), (b, labels)])
+    assert mean == pytest.approx([85.0]) and spread == pytest.approx([math.sqrt(50)])
+    mean1, half = accuracy_with_spread([(a, labels)])
+    # binomial standard error sqrt(.8*.2/100) = 4 %, so the 95 % half-width is about 7.8
+    assert mean1 == pytest.approx([80.0]) and 6.0 < half[0] < 9.5
