@@ -81,24 +81,52 @@ def fit_thresholds(val_scores: torch.Tensor, probs: torch.Tensor) -> torch.Tenso
     floor(n * p_k)-th most confident one (nobody exits at k if too few remain, or if
     that count is zero); the last exit takes everyone left (threshold -inf).
     """
-    num_exits, n = val_scores.shape
-    thresholds = torch.full((num_exits,), math.inf, dtype=torch.float64)
-    thresholds[-1] = -math.inf
-    exited = torch.zeros(n, dtype=torch.bool)
+    return fit_thresholds_batch(val_scores, torch.as_tensor(probs, dtype=torch.float64)[None])[0]
+
+
+def fit_thresholds_batch(val_scores: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """:func:`fit_thresholds` for many exit distributions at once: ``probs`` budgets x exits
+    -> thresholds budgets x exits (float64).
+
+    Vectorised over budgets and samples; the only loop is over exits (each exit's walk
+    depends on who the earlier ones took).  Exit k's scores are sorted once; for every
+    budget the running count of not-yet-exited samples along that order (a cumsum) gives
+    the position of the floor(n * p_k)-th one by binary search.
+    """
+    s = val_scores.double()
+    num_exits, n = s.shape
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    b = probs.shape[0]
+    want = (n * probs).floor().long()  # == math.floor(n * float(p)): the same IEEE product
+    thresholds = torch.full((b, num_exits), math.inf, dtype=torch.float64)
+    thresholds[:, -1] = -math.inf
+    exited = torch.zeros(b, n, dtype=torch.bool)
     for k in range(num_exits - 1):
-        want = math.floor(n * float(probs[k]))
-        remaining = val_scores[k][~exited]
-        if 1 <= want <= remaining.numel():
-            thresholds[k] = float(remaining.double().topk(want).values[-1])
-        exited |= val_scores[k].double() >= thresholds[k]
+        sk = s[k]
+        order = sk.argsort(descending=True)
+        left = (~exited[:, order]).cumsum(1)  # b x n: not-yet-exited samples so far, in that order
+        w = want[:, k]
+        ok = (w >= 1) & (w <= left[:, -1])
+        pos = torch.searchsorted(left, w.clamp(min=1)[:, None]).squeeze(1).clamp(max=n - 1)
+        thresholds[:, k] = torch.where(ok, sk[order][pos], torch.full_like(sk[:1], math.inf))
+        exited |= sk[None] >= thresholds[:, k, None]
     return thresholds
 
 
 def exit_index(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """The first exit whose score reaches its threshold, for every sample (the last takes the rest)."""
-    passes = scores.double() >= thresholds.double()[:, None]
-    passes[-1] = True
-    return passes.to(torch.uint8).argmax(0)
+    return exit_index_batch(scores, torch.as_tensor(thresholds)[None])[0]
+
+
+def exit_index_batch(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """:func:`exit_index` for budgets x exits thresholds: budgets x samples exit indices."""
+    s = scores.double()
+    t = thresholds.double()
+    num_exits = s.shape[0]
+    idx = torch.full((t.shape[0], s.shape[1]), num_exits - 1, dtype=torch.long)
+    for k in range(num_exits - 2, -1, -1):  # the earliest passing exit wins: overwrite backwards
+        idx.masked_fill_(s[k][None] >= t[:, k, None], k)
+    return idx
 
 
 def evaluate_exits(exit_idx: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
@@ -112,21 +140,37 @@ def evaluate_exits(exit_idx: torch.Tensor, logits: torch.Tensor, labels: torch.T
             "fractions": (counts / n).tolist(), "correct": preds == labels}
 
 
+def _evaluate_batch(exit_idx: torch.Tensor, correct: torch.Tensor, costs: Sequence[float]) -> dict:
+    """Accuracy (%), expected cost and exit fractions of budgets x samples exit assignments,
+    given ``correct`` (exits x samples: is exit k right about sample i)."""
+    b, n = exit_idx.shape
+    num_exits = correct.shape[0]
+    hits = correct.gather(0, exit_idx).sum(1).double()
+    counts = torch.zeros(b, num_exits, dtype=torch.float64).scatter_add_(
+        1, exit_idx, torch.ones(b, n, dtype=torch.float64))
+    cost = (counts * torch.as_tensor(costs, dtype=torch.float64)).sum(1) / n
+    return {"acc": hits / n * 100, "cost": cost, "fractions": counts / n, "counts": counts, "hits": hits}
+
+
 def budgeted_sweep(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: torch.Tensor,
                    test_labels: torch.Tensor, costs: Sequence[float], score: str | Score = "confidence",
                    budgets: Sequence[int] = range(1, 40)) -> pd.DataFrame:
-    """Budgeted batch classification: one row per budget (thresholds from validation only)."""
+    """Budgeted batch classification: one row per budget (thresholds from validation only).
+
+    All budgets at once: scores and predictions are computed once per split, thresholds
+    for every budget by :func:`fit_thresholds_batch`, exits and accuracies as
+    budgets x samples tensors.
+    """
     fn = SCORES[score] if isinstance(score, str) else score
+    budgets = list(budgets)
     val_s, test_s = fn(val_logits), fn(test_logits)
-    rows = []
-    for budget, probs in zip(budgets, budget_distributions(val_logits.shape[0], budgets)):
-        t = fit_thresholds(val_s, probs)
-        v = evaluate_exits(exit_index(val_s, t), val_logits, val_labels, costs)
-        r = evaluate_exits(exit_index(test_s, t), test_logits, test_labels, costs)
-        rows.append({"budget": budget, "thresholds": t.tolist(), "val_acc": v["acc"], "val_cost": v["cost"],
-                     "val_fractions": v["fractions"], "acc": r["acc"], "cost": r["cost"],
-                     "fractions": r["fractions"]})
-    return pd.DataFrame(rows)
+    t = fit_thresholds_batch(val_s, budget_distributions(val_logits.shape[0], budgets))
+    v = _evaluate_batch(exit_index_batch(val_s, t), val_logits.argmax(-1) == val_labels, costs)
+    r = _evaluate_batch(exit_index_batch(test_s, t), test_logits.argmax(-1) == test_labels, costs)
+    return pd.DataFrame({"budget": budgets, "thresholds": t.tolist(), "val_acc": v["acc"].tolist(),
+                         "val_cost": v["cost"].tolist(), "val_fractions": v["fractions"].tolist(),
+                         "acc": r["acc"].tolist(), "cost": r["cost"].tolist(),
+                         "fractions": r["fractions"].tolist()})
 
 
 def fixed_thresholds(logits: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float],

@@ -101,7 +101,7 @@ def _phase_specs(scale: str, imagenet: bool) -> tuple[TrainSpec, TrainSpec]:
         return (TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)),
                 TrainSpec(epochs=180, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)))
     if scale == "quick":
-        return (TrainSpec(epochs=3, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(2 / 3,)),
+        return (TrainSpec(epochs=2, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5,)),
                 TrainSpec(epochs=1, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=()))
     return (TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()),
             TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()))
