@@ -5,6 +5,7 @@ problem and the valid choices, with exit code 2 (never a traceback).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -47,8 +48,17 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
                 print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
                       f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
         return
+    if launch is not None:
+        # one launch for every run of every target (shared runs once), then render each target
+        cfgs = {c.key: c for p, a in targets for c in plan(get_paper(p).artifact(a), request)}
+        for p, a in targets:
+            get_paper(p).check_options(request.options)
+        ordered = sorted(cfgs.values(), key=lambda c: len(c.ancestors()))
+        if not launch(ordered, settings):
+            _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
+            return
     for p, a in targets:
-        paths = run_artifact(p, a, request, settings, launch)
+        paths = run_artifact(p, a, request, settings)
         for path in paths:
             _log(f"wrote {path}")
         for path in paths:
@@ -160,10 +170,15 @@ def _check_names(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from repro.data import DataUnavailable
+    from repro.launch import RunsFailed
     from repro.store import CheckpointError, RunLocked
     from repro.train import NonFiniteLoss
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("REPRO_THREADS"):  # e.g. 1 on a shared, loaded machine
+        import torch
+
+        torch.set_num_threads(int(os.environ["REPRO_THREADS"]))
     D.init_from_env()
     try:
         _check_names(argv)
@@ -174,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 130)
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
+    except RunsFailed as e:  # runs failed (details logged above): not a usage error
+        _fail(str(e), 1)
     except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss) as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +22,7 @@ from repro.config import ConfigError, RunConfig, TrainSpec, check_positive, over
 from repro.data import Data, load_data
 from repro.render import git_commit
 from repro.scales import Scale, get_scale
-from repro.store import Run, atomic_torch_save, load_checkpoint
+from repro.store import LockUnsupported, Run, RunLocked, atomic_torch_save, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class RunContext:
     # data
     def data(self, batch_size: int | None = None) -> Data:
         e = D.env()
+        D.per_rank_batch(batch_size or self.cfg.train.batch_size)  # the global batch must split evenly
         return _cached_data(self.cfg.dataset, self.cfg.data, batch_size or self.cfg.train.batch_size,
                             self.settings.data_root, str(self.device), self.cfg.seed, e.rank, e.world,
                             self.cfg.train.drop_last, self.settings.channels_last and self.device.type == "cuda",
@@ -224,11 +226,11 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
     """Train one run unless it is done; returns 'reused' or 'trained'. Parents must be done."""
     run = Run(settings.runs_dir, cfg)
     must_force = settings.force and cfg.key not in settings.forced
-    if run.done and not must_force:
+    if D.broadcast_object(run.done) and not must_force:  # rank 0's view: all ranks take the same path
         return "reused"
     main = D.env().is_main
     wait_msg = lambda owner: settings.log(f"{cfg.paper}/{cfg.dirname}: waiting for {owner}")  # noqa: E731
-    lock = run.lock(on_wait=wait_msg) if main else _nolock()
+    lock = run.lock(on_wait=wait_msg) if not D.env().enabled else _ddp_lock(run, wait_msg)
     with lock:
         if must_force and main:
             run.reset()
@@ -258,12 +260,30 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
     return "trained"
 
 
-class _nolock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+@contextlib.contextmanager
+def _ddp_lock(run: Run, on_wait, poll: float = 2.0):
+    """Under torchrun: rank 0 takes the run's lock; while another process holds it, rank 0
+    retries every ``poll`` seconds and all ranks meet in a short collective at each try,
+    so that waiting for hours never runs into the process group's collective timeout."""
+    main = D.env().is_main
+    with contextlib.ExitStack() as stack:
+        told = False
+        while True:
+            got = False
+            if main:
+                try:
+                    stack.enter_context(run.lock(wait=False))
+                    got = True
+                except LockUnsupported:
+                    raise
+                except RunLocked:
+                    if not told:
+                        on_wait(run.owner())
+                        told = True
+            if D.broadcast_object(got):
+                break
+            time.sleep(poll)
+        yield
 
 
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:

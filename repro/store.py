@@ -12,11 +12,15 @@ runs/<paper>/<name>-s<seed>-<hash>/
 
 The lock is a ``fcntl.lockf`` lock: the kernel (or the NFS lock manager) drops it
 when its owner dies, so a run whose owner was killed or preempted is taken over by
-the next process that asks, and resumes from its last checkpoint.
+the next process that asks, and resumes from its last checkpoint.  POSIX locks belong
+to a process (threads share them): parallel launchers use one process per run.  The
+lock file holds the owner's host, pid and Slurm job id, shown to whoever waits.  A
+filesystem that cannot lock is an error, never a silent wait.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -70,6 +74,10 @@ class CheckpointError(RuntimeError):
 
 class RunLocked(RuntimeError):
     pass
+
+
+class LockUnsupported(RunLocked):
+    """The run store's filesystem cannot take POSIX locks."""
 
 
 class Run:
@@ -138,35 +146,42 @@ class Run:
         """Hold this run's lock; with ``wait`` block until its current owner lets go or dies."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        held = False
         try:
             told = False
             while True:
                 try:
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except OSError:
+                except OSError as e:
+                    if e.errno not in _HELD_ERRNOS:
+                        raise _unsupported(self.dir, e) from None
                     if not wait:
                         raise RunLocked(f"run {self.dir} is being trained by {self.owner()}") from None
                     if on_wait and not told:
                         on_wait(self.owner())
                         told = True
                     time.sleep(poll)
+            held = True
             _HELD.add(self.dir)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                      "since": time.time()}).encode(), 0)
+            job = _job_id()
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+                                      **({"job": job} if job else {})}).encode(), 0)
             yield
         finally:
-            _HELD.discard(self.dir)
             try:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+                if held:
+                    _HELD.discard(self.dir)
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
 
     def owner(self) -> str:
         try:
             info = json.loads((self.dir / "lock").read_text() or "{}")
-            return f"pid {info.get('pid')} on {info.get('host')}"
+            job = f" (job {info['job']})" if info.get("job") else ""
+            return f"pid {info.get('pid')} on {info.get('host')}{job}"
         except (OSError, ValueError):
             return "another process"
 
@@ -179,7 +194,28 @@ class Run:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.lockf(fd, fcntl.LOCK_UN)
             return False
-        except OSError:
+        except OSError as e:
+            if e.errno not in _HELD_ERRNOS:
+                raise _unsupported(self.dir, e) from None
             return True
         finally:
             os.close(fd)
+
+
+def _job_id() -> str | None:
+    """The Slurm (array) job this process runs in, as squeue shows it, if any."""
+    e = os.environ
+    if e.get("SLURM_ARRAY_JOB_ID") and e.get("SLURM_ARRAY_TASK_ID"):
+        return f"{e['SLURM_ARRAY_JOB_ID']}_{e['SLURM_ARRAY_TASK_ID']}"
+    return e.get("SLURM_JOB_ID") or e.get("SUBMITIT_LOCAL_JOB_ID")
+
+
+# lockf's answers when another process holds the lock; anything else (ENOLCK, EOPNOTSUPP, ...)
+# means the filesystem cannot lock, and waiting would never end.
+_HELD_ERRNOS = (errno.EACCES, errno.EAGAIN)
+
+
+def _unsupported(folder: Path, e: OSError) -> LockUnsupported:
+    return LockUnsupported(f"cannot lock runs in {folder.parent}: {os.strerror(e.errno or 0)} (errno {e.errno}); "
+                     f"put --runs-dir on a filesystem with POSIX locks (local disk, NFSv4, Lustre/GPFS "
+                     f"mounted with locking)")

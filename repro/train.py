@@ -156,6 +156,8 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
                 correct += (last_logits(logits).detach().argmax(1) == y).sum()
                 seen += n
                 if b % CHECK_EVERY == CHECK_EVERY - 1 or b == steps_per_epoch - 1:
+                    if D.env().enabled:  # every rank stops together when any rank saw a non-finite loss
+                        bad = D.all_reduce_max(bad)
                     if bad.item() >= 0:
                         raise NonFiniteLoss(phase, epoch, int(bad.item()))
                     progress.update(epoch, spec.epochs, b + 1,
