@@ -1,0 +1,783 @@
+"""GlanceNets: Sun & Pang, "GlanceNets - efficient convolutional neural networks with
+adaptive hard example mining", Sci China Inf Sci 61(10) 109101, 2018.
+
+No public code exists: every choice below that the letter leaves open is ours (the
+README section lists them, with the reasons).
+
+The method (``repro.models.densenet.GlanceDenseNet``):
+
+1. Backbone: Huang et al.'s CIFAR DenseNet; at paper scale the plain DenseNet L=40,
+   k=12 (269.4 M fvcore multiply-adds, the closest documented config to the
+   paper's 276 MFLOPs; DenseNet-BC L=100 k=12 is 296.5 M).
+2. Bypasses: BN -> ReLU -> global average pooling -> FC (-> softmax) after each dense
+   block but the last (``--set bypass_after=...``); the last classifier is the
+   backbone's own.
+3. Joint training: the loss is summed over all classifiers.
+4. Hard example weight (eq. 1), for every classifier after the first (the backbone's
+   own included, ``--set hem_last=false`` excludes it), per sample, from the
+   detached predictions of the earlier bypasses:
+
+       w_i = sigmoid( sum_{j<i} [wrong_j] (1 - p_j[y]) / sum_{j<i} [right_j] p_j[y]  - 1 ) + 1/2
+
+   "right_j": argmax of bypass j is the label.  No earlier right prediction (the
+   denominator is 0): w = 1.5, the limit of the formula (ratio -> +inf); all earlier
+   right: the numerator is 0 and w = sigmoid(-1) + 1/2 = 0.769.  So w is in
+   [0.769, 1.5].  The first classifier has w = 1.  Loss J_HEM,i = mean_batch(w_i * CE_i)
+   (eq. 2).
+5. Threshold learning (eq. 4): one learnable scalar H_T,i per bypass and per alpha;
+   per batch, J_T,i = (1-alpha) (max entropy of the right predictions - H_T,i)^2
+   + alpha (min entropy of the wrong predictions - H_T,i)^2, entropies in nats,
+   detached (the term moves only the thresholds).  A batch with no right (or no wrong)
+   prediction at a bypass drops that half of the term for that batch.  The letter
+   writes ||.||_2 of a scalar, an absolute value; the squared form (the issue's,
+   default) makes H_T the alpha-weighted mean of the two entropies; ``--set tnorm=abs``
+   takes the letter literally (H_T then tracks a weighted median of the two).
+   Thresholds start at ln(C)/2 and train with the network's SGD (same learning rate
+   schedule; weight decay 1e-4 shifts the stationary point by 0.005 %).
+6. Inference: a sample leaves at the first bypass whose prediction entropy is below
+   its learned threshold; the last classifier takes the rest (the shared evaluator's
+   "entropy" score is minus the entropy, so H becomes the threshold -H).
+
+Because the entropies are detached, alpha never reaches the network's weights: one
+network trained with a *bank* of threshold learners, one per alpha, is the same as one
+network per alpha (``test_alpha_bank_equals_separate_runs``).  Every artifact therefore
+uses at most three trainings per seed: DenseNet, GlanceNet with HEM, GlanceNet without.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro import distributed as D
+from repro.artifacts import Artifact, Paper
+from repro.config import ConfigError, RunConfig, TrainSpec
+from repro.data import DataSpec, dataset_info, load_data
+from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, per_exit_accuracy,
+                         time_call)
+from repro.flops import CONVENTIONS, count_exits, count_model
+from repro.models.densenet import densenet_cifar, glance_densenet
+from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.store import load_checkpoint
+
+PAPER_NAME = "glancenet"
+COST = "fvcore"  # the paper's "MFLOPs" are multiply-adds; fvcore: 1 MAC = 1, BN counted
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # the alpha sweep 0.1 .. 1.0
+
+# ---------------------------------------------------------------------------- the method
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Prediction entropy in nats (eq. 3) of softmax(logits), over the last dimension."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def hem_weights(logits: Sequence[torch.Tensor], y: torch.Tensor, last: bool = True) -> torch.Tensor:
+    """Hard example weights (eq. 1): exits x batch, row 0 all ones.
+
+    Earlier predictions are constants (computed without gradient).  ``last=False``
+    gives the backbone's own (last) classifier weight 1 as well.
+    """
+    with torch.no_grad():
+        probs = torch.stack([z.detach().float().softmax(-1) for z in logits])  # K x B x C
+        p_y = probs.gather(2, y.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(2)  # K x B
+        right = probs.argmax(-1) == y
+        num = torch.where(right, torch.zeros_like(p_y), 1 - p_y)  # I_ic[y^T (1 - p_j)]
+        den = torch.where(right, p_y, torch.zeros_like(p_y))      # I_c[y^T p_j]
+        # sums over the exits before i: an exclusive cumulative sum
+        num_before = num.cumsum(0) - num
+        den_before = den.cumsum(0) - den
+        ratio = num_before / torch.where(den_before > 0, den_before, torch.ones_like(den_before))
+        w = torch.where(den_before > 0, torch.sigmoid(ratio - 1), torch.ones_like(ratio)) + 0.5
+        w[0] = 1.0
+        if not last:
+            w[-1] = 1.0
+    return w
+
+
+def hem_loss(logits: Sequence[torch.Tensor], y: torch.Tensor, hem: bool = True, last: bool = True) -> torch.Tensor:
+    """Sum over classifiers of mean_batch(w_i * CE_i) (eq. 2); ``hem=False``: plain sum of CEs."""
+    if not hem:
+        return sum(F.cross_entropy(z, y) for z in logits)
+    w = hem_weights(logits, y, last)
+    return sum((wi * F.cross_entropy(z, y, reduction="none")).mean() for wi, z in zip(w, logits))
+
+
+def entropy_targets(bypass_logits: Sequence[torch.Tensor], y: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per bypass: max entropy among right predictions, min among wrong ones, and whether each exists.
+
+    All detached; absent values are 0 (and masked by the flags).
+    """
+    with torch.no_grad():
+        ent = torch.stack([entropy(z.detach()) for z in bypass_logits])  # K' x B
+        right = torch.stack([z.detach().argmax(-1) == y for z in bypass_logits])
+        has_r, has_w = right.any(1), (~right).any(1)
+        max_r = torch.where(right, ent, torch.full_like(ent, -math.inf)).amax(1)
+        min_w = torch.where(~right, ent, torch.full_like(ent, math.inf)).amin(1)
+        max_r = torch.where(has_r, max_r, torch.zeros_like(max_r))
+        min_w = torch.where(has_w, min_w, torch.zeros_like(min_w))
+    return max_r, min_w, has_r, has_w
+
+
+class ThresholdBank(nn.Module):
+    """Learnable entropy thresholds H_T: one row per alpha, one column per bypass (eq. 4)."""
+
+    def __init__(self, alphas: Sequence[float], num_bypasses: int, num_classes: int, norm: str = "sq",
+                 init: float | None = None):
+        super().__init__()
+        if norm not in ("sq", "abs"):
+            raise ConfigError(f"unknown threshold norm '{norm}'; choose one of: sq, abs")
+        self.norm = norm
+        self.register_buffer("alphas", torch.tensor([float(a) for a in alphas]))
+        init = 0.5 * math.log(num_classes) if init is None else float(init)
+        self.H = nn.Parameter(torch.full((len(alphas), num_bypasses), init))
+
+    def loss(self, bypass_logits: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Sum over alphas and bypasses of J_T,i for this batch."""
+        max_r, min_w, has_r, has_w = entropy_targets(bypass_logits, y)
+        a = self.alphas[:, None]
+        H = self.H.float()
+        d_r, d_w = max_r[None] - H, min_w[None] - H
+        dist = (lambda d: d * d) if self.norm == "sq" else torch.abs
+        j = (1 - a) * has_r[None] * dist(d_r) + a * has_w[None] * dist(d_w)
+        return j.sum()
+
+    def thresholds(self, alpha: float) -> list[float]:
+        i = int((self.alphas - alpha).abs().argmin())
+        if abs(float(self.alphas[i]) - alpha) > 1e-6:
+            raise KeyError(f"alpha {alpha} is not in the bank {self.alphas.tolist()}")
+        return self.H[i].detach().float().tolist()
+
+
+class GlanceTraining(nn.Module):
+    """The GlanceNet and its threshold learners, trained together: ``forward(x, y) -> (loss, logits)``."""
+
+    def __init__(self, net: nn.Module, bank: ThresholdBank, hem: bool = True, hem_last: bool = True):
+        super().__init__()
+        self.net, self.bank, self.hem, self.hem_last = net, bank, hem, hem_last
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        logits = self.net(x)
+        loss = hem_loss(logits, y, self.hem, self.hem_last) + self.bank.loss(logits[:-1], y)
+        return loss, logits
+
+
+def glance_exit_index(logits: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
+    """The paper's rule on stored logits (exits x N x C): the first bypass whose entropy is below
+    its threshold, else the last classifier.  Written directly, to check the shared evaluator."""
+    ent = entropy(logits[:-1])  # K-1 x N
+    below = ent < torch.tensor(list(thresholds), dtype=ent.dtype)[:, None]
+    below = torch.cat([below, torch.ones_like(below[:1])])
+    return below.to(torch.uint8).argmax(0)
+
+
+def score_thresholds(H: Sequence[float]) -> list[float]:
+    """Learned entropy thresholds as thresholds on the shared evaluator's "entropy" score (-entropy)."""
+    return [-float(h) for h in H]
+
+
+# ---------------------------------------------------------------------------- runs
+
+# Paper scale: Huang et al.'s CIFAR recipe (the letter states none): SGD Nesterov 0.9,
+# wd 1e-4, batch 64, lr 0.1 / 10 at 50 % and 75 % of 300 epochs.
+ARCH = {"paper": dict(depth=40, growth=12, bottleneck=False),
+        "quick": dict(depth=10, growth=12, bottleneck=False),
+        "smoke": dict(depth=7, growth=4, bottleneck=False)}
+TRAIN = {"paper": TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4,
+                            milestones=(0.5, 0.75)),
+         "quick": TrainSpec(epochs=3, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(2 / 3,)),
+         "smoke": TrainSpec(epochs=1, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=())}
+# real early-exit timing: images timed one at a time, images timed in batches, that batch size
+TIMING = {"paper": (500, 10000, 500), "quick": (200, 2000, 250), "smoke": (24, 256, 128)}
+
+OPTIONS = {
+    "alpha": "alpha of table1 (default 0.9); the threshold bank always holds 0.1..1.0 as well",
+    "hem_alpha": "alpha of the hem table (default 0.5)",
+    "bypass_after": "dense blocks (0-based, comma-separated) followed by a bypass (default 0,1)",
+    "depth": "DenseNet depth L (default: 40 at paper scale, 10 quick, 7 smoke)",
+    "growth": "DenseNet growth rate k (default: 12 paper and quick, 4 smoke)",
+    "bottleneck": "true: DenseNet-BC (bottleneck layers, compression 0.5); default false (plain DenseNet)",
+    "tnorm": "threshold loss distance: sq (squared, default) or abs (the letter's ||.||_2 of a scalar)",
+    "hem_last": "apply the hard example weight to the backbone's own classifier too (default true)",
+}
+
+
+def _alpha(request, key: str, default: float) -> float:
+    a = request.option(key, default, type=float)
+    if not 0 <= a <= 1:
+        raise ConfigError(f"--set {key}={a}: alpha must be in [0, 1]")
+    return round(a, 4)
+
+
+def _arch(request) -> dict:
+    base = ARCH[request.scale]
+    depth = request.option("depth", base["depth"], type=int)
+    growth = request.option("growth", base["growth"], type=int)
+    bottleneck = request.option("bottleneck", base["bottleneck"], type=bool)
+    raw = request.option("bypass_after", "0,1")
+    try:
+        after = tuple(sorted({int(v) for v in raw.split(",") if v.strip()}))
+    except ValueError:
+        raise ConfigError(f"--set bypass_after={raw}: expected comma-separated block indices such as 0,1") from None
+    if not after or min(after) < 0 or max(after) > 1:
+        raise ConfigError(f"--set bypass_after={raw}: choose one or more of 0, 1 (the last dense block, 2, "
+                          f"feeds the backbone's own classifier)")
+    try:
+        densenet_cifar(depth, growth, bottleneck)  # validates depth
+    except ValueError as e:
+        raise ConfigError(f"--set depth={depth}: {e}") from None
+    if growth < 1:
+        raise ConfigError(f"--set growth={growth}: must be a positive integer")
+    return {"depth": depth, "growth": growth, "bottleneck": bottleneck, "bypass_after": list(after)}
+
+
+def glance_runs(request) -> dict[str, RunConfig]:
+    """{"densenet", "hem", "no-hem"}: the three trainings every artifact draws from."""
+    scale = request.scale
+    dataset = request.dataset_for("cifar10")
+    data = DataSpec(val_size=dataset_info(dataset).default_val_size) if scale == "paper" else request.scale_preset.data
+    arch = _arch(request)
+    alphas = sorted(set(ALPHAS) | {_alpha(request, "alpha", 0.9), _alpha(request, "hem_alpha", 0.5)})
+    tnorm = request.option("tnorm", "sq", choices=("sq", "abs"))
+    hem_last = request.option("hem_last", True, type=bool)
+    backbone = {k: arch[k] for k in ("depth", "growth", "bottleneck")}
+    base = RunConfig(paper=PAPER_NAME, name="densenet", kind="densenet", dataset=dataset, model="densenet_cifar",
+                     model_args=backbone, method={}, train=TRAIN[scale], data=data)
+    method = {"hem": True, "hem_last": hem_last, "alphas": alphas, "tnorm": tnorm, "threshold_init": "ln(C)/2",
+              "empty_batch": "drop the missing half of J_T"}
+    hem = RunConfig(paper=PAPER_NAME, name="glancenet-hem", kind="glancenet", dataset=dataset,
+                    model="glance_densenet", model_args=arch, method=method, train=TRAIN[scale], data=data)
+    nohem = RunConfig(paper=PAPER_NAME, name="glancenet-nohem", kind="glancenet", dataset=dataset,
+                      model="glance_densenet", model_args=arch, method={**method, "hem": False, "hem_last": False},
+                      train=TRAIN[scale], data=data)
+    return {"densenet": base, "hem": hem, "no-hem": nohem}
+
+
+def build_model(cfg: RunConfig, info) -> nn.Module:
+    a = cfg.model_args
+    if cfg.model == "densenet_cifar":
+        return densenet_cifar(a["depth"], a["growth"], a["bottleneck"], num_classes=info.num_classes,
+                              in_channels=info.in_channels)
+    return glance_densenet(a["depth"], a["growth"], a["bottleneck"], num_classes=info.num_classes,
+                           in_channels=info.in_channels, bypass_after=tuple(a["bypass_after"]))
+
+
+def _val_eval(data, unwrap: Callable[[nn.Module], nn.Module], bank_alphas: Sequence[float] = ()):
+    def evaluate(model) -> dict:
+        inner = unwrap(D.unwrap(model))
+        acc = per_exit_accuracy(collect_logits(inner, data.val), data.val_labels)
+        row = {f"val_acc_exit{i + 1}": float(a) for i, a in enumerate(acc)}
+        bank = getattr(D.unwrap(model), "bank", None)
+        for alpha in bank_alphas:
+            for i, h in enumerate(bank.thresholds(alpha)):
+                row[f"H_a{alpha:g}_b{i + 1}"] = h
+        return row
+    return evaluate
+
+
+def train_densenet(ctx) -> dict:
+    data = ctx.data()
+    info = data.info
+    model = ctx.to_device(build_model(ctx.cfg, info))
+
+    def step(m, x, y):
+        logits = m(x)
+        return F.cross_entropy(logits, y), logits
+
+    ctx.fit(model, step, "train", eval_fn=_val_eval(data, lambda m: m))
+    ctx.save_model(model)
+    out = ctx.collect_outputs(model)
+    cost = count_model(model.eval(), (info.in_channels, info.image_size, info.image_size), convention=COST)
+    return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
+            "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
+            "cost": cost.macs, "params": cost.params, "cost_convention": COST}
+
+
+def train_glancenet(ctx) -> dict:
+    data = ctx.data()
+    info = data.info
+    m = ctx.cfg.method
+    net = build_model(ctx.cfg, info)
+    bank = ThresholdBank(m["alphas"], net.num_exits - 1, info.num_classes, norm=m["tnorm"])
+    trainer = ctx.to_device(GlanceTraining(net, bank, hem=m["hem"], hem_last=m["hem_last"]))
+    shown = [a for a in (0.5, 0.9) if any(abs(a - b) < 1e-9 for b in m["alphas"])]
+    ctx.fit(trainer, lambda mod, x, y: mod(x, y), "train", eval_fn=_val_eval(data, lambda t: t.net, shown))
+    net = trainer.net
+    ctx.save_model(net)
+    ctx.save_model(trainer.bank, "thresholds")
+    out = ctx.collect_outputs(net)
+    shape = (info.in_channels, info.image_size, info.image_size)
+    costs = count_exits(net.eval(), shape, convention=COST)
+    backbone = count_model(net.backbone, shape, convention=COST)
+    return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
+            "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
+            "alphas": list(m["alphas"]), "thresholds": [trainer.bank.thresholds(a) for a in m["alphas"]],
+            "costs": costs["cost"].tolist(), "params": costs["params"].tolist(),
+            "backbone_cost": backbone.macs, "backbone_params": backbone.params, "cost_convention": COST}
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def learned(result: dict, alpha: float) -> list[float]:
+    """The learned entropy thresholds of ``alpha`` stored in a run's results."""
+    for a, h in zip(result["alphas"], result["thresholds"]):
+        if abs(a - alpha) < 1e-6:
+            return h
+    raise KeyError(f"alpha {alpha} was not trained; the bank holds {result['alphas']}")
+
+
+def policy(logits: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float], costs: Sequence[float],
+           score: str = "entropy") -> dict[str, torch.Tensor]:
+    """Per-sample outcome of exit thresholds on stored logits (shared evaluator's exit rule):
+    exit index, right or wrong, cost paid."""
+    t = torch.tensor(list(thresholds) + [-math.inf], dtype=torch.float64)
+    idx = exit_index(SCORES[score](logits), t)
+    n = labels.numel()
+    pred = logits.argmax(-1)[idx, torch.arange(n)]
+    return {"exit": idx, "correct": (pred == labels).double(),
+            "cost": torch.as_tensor(costs, dtype=torch.float64)[idx]}
+
+
+def full_outcome(logits: torch.Tensor, labels: torch.Tensor, cost: float, exit_no: int = -1) -> dict:
+    """Every sample classified by one exit (no early exit)."""
+    correct = (logits[exit_no].argmax(-1) == labels).double()
+    return {"exit": torch.full_like(labels, logits.shape[0] - 1 if exit_no < 0 else exit_no), "correct": correct,
+            "cost": torch.full_like(correct, float(cost))}
+
+
+Stat = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def stat_spread(per_seed: Sequence[dict[str, torch.Tensor]], stat: Stat, n_boot: int = 1000, seed: int = 0
+                ) -> tuple[float, float]:
+    """A statistic of per-sample outcomes (reduced over the last dimension) and its spread.
+
+    Several seeds: mean and standard deviation over seeds.  One seed: the value and the
+    half-width of the 95 % percentile bootstrap interval over test samples (paired: the
+    same resampled samples for every tensor in the dict), as repro.exits.bootstrap_ci.
+    """
+    values = [float(stat(d)) for d in per_seed]
+    if len(values) > 1:
+        a = np.asarray(values)
+        return float(a.mean()), float(a.std(ddof=1))
+    d = per_seed[0]
+    n = next(iter(d.values())).shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)
+    boot = stat({k: v[idx] for k, v in d.items()}).double()
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return values[0], float(hi - lo) / 2
+
+
+def acc_stat(d): return d["correct"].mean(-1) * 100  # noqa: E704
+def cost_stat(d): return d["cost"].mean(-1) / 1e6  # noqa: E704
+
+
+def prefixed(**outcomes: dict) -> dict[str, torch.Tensor]:
+    return {f"{p}/{k}": v for p, o in outcomes.items() for k, v in o.items()}
+
+
+def _test_io(rr) -> tuple[torch.Tensor, torch.Tensor]:
+    return rr.outputs["test_logits"], rr.outputs["test_labels"]
+
+
+def _val_io(rr) -> tuple[torch.Tensor, torch.Tensor]:
+    return rr.outputs["val_logits"], rr.outputs["val_labels"]
+
+
+def searched_at_cost(rr, target_val_cost: float) -> tuple[list[float], dict]:
+    """Entropy thresholds searched on validation (the shared budgeted sweep), at the budget whose
+    validation cost is closest to ``target_val_cost``; returns the thresholds and its sweep row."""
+    vl, vy = _val_io(rr)
+    tl, ty = _test_io(rr)
+    sweep = budgeted_sweep(vl, vy, tl, ty, rr.results["costs"], "entropy")
+    row = sweep.iloc[int((sweep["val_cost"] - target_val_cost).abs().argmin())]
+    return list(row["thresholds"][:-1]), row.to_dict()
+
+
+# ---------------------------------------------------------------------------- wall clock
+
+
+def _timing_images(cfg: RunConfig, settings, n: int, device: torch.device) -> torch.Tensor:
+    data = load_data(cfg.dataset, cfg.data, batch_size=cfg.train.batch_size, root=settings.data_root,
+                     device=str(device), seed=cfg.seed)
+    chunks, got = [], 0
+    for x, _ in data.test:
+        chunks.append(x)
+        got += x.shape[0]
+        if got >= n:
+            break
+    return torch.cat(chunks)[:n]
+
+
+def load_glancenet(rr, device: torch.device) -> nn.Module:
+    info = dataset_info(rr.cfg.dataset)
+    net = build_model(rr.cfg, info)
+    net.load_state_dict(load_checkpoint(rr.run.dir / "model.pt", map_location=device))
+    return net.to(device).eval()
+
+
+@torch.no_grad()
+def wall_speedup(net, x: torch.Tensor, thresholds: Sequence[float] | None, batch_size: int,
+                 warmup: int = 1, repeats: int = 3) -> float:
+    """Wall-clock time of the bare backbone (the DenseNet) over that of real early exit
+    (``thresholds`` on the entropy score; None: every sample through every classifier)."""
+    device = x.device
+    chunks = list(x.split(batch_size))
+    backbone = net.backbone.eval()
+    net.eval()
+
+    def base():
+        for c in chunks:
+            backbone(c)
+
+    def glance():
+        for c in chunks:
+            if thresholds is None:
+                net(c)
+            else:
+                early_exit(net, c, thresholds, "entropy")
+
+    t_base = time_call(base, device, warmup, repeats)
+    t_glance = time_call(glance, device, warmup, repeats)
+    return t_base / t_glance
+
+
+def timing_note(settings, request) -> str:
+    n1, nb, bs = TIMING[request.scale]
+    dev = D.resolve_device(settings.device)
+    return (f"wall-clock speed-ups: DenseNet backbone vs real early exit (later stages skipped for exited "
+            f"samples), median of 3 after warm-up, on {dev} ({torch.get_num_threads()} CPU threads), "
+            f"batch 1 over {n1} test images and batch {bs} over {nb}; measured when this table was built")
+
+
+# ---------------------------------------------------------------------------- artifacts
+
+
+def _meta(request, artifact: str, title: str, cfg: RunConfig, notes=()) -> Meta:
+    scale_note = {"paper": "paper scale",
+                  "quick": "quick scale (reduced DenseNet, few epochs: NOT the paper's setting)",
+                  "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
+    a = cfg.model_args
+    arch = (f"DenseNet{'-BC' if a['bottleneck'] else ''} L={a['depth']} k={a['growth']}, "
+            f"bypasses after dense blocks {', '.join(str(b + 1) for b in a['bypass_after'])}")
+    m = cfg.method
+    how = (f"thresholds: eq. 4 with {'squared' if m['tnorm'] == 'sq' else 'absolute'} distances; "
+           f"hard example weight on the last classifier: {'yes' if m['hem_last'] else 'no'}")
+    return Meta(PAPER_NAME, artifact, title, scale_note[request.scale], cfg.dataset, request.seeds,
+                f"{CONVENTIONS[COST]}; {arch}", [how, *notes])
+
+
+def _outcomes(results, cfg, thresholds_of: Callable, split: str = "test") -> list[dict]:
+    out = []
+    for rr in results[cfg]:
+        logits, labels = (_test_io if split == "test" else _val_io)(rr)
+        out.append(policy(logits, labels, score_thresholds(thresholds_of(rr)), rr.results["costs"]))
+    return out
+
+
+def table1_runs(request):
+    r = glance_runs(request)
+    return [r["densenet"], r["hem"]]
+
+
+def build_table1(request, results, settings):
+    runs = glance_runs(request)
+    alpha = _alpha(request, "alpha", 0.9)
+    base_rr, glance_rr = results[runs["densenet"]], results[runs["hem"]]
+    base_cost = base_rr[0].results["cost"]
+    assert abs(glance_rr[0].results["backbone_cost"] - base_cost) < 1e-6 * base_cost, "backbones differ"
+
+    dense = [full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in base_rr]
+    full = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in glance_rr]
+    learn = _outcomes(results, runs["hem"], lambda rr: learned(rr.results, alpha))
+    learn_val = _outcomes(results, runs["hem"], lambda rr: learned(rr.results, alpha), "val")
+    searched, search_rows = [], []
+    for rr, v in zip(glance_rr, learn_val):
+        t, row = searched_at_cost(rr, float(v["cost"].mean()))
+        searched.append(policy(*_test_io(rr), t, rr.results["costs"]))
+        search_rows.append((t, row))
+
+    rows_spec = {"densenet": dense, "glancenet-full": full, "glancenet": learn, "glancenet-valsearch": searched}
+    device = D.resolve_device(settings.device)
+    net = load_glancenet(glance_rr[0], device)
+    n1, nb, bs = TIMING[request.scale]
+    x = _timing_images(glance_rr[0].cfg, settings, max(n1, nb), device)
+    thr = {"densenet": "base", "glancenet-full": None,
+           "glancenet": score_thresholds(learned(glance_rr[0].results, alpha)),
+           "glancenet-valsearch": search_rows[0][0]}
+    rows = []
+    for key, outs in rows_spec.items():
+        top1, s_top1 = stat_spread(outs, acc_stat)
+        mflops, s_mflops = stat_spread(outs, cost_stat)
+        red, s_red = stat_spread(outs, lambda d: 100 * (1 - d["cost"].mean(-1) / base_cost))
+        sp, s_sp = stat_spread(outs, lambda d: base_cost / d["cost"].mean(-1))
+        if thr[key] == "base":
+            w1 = wb = 1.0
+        else:
+            w1 = wall_speedup(net, x[:n1], thr[key], 1)
+            wb = wall_speedup(net, x[:nb], thr[key], bs)
+        rows += [{"row": key, "column": "top1", "value": top1, "spread": s_top1},
+                 {"row": key, "column": "mflops", "value": mflops, "spread": s_mflops},
+                 {"row": key, "column": "flops_reduction_pct", "value": red, "spread": s_red},
+                 {"row": key, "column": "speedup", "value": sp, "spread": s_sp},
+                 {"row": key, "column": "wall_speedup_b1", "value": w1},
+                 {"row": key, "column": "wall_speedup_batched", "value": wb}]
+        if key == "densenet":
+            continue
+        fr = torch.stack([torch.bincount(o["exit"], minlength=len(glance_rr[0].results["costs"])).double()
+                          / o["exit"].numel() for o in outs]).mean(0) * 100
+        for k, f in enumerate(fr.tolist()):
+            rows.append({"row": key, "column": f"exit{k + 1}_pct", "value": f})
+    k_exits = len(glance_rr[0].results["costs"])
+    cols = ["top1", "mflops", "flops_reduction_pct", "speedup", "wall_speedup_b1", "wall_speedup_batched",
+            *[f"exit{k + 1}_pct" for k in range(k_exits)]]
+    labels = {"densenet": "DenseNet (baseline)", "glancenet-full": "GlanceNet, no early exit",
+              "glancenet": f"GlanceNet, learned thresholds (alpha={alpha:g})",
+              "glancenet-valsearch": "GlanceNet, thresholds searched on val at the same val cost"}
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", list(rows_spec), cols, labels)
+
+    paired = [prefixed(g=g, d=d) for g, d in zip(learn, dense)]
+    gap, s_gap = stat_spread(paired, lambda d: 100 * (d["g/correct"].mean(-1) - d["d/correct"].mean(-1)))
+    red, s_red = stat_spread(learn, lambda d: 100 * (1 - d["cost"].mean(-1) / base_cost))
+    sp_gap, s_sp_gap = stat_spread(learn, lambda d: base_cost / d["cost"].mean(-1) - 1)
+    vs = [prefixed(g=g, s=s) for g, s in zip(learn, searched)]
+    lg, s_lg = stat_spread(vs, lambda d: 100 * (d["g/correct"].mean(-1) - d["s/correct"].mean(-1)))
+    notes = [claim(f"top-1 of GlanceNet (alpha={alpha:g}) minus DenseNet (points)", gap, s_gap, None),
+             claim("FLOPs reduction of GlanceNet vs DenseNet (%)", red, s_red, 30.18),
+             claim("speed-up from FLOPs minus 1", sp_gap, s_sp_gap, 0.43),
+             claim("top-1 of learned minus validation-searched thresholds at the same validation cost (points)",
+                   lg, s_lg, None),
+             f"learned entropy thresholds (alpha={alpha:g}, seed 0): "
+             + ", ".join(f"{h:.3f}" for h in learned(glance_rr[0].results, alpha))
+             + "; searched on validation (seed 0): "
+             + ", ".join(f"{-t:.3f}" for t in search_rows[0][0])
+             + f" (validation cost {float(learn_val[0]['cost'].mean()) / 1e6:.3f} vs "
+             f"{search_rows[0][1]['val_cost'] / 1e6:.3f} MMACs, budget {int(search_rows[0][1]['budget'])})",
+             "the paper prints 276 -> 186 MFLOPs as '30.18 % reduced, 1.43x'; 186/276 is 32.6 %, 1.48x "
+             "(repro/reference/README.md)",
+             "paper 'speedup' is FLOPs-derived in table1; ours in 'speedup' too; wall-clock columns beside",
+             timing_note(settings, request)]
+    meta = _meta(request, "table1", "DenseNet vs GlanceNet: top-1 (%), average cost and speed-up", runs["hem"], notes)
+    return write_table(df, meta, settings.tables_dir)
+
+
+def hem_runs(request):
+    r = glance_runs(request)
+    return [r["no-hem"], r["hem"]]
+
+
+def build_hem(request, results, settings):
+    runs = glance_runs(request)
+    alpha = _alpha(request, "hem_alpha", 0.5)
+    outs = {key: _outcomes(results, runs[key], lambda rr: learned(rr.results, alpha)) for key in ("no-hem", "hem")}
+    base_cost = results[runs["hem"]][0].results["backbone_cost"]
+    k_exits = len(results[runs["hem"]][0].results["costs"])
+    device = D.resolve_device(settings.device)
+    n1, nb, bs = TIMING[request.scale]
+    x = None
+    rows = []
+    for key, o in outs.items():
+        rr0 = results[runs[key]][0]
+        net = load_glancenet(rr0, device)
+        if x is None:
+            x = _timing_images(rr0.cfg, settings, nb, device)
+        wb = wall_speedup(net, x[:nb], score_thresholds(learned(rr0.results, alpha)), bs)
+        top1, s1 = stat_spread(o, acc_stat)
+        mf, smf = stat_spread(o, cost_stat)
+        sp, ssp = stat_spread(o, lambda d: base_cost / d["cost"].mean(-1))
+        last = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in results[runs[key]]]
+        tl, stl = stat_spread(last, acc_stat)
+        rows += [{"row": key, "column": "top1", "value": top1, "spread": s1},
+                 {"row": key, "column": "top1_last_classifier", "value": tl, "spread": stl},
+                 {"row": key, "column": "mflops", "value": mf, "spread": smf},
+                 {"row": key, "column": "speedup", "value": sp, "spread": ssp},
+                 {"row": key, "column": "wall_speedup_batched", "value": wb}]
+        for k in range(k_exits):
+            f, sf = stat_spread(o, lambda d, k=k: (d["exit"] == k).double().mean(-1) * 100)
+            rows.append({"row": key, "column": f"exit{k + 1}_pct", "value": f, "spread": sf})
+    paired = [prefixed(h=h, n=n) for h, n in zip(outs["hem"], outs["no-hem"])]
+    extra, s_extra = stat_spread(paired, lambda d: 100 * ((d["h/exit"] == 0).double().mean(-1)
+                                                          - (d["n/exit"] == 0).double().mean(-1)))
+    rows.append({"row": "hem", "column": "first_bypass_extra_pct", "value": extra, "spread": s_extra})
+    cols = ["top1", "top1_last_classifier", "mflops", "speedup", "wall_speedup_batched",
+            *[f"exit{k + 1}_pct" for k in range(k_exits)], "first_bypass_extra_pct"]
+    labels = {"no-hem": f"GlanceNet without HEM (alpha={alpha:g})", "hem": f"GlanceNet with HEM (alpha={alpha:g})"}
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "hem", ["no-hem", "hem"], cols, labels)
+    acc_gap, s_acc = stat_spread(paired, lambda d: 100 * (d["h/correct"].mean(-1) - d["n/correct"].mean(-1)))
+    sp_gap, s_sp = stat_spread(paired, lambda d: base_cost / d["h/cost"].mean(-1) - base_cost / d["n/cost"].mean(-1))
+    thr = {k: learned(results[runs[k]][0].results, alpha) for k in outs}
+    notes = [claim("top-1 with HEM minus without (points)", acc_gap, s_acc, 89.84 - 89.12),
+             claim("speed-up with HEM minus without (FLOPs-derived)", sp_gap, s_sp, 1.69 - 1.54),
+             claim("samples at the first bypass, with HEM minus without (points)", extra, s_extra, 15.0),
+             "learned thresholds (seed 0): " + "; ".join(f"{k}: " + ", ".join(f"{h:.3f}" for h in v)
+                                                         for k, v in thr.items()),
+             "the paper's speed-ups here are from inference time on its GPU; 'speedup' is ours from FLOPs, "
+             "'wall_speedup_batched' ours from wall-clock; the paper's '15 %' is read as percentage points",
+             timing_note(settings, request)]
+    meta = _meta(request, "hem", "Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%)",
+                 runs["hem"], notes)
+    return write_table(df, meta, settings.tables_dir)
+
+
+def alpha_runs(request):
+    return [glance_runs(request)["hem"]]
+
+
+def _alpha_frame(results, cfg) -> pd.DataFrame:
+    rrs = results[cfg]
+    res0 = rrs[0].results
+    base_cost = res0["backbone_cost"]
+    recs = []
+    for alpha in res0["alphas"]:
+        outs = _outcomes(results, cfg, lambda rr: learned(rr.results, alpha))
+        top1, s1 = stat_spread(outs, acc_stat)
+        mf, smf = stat_spread(outs, cost_stat)
+        sp, ssp = stat_spread(outs, lambda d: base_cost / d["cost"].mean(-1))
+        H = np.array([learned(rr.results, alpha) for rr in rrs])
+        rec = {"alpha": alpha, "top1": top1, "top1_spread": s1, "mflops": mf, "mflops_spread": smf,
+               "speedup": sp, "speedup_spread": ssp}
+        for i in range(H.shape[1]):
+            rec[f"H_bypass{i + 1}"] = H[:, i].mean()
+            rec[f"H_bypass{i + 1}_spread"] = H[:, i].std(ddof=1) if len(rrs) > 1 else 0.0
+        for k in range(len(res0["costs"])):
+            rec[f"exit{k + 1}_pct"] = float(np.mean([(o["exit"] == k).double().mean() * 100 for o in outs]))
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _trend(values: Sequence[float]) -> str:
+    d = np.diff(np.asarray(values, dtype=float))
+    return f"{int((d > 0).sum())} rises, {int((d < 0).sum())} falls, {int((d == 0).sum())} ties"
+
+
+def build_alpha(request, results, settings):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = glance_runs(request)["hem"]
+    df = _alpha_frame(results, cfg)
+    sweep = df[df["alpha"].isin(ALPHAS)]
+    hcols = [c for c in df.columns if c.startswith("H_bypass") and not c.endswith("_spread")]
+    # the paper's claim, 0.1 vs 1.0: thresholds fall, accuracy rises, speed falls
+    outs = {a: _outcomes(results, cfg, lambda rr, a=a: learned(rr.results, a)) for a in (min(ALPHAS), max(ALPHAS))}
+    paired = [prefixed(hi=h, lo=lo) for h, lo in zip(outs[max(ALPHAS)], outs[min(ALPHAS)])]
+    acc_gap, s_acc = stat_spread(paired, lambda d: 100 * (d["hi/correct"].mean(-1) - d["lo/correct"].mean(-1)))
+    base_cost = results[cfg][0].results["backbone_cost"]
+    sp_gap, s_sp = stat_spread(paired, lambda d: base_cost / d["hi/cost"].mean(-1) - base_cost / d["lo/cost"].mean(-1))
+    notes = [claim("top-1 at alpha=1.0 minus alpha=0.1 (points; paper: larger alpha, higher accuracy)",
+                   acc_gap, s_acc, None),
+             claim("speed-up at alpha=1.0 minus alpha=0.1 (paper: larger alpha, slower)", sp_gap, s_sp, None),
+             *[f"{c} along alpha 0.1 -> 1.0: {_trend(sweep[c])} (paper: falls)" for c in hcols],
+             f"top-1 along alpha: {_trend(sweep['top1'])} (paper: rises); "
+             f"speed-up: {_trend(sweep['speedup'])} (paper: falls)",
+             "one network: alpha only moves the thresholds (detached entropies), all alphas learned side by side",
+             "paper: no per-alpha numbers, only the trend and the suggested range 0.5-1.0 (shaded)"]
+    meta = _meta(request, "alpha", "Top-1, speed-up (FLOPs) and learned thresholds against alpha", cfg, notes)
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    err = lambda c: sweep[f"{c}_spread"] if request.seeds > 1 or not c.startswith("H_") else None  # noqa: E731
+    axes[0].errorbar(sweep["alpha"], sweep["top1"], yerr=err("top1"), fmt="-o", capsize=3)
+    axes[0].set_ylabel("top-1 (%), learned thresholds")
+    axes[1].errorbar(sweep["alpha"], sweep["speedup"], yerr=err("speedup"), fmt="-o", capsize=3)
+    axes[1].set_ylabel("speed-up vs DenseNet (from FLOPs)")
+    for c in hcols:
+        axes[2].errorbar(sweep["alpha"], sweep[c], yerr=err(c), fmt="-o", capsize=3,
+                         label=c.replace("H_bypass", "bypass "))
+    axes[2].set_ylabel("learned entropy threshold H_T (nats)")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.axvspan(0.5, 1.0, color="0.9", zorder=0)
+        ax.axvline(_alpha(request, "alpha", 0.9), color="tab:red", lw=0.8, ls="--")
+        ax.set_xlabel("alpha")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{PAPER_NAME} alpha: {meta.title}", fontsize=10)
+    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    out = Path(settings.figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{PAPER_NAME}_alpha"
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    head = "".join(f"# {line}\n" for line in [f"{PAPER_NAME} alpha: {meta.title}", *meta.lines()])
+    stem.with_suffix(".csv").write_text(head + df.to_csv(index=False))
+    return paths + [stem.with_suffix(".csv")]
+
+
+def tradeoff_runs(request):
+    r = glance_runs(request)
+    return [r["densenet"], r["hem"]]
+
+
+def build_tradeoff(request, results, settings):
+    runs = glance_runs(request)
+    cfg = runs["hem"]
+    rrs = results[cfg]
+    df = _alpha_frame(results, cfg)
+    sweeps = []
+    for rr in rrs:
+        vl, vy = _val_io(rr)
+        tl, ty = _test_io(rr)
+        sweeps.append(budgeted_sweep(vl, vy, tl, ty, rr.results["costs"], "entropy"))
+    acc = np.array([s["acc"].to_numpy() for s in sweeps])
+    cost = np.array([s["cost"].to_numpy() for s in sweeps]).mean(0) / 1e6
+    acc_err = acc.std(0, ddof=1) if len(sweeps) > 1 else None
+    base = [full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in results[runs["densenet"]]]
+    b_acc, b_s = stat_spread(base, acc_stat)
+    b_cost = results[runs["densenet"]][0].results["cost"] / 1e6
+    full = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in rrs]
+    f_acc, f_s = stat_spread(full, acc_stat)
+    series = [Series("thresholds searched on validation (budgeted sweep, entropy)", cost.tolist(),
+                     acc.mean(0).tolist(), acc_err.tolist() if acc_err is not None else None),
+              Series("learned thresholds (one point per alpha 0.1..1.0)", df["mflops"].tolist(), df["top1"].tolist(),
+                     df["top1_spread"].tolist(), kind="points"),
+              Series("DenseNet baseline", [b_cost], [b_acc], [b_s], kind="points"),
+              Series("GlanceNet, no early exit", [rrs[0].results["costs"][-1] / 1e6],
+                     [f_acc], [f_s], kind="points")]
+    if request.scale == "paper" and cfg.dataset == "cifar10":
+        series.append(Series("paper: GlanceNet alpha=0.9", [186.0], [92.36], kind="paper"))
+    data = pd.concat([
+        pd.DataFrame({"method": "val-searched", "budget": sweeps[0]["budget"], "mflops": cost,
+                      "top1": acc.mean(0), "top1_std": acc_err if acc_err is not None else math.nan}),
+        pd.DataFrame({"method": "learned", "alpha": df["alpha"], "mflops": df["mflops"], "top1": df["top1"],
+                      "top1_spread": df["top1_spread"]}),
+        pd.DataFrame({"method": ["densenet", "glancenet-no-exit"],
+                      "mflops": [b_cost, rrs[0].results["costs"][-1] / 1e6],
+                      "top1": [b_acc, f_acc], "top1_spread": [b_s, f_s]}),
+    ], ignore_index=True)
+    notes = ["validation-searched thresholds: repro.exits.budgeted_sweep on the entropy score, fitted on the "
+             "held-out validation split, applied to test"]
+    meta = _meta(request, "tradeoff", "Accuracy vs cost, learned vs val-searched thresholds", cfg, notes)
+    return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} MACs)",
+                        "top-1 accuracy (%)", data=data)
+
+
+PAPER = Paper(
+    name=PAPER_NAME,
+    title="Sun & Pang, GlanceNets: efficient CNNs with adaptive hard example mining (Sci China Inf Sci 2018)",
+    artifacts={a.name: a for a in [
+        Artifact("table1", "DenseNet vs GlanceNet (alpha 0.9): top-1, MFLOPs, reduction, speed-up (FLOPs, wall clock)",
+                 table1_runs, build_table1, kind="table"),
+        Artifact("hem", "alpha 0.5 with and without the hard example weight: top-1, speed-up, exits per bypass",
+                 hem_runs, build_hem, kind="table"),
+        Artifact("alpha", "Top-1, speed-up and learned thresholds against alpha 0.1..1.0 (figure + CSV)",
+                 alpha_runs, build_alpha, kind="figure"),
+        Artifact("tradeoff", "Accuracy vs cost: learned thresholds per alpha, validation-searched curve, DenseNet",
+                 tradeoff_runs, build_tradeoff, kind="figure"),
+    ]},
+    trainers={"densenet": train_densenet, "glancenet": train_glancenet},
+    options=OPTIONS,
+)
