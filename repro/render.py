@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -175,11 +176,12 @@ def write_figure(series: Sequence[Series], meta: Meta, out_dir: Path, xlabel: st
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{meta.paper} {meta.artifact}: {meta.title}", fontsize=10)
+    ax.set_title(textwrap.fill(f"{meta.paper} {meta.artifact}: {meta.title}", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    footer = textwrap.fill(" | ".join(meta.lines()[:5]), 150)
+    fig.text(0.01, 0.005, footer, fontsize=5.5, color="0.35", va="bottom")
+    fig.tight_layout(rect=(0, 0.02 + 0.018 * footer.count("\n") + 0.02, 1, 1))
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in paths:
