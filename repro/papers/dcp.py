@@ -1,0 +1,1179 @@
+"""DCP: Shen et al., "Learning to Prune in Training via Dynamic Channel Propagation", ICPR 2020.
+
+The paper text we have is the abstract; the algorithm follows the authors' code
+(facts in ANCHORS.md, re-implemented here).  A static network gets smaller while it
+trains:
+
+1. Masks.  Every maskable group of channels (VGG-16-BN: every conv; CIFAR ResNet:
+   the inner channel of each basic block; ResNet-50: after ``bn1`` and ``bn2`` of each
+   bottleneck) has a 0/1 mask applied after its BatchNorm and before its ReLU
+   (:class:`ChannelMask`, sitting in the model's mask slots).
+2. Channel utility.  In the backward pass, for the BN output ``a`` and the gradient
+   ``g`` reaching it (the mask already applied, so masked channels have g = 0):
+   ``v_c = Σ_batch |Σ_{h,w} g·a| / (b·h·w)``, divided by the layer's largest v.  Every
+   iteration ``U[active] *= decay; U += v``: a masked channel's utility is frozen.
+3. Propagation.  For the first ``warmup`` iterations every channel is active; after
+   that, before each iteration, only the top ``k = N − round(N·pr)`` channels by
+   utility over *all* maskable layers at once (one global ranking, deterministic)
+   take part in forward and backward.  ``pr`` and ``decay`` stay constant.
+4. Export.  After training each layer keeps its active channels: the conv, BN
+   (running statistics included) and the consuming layer are sliced
+   (:func:`repro.models.staged.prune_channels`), and the smaller network computes what
+   the masked one did; its fvcore cost is checked against the cost the mask predicts
+   (:class:`CostModel`).
+
+Baselines at the same FLOPs reduction: the unpruned network (same recipe), and L1-norm
+filter pruning (Li et al., ICLR 2017) of the trained unpruned network followed by
+fine-tuning.  The run graph is a chain per (architecture, pr, seed):
+``unpruned → dcp → l1``.  DCP from scratch does not use its parent's weights (the
+parent is its reference, and the start point when ``init=pretrained``); the L1 run reads
+the unpruned weights from its grandparent and the FLOPs reduction to match from its
+parent, so the core's dependency order (a run starts after its parent) covers both.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro import distributed as D
+from repro.artifacts import Artifact, Paper
+from repro.config import ConfigError, RunConfig, TrainSpec
+from repro.data import DataSpec, dataset_info
+from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread
+from repro.flops import CONVENTIONS
+from repro.models import resnet, resnet50_dcp, vgg
+from repro.models.staged import MaskSlot, prune_channels
+from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.store import Run, load_checkpoint
+
+PAPER_NAME = "dcp"
+COST = "fvcore"  # the paper prints a percentage ("FLOPs pruned"): the convention hardly matters
+EPS = 1e-12
+
+# ============================================================================ the method
+
+
+class _MaskFn(torch.autograd.Function):
+    """``a · mask`` whose backward also hands (g, a) to the owner's utility accumulator.
+
+    ``g`` is the gradient w.r.t. the BN output ``a`` (= incoming gradient · mask), the
+    tensor the authors' backward hook on the BN output receives.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, mask: torch.Tensor, owner: ChannelMask) -> torch.Tensor:
+        m = mask.to(a.dtype).view(1, -1, 1, 1)
+        ctx.save_for_backward(a, m)
+        ctx.owner = owner
+        return a * m
+
+    @staticmethod
+    def backward(ctx, g_out: torch.Tensor):
+        a, m = ctx.saved_tensors
+        g = g_out * m
+        ctx.owner.accumulate(g, a)
+        return g, None, None
+
+
+def channel_scores(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """First-order Taylor score per channel: ``Σ_batch |Σ_{h,w} g·a| / (b·h·w)`` (float32)."""
+    b, _, h, w = a.shape
+    return (g.float() * a.float()).sum((2, 3)).abs().sum(0) / (b * h * w)
+
+
+class ChannelMask(nn.Module):
+    """The module DCP puts in a mask slot: multiplies its channels by the controller's mask.
+
+    It has no state of its own (the mask and utilities live in :class:`DCPController`,
+    which is checkpointed); in training, the backward pass adds this layer's raw
+    channel scores to the controller's pending buffer.
+    """
+
+    def __init__(self, controller: DCPController, layer: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "controller", controller)  # not a submodule: no duplicate state
+        self.layer = layer
+        self.start = controller.offsets[layer]
+        self.size = controller.sizes[layer]
+
+    def current_mask(self) -> torch.Tensor:
+        return self.controller.mask[self.start:self.start + self.size]
+
+    def accumulate(self, g: torch.Tensor, a: torch.Tensor) -> None:
+        c = self.controller
+        c.pending[self.start:self.start + self.size].add_(channel_scores(g, a))
+        c.fresh.fill_(1.0)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        mask = self.current_mask()
+        if self.training and torch.is_grad_enabled():
+            return _MaskFn.apply(a, mask, self)
+        return a * mask.to(a.dtype).view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, channels={self.size}"
+
+
+def layer_best(u: torch.Tensor, layer_id: torch.Tensor, layers: int) -> torch.Tensor:
+    """Flat index of each layer's highest-utility channel (the first one among ties)."""
+    n = u.numel()
+    lmax = torch.full((layers,), -math.inf, device=u.device, dtype=u.dtype)
+    lmax = lmax.scatter_reduce(0, layer_id, u, "amax", include_self=True)
+    pos = torch.arange(n, device=u.device)
+    cand = torch.where(u == lmax[layer_id], pos, torch.full_like(pos, n))
+    best = torch.full((layers,), n, device=u.device, dtype=torch.long)
+    return best.scatter_reduce(0, layer_id, cand, "amin", include_self=True)
+
+
+def select_channels(u: torch.Tensor, layer_id: torch.Tensor, layers: int, pr: float, rule: str = "topk",
+                    guard: bool = True, scope: str = "global") -> tuple[torch.Tensor, torch.Tensor]:
+    """The channels that propagate: a 0/1 float mask over all maskable channels, and the
+    number of layers that the plain rule would have left empty (a 0-d tensor).
+
+    - ``topk`` (default): exactly ``k = N − round(N·pr)`` channels, the highest utilities
+      over all layers at once; ties go to the lower flat index (stable sort), so the
+      selection is deterministic.  With ``guard`` every layer keeps at least its best
+      channel (still k in all), since a layer with no channel cuts the network.
+    - ``code`` (the authors' rule): threshold ``t`` = the utility at 0-based position
+      ``round(N·pr)`` of the ascending order, keep ``U > t`` strictly (one channel fewer
+      than k, fewer again with ties);
+      with ``guard`` an emptied layer gets its best channel back.
+
+    ``scope="layer"`` (the abstract's "a specific group of channels in each convolutional
+    layer" read literally) ranks within every layer instead: layer l keeps its top
+    ``C_l − round(C_l·pr)`` channels (at least one with ``guard``); ``rule`` is ignored.
+    """
+    n = u.numel()
+    if scope == "layer":
+        sizes = torch.bincount(layer_id, minlength=layers)
+        keep_l = sizes - torch.round(sizes.double() * pr).long()
+        if guard:
+            keep_l = keep_l.clamp_min(1)
+        order = torch.sort(u, descending=True, stable=True).indices
+        order = order[torch.sort(layer_id[order], stable=True).indices]  # by layer, utility descending within
+        starts = torch.cumsum(sizes, 0) - sizes
+        rank = torch.arange(n, device=u.device) - starts[layer_id[order]]
+        keep = torch.zeros_like(u)
+        keep[order] = (rank < keep_l[layer_id[order]]).to(u.dtype)
+        return keep, torch.zeros((), dtype=torch.long, device=u.device)
+    elif scope != "global":
+        raise ConfigError(f"unknown selection scope '{scope}'; choose one of: global, layer")
+    drop = round(n * pr)
+    if rule == "topk":
+        order = torch.sort(u, descending=True, stable=True).indices
+        keep0 = torch.zeros_like(u)
+        keep0[order[: n - drop]] = 1.0
+    elif rule == "code":
+        t = torch.sort(u).values[min(drop, n - 1)]
+        keep0 = (u > t).to(u.dtype)
+    else:
+        raise ConfigError(f"unknown selection rule '{rule}'; choose one of: topk, code")
+    per_layer = torch.zeros(layers, device=u.device, dtype=u.dtype).index_add_(0, layer_id, keep0)
+    empty = per_layer == 0
+    hits = empty.sum()
+    if not guard:
+        return keep0, hits
+    best = layer_best(u, layer_id, layers)
+    if rule == "code":
+        keep = keep0.clone()
+        keep[best] = torch.maximum(keep0[best], empty.to(u.dtype))
+        return keep, hits
+    flag = torch.zeros(n, dtype=torch.uint8, device=u.device)
+    flag[best] = 1
+    order = order[torch.sort(flag[order], descending=True, stable=True).indices]
+    keep = torch.zeros_like(u)
+    keep[order[: n - drop]] = 1.0
+    return keep, hits
+
+
+class DCPController(nn.Module):
+    """Masks, utilities and their history for all maskable layers (one flat vector of N channels).
+
+    Every piece of state is a buffer, so a checkpoint (``ctx.fit(..., stateful=[ctrl])``)
+    restores it exactly and a resumed run is identical.  Call :meth:`before_forward`
+    before every training forward (the step function does) and :meth:`finalize` after
+    training.
+    """
+
+    def __init__(self, sizes: Sequence[int], pr: float, decay: float, warmup_iters: int, total_iters: int,
+                 u_init: str = "zero", rule: str = "topk", guard: bool = True, snapshots: int = 40,
+                 names: Sequence[str] | None = None, scope: str = "global") -> None:
+        super().__init__()
+        if not 0.0 <= pr < 1.0:
+            raise ConfigError(f"--set pr={pr}: the pruning rate must be in [0, 1)")
+        if not 0.0 <= decay <= 1.0:
+            raise ConfigError(f"--set decay={decay}: the decay must be in [0, 1]")
+        self.sizes = [int(s) for s in sizes]
+        self.names = list(names) if names is not None else [str(i) for i in range(len(self.sizes))]
+        self.layers, self.n = len(self.sizes), sum(self.sizes)
+        self.offsets = [0]
+        for s in self.sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.pr, self.decay, self.rule, self.guard, self.scope = float(pr), float(decay), rule, guard, scope
+        self.warmup_iters, self.total_iters = int(warmup_iters), int(total_iters)
+        if scope == "layer":
+            self.keep_count = sum(max(1, c - round(c * self.pr)) if guard else c - round(c * self.pr)
+                                  for c in self.sizes)
+        else:
+            self.keep_count = self.n - round(self.n * self.pr)
+        if self.keep_count < self.layers and guard:
+            raise ConfigError(f"pr={pr} keeps {self.keep_count} channels, fewer than the {self.layers} layers")
+        sizes_t = torch.tensor(self.sizes)
+        self.register_buffer("layer_id", torch.repeat_interleave(torch.arange(self.layers), sizes_t), persistent=False)
+        if u_init == "zero":  # the authors' VGG
+            u = torch.zeros(self.n)
+        elif u_init == "inv_channels":  # the authors' ResNets: 1/C per channel
+            u = torch.repeat_interleave(1.0 / sizes_t.float(), sizes_t)
+        else:
+            raise ValueError(f"u_init must be 'zero' or 'inv_channels', got {u_init!r}")
+        self.register_buffer("utility", u)
+        self.register_buffer("mask", torch.ones(self.n))
+        self.register_buffer("pending", torch.zeros(self.n))
+        self.register_buffer("fresh", torch.zeros(()))
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self.register_buffer("flips", torch.zeros(self.layers))
+        self.register_buffer("guard_hits", torch.zeros((), dtype=torch.long))
+        s = max(int(snapshots), 1)
+        self.snap_iters = sorted({round(j * self.total_iters / s) for j in range(s)})
+        rows = len(self.snap_iters) + 1  # + the final state
+        self.register_buffer("hist_iter", torch.full((rows,), -1, dtype=torch.long))
+        self.register_buffer("hist_util", torch.zeros(rows, self.n))
+        self.register_buffer("hist_mask", torch.zeros(rows, self.n, dtype=torch.bool))
+        self.register_buffer("hist_flips", torch.zeros(rows, self.layers))
+        self.register_buffer("hist_count", torch.zeros((), dtype=torch.long))
+        self._snap_set = set(self.snap_iters)
+        self._it: int | None = None
+
+    # --- checkpoint
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._it = None  # re-read the iteration counter from the loaded buffer
+        return out
+
+    # --- slots
+    def install(self, slots: Sequence[MaskSlot]) -> list[ChannelMask]:
+        if [s.channels for s in slots] != self.sizes:
+            raise ValueError("the slots do not match the controller's layer sizes")
+        masks = [ChannelMask(self, j) for j in range(self.layers)]
+        for s, m in zip(slots, masks):
+            s.set_mask(m)
+        return masks
+
+    # --- the per-iteration update
+    def apply_pending(self) -> None:
+        """``U[active] *= decay; U += v / max_layer(v)`` with the scores of the last backward
+        (nothing if no backward ran since the last call).  Raw scores are summed over
+        processes first (DDP), so every rank keeps the same utilities."""
+        v = D.all_reduce_sum(self.pending)
+        v = torch.where(torch.isfinite(v), v, torch.zeros_like(v))
+        lmax = torch.zeros(self.layers, device=v.device, dtype=v.dtype)
+        lmax = lmax.scatter_reduce(0, self.layer_id, v, "amax", include_self=True)
+        vn = v / lmax.clamp_min(EPS)[self.layer_id]
+        fresh = self.fresh > 0
+        gate = (self.mask > 0) & fresh
+        self.utility.mul_(torch.where(gate, torch.full_like(v, self.decay), torch.ones_like(v)))
+        self.utility.add_(torch.where(fresh, vn, torch.zeros_like(vn)))
+        self.pending.zero_()
+        self.fresh.zero_()
+
+    def before_forward(self) -> None:
+        if self._it is None:
+            self._it = int(self.iteration)
+        self.apply_pending()
+        if self._it < self.warmup_iters:
+            new = torch.ones_like(self.mask)
+        else:
+            new, hits = select_channels(self.utility, self.layer_id, self.layers, self.pr, self.rule, self.guard,
+                                        self.scope)
+            self.guard_hits.add_(hits)
+        self.flips.index_add_(0, self.layer_id, (new != self.mask).to(self.flips.dtype))
+        self.mask.copy_(new)
+        if self._it in self._snap_set:
+            self.snapshot()
+        self._it += 1
+        self.iteration.fill_(self._it)
+
+    def snapshot(self) -> None:
+        row = int(self.hist_count)
+        if row >= self.hist_iter.numel():
+            return
+        self.hist_iter[row] = self._it if self._it is not None else int(self.iteration)
+        self.hist_util[row] = self.utility
+        self.hist_mask[row] = self.mask > 0
+        self.hist_flips[row] = self.flips
+        self.flips.zero_()
+        self.hist_count.fill_(row + 1)
+
+    def finalize(self) -> None:
+        """After training: apply the last backward's scores (the utilities then equal the
+        authors' final ones) and record the final state.  The mask is NOT re-selected:
+        the network is evaluated and exported with the mask it was trained with last."""
+        if self._it is None:
+            self._it = int(self.iteration)
+        self.apply_pending()
+        if int(self.hist_count) < self.hist_iter.numel() and (
+                int(self.hist_count) == 0 or int(self.hist_iter[int(self.hist_count) - 1]) != self._it):
+            self.snapshot()
+
+    # --- read-outs
+    def layer_masks(self) -> list[torch.Tensor]:
+        return [self.mask[a:b] > 0 for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+    def kept(self) -> list[int]:
+        return [int(m.sum()) for m in self.layer_masks()]
+
+    def keep_indices(self) -> list[torch.Tensor]:
+        return [m.nonzero().flatten().cpu() for m in self.layer_masks()]
+
+
+# ============================================================================ costs and export
+
+
+def _count(model: nn.Module, input_shape: Sequence[int]):
+    """An fvcore analysis of one eval-mode, no-grad forward of a batch-1 input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
+    p = next(model.parameters())
+    x = torch.zeros((1, *input_shape), device=p.device, dtype=p.dtype)
+    was, threads = model.training, torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fca = FlopCountAnalysis(model, (x,))
+            fca.unsupported_ops_warnings(False)
+            fca.uncalled_modules_warnings(False)
+            fca.tracer_warnings("none")
+            total, by_module = fca.total(), fca.by_module()
+    finally:
+        model.train(was)
+        torch.set_num_threads(threads)
+    return int(total), by_module
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """fvcore MACs (BatchNorm and adaptive pooling included) of one sample."""
+    return _count(model, input_shape)[0]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class CostModel:
+    """The fvcore cost and parameter count of a maskable network as a function of how many
+    channels each slot keeps, from one count of the full network.
+
+    fvcore's cost of a conv is ``out_c · H·W · in_c · k²`` (linear: ``in · out``; BN in
+    eval: 2 per element), so slicing a slot's channels scales the producing conv and BN
+    by ``kept/C`` and the consumer by ``kept_in/C_in``; nothing else changes (ReLU,
+    max-pool and the mask's multiply are not counted).  Exact rational arithmetic: the
+    prediction must equal fvcore's count of the exported network to the unit.
+    """
+
+    def __init__(self, model: nn.Module, slots: Sequence[MaskSlot], input_shape: Sequence[int]):
+        total, by_module = _count(model, input_shape)
+        names = {id(m): n for n, m in model.named_modules()}
+        out_slot: dict[int, int] = {}
+        in_slot: dict[int, int] = {}
+        modules: dict[int, nn.Module] = {}
+        for j, s in enumerate(slots):
+            for m in (s.conv, s.bn):
+                out_slot[id(m)] = j
+                modules[id(m)] = m
+            for m in s.consumers:
+                in_slot[id(m)] = j
+                modules[id(m)] = m
+        self.sizes = [s.channels for s in slots]
+        self.total_macs, self.total_params = total, count_params(model)
+        self.terms: list[tuple[int, int, int, int | None, int | None]] = []
+        for mid, m in modules.items():
+            w = m.weight.numel() if getattr(m, "weight", None) is not None else 0
+            b = m.bias.numel() if getattr(m, "bias", None) is not None else 0
+            # a BN's bias is per channel like its weight; a conv's bias follows its outputs; a
+            # Linear consumer's bias follows its (unsliced) outputs
+            self.terms.append((int(by_module.get(names[mid], 0)), w, b, out_slot.get(mid), in_slot.get(mid)))
+
+    def predict(self, kept: Sequence[int]) -> tuple[int, int]:
+        """(fvcore MACs, params) of the network with ``kept[j]`` channels in slot j."""
+        if len(kept) != len(self.sizes):
+            raise ValueError("one kept count per slot")
+        macs, params = Fraction(self.total_macs), Fraction(self.total_params)
+        for m_macs, w, b, o, i in self.terms:
+            ro = Fraction(kept[o], self.sizes[o]) if o is not None else Fraction(1)
+            ri = Fraction(kept[i], self.sizes[i]) if i is not None else Fraction(1)
+            macs += m_macs * (ro * ri - 1)
+            params += w * (ro * ri - 1) + b * (ro - 1)
+        return int(round(macs)), int(round(params))
+
+
+def export_pruned(model: nn.Module, slots_fn: Callable[[nn.Module], list[MaskSlot]],
+                  keep: Sequence[torch.Tensor]) -> nn.Module:
+    """A physically smaller copy of ``model``: slot j keeps channels ``keep[j]`` (conv, BN with
+    its running statistics, and the consumer sliced; the mask slots back to Identity)."""
+    out = copy.deepcopy(model)
+    slots = slots_fn(out)
+    for s in slots:
+        s.clear_mask()
+    for s, idx in zip(slots, keep):
+        prune_channels(s, torch.as_tensor(idx, dtype=torch.long).sort().values)
+    return out
+
+
+def l1_keep(slot: MaskSlot, n: int) -> torch.Tensor:
+    """Li et al.: the ``n`` filters of the slot's conv with the largest L1 norm
+    (Σ|W| over input channels and kernel), in ascending channel order."""
+    norms = slot.conv.weight.detach().abs().sum(dim=(1, 2, 3))
+    order = torch.sort(norms, descending=True, stable=True).indices
+    return order[:n].sort().values.cpu()
+
+
+def uniform_counts(sizes: Sequence[int], fraction: float) -> list[int]:
+    return [min(c, max(1, int(math.floor(c * fraction + 0.5)))) for c in sizes]
+
+
+def match_uniform_fraction(cost: CostModel, target_reduction: float, grid: int = 4000) -> tuple[float, list[int]]:
+    """The keep fraction f (the same in every maskable layer, ≥ 1 channel each) whose
+    predicted fvcore FLOPs reduction is closest to ``target_reduction`` (a fraction)."""
+    f = torch.linspace(0, 1, grid + 1, dtype=torch.float64)
+    sizes = torch.tensor(cost.sizes, dtype=torch.float64)
+    counts = torch.minimum(sizes, torch.clamp(torch.floor(f[:, None] * sizes + 0.5), min=1))  # grid x slots
+    ratio = counts / sizes
+    macs = torch.full_like(f, float(cost.total_macs))
+    for m_macs, _, _, o, i in cost.terms:  # the same formula as CostModel.predict, vectorised over f
+        ro = ratio[:, o] if o is not None else 1.0
+        ri = ratio[:, i] if i is not None else 1.0
+        macs += m_macs * (ro * ri - 1)
+    err = (1 - macs / cost.total_macs - target_reduction).abs()
+    best = int(torch.nonzero(err == err.min()).flatten()[-1])  # the largest fraction among equals
+    return float(f[best]), [int(c) for c in counts[best]]
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    """Top-k (%) of single-output logits (N x C, or 1 x N x C as collect_logits returns)."""
+    if logits.dim() == 3:
+        logits = logits[-1]
+    k = min(k, logits.shape[-1])
+    hit = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1)
+    return float(hit.double().mean() * 100)
+
+
+# ============================================================================ models and runs
+
+MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], list[MaskSlot]]]] = {
+    "vgg16_cifar": (vgg.vgg16_cifar, vgg.maskable_layers),
+    "resnet_cifar": (resnet.resnet_cifar, resnet.maskable_layers),
+    "resnet50_dcp": (resnet50_dcp.resnet50_dcp, resnet50_dcp.maskable_layers),
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture of the paper, its recipe at paper scale and its reduced CPU versions."""
+    key: str
+    label: str
+    model: str
+    args: dict
+    quick_args: dict
+    smoke_args: dict
+    pr: float                       # default pruning rate
+    u_init: str                     # initial utility (authors: VGG zeros, ResNets 1/C)
+    paper_dataset: str
+    train: TrainSpec                # unpruned and DCP (from scratch) recipe at paper scale
+    warmup_epochs: float            # all channels active (paper scale)
+    dcp_init: str = "scratch"      # scratch | pretrained (start DCP from the unpruned run)
+    pretrained_train: TrainSpec | None = None  # DCP recipe when it starts from the unpruned run
+    pretrained_decay: float = 0.7
+    finetune: TrainSpec = TrainSpec(epochs=40, batch_size=64, lr=0.001, schedule="constant", milestones=())
+    quick_lr: float = 0.05          # CPU scales: one epoch, cosine, this peak learning rate
+
+
+_SGD = dict(batch_size=64, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
+# The authors' CIFAR --pre_trained path: lr 0.01, 200 epochs, drops at 100/150/190, decay 0.7
+_CIFAR_PRETRAINED = TrainSpec(epochs=200, **{**_SGD, "lr": 0.01}, milestones=(100 / 200, 150 / 200, 190 / 200))
+
+ARCHS: dict[str, Arch] = {
+    "vgg16": Arch("vgg16", "VGG-16", "vgg16_cifar", {}, {"width": 0.25}, {"width": 0.0625}, 0.42, "zero", "cifar10",
+                  TrainSpec(epochs=200, **_SGD, milestones=(100 / 200, 150 / 200, 190 / 200)), 10,
+                  pretrained_train=_CIFAR_PRETRAINED, quick_lr=0.02),
+    "resnet32": Arch("resnet32", "ResNet-32", "resnet_cifar", {"depth": 32}, {"depth": 32, "width": 8},
+                     {"depth": 32, "width": 4}, 0.5, "inv_channels", "cifar10",
+                     TrainSpec(epochs=300, **_SGD, milestones=(150 / 300, 200 / 300, 250 / 300, 290 / 300)), 10,
+                     pretrained_train=_CIFAR_PRETRAINED),
+    "resnet56": Arch("resnet56", "ResNet-56", "resnet_cifar", {"depth": 56}, {"depth": 56, "width": 8},
+                     {"depth": 56, "width": 4}, 0.5, "inv_channels", "cifar10",
+                     TrainSpec(epochs=300, **_SGD, milestones=(150 / 300, 200 / 300, 250 / 300, 290 / 300)), 10,
+                     pretrained_train=_CIFAR_PRETRAINED),
+    # ImageNet: the authors start from torchvision's pretrained ResNet-50 (main2.py): lr 0.01,
+    # drops at epochs 13/22/28 of 90, batch 64, warm-up 5 epochs, pr 0.3, decay 0.6.
+    "resnet50": Arch("resnet50", "ResNet-50", "resnet50_dcp", {}, {"width": 16}, {"width": 4}, 0.3, "inv_channels",
+                     "imagenet",
+                     TrainSpec(epochs=90, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                               milestones=(30 / 90, 60 / 90)), 5,
+                     dcp_init="pretrained",
+                     pretrained_train=TrainSpec(epochs=90, **{**_SGD, "lr": 0.01},
+                                                milestones=(13 / 90, 22 / 90, 28 / 90)),
+                     pretrained_decay=0.6,
+                     finetune=TrainSpec(epochs=20, batch_size=64, lr=0.001, schedule="constant", milestones=())),
+}
+
+# CPU scales: one epoch, cosine decay (a step schedule needs several epochs), no augmentation
+# (nothing to overfit in one epoch; VGG-16 w0.25 on 20 k images at lr 0.05: 77.9 % with
+# crop+flip, 85.3 % without), a peak learning
+# rate per architecture (Arch.quick_lr); starting from the unpruned run and fine-tuning use a tenth
+# of it (the authors' 0.01 vs 0.1), and L1 fine-tuning lasts a fifth of an epoch (Li et al.'s 40
+# epochs are a fifth of a 200-epoch schedule).
+SMALL_FINETUNE_FRACTION = 0.2
+
+
+def _small_specs(arch: Arch) -> tuple[TrainSpec, TrainSpec, TrainSpec]:
+    base = TrainSpec(epochs=1, batch_size=64, lr=arch.quick_lr, momentum=0.9, weight_decay=1e-4, schedule="cosine",
+                     milestones=())
+    return (base, replace(base, lr=arch.quick_lr / 10),
+            replace(base, lr=arch.quick_lr / 10, schedule="constant"))
+
+
+TABLE1_ARCHS = ("vgg16", "resnet32", "resnet56")
+CHANNEL_ARCHS = ("vgg16", "resnet32")
+RATIO_SWEEP = {"paper": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "quick": (0.3, 0.5, 0.7), "smoke": (0.3, 0.5)}
+RATIO_SWEEP_VGG = {"paper": (0.2, 0.3, 0.42, 0.5, 0.6, 0.7, 0.8), "quick": (0.25, 0.42, 0.6), "smoke": (0.3, 0.42)}
+
+OPTIONS = {
+    "pr": "DCP pruning rate (fraction of all maskable channels dropped) for table1, fig-channels and imagenet "
+          "(default: VGG-16 0.42, ResNet-32/56 0.5, ResNet-50 0.3)",
+    "prs": "comma-separated pruning rates swept by fig-ratio (default per scale, e.g. quick 0.3,0.5,0.7)",
+    "ratio_arch": "architecture of fig-ratio: vgg16, resnet32 (default) or resnet56",
+    "decay": "utility decay of active channels per iteration (default 0.6; 0.7 for CIFAR init=pretrained)",
+    "warmup_frac": "fraction of the DCP iterations with every channel active "
+                   "(default: the authors' 10 of 200/300 epochs CIFAR, 5 of 90 ImageNet)",
+    "select": "topk (default: exactly N - round(N*pr) channels kept) or code (the authors' strict threshold)",
+    "scope": "global (default, the authors' code: one ranking over all layers) or layer (top 1-pr of every layer, "
+             "the abstract's literal reading)",
+    "l1_match": "flops (default: one keep fraction in every layer, FLOPs reduction matched to DCP's) "
+                "or layers (DCP's per-layer channel counts)",
+    "init": "CIFAR DCP start: scratch (default) or pretrained (from the unpruned run: lr 0.01, decay 0.7)",
+    "imagenet_init": "paper-scale ImageNet unpruned ResNet-50: torchvision (default, the authors' pretrained "
+                     "weights) or train (our own 90-epoch run)",
+}
+
+
+def _parse_prs(raw: str) -> tuple[float, ...]:
+    try:
+        prs = tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--set prs={raw}: expected comma-separated numbers, e.g. 0.3,0.5,0.7") from None
+    if not prs or any(not 0 <= p < 1 for p in prs):
+        raise ConfigError(f"--set prs={raw}: every pruning rate must be in [0, 1)")
+    return prs
+
+
+def _model_args(arch: Arch, scale: str) -> dict:
+    return dict(arch.args if scale == "paper" else arch.quick_args if scale == "quick" else arch.smoke_args)
+
+
+def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfig]:
+    """The three runs of one (architecture, pr): {"unpruned", "dcp", "l1"} (l1 ← dcp ← unpruned)."""
+    arch = ARCHS[arch_key]
+    scale = request.scale
+    dataset = request.dataset_for(arch.paper_dataset)
+    if scale == "paper":
+        data = DataSpec(val_size=dataset_info(dataset).default_val_size)
+    else:
+        data = replace(request.scale_preset.data, augment="none")
+    args = _model_args(arch, scale)
+    pr = float(request.option("pr", arch.pr, type=float)) if pr is None else float(pr)
+    init = arch.dcp_init if arch.paper_dataset == "imagenet" else request.option(
+        "init", "scratch", ("scratch", "pretrained"))
+    if scale == "paper":
+        base_train = arch.train
+        dcp_train = arch.pretrained_train if init == "pretrained" else arch.train
+        ft_train, ft_frac = arch.finetune, 1.0
+    else:
+        base_train, pre_train, ft_train = _small_specs(arch)
+        dcp_train = pre_train if init == "pretrained" else base_train
+        ft_frac = SMALL_FINETUNE_FRACTION
+    # warm-up: the same fraction of the DCP schedule as the authors' epochs
+    recipe = arch.pretrained_train if init == "pretrained" and arch.pretrained_train else arch.train
+    warmup = request.option("warmup_frac", arch.warmup_epochs / recipe.epochs, type=float)
+    if not 0 <= warmup < 1:
+        raise ConfigError(f"--set warmup_frac={warmup}: must be in [0, 1)")
+    decay_default = arch.pretrained_decay if init == "pretrained" else 0.6
+    decay = request.option("decay", decay_default, type=float)
+    # one global ranking (the code, the default) or one per layer; the key is only written when
+    # it is not the default, so default runs keep their identity
+    scope_value = request.option("scope", "global", ("global", "layer"))
+    scope = {} if scope_value == "global" else {"scope": scope_value}
+    base_init = "train"
+    if arch.paper_dataset == "imagenet" and scale == "paper" and dataset == "imagenet":
+        base_init = request.option("imagenet_init", "torchvision", ("torchvision", "train"))
+    base = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-unpruned", kind="unpruned", dataset=dataset,
+                     model=arch.model, model_args=args, method={"init": base_init}, train=base_train, data=data)
+    dcp = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-dcp-pr{pr:g}", kind="dcp", dataset=dataset, model=arch.model,
+                    model_args=args, train=dcp_train, data=data, parent=base,
+                    method={"pr": pr, "decay": decay, "warmup_frac": round(warmup, 6), "u_init": arch.u_init,
+                            "select": request.option("select", "topk", ("topk", "code")), "guard": True,
+                            "init": init, **scope})
+    l1 = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-dcp-pr{pr:g}-l1", kind="l1", dataset=dataset,
+                   model=arch.model, model_args=args, train=ft_train, data=data, parent=dcp,
+                   method={"criterion": "l1", "match": request.option("l1_match", "flops", ("flops", "layers")),
+                           "batches_frac": ft_frac})
+    return {"unpruned": base, "dcp": dcp, "l1": l1}
+
+
+# ============================================================================ trainers
+
+
+def _build(cfg: RunConfig, info) -> tuple[nn.Module, Callable[[nn.Module], list[MaskSlot]]]:
+    if cfg.model not in MODELS:
+        raise ConfigError(f"dcp has no model '{cfg.model}'; choose one of: {', '.join(MODELS)}")
+    make, slots_fn = MODELS[cfg.model]
+    return make(num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args), slots_fn
+
+
+def ce_step(model, x, y):
+    out = model(x)
+    return F.cross_entropy(out, y), out
+
+
+def dcp_step(ctrl: DCPController):
+    def step(model, x, y):
+        ctrl.before_forward()
+        out = model(x)
+        return F.cross_entropy(out, y), out
+    return step
+
+
+class _Truncated:
+    """The first ``fraction`` of every epoch's training batches (Li et al.'s short fine-tuning at CPU scales)."""
+
+    def __init__(self, batches, fraction: float):
+        self.batches, self.n = batches, max(1, int(math.ceil(len(batches) * fraction)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i, b in enumerate(self.batches):
+            if i >= self.n:
+                break
+            yield b
+
+
+def _val_eval(data):
+    def evaluate(model) -> dict:
+        return {"val_acc": topk_accuracy(collect_logits(D.unwrap(model), data.val), data.val_labels)}
+    return evaluate
+
+
+def _accs(out: dict) -> dict:
+    return {"top1": topk_accuracy(out["test_logits"], out["test_labels"]),
+            "top5": topk_accuracy(out["test_logits"], out["test_labels"], 5),
+            "val_top1": topk_accuracy(out["val_logits"], out["val_labels"])}
+
+
+def _input_shape(info) -> tuple[int, int, int]:
+    return (info.in_channels, info.image_size, info.image_size)
+
+
+def _load_torchvision_resnet50(model: nn.Module) -> None:
+    try:
+        from torchvision.models import ResNet50_Weights, resnet50
+
+        state = resnet50(weights=ResNet50_Weights.IMAGENET1K_V1).state_dict()
+    except Exception as e:  # no network, no cache
+        raise ConfigError(f"cannot load torchvision's pretrained ResNet-50 ({type(e).__name__}); put "
+                          f"resnet50-0676ba61.pth in $TORCH_HOME/hub/checkpoints or pass "
+                          f"--set imagenet_init=train") from None
+    model.load_state_dict(state)
+
+
+def train_unpruned(ctx) -> dict:
+    """The unpruned network, trained with the same recipe as DCP (or torchvision's weights)."""
+    cfg = ctx.cfg
+    data = ctx.data()
+    torch.manual_seed(cfg.seed)
+    model, _ = _build(cfg, data.info)
+    if cfg.method.get("init") == "torchvision":
+        _load_torchvision_resnet50(model)
+        model = ctx.to_device(model)
+    else:
+        model = ctx.to_device(model)
+        ctx.fit(model, ce_step, "train", eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
+    ctx.save_model(model)
+    out = ctx.collect_outputs(model)
+    macs = count_macs(D.unwrap(model), _input_shape(data.info))
+    return {**_accs(out), "macs": macs, "params": count_params(model), "cost_convention": COST}
+
+
+def train_dcp(ctx) -> dict:
+    cfg, m = ctx.cfg, ctx.cfg.method
+    data = ctx.data()
+    torch.manual_seed(cfg.seed)
+    model, slots_fn = _build(cfg, data.info)
+    if m.get("init") == "pretrained":
+        model.load_state_dict(ctx.parent_state())
+    shape = _input_shape(data.info)
+    slots = slots_fn(model)
+    cost = CostModel(model, slots, shape)  # the full network, before any mask is installed
+    steps = len(data.train)
+    total = steps * cfg.train.epochs
+    warmup = round(m["warmup_frac"] * total)
+    if m["pr"] > 0 and m["warmup_frac"] > 0:
+        warmup = max(1, warmup)
+    ctrl = DCPController([s.channels for s in slots], m["pr"], m["decay"], warmup, total, m["u_init"],
+                         m.get("select", "topk"), m.get("guard", True), names=[s.name for s in slots],
+                         scope=m.get("scope", "global"))
+    ctrl.install(slots)
+    model = ctx.to_device(model)
+    ctrl.to(ctx.device)
+    ctx.fit(model, dcp_step(ctrl), "dcp", stateful=[ctrl],
+            eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
+    ctrl.finalize()
+    bare = D.unwrap(model)
+    ctx.save_model(bare)
+    if D.env().is_main:
+        from repro.store import atomic_torch_save
+
+        atomic_torch_save(ctrl.state_dict(), ctx.run.dir / "dcp_state.pt")
+    masked_val = collect_logits(bare, data.val)
+    masked_test = collect_logits(bare, data.test)
+    keep = ctrl.keep_indices()
+    kept = [int(k.numel()) for k in keep]
+    pruned = export_pruned(bare, slots_fn, keep)
+    ctx.save_model(pruned, "pruned")
+    hist = int(ctrl.hist_count)
+    out = ctx.collect_outputs(pruned, masked_val_logits=masked_val, masked_test_logits=masked_test,
+                              hist_iter=ctrl.hist_iter[:hist].cpu(), hist_util=ctrl.hist_util[:hist].cpu(),
+                              hist_mask=ctrl.hist_mask[:hist].cpu(), hist_flips=ctrl.hist_flips[:hist].cpu(),
+                              utility=ctrl.utility.cpu(), mask=ctrl.mask.cpu())
+    macs = count_macs(pruned, shape)
+    params = count_params(pruned)
+    pred_macs, pred_params = cost.predict(kept)
+    masked_top1 = topk_accuracy(masked_test, out["test_labels"])
+    res = {**_accs(out), "masked_top1": masked_top1,
+           "masked_val_top1": topk_accuracy(masked_val, out["val_labels"]),
+           "export_max_abs_diff": float((out["test_logits"] - masked_test).abs().max()),
+           "export_agreement": float((out["test_logits"].argmax(-1) == masked_test.argmax(-1)).double().mean() * 100),
+           "macs_full": cost.total_macs, "params_full": cost.total_params, "macs": macs, "params": params,
+           "macs_predicted": pred_macs, "params_predicted": pred_params,
+           "flops_reduction_pct": 100 * (1 - macs / cost.total_macs),
+           "params_reduction_pct": 100 * (1 - params / cost.total_params),
+           "channels_reduction_pct": 100 * (1 - sum(kept) / sum(cost.sizes)),
+           "layers": [s.name for s in slots], "channels": cost.sizes, "kept": kept,
+           "keep_count": ctrl.keep_count, "warmup_iters": warmup, "total_iters": total,
+           "guard_hits": int(ctrl.guard_hits), "cost_convention": COST}
+    if abs(res["top1"] - masked_top1) > 0.1 or macs != pred_macs or params != pred_params:
+        ctx.log(f"WARNING dcp export mismatch: top-1 {res['top1']:.3f} vs masked {masked_top1:.3f}, "
+                f"MACs {macs} vs predicted {pred_macs}, params {params} vs predicted {pred_params}")
+    return res
+
+
+def train_l1(ctx) -> dict:
+    """Li et al.: prune the trained unpruned network by filter L1 norm, then fine-tune."""
+    cfg, m = ctx.cfg, ctx.cfg.method
+    dcp_cfg = cfg.parent
+    base_cfg = dcp_cfg.parent if dcp_cfg is not None else None
+    if dcp_cfg is None or base_cfg is None or dcp_cfg.kind != "dcp" or base_cfg.kind != "unpruned":
+        raise ConfigError(f"run {cfg.name}: an l1 run needs the chain unpruned -> dcp -> l1")
+    data = ctx.data()
+    torch.manual_seed(cfg.seed)
+    model, slots_fn = _build(cfg, data.info)
+    model.load_state_dict(load_checkpoint(Run(ctx.settings.runs_dir, base_cfg).dir / "model.pt",
+                                          map_location="cpu"))
+    dcp_res = Run(ctx.settings.runs_dir, dcp_cfg).results()
+    shape = _input_shape(data.info)
+    slots = slots_fn(model)
+    cost = CostModel(model, slots, shape)
+    target = dcp_res["flops_reduction_pct"] / 100
+    if m["match"] == "layers":
+        counts, fraction = list(dcp_res["kept"]), None
+    else:
+        fraction, counts = match_uniform_fraction(cost, target)
+    keep = [l1_keep(s, n) for s, n in zip(slots, counts)]
+    model = export_pruned(model, slots_fn, keep)
+    model = ctx.to_device(model)
+    before = topk_accuracy(collect_logits(model, data.test), data.test_labels)
+    batches = data.train if m.get("batches_frac", 1.0) >= 1 else _Truncated(data.train, m["batches_frac"])
+    ctx.fit(model, ce_step, "finetune", batches=batches,
+            eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
+    ctx.save_model(model)
+    out = ctx.collect_outputs(model)
+    macs, params = count_macs(D.unwrap(model), shape), count_params(model)
+    pred_macs, pred_params = cost.predict(counts)
+    return {**_accs(out), "top1_before_finetune": before, "macs_full": cost.total_macs,
+            "params_full": cost.total_params, "macs": macs, "params": params, "macs_predicted": pred_macs,
+            "params_predicted": pred_params, "flops_reduction_pct": 100 * (1 - macs / cost.total_macs),
+            "params_reduction_pct": 100 * (1 - params / cost.total_params),
+            "target_flops_reduction_pct": 100 * target, "keep_fraction": fraction,
+            "layers": [s.name for s in slots], "channels": cost.sizes, "kept": counts,
+            "finetune_batches": len(batches), "cost_convention": COST}
+
+
+# ============================================================================ artifacts
+
+SCALE_NOTE = {"paper": "paper scale",
+              "quick": "quick scale (reduced models, 1 epoch, no augmentation: NOT the paper's setting)",
+              "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
+
+
+def _meta(request, artifact: str, title: str, cfgs: Sequence[RunConfig], notes=()) -> Meta:
+    models = "; ".join(dict.fromkeys(f"{c.model} {c.model_args or ''}".strip() for c in cfgs))
+    return Meta(PAPER_NAME, artifact, title, SCALE_NOTE[request.scale], cfgs[0].dataset, request.seeds,
+                f"{CONVENTIONS[COST]}; reductions relative to the same unpruned model; models: {models}", list(notes))
+
+
+def _runs(results, cfg) -> list:
+    return results[cfg]
+
+
+def _acc_spread(runs) -> tuple[float, float]:
+    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs])
+    return mean[-1], spread[-1]
+
+
+def _top5_spread(runs) -> tuple[float, float]:
+    vals = [r.results["top5"] for r in runs]
+    return mean_and_spread(vals) if len(vals) > 1 else (vals[0], math.nan)
+
+
+def _value_spread(runs, key: str) -> tuple[float, float]:
+    vals = [float(r.results[key]) for r in runs]
+    return mean_and_spread(vals) if len(vals) > 1 else (vals[0], math.nan)
+
+
+def _gap(a_runs, b_runs) -> tuple[float, float]:
+    """Mean top-1 difference a − b (pp) and its spread: the std over seeds of the per-seed gap,
+    or for one seed the half-width of a paired 95 % bootstrap over the test images (both
+    networks see the same resampled images)."""
+    if len(a_runs) > 1:
+        diffs = [a.results["top1"] - b.results["top1"] for a, b in zip(a_runs, b_runs)]
+        return mean_and_spread(diffs)
+    oa, ob = a_runs[0].outputs, b_runs[0].outputs
+    ca = (oa["test_logits"][-1].argmax(-1) == oa["test_labels"]).double()
+    cb = (ob["test_logits"][-1].argmax(-1) == ob["test_labels"]).double()
+    lo, hi = bootstrap_ci(ca - cb)
+    return float((ca - cb).mean() * 100), (hi - lo) / 2
+
+
+def _method_rows(results, runs: dict[str, RunConfig], prefix: str, extra_cols: bool = False) -> list[dict]:
+    rows = []
+    base = _runs(results, runs["unpruned"])
+    for method in ("unpruned", "dcp", "l1"):
+        rr = _runs(results, runs[method])
+        key = f"{prefix}/{method}"
+        acc, spread = _acc_spread(rr)
+        rows.append({"row": key, "column": "top1", "value": acc, "spread": spread})
+        if extra_cols:
+            v, s = _top5_spread(rr)
+            rows.append({"row": key, "column": "top5", "value": v, "spread": s})
+        if method != "unpruned":
+            gap, gs = _gap(rr, base)
+            rows.append({"row": key, "column": "top1_change", "value": gap, "spread": gs})
+            for col in ("flops_reduction_pct", "params_reduction_pct"):
+                v, s = _value_spread(rr, col)
+                rows.append({"row": key, "column": col, "value": v, "spread": s})
+        else:
+            for col in ("flops_reduction_pct", "params_reduction_pct"):
+                rows.append({"row": key, "column": col, "value": 0.0})
+        rows.append({"row": key, "column": "mmacs", "value": _value_spread(rr, "macs")[0] / 1e6})
+        rows.append({"row": key, "column": "params_m", "value": _value_spread(rr, "params")[0] / 1e6})
+        if method == "dcp":
+            v, s = _value_spread(rr, "masked_top1")
+            rows.append({"row": key, "column": "masked_top1", "value": v, "spread": s})
+    return rows
+
+
+def _reference_rows(artifact: str, archs: Sequence[str]) -> pd.DataFrame:
+    """The paper's numbers moved onto our DCP rows (``<arch>/dcp``)."""
+    from repro.reference_data import load_reference
+
+    ref = load_reference(PAPER_NAME)
+    ref = ref[ref["artifact"] == artifact]
+    out = [{"row": f"{r['row']}/dcp", "column": r["column"], "value": r["value"]}
+           for _, r in ref.iterrows() if r["row"] in archs]
+    return pd.DataFrame(out, columns=["row", "column", "value"])
+
+
+def _check_notes(results, chains: dict[str, dict[str, RunConfig]]) -> list[str]:
+    notes = []
+    for arch_key, runs in chains.items():
+        dr = _runs(results, runs["dcp"])
+        lr = _runs(results, runs["l1"])
+        diff = max(abs(r.results["top1"] - r.results["masked_top1"]) for r in dr)
+        exact = all(r.results["macs"] == r.results["macs_predicted"] and
+                    r.results["params"] == r.results["params_predicted"] for r in dr + lr)
+        hits = sum(r.results.get("guard_hits", 0) for r in dr)
+        m = runs["dcp"].method
+        fr = [r.results.get("keep_fraction") for r in lr]
+        match = (f"uniform keep fraction {', '.join(f'{f:.3f}' for f in fr)} per layer"
+                 if all(f is not None for f in fr) else "DCP's per-layer channel counts")
+        notes.append(f"{ARCHS[arch_key].label}: DCP pr {m['pr']:g}, decay {m['decay']:g}, warm-up "
+                     f"{dr[0].results['warmup_iters']}/{dr[0].results['total_iters']} iterations, init {m['init']}; "
+                     f"exported vs masked test top-1 |Δ| ≤ {diff:.3f} pp; fvcore MACs/params of the exported "
+                     f"networks {'equal' if exact else 'DIFFER FROM'} the mask's prediction; layers kept alive "
+                     f"by the ≥1-channel guard: {hits} iteration-layers; L1 ({runs['l1'].method['match']} match): "
+                     f"{match}, fine-tuned {lr[0].results['finetune_batches']} batches/epoch x "
+                     f"{runs['l1'].train.epochs} epoch(s)")
+    return notes
+
+
+def _claims(results, chains) -> list[str]:
+    out = []
+    for arch_key, runs in chains.items():
+        label = ARCHS[arch_key].label
+        d, l1, u = (_runs(results, runs[k]) for k in ("dcp", "l1", "unpruned"))
+        gap, spread = _gap(d, l1)
+        out.append(claim(f"{label}: DCP − L1-norm top-1 at the same FLOPs (paper: DCP is superior, no L1 number)",
+                         gap, spread, None))
+        gap, spread = _gap(d, u)
+        out.append(claim(f"{label}: DCP − unpruned top-1", gap, spread, None))
+    return out
+
+
+GAP_NOTE = ("± of a difference (top1_change, the claims below): std over seeds of the per-seed difference, or for "
+            "one seed the half-width of a paired 95 % bootstrap over the test images")
+COLUMNS = ["top1", "top1_change", "flops_reduction_pct", "params_reduction_pct", "mmacs", "params_m", "masked_top1"]
+
+
+def _labels(chains) -> dict[str, str]:
+    out = {}
+    for arch_key, runs in chains.items():
+        a = ARCHS[arch_key].label
+        m = runs["l1"].method["match"]
+        out.update({f"{arch_key}/unpruned": f"{a} unpruned", f"{arch_key}/dcp": f"{a} DCP (pr {runs['dcp'].method['pr']:g})",
+                    f"{arch_key}/l1": f"{a} L1-norm + fine-tune ({'same FLOPs' if m == 'flops' else 'same layer widths'})"})
+    return out
+
+
+def _drop_empty_paper_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep "<col> paper" / "<col> Δ" only where the paper gives a number."""
+    drop = []
+    for c in df.columns:
+        if str(c).endswith(" paper") and df[c].isna().all():
+            drop += [c, f"{str(c)[:-len(' paper')]} Δ"]
+    return df.drop(columns=[c for c in drop if c in df.columns])
+
+
+def table1_chains(request) -> dict[str, dict[str, RunConfig]]:
+    return {a: chain(request, a) for a in TABLE1_ARCHS}
+
+
+def table1_runs(request) -> list[RunConfig]:
+    return [c for runs in table1_chains(request).values() for c in runs.values()]
+
+
+def build_table1(request, results, settings):
+    chains = table1_chains(request)
+    rows = [r for a, runs in chains.items() for r in _method_rows(results, runs, a)]
+    keys = [f"{a}/{m}" for a in chains for m in ("unpruned", "dcp", "l1")]
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", keys, COLUMNS, _labels(chains),
+                      reference=_reference_rows("table1", chains))
+    df = _drop_empty_paper_columns(df)
+    cfgs = [c for runs in chains.values() for c in runs.values()]
+    notes = ["top1_change: top-1 minus the unpruned run's (pp); masked_top1: DCP network with its masks, before "
+             "export; paper numbers: the authors' README (pruned top-1, 'FLOPs pruned')", GAP_NOTE,
+             *_claims(results, chains), *_check_notes(results, chains)]
+    meta = _meta(request, "table1", "CIFAR-10 top-1 (%), FLOPs and params reduction (%): DCP vs L1-norm pruning",
+                 cfgs, notes)
+    return write_table(df, meta, settings.tables_dir)
+
+
+def imagenet_chain(request) -> dict[str, RunConfig]:
+    return chain(request, "resnet50")
+
+
+def imagenet_runs(request) -> list[RunConfig]:
+    return list(imagenet_chain(request).values())
+
+
+def build_imagenet(request, results, settings):
+    runs = imagenet_chain(request)
+    chains = {"resnet50": runs}
+    rows = _method_rows(results, runs, "resnet50", extra_cols=True)
+    keys = [f"resnet50/{m}" for m in ("unpruned", "dcp", "l1")]
+    cols = ["top1", "top5", "top1_change", "flops_reduction_pct", "params_reduction_pct", "mmacs", "params_m",
+            "masked_top1"]
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "imagenet", keys, cols, _labels(chains),
+                      reference=_reference_rows("imagenet", ["resnet50"]))
+    df = _drop_empty_paper_columns(df)
+    base = runs["unpruned"]
+    init = ("torchvision's pretrained weights (IMAGENET1K_V1), as the authors" if base.method["init"] == "torchvision"
+            else "our own training run (stands in for the authors' pretrained ResNet-50)")
+    notes = [f"unpruned ResNet-50: {init}; DCP starts from it", GAP_NOTE, *_claims(results, chains),
+             *_check_notes(results, chains)]
+    meta = _meta(request, "imagenet", "ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm",
+                 list(runs.values()), notes)
+    return write_table(df, meta, settings.tables_dir)
+
+
+def _ratio_setup(request) -> tuple[str, tuple[float, ...]]:
+    arch = request.option("ratio_arch", "resnet32", ("vgg16", "resnet32", "resnet56"))
+    raw = request.option("prs", None)
+    sweep = RATIO_SWEEP_VGG if arch == "vgg16" else RATIO_SWEEP
+    prs = _parse_prs(raw) if raw is not None else sweep[request.scale]
+    return arch, tuple(sorted(set(prs)))
+
+
+def ratio_chains(request) -> tuple[str, dict[float, dict[str, RunConfig]]]:
+    arch, prs = _ratio_setup(request)
+    return arch, {pr: chain(request, arch, pr) for pr in prs}
+
+
+def ratio_runs(request) -> list[RunConfig]:
+    _, chains = ratio_chains(request)
+    return [c for runs in chains.values() for c in runs.values()]
+
+
+def build_fig_ratio(request, results, settings):
+    from repro.reference_data import load_reference, reference_value
+
+    arch, chains = ratio_chains(request)
+    label = ARCHS[arch].label
+    series, frames = [], []
+    for method, name in (("dcp", "DCP"), ("l1", "L1-norm + fine-tune (same FLOPs)")):
+        xs, ys, es = [], [], []
+        for pr, runs in chains.items():
+            rr = _runs(results, runs[method])
+            x, xs_ = _value_spread(rr, "flops_reduction_pct")
+            y, e = _acc_spread(rr)
+            p, ps = _value_spread(rr, "params_reduction_pct")
+            xs.append(x)
+            ys.append(y)
+            es.append(e)
+            frames.append({"method": name, "pr": pr, "flops_reduction_pct": x, "flops_reduction_std": xs_,
+                           "params_reduction_pct": p, "top1": y, "top1_spread": e, "seeds": len(rr)})
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        series.append(Series(name, [xs[i] for i in order], [ys[i] for i in order], [es[i] for i in order]))
+    base = _runs(results, next(iter(chains.values()))["unpruned"])
+    y, e = _acc_spread(base)
+    series.append(Series(f"{label} unpruned", [0.0], [y], [e], kind="points"))
+    frames.append({"method": "unpruned", "pr": 0.0, "flops_reduction_pct": 0.0, "top1": y, "top1_spread": e,
+                   "seeds": len(base)})
+    ref = load_reference(PAPER_NAME)
+    pt, pf = reference_value(ref, "table1", arch, "top1"), reference_value(ref, "table1", arch, "flops_reduction_pct")
+    if pt is not None and pf is not None:
+        series.append(Series(f"paper: DCP {label} (authors' README, CIFAR-10)", [pf], [pt], kind="paper"))
+        frames.append({"method": "paper DCP", "pr": math.nan, "flops_reduction_pct": pf, "top1": pt})
+    cfgs = [c for runs in chains.values() for c in runs.values()]
+    meta = _meta(request, "fig-ratio", f"{label}: top-1 vs FLOPs reduction (pr swept), DCP vs L1-norm", cfgs,
+                 ["error bars: std over seeds, or the 95 % bootstrap half-width for one seed"])
+    return write_figure(series, meta, settings.figures_dir, f"FLOPs reduction (%, {COST} MACs)", "top-1 accuracy (%)",
+                        data=pd.DataFrame(frames))
+
+
+def channels_runs(request) -> list[RunConfig]:
+    return [chain(request, a)["dcp"] for a in CHANNEL_ARCHS]
+
+
+def _history_frame(arch: str, run) -> pd.DataFrame:
+    o, r = run.outputs, run.results
+    it, util, mask, flips = o["hist_iter"], o["hist_util"], o["hist_mask"], o["hist_flips"]
+    sizes = r["channels"]
+    bounds = [0]
+    for s in sizes:
+        bounds.append(bounds[-1] + s)
+    rows = []
+    for li, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for t in range(it.numel()):
+            m = mask[t, a:b]
+            u = util[t, a:b]
+            rows.append({"arch": arch, "layer": r["layers"][li], "layer_index": li, "channels": sizes[li],
+                         "kept_final": r["kept"][li], "iteration": int(it[t]),
+                         "progress": int(it[t]) / max(r["total_iters"], 1), "active": int(m.sum()),
+                         "flips_since_previous": float(flips[t, li]),
+                         "utility_mean_active": float(u[m].mean()) if m.any() else math.nan,
+                         "utility_mean_inactive": float(u[~m].mean()) if (~m).any() else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _few_layers(n: int) -> list[int]:
+    return sorted({0, n // 2, n - 1})
+
+
+def build_fig_channels(request, results, settings):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dcps = {a: chain(request, a)["dcp"] for a in CHANNEL_ARCHS}
+    frames = []
+    fig, axes = plt.subplots(len(dcps), 3, figsize=(14, 4.2 * len(dcps)), squeeze=False)
+    for row, (arch, cfg) in enumerate(dcps.items()):
+        run = _runs(results, cfg)[0]
+        r = run.results
+        df = _history_frame(arch, run)
+        frames.append(df)
+        label = ARCHS[arch].label
+        ax = axes[row][0]
+        idx = list(range(len(r["channels"])))
+        ax.bar(idx, r["channels"], color="0.85", label="channels")
+        ax.bar(idx, r["kept"], color="tab:blue", label="kept after training")
+        ax.set_xlabel("maskable layer (forward order)")
+        ax.set_ylabel("channels")
+        ax.set_title(f"{label}: kept {sum(r['kept'])}/{sum(r['channels'])} (pr {cfg.method['pr']:g}), "
+                     f"FLOPs −{r['flops_reduction_pct']:.1f} %", fontsize=9)
+        ax.legend(fontsize=7)
+        warm = r["warmup_iters"] / max(r["total_iters"], 1)
+        for li in _few_layers(len(r["channels"])):
+            d = df[df["layer_index"] == li]
+            name = f"layer {li} ({r['layers'][li]}, {r['channels'][li]} ch)"
+            axes[row][1].plot(d["progress"], d["active"] / r["channels"][li], "-o", ms=2, label=name)
+            axes[row][2].plot(d["progress"], d["flips_since_previous"] / r["channels"][li], "-o", ms=2, label=name)
+        axes[row][1].set_ylabel("active fraction of the layer's channels")
+        axes[row][2].set_ylabel("mask flips per channel since last snapshot")
+        for ax in axes[row][1:]:
+            ax.axvline(warm, color="0.5", ls=":", lw=1)
+            ax.set_xlabel("fraction of training iterations (dotted: end of warm-up)")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        axes[row][1].set_title(f"{label}: active set over training", fontsize=9)
+        axes[row][2].set_title(f"{label}: active-set changes over training", fontsize=9)
+    cfgs = list(dcps.values())
+    meta = _meta(request, "fig-channels", "Channels kept per layer, and the active set over training", cfgs,
+                 ["snapshots every 1/40 of training; flips = channels entering or leaving the active set"])
+    fig.suptitle(f"dcp fig-channels: {meta.title}", fontsize=10)
+    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    stem = settings.figures_dir / "dcp_fig-channels"
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    head = "".join(f"# {line}\n" for line in [f"dcp fig-channels: {meta.title}", *meta.lines()])
+    stem.with_suffix(".csv").write_text(head + pd.concat(frames, ignore_index=True).to_csv(index=False))
+    return paths + [stem.with_suffix(".csv")]
+
+
+PAPER = Paper(
+    name=PAPER_NAME,
+    title="Shen et al., Learning to Prune in Training via Dynamic Channel Propagation (ICPR 2020)",
+    artifacts={a.name: a for a in [
+        Artifact("table1", "CIFAR-10 VGG-16 / ResNet-32 / ResNet-56: unpruned, DCP and L1-norm pruning at the same "
+                 "FLOPs (top-1, FLOPs and params reduction)", table1_runs, build_table1),
+        Artifact("fig-ratio", "Top-1 vs FLOPs reduction over a sweep of pr, DCP vs L1-norm", ratio_runs,
+                 build_fig_ratio),
+        Artifact("fig-channels", "Channels kept per layer, and the active set over training (VGG-16, ResNet-32)",
+                 channels_runs, build_fig_channels),
+        Artifact("imagenet", "ResNet-50 (ImageNet at paper scale): unpruned, DCP from it, L1-norm at the same FLOPs",
+                 imagenet_runs, build_imagenet),
+    ]},
+    trainers={"unpruned": train_unpruned, "dcp": train_dcp, "l1": train_l1},
+    options=OPTIONS,
+)
