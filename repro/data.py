@@ -207,20 +207,46 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
 # --------------------------------------------------------------------------- augmentation
 
 
+def _offsets(n: int, pad: int, gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(device)
+    return oy, ox
+
+
+def _flips(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=gen.device).to(device) < 0.5
+
+
+def _window(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor,
+            flip: torch.Tensor | None) -> torch.Tensor:
+    """The H x W window at (oy, ox) of every zero-padded image, mirrored where ``flip``:
+    one gather with a flat per-image index over the padded plane (works on uint8)."""
+    n, c, h, w = x.shape
+    wp = w + 2 * pad
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    cols = torch.arange(w, device=x.device)
+    cols = ox[:, None] + (torch.where(flip[:, None], w - 1 - cols, cols) if flip is not None else cols)
+    rows = (oy[:, None] + torch.arange(h, device=x.device)) * wp
+    idx = (rows[:, :, None] + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return xp.reshape(n, c, -1).gather(2, idx).view(n, c, h, w)
+
+
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Zero-pad each side by ``pad`` and crop back at a random offset per image, batched."""
-    n, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w + 2 * pad)
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
-    return xp.gather(2, rows).gather(3, cols)
+    oy, ox = _offsets(x.shape[0], pad, gen, x.device)
+    return _window(x, pad, oy, ox, None)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=gen, device=gen.device).to(x.device) < 0.5
+    flip = _flips(x.shape[0], gen, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """``random_flip(random_crop(x, pad, gen), gen)`` as one gather (instead of two gathers
+    and a select): the same random draws in the same order, so the same images."""
+    oy, ox = _offsets(x.shape[0], pad, gen, x.device)
+    return _window(x, pad, oy, ox, _flips(x.shape[0], gen, x.device))
 
 
 def random_rotate(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
@@ -242,7 +268,7 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
         raise ConfigError(f"unknown augmentation '{kind}'; choose one of: {', '.join(AUGMENTS)}")
     if kind == "crop_flip_rotate":
         x = random_rotate(x, 15.0, gen)
-    return random_flip(random_crop(x, 4, gen), gen)
+    return random_crop_flip(x, 4, gen)
 
 
 # --------------------------------------------------------------------------- batches
@@ -291,19 +317,36 @@ class TensorBatches:
     def num_samples(self) -> int:
         return self.x.shape[0]
 
+    # Training batches are prepared this many images at a time (several batches per call):
+    # the dozen tensor ops of selection, augmentation and normalisation then cost their fixed
+    # overhead once per chunk rather than once per batch.
+    CHUNK_IMAGES = 512
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order().to(self.x.device)
         gen = torch.Generator(device=self.x.device)
         gen.manual_seed(self.seed * 7_919 + self.epoch * 104_729 + self.rank)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.x.index_select(0, idx).float()
-            if self.train:
-                xb = augment(xb, self.aug, gen)
-            xb = (xb - self.mean) / self.std
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, self.y.index_select(0, idx)
+        bs, nb = self.batch_size, len(self)
+        per = max(1, self.CHUNK_IMAGES // bs) if self.train else 1
+        for c0 in range(0, nb, per):
+            c1 = min(nb, c0 + per)
+            idx = order[c0 * bs:c1 * bs]
+            xc, yc = self._prepare(idx, gen), self.y.index_select(0, idx)
+            for j in range(c1 - c0):
+                yield xc[j * bs:(j + 1) * bs], yc[j * bs:(j + 1) * bs]
+
+    def _prepare(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Images ``idx``: selected, augmented (training), normalised, as float32."""
+        xb = self.x.index_select(0, idx)
+        if self.train and self.aug == "crop_flip":
+            xb = augment(xb, self.aug, gen)  # exact copies: cheaper on the uint8 images
+        xb = xb.float()
+        if self.train and self.aug not in ("crop_flip", "none"):
+            xb = augment(xb, self.aug, gen)
+        xb = xb.sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
 
 
 class LoaderBatches:

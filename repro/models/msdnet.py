@@ -55,6 +55,10 @@ class MSDNetConfig:
     isc: bool = False
     isc_detach: bool = True
     isc_hidden: int = 128
+    # Speed only (numbers identical up to float rounding): activations and conv weights in
+    # channels_last (NHWC). On CPU, oneDNN's convolutions skip their layout reorders: an IMTA
+    # Table 1 training step ran about 1.15x faster with one thread (README, Performance).
+    channels_last: bool = True
 
     def block_layers(self) -> list[int]:
         """Number of MSD layers in each block."""
@@ -275,6 +279,8 @@ class MSDNet(MultiExitNet):
                 self.isc_classifiers.append(
                     nn.Linear(self.head_dims[i] + cfg.isc_hidden, cfg.num_classes))
         self._init_weights()
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -310,6 +316,8 @@ class MSDNet(MultiExitNet):
 
     # -- MultiExitNet ---------------------------------------------------
     def stage(self, i: int, state: State) -> State:
+        if i == 0 and self.cfg.channels_last and isinstance(state, torch.Tensor) and state.dim() == 4:
+            state = state.contiguous(memory_format=torch.channels_last)
         if i > 0 and self.cfg.gradient_equilibrium:
             k = self.num_exits
             state = list(state)
