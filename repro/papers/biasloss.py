@@ -1,0 +1,1031 @@
+"""Bias loss and SkipblockNet: Abrahamyan et al., "Bias Loss for Mobile Neural Networks", ICCV 2021.
+
+The method
+----------
+Bias loss (paper Sec. 3, eqs. 1-6, and the clamp of Sec. 5):
+
+1. ``v_i``: the unbiased variance (eq. 1, ``n - 1``) of sample i's last convolutional
+   feature map before pooling, flattened over C·H·W, on a *detached* copy (the
+   weights are constants for backpropagation; gradients flow through the
+   cross-entropy only);
+2. scaled to [0, 1] with min-max over the batch (eq. 3, "local");
+3. ``z(v) = exp(alpha·v) - beta`` with alpha = beta = 0.3 (eq. 6), clamped to
+   [0.5, 1.5] (Sec. 5: "in all experiments, we clamp the output of the bias
+   function");
+4. ``L = mean_i z(v_i) · CE_i`` (eq. 5).
+
+Variants of the authors' code (ANCHORS.md), selectable with ``--set``:
+``bias_scaling=global`` (their default: numerator ``v - running minimum over all
+batches seen``, denominator the batch's ``max - min``, so values exceed 1),
+``bias_clamp=false`` (no clamp in their code), ``bias_formula=code_v1`` (the first
+release's ``exp(beta·v) - 1 + alpha``, i.e. exp(0.3 v) - 0.7).  Unlike the code,
+a batch whose variances are all equal (or a batch of one) has no spread to scale
+by: its scaled variances are 0 (so z = 1 - beta), never a division by zero.
+
+Baselines: cross-entropy, and focal loss ``mean_i (1 - p_t)^gamma · CE_i`` (Lin et
+al., without the alpha-balancing term; gamma = 2, which the paper does not state).
+
+Every model exposes ``forward_with_features`` (``repro.models.compact`` /
+``repro.models.skipblocknet``); a tiny wrapper whose ``forward`` returns
+``(logits, features)`` is what the training engine (and DDP) calls, so the
+feature map comes from the same forward pass.
+
+Runs and artifacts
+------------------
+One kind of run, ``train``: a model, a loss, a schedule.  Runs are shared across
+artifacts (table3 and table5 reuse each other's, table1, fig1 and table2 the
+family runs, table5 table4's ShuffleNetV2 runs).  At paper scale the models are
+the paper's (CIFAR-100 compact models for Table 4; the SkipblockNet family and
+MobileNetV3 on ImageNet for Tables 1, 3, 5 and Fig. 1); at quick and smoke scale
+they are reduced (see ``COMPACT`` and ``FAMILY_WIDTH``), on Fashion-MNIST.
+There are no exits and no thresholds in this paper: the held-out validation
+split is only reported (val_acc), never used to pick anything.
+"""
+from __future__ import annotations
+
+import math
+import platform
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.artifacts import Artifact, Paper
+from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
+from repro.data import dataset_info
+from repro.exits import accuracy_with_spread, collect_logits, time_call
+from repro.flops import CONVENTIONS, count_model
+from repro.models import compact, skipblocknet
+from repro.render import Meta, beside_paper, claim, write_table
+
+PAPER_NAME = "biasloss"
+COST = "fvcore"  # the paper's "FLOPs" are multiply-adds (MobileNetV3 convention); fvcore's MACs, BN included
+
+# ============================================================================ losses
+
+
+def feature_variance(features: torch.Tensor) -> torch.Tensor:
+    """Per-sample unbiased variance (eq. 1) of a detached N×C×H×W map over C·H·W, in float32.
+
+    A map of a single element has no unbiased variance; it gets 0 (no spread).
+    """
+    f = features.detach().float().flatten(1)
+    return f.var(1, correction=1 if f.shape[1] > 1 else 0)
+
+
+def _global_min_max(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch min and max; under torch.distributed, over the global batch (all ranks)."""
+    lo, hi = v.min(), v.max()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        both = torch.stack([-lo, hi])
+        torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+        lo, hi = -both[0], both[1]
+    return lo, hi
+
+
+def scale_variance(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, reference_min: torch.Tensor | None = None,
+                   eps: float = 1e-8) -> torch.Tensor:
+    """Min-max scaling (eq. 3): (v - m) / (hi - lo), m = lo ("local") or ``reference_min``
+    (the code's running minimum, "global").  No spread (hi - lo <= eps): all zeros."""
+    m = lo if reference_min is None else reference_min
+    span = hi - lo
+    scaled = (v - m) / span.clamp_min(eps)
+    return torch.where(span > eps, scaled, torch.zeros_like(scaled))
+
+
+def bias_function(v: torch.Tensor, alpha: float = 0.3, beta: float = 0.3, formula: str = "paper",
+                  clamp: tuple[float, float] | None = (0.5, 1.5)) -> torch.Tensor:
+    """z(v) = exp(alpha v) - beta (eq. 6), or the first released code's exp(beta v) - 1 + alpha."""
+    if formula == "paper":
+        z = torch.exp(alpha * v) - beta
+    elif formula == "code_v1":
+        z = torch.exp(beta * v) - 1.0 + alpha
+    else:
+        raise ConfigError(f"unknown bias formula '{formula}'; choose one of: paper, code_v1")
+    return z.clamp(clamp[0], clamp[1]) if clamp is not None else z
+
+
+class CrossEntropy(nn.Module):
+    """Plain cross-entropy; ignores the features."""
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017) for multi-class: mean_i (1 - p_t)^gamma · (-log p_t), no alpha term."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = float(gamma)
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logp_t = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+        p_t = logp_t.exp()
+        return (-(1 - p_t).clamp_min(0) ** self.gamma * logp_t).mean()
+
+
+class BiasLoss(nn.Module):
+    """Bias loss (eqs. 1-6): mean_i z(v_i) · CE_i, with v_i the scaled variance of sample i's
+    detached feature map.  ``scaling="global"`` keeps a running minimum (a buffer, so it is
+    checkpointed with the training state and resumes exactly)."""
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.3, scaling: str = "local",
+                 clamp: tuple[float, float] | None = (0.5, 1.5), formula: str = "paper", eps: float = 1e-8):
+        super().__init__()
+        if scaling not in ("local", "global"):
+            raise ConfigError(f"unknown bias scaling '{scaling}'; choose one of: local, global")
+        bias_function(torch.zeros(1), alpha, beta, formula, clamp)  # validates the formula
+        self.alpha, self.beta, self.scaling, self.formula, self.eps = float(alpha), float(beta), scaling, formula, eps
+        self.clamp = tuple(clamp) if clamp is not None else None
+        self.register_buffer("running_min", torch.tensor(math.inf))
+
+    def weights(self, features: torch.Tensor) -> torch.Tensor:
+        """z(v_i) for every sample of the batch (no gradient)."""
+        with torch.no_grad():
+            v = feature_variance(features)
+            lo, hi = _global_min_max(v)
+            ref = None
+            if self.scaling == "global":
+                if self.training:
+                    self.running_min.copy_(torch.minimum(self.running_min, lo.to(self.running_min)))
+                ref = torch.minimum(self.running_min.to(v), lo)
+            return bias_function(scale_variance(v, lo, hi, ref, self.eps), self.alpha, self.beta, self.formula,
+                                 self.clamp)
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = self.weights(features)
+        return (z * F.cross_entropy(logits.float(), y, reduction="none")).mean()
+
+
+LOSSES = ("ce", "focal", "bias")
+
+
+def make_loss(method: dict) -> nn.Module:
+    kind = method.get("loss", "ce")
+    if kind == "ce":
+        return CrossEntropy()
+    if kind == "focal":
+        return FocalLoss(method.get("gamma", 2.0))
+    if kind == "bias":
+        clamp = method.get("clamp", [0.5, 1.5])
+        return BiasLoss(method.get("alpha", 0.3), method.get("beta", 0.3), method.get("scaling", "local"),
+                        tuple(clamp) if clamp else None, method.get("formula", "paper"), method.get("eps", 1e-8))
+    raise ConfigError(f"unknown loss '{kind}'; choose one of: {', '.join(LOSSES)}")
+
+
+class WithFeatures(nn.Module):
+    """``forward(x) -> (logits, features)`` of a model with the feature interface: the module
+    the engine wraps in DDP, so that the training step calls DDP's forward (gradients synced)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_with_features(x)
+
+
+def make_step(loss_fn: nn.Module):
+    def step(model, x, y):
+        logits, features = model(x)
+        return loss_fn(logits, features, y), logits
+    return step
+
+
+def method_for(loss: str, request=None) -> dict:
+    """The ``method`` dict of a run trained with ``loss``; only the chosen loss's options enter
+    it, so changing a bias-loss option does not retrain the CE and focal runs."""
+    opt = (lambda k, d, **kw: request.option(k, d, **kw)) if request is not None else (lambda k, d, **kw: d)
+    if loss == "ce":
+        return {"loss": "ce"}
+    if loss == "focal":
+        return {"loss": "focal", "gamma": opt("focal_gamma", 2.0, type=float)}
+    if loss == "bias":
+        clamp = opt("bias_clamp", True, type=bool)
+        return {"loss": "bias", "alpha": opt("bias_alpha", 0.3, type=float), "beta": opt("bias_beta", 0.3, type=float),
+                "scaling": opt("bias_scaling", "local", choices=("local", "global")),
+                "clamp": [0.5, 1.5] if clamp else None,
+                "formula": opt("bias_formula", "paper", choices=("paper", "code_v1")), "eps": 1e-8}
+    raise ConfigError(f"unknown loss '{loss}'; choose one of: {', '.join(LOSSES)}")
+
+
+# ============================================================================ models
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _squeezenet_bn(m: nn.Module) -> None:
+    """The pytorch-cifar100 SqueezeNet (the recipe the paper's CIFAR-100 schedule comes from): a
+    BatchNorm after the stem conv and after every fire-module conv, and no ReLU on the class-score
+    map.  torchvision's SqueezeNet (no BN, ReLU on the class map) does not train at the paper's
+    lr 0.1: measured at quick scale it stays at 10 % (chance) with every loss."""
+    from torchvision.models.squeezenet import Fire
+
+    for fire in [f for f in m.modules() if isinstance(f, Fire)]:
+        for attr in ("squeeze", "expand1x1", "expand3x3"):
+            conv = getattr(fire, attr)
+            setattr(fire, attr, nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels)))
+    stem = m.features[0]
+    m.features[0] = nn.Sequential(stem, nn.BatchNorm2d(stem.out_channels))
+    m.classifier[2] = nn.Identity()  # the ReLU after the final 1x1 conv
+
+
+def build_model(name: str, args: dict, num_classes: int, in_channels: int, image_size: int = 32) -> nn.Module:
+    """A model with the feature interface from a run's ``model`` and ``model_args``.
+
+    ``stem_stride`` (reduced scales only) sets the first convolution's stride, so that a
+    32x32 image is processed at 16x16 from the stem on; ``bn_momentum`` (reduced scales
+    only) overrides every BatchNorm's momentum.
+    """
+    a = dict(args)
+    stem_stride = a.pop("stem_stride", 1)
+    bn_momentum = a.pop("bn_momentum", None)
+    nc, ic = num_classes, in_channels
+    if name == "shufflenetv2":
+        m = compact.shufflenetv2_cifar(a.get("width", 0.5), nc, ic)
+    elif name == "mobilenetv2":
+        m = compact.mobilenetv2_cifar(a.get("width", 0.75), nc, ic)
+    elif name == "squeezenet":
+        m = compact.squeezenet_cifar(nc, ic, a.get("version", "1_0"))
+        if a.get("bn", False):
+            _squeezenet_bn(m)
+    elif name == "densenet":
+        m = compact.densenet_cifar(a.get("depth", 100), a.get("growth", 12), a.get("bottleneck", False),
+                                   a.get("compression", 1.0), nc, ic)
+    elif name == "densenet121":
+        m = compact.densenet121_cifar(nc, ic)
+    elif name == "nasnet_a":
+        m = compact.nasnet_a_cifar(a.get("N", 4), a.get("filters", 44), nc, ic)
+    elif name == "skipblocknet":
+        m = skipblocknet.SkipblockNet(a["width_mult"], a["mode"], nc, ic, input_size=image_size, cifar_stem=False)
+    elif name == "mobilenetv3_large":
+        m = skipblocknet.mobilenetv3_large(nc, ic, a.get("width_mult", 1.0))
+    elif name == "mobilenetv3_small":
+        m = skipblocknet.mobilenetv3_small(nc, ic, a.get("width_mult", 1.0))
+    elif name == "mobilenetv2_imagenet":  # latency reference only (Table 2)
+        from torchvision.models import mobilenet_v2
+
+        m = mobilenet_v2(num_classes=nc, width_mult=a.get("width_mult", 1.0))
+    else:
+        raise ConfigError(f"unknown model '{name}' for biasloss")
+    if stem_stride != 1:
+        _first_conv(m).stride = (stem_stride, stem_stride)
+    if bn_momentum is not None:
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.momentum = bn_momentum
+    return m
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A row of a table: the paper's architecture and its reduced versions."""
+    key: str                 # row key of the reference CSV
+    label: str
+    model: str               # build_model name
+    paper: dict
+    quick: dict = field(default_factory=dict)
+    smoke: dict = field(default_factory=dict)
+
+    def args(self, scale: str) -> dict:
+        return dict({"paper": self.paper, "quick": self.quick, "smoke": self.smoke}[scale])
+
+
+# Table 4's CIFAR models.  Paper scale: the CIFAR-adapted models of repro.models.compact.
+# Quick / smoke: the first conv at stride 2 (32x32 input processed at 16x16) and
+# narrower / shallower versions, to fit 2 CPU cores.
+COMPACT = {a.key: a for a in [
+    Arch("shufflenetv2-0.5x", "ShuffleNetV2 0.5x", "shufflenetv2", {"width": 0.5},
+         {"width": 0.5, "stem_stride": 2}, {"width": 0.5, "stem_stride": 2}),
+    Arch("mobilenetv2-0.75x", "MobileNetV2 0.75x", "mobilenetv2", {"width": 0.75},
+         {"width": 0.25, "stem_stride": 2}, {"width": 0.25, "stem_stride": 2}),
+    Arch("nasnet-a-n4", "NASNet-A (N=4)", "nasnet_a", {"N": 4, "filters": 44},
+         {"N": 1, "filters": 8, "stem_stride": 2}, {"N": 1, "filters": 4, "stem_stride": 2}),
+    Arch("squeezenet", "SqueezeNet", "squeezenet", {"version": "1_0", "bn": True},
+         {"version": "1_1", "bn": True, "stem_stride": 2}, {"version": "1_1", "bn": True, "stem_stride": 2}),
+    Arch("densenet-k12", "DenseNet (k=12)", "densenet",
+         {"depth": 100, "growth": 12, "bottleneck": False, "compression": 1.0},
+         {"depth": 16, "growth": 12, "bottleneck": True, "compression": 0.5, "stem_stride": 2},
+         {"depth": 10, "growth": 6, "bottleneck": True, "compression": 0.5, "stem_stride": 2}),
+]}
+DENSENET_CHOICES = {
+    "k12": ("densenet", {"depth": 100, "growth": 12, "bottleneck": False, "compression": 1.0}),
+    "bc": ("densenet", {"depth": 100, "growth": 12, "bottleneck": True, "compression": 0.5}),
+    "121": ("densenet121", {}),
+}
+
+# The SkipblockNet family and the MobileNetV3 baselines (ImageNet models; ImageNet stem,
+# stride 2, at every scale).  Reduced scales multiply every width by FAMILY_WIDTH.
+FAMILY = {a.key: a for a in [
+    Arch("skipblocknet-xs", "SkipblockNet-XS", "skipblocknet", {"width_mult": 0.5, "mode": "small"}),
+    Arch("skipblocknet-s", "SkipblockNet-S", "skipblocknet", {"width_mult": 0.75, "mode": "small"}),
+    Arch("skipblocknet-m", "SkipblockNet-M", "skipblocknet", {"width_mult": 1.0, "mode": "large"}),
+    Arch("skipblocknet-l", "SkipblockNet-L", "skipblocknet", {"width_mult": 1.15, "mode": "large"}),
+    Arch("mobilenetv3-small-1.0x", "MobileNetV3-Small 1.0x", "mobilenetv3_small", {"width_mult": 1.0}),
+    Arch("mobilenetv3-large-0.75x", "MobileNetV3-Large 0.75x", "mobilenetv3_large", {"width_mult": 0.75}),
+    Arch("mobilenetv3-large-1.0x", "MobileNetV3-Large 1.0x", "mobilenetv3_large", {"width_mult": 1.0}),
+    Arch("mobilenetv3-large-1.05x", "MobileNetV3-Large 1.05x", "mobilenetv3_large", {"width_mult": 1.05}),
+    Arch("mobilenetv3-large-1.25x", "MobileNetV3-Large 1.25x", "mobilenetv3_large", {"width_mult": 1.25}),
+]}
+FAMILY_WIDTH = {"paper": 1.0, "quick": 0.5, "smoke": 0.25}
+# Table 1's rows, grouped by cost as in the paper; (SkipblockNet, the MobileNetV3 it is compared with)
+TABLE1_ROWS = ["mobilenetv3-small-1.0x", "skipblocknet-xs", "mobilenetv3-large-0.75x", "skipblocknet-s",
+               "mobilenetv3-large-1.0x", "skipblocknet-m", "mobilenetv3-large-1.25x", "skipblocknet-l"]
+TABLE1_PAIRS = [("skipblocknet-xs", "mobilenetv3-small-1.0x"), ("skipblocknet-s", "mobilenetv3-large-0.75x"),
+                ("skipblocknet-m", "mobilenetv3-large-1.0x"), ("skipblocknet-l", "mobilenetv3-large-1.25x")]
+
+
+def family_args(arch: Arch, scale: str) -> dict:
+    a = dict(arch.paper)
+    a["width_mult"] = round(a["width_mult"] * FAMILY_WIDTH[scale], 6)
+    if scale != "paper":
+        # MobileNetV3's BN momentum 0.01 (TF 0.99) averages over ~100 steps: on a 1-epoch schedule the
+        # running statistics lag the weights and eval-mode accuracy collapses (measured: 83 % in train
+        # mode, 9 % in eval mode after one quick epoch).  PyTorch's default 0.1 at reduced scales.
+        a["bn_momentum"] = 0.1
+    return a
+
+
+def compact_arch(request, key: str, scale: str | None = None) -> tuple[str, dict]:
+    """(model, args) of a Table 4 row at ``scale`` with the request's options applied."""
+    scale = scale or request.scale
+    arch = COMPACT[key]
+    model, args = arch.model, arch.args(scale)
+    if key == "shufflenetv2-0.5x":
+        args["width"] = request.option("shufflenet_width", 0.5, choices=(0.5, 1.0), type=float)
+    if key == "squeezenet":
+        args["bn"] = request.option("squeezenet", "bn", choices=("bn", "torchvision")) == "bn"
+    if key == "densenet-k12":
+        choice = request.option("densenet", "k12", choices=tuple(DENSENET_CHOICES))
+        if scale == "paper":
+            model, args = DENSENET_CHOICES[choice][0], dict(DENSENET_CHOICES[choice][1])
+    return model, args
+
+
+# ============================================================================ schedules
+
+
+def cifar_spec(request) -> tuple[TrainSpec, str]:
+    """Table 4's CIFAR-100 recipe (TrainSpec, augmentation)."""
+    if request.scale != "paper":
+        return _reduced_spec(request.scale), "none"
+    if request.option("cifar_recipe", "paper", choices=("paper", "code")) == "code":
+        # the authors' train.py: 160 epochs, wd 1e-4, x0.1 at 80 and 122, crop + flip, incomplete batches skipped
+        return (TrainSpec(epochs=160, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          milestones=(80 / 160, 122 / 160), gamma=0.1, drop_last=True), "crop_flip")
+    # paper Sec. 5.2 (= weiaicunzai/pytorch-cifar100): SGD 0.9, wd 5e-4, lr 0.1 x0.2 at 60/120/160 of 200,
+    # batch 128, one warm-up epoch; flip + rotation (+-15 deg) + crop 32 pad 4
+    return (TrainSpec(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                      milestones=(0.3, 0.6, 0.8), gamma=0.2, warmup_epochs=1.0), "crop_flip_rotate")
+
+
+def imagenet_spec(request) -> TrainSpec:
+    """The ImageNet recipe (paper Sec. 5.1, EfficientNet's) within what the engine offers: SGD instead of
+    RMSProp, no weight EMA; 3-epoch warm-up, then x0.97 every 2.4 epochs; batch 512, wd 1e-5, 350 epochs."""
+    if request.scale != "paper":
+        return _reduced_spec(request.scale)
+    epochs, warmup = 350, 3.0
+    steps = tuple((warmup + 2.4 * k) / epochs for k in range(1, int((epochs - warmup) / 2.4) + 1))
+    return TrainSpec(epochs=epochs, batch_size=512, lr=0.2, momentum=0.9, nesterov=True, weight_decay=1e-5,
+                     milestones=steps, gamma=0.97, warmup_epochs=warmup)
+
+
+def _reduced_spec(scale: str) -> TrainSpec:
+    if scale == "quick":  # one epoch, cosine within it, a short warm-up
+        return TrainSpec(epochs=1, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                         schedule="cosine", warmup_epochs=0.05)
+    return TrainSpec(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                     schedule="constant")
+
+
+# ============================================================================ runs
+
+
+def _data_spec(request, dataset: str, augment: str) -> DataSpec:
+    if request.scale == "paper":
+        return DataSpec(val_size=dataset_info(dataset).default_val_size, augment=augment)
+    # one epoch sees every image once: augmentation only slows convergence (measured on MobileNetV3-L
+    # x0.5, 20k images: 82.2 % without, 74.4 % with crop + flip)
+    return replace(request.scale_preset.data, augment="none")
+
+
+def compact_run(request, key: str, loss: str) -> RunConfig:
+    """A Table 4 run: a CIFAR compact model trained with ``loss`` (CIFAR-100 at paper scale)."""
+    dataset = request.dataset_for("cifar100")
+    spec, augment = cifar_spec(request)
+    model, args = compact_arch(request, key)
+    return RunConfig(paper=PAPER_NAME, name=f"{key}-{loss}", kind="train", dataset=dataset, model=model,
+                     model_args=args, method=method_for(loss, request), train=spec,
+                     data=_data_spec(request, dataset, augment))
+
+
+def family_run(request, key: str, loss: str) -> RunConfig:
+    """A SkipblockNet / MobileNetV3 run (ImageNet at paper scale)."""
+    dataset = request.dataset_for("imagenet")
+    arch = FAMILY[key]
+    return RunConfig(paper=PAPER_NAME, name=f"{key}-{loss}", kind="train", dataset=dataset, model=arch.model,
+                     model_args=family_args(arch, request.scale), method=method_for(loss, request),
+                     train=imagenet_spec(request), data=_data_spec(request, dataset, "crop_flip"))
+
+
+def family_loss(request, key: str) -> str:
+    """Table 1: SkipblockNets with bias loss (``--set loss=...`` changes it), MobileNetV3 with CE."""
+    if key.startswith("skipblocknet"):
+        return request.option("loss", "bias", choices=LOSSES)
+    return "ce"
+
+
+def table4_runs(request) -> list[RunConfig]:
+    return [compact_run(request, k, loss) for k in COMPACT for loss in LOSSES]
+
+
+def table1_runs(request) -> list[RunConfig]:
+    return [family_run(request, k, family_loss(request, k)) for k in TABLE1_ROWS]
+
+
+TABLE3_ROWS = [("mobilenetv3-large-1.0x", "ce"), ("mobilenetv3-large-1.0x", "bias"), ("skipblocknet-m", "ce"),
+               ("skipblocknet-m", "bias"), ("mobilenetv3-large-1.05x", "ce")]
+
+
+def table3_runs(request) -> list[RunConfig]:
+    return [family_run(request, k, loss) for k, loss in TABLE3_ROWS]
+
+
+def table5_sources(request) -> dict[str, RunConfig]:
+    """Table 5's rows (reference keys) and the runs they are measured on."""
+    out = {}
+    for key, ref in (("skipblocknet-m", "skipblocknet-m"), ("mobilenetv3-large-1.0x", "mobilenetv3-large-1.0x")):
+        for loss in ("ce", "bias"):
+            out[f"{ref}/{loss}"] = family_run(request, key, loss)
+    for loss in ("ce", "bias"):
+        out[f"shufflenet/{loss}"] = compact_run(request, "shufflenetv2-0.5x", loss)
+    order = ["skipblocknet-m/ce", "skipblocknet-m/bias", "shufflenet/ce", "shufflenet/bias",
+             "mobilenetv3-large-1.0x/ce", "mobilenetv3-large-1.0x/bias"]
+    return {k: out[k] for k in order}
+
+
+def table5_runs(request) -> list[RunConfig]:
+    return list(table5_sources(request).values())
+
+
+def table2_runs(request) -> list[RunConfig]:
+    return [family_run(request, "skipblocknet-m", family_loss(request, "skipblocknet-m")),
+            family_run(request, "mobilenetv3-large-1.0x", "ce")]
+
+
+# ============================================================================ training
+
+
+def conv_layers(net: nn.Module, x: torch.Tensor) -> list[nn.Conv2d]:
+    """The model's convolutions in the order one forward calls them, without the squeeze-and-
+    excitation convolutions (they act on pooled 1x1 vectors: fully connected layers in effect)."""
+    from torchvision.ops.misc import SqueezeExcitation
+
+    se = {id(c) for m in net.modules() if isinstance(m, SqueezeExcitation) for c in m.modules()}
+    order: list[nn.Conv2d] = []
+    seen: set[int] = set()
+
+    def hook(mod, inputs, output):
+        if id(mod) not in seen:
+            seen.add(id(mod))
+            order.append(mod)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, nn.Conv2d) and id(m) not in se]
+    was = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(x)
+    finally:
+        net.train(was)
+        for h in handles:
+            h.remove()
+    return order
+
+
+VARIANCE_LAYERS = (5, 20, "last")
+
+
+def variance_layer_indices(n_convs: int) -> list[int]:
+    """1-based indices of the 5th, 20th and last convolutions (capped at the last one)."""
+    return [n_convs if k == "last" else min(int(k), n_convs) for k in VARIANCE_LAYERS]
+
+
+@torch.no_grad()
+def collect_with_variances(net: nn.Module, batches, layers: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (1 x N x C) over a split and, from the same forward passes, the per-sample
+    unbiased variance over C·H·W of each of ``layers``' outputs (len(layers) x N)."""
+    store: list[list[torch.Tensor]] = [[] for _ in layers]
+
+    def hook(k):
+        def record(mod, inputs, output):
+            store[k].append(feature_variance(output).cpu())
+        return record
+
+    handles = [m.register_forward_hook(hook(k)) for k, m in enumerate(layers)]
+    try:
+        logits = collect_logits(net, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, torch.stack([torch.cat(s) for s in store]) if layers else torch.zeros(0)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[-1])
+    top = logits[0].topk(k, dim=1).indices
+    return float((top == labels[:, None]).any(1).double().mean() * 100)
+
+
+def train(ctx) -> dict:
+    cfg = ctx.cfg
+    data = ctx.data()
+    info = data.info
+    net = ctx.to_device(build_model(cfg.model, cfg.model_args, info.num_classes, info.in_channels, info.image_size))
+    loss_fn = make_loss(cfg.method).to(ctx.device)
+    ctx.fit(WithFeatures(net), make_step(loss_fn), "train", stateful=[loss_fn])
+    ctx.save_model(net)
+    net.eval()
+    probe = torch.zeros(2, info.in_channels, info.image_size, info.image_size, device=ctx.device)
+    convs = conv_layers(net, probe)
+    idx = variance_layer_indices(len(convs))
+    val_logits = collect_logits(net, data.val)
+    test_logits, test_var = collect_with_variances(net, data.test, [convs[i - 1] for i in idx])
+    ctx.save_outputs(val_logits=val_logits, val_labels=data.val_labels, test_logits=test_logits,
+                     test_labels=data.test_labels, test_variance=test_var)
+    with torch.no_grad():
+        feats = net.forward_features(probe[:1])
+    cost = count_model(net, (info.in_channels, info.image_size, info.image_size), convention=COST)
+    return {"val_acc": float((val_logits[0].argmax(1) == data.val_labels).double().mean() * 100),
+            "test_acc": float((test_logits[0].argmax(1) == data.test_labels).double().mean() * 100),
+            "test_top5": topk_accuracy(test_logits, data.test_labels, 5),
+            "params": cost.params, "macs": cost.macs, "cost_convention": COST,
+            "feature_shape": list(feats.shape[1:]), "num_convs": len(convs), "variance_layers": idx,
+            "final_bias_running_min": float(loss_fn.running_min) if isinstance(loss_fn, BiasLoss) else None}
+
+
+# ============================================================================ helpers for artifacts
+
+
+@lru_cache(maxsize=64)
+def _arch_cost(model: str, args_key: tuple, num_classes: int, in_channels: int, size: int, macs: bool
+               ) -> tuple[float, int]:
+    net = build_model(model, dict(args_key), num_classes, in_channels, size)
+    if not macs:
+        return math.nan, sum(p.numel() for p in net.parameters())
+    c = count_model(net, (in_channels, size, size), convention=COST)
+    return c.macs, c.params
+
+
+def arch_cost(model: str, args: dict, num_classes: int = 1000, in_channels: int = 3, size: int = 224,
+              macs: bool = True) -> tuple[float, int]:
+    """(MACs, params) of an architecture built fresh (not trained): the paper's counting setting."""
+    return _arch_cost(model, tuple(sorted(args.items())), num_classes, in_channels, size, macs)
+
+
+def _scale_note(request, what: str) -> str:
+    if request.scale == "paper":
+        return "paper scale"
+    if request.scale == "quick":
+        return f"quick scale ({what}; 1 epoch: NOT the paper's setting)"
+    return "smoke scale (a few hundred images, 1 epoch, tiny models: checks the pipeline, numbers mean nothing)"
+
+
+def _meta(request, artifact: str, title: str, dataset: str, cost: str, notes=()) -> Meta:
+    return Meta(PAPER_NAME, artifact, title, "", dataset, request.seeds, cost, list(notes))
+
+
+def _acc(results, cfg) -> tuple[float, float]:
+    """Top-1 (%) over seeds and its spread (std over seeds, or 95 % bootstrap half-width for one seed)."""
+    runs = [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in results[cfg]]
+    mean, spread = accuracy_with_spread(runs)
+    return mean[0], spread[0]
+
+
+def _mean_result(results, cfg, key: str) -> float:
+    vals = [r.results[key] for r in results[cfg]]
+    return float(sum(vals) / len(vals))
+
+
+def _gap_claims(name: str, a: tuple[float, float], b: tuple[float, float], paper: float | None) -> str:
+    return claim(name, a[0] - b[0], math.hypot(a[1], b[1]), paper)
+
+
+def _ref():
+    from repro.reference_data import load_reference
+
+    return load_reference(PAPER_NAME)
+
+
+def _ref_value(artifact: str, row: str, column: str) -> float | None:
+    from repro.reference_data import reference_value
+
+    return reference_value(_ref(), artifact, row, column)
+
+
+def _ref_gap(artifact: str, a: str, b: str, column: str = "top1") -> float | None:
+    pa, pb = _ref_value(artifact, a, column), _ref_value(artifact, b, column)
+    return None if pa is None or pb is None else pa - pb
+
+
+def _family_data_note(request, dataset: str) -> str:
+    info = dataset_info(dataset)
+    w = FAMILY_WIDTH[request.scale]
+    width = "" if w == 1 else f", every width x {w}"
+    return (f"trained models: {dataset} {info.image_size}x{info.image_size}x{info.in_channels}, "
+            f"{info.num_classes} classes, ImageNet stem (stride 2){width}")
+
+
+# ============================================================================ table 4
+
+
+def build_table4(request, results, settings) -> list[Path]:
+    rows, accs = [], {}
+    for key in COMPACT:
+        model, paper_args = compact_arch(request, key, "paper")
+        _, arch_params = arch_cost(model, paper_args, 100, 3, 32, macs=False)
+        cfg0 = compact_run(request, key, "ce")
+        rows += [{"row": key, "column": "params_m", "value": arch_params / 1e6},
+                 {"row": key, "column": "run_params_m", "value": _mean_result(results, cfg0, "params") / 1e6}]
+        for loss in LOSSES:
+            accs[key, loss] = _acc(results, compact_run(request, key, loss))
+            rows.append({"row": key, "column": loss, "value": accs[key, loss][0], "spread": accs[key, loss][1]})
+    ref = _ref()
+    ref = ref[ref["artifact"] == "table4"]
+    remap = [{"artifact": "table4", "row": r.split("/")[0], "column": r.split("/")[1] if "/" in r else c, "value": v}
+             for r, c, v in zip(ref["row"], ref["column"], ref["value"])]
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table4", list(COMPACT),
+                      ["params_m", "run_params_m", *LOSSES], {k: a.label for k, a in COMPACT.items()},
+                      reference=pd.DataFrame(remap))
+    notes = []
+    for key in COMPACT:
+        for other in ("ce", "focal"):
+            notes.append(_gap_claims(f"{COMPACT[key].label}: bias loss - {other}", accs[key, "bias"],
+                                     accs[key, other], _ref_gap("table4", f"{key}/bias", f"{key}/{other}")))
+    for other in ("ce", "focal"):
+        gaps = [accs[k, "bias"][0] - accs[k, other][0] for k in COMPACT]
+        spread = math.sqrt(sum(accs[k, "bias"][1] ** 2 + accs[k, other][1] ** 2 for k in COMPACT)) / len(COMPACT)
+        pg = [_ref_gap("table4", f"{k}/bias", f"{k}/{other}") for k in COMPACT]
+        notes.append(claim(f"mean over the 5 models: bias loss - {other}", sum(gaps) / len(gaps), spread,
+                           sum(pg) / len(pg)))
+    cfg = compact_run(request, "shufflenetv2-0.5x", "ce")
+    info = dataset_info(cfg.dataset)
+    opts = [f"{k}={v}" for k, v in request.options]
+    notes += [
+        "params_m: the paper-scale CIFAR-100 architecture (100 classes, 32x32); the paper's column matches the "
+        "ImageNet (1000-class) counts of these models; run_params_m: the model trained here",
+        "models: " + "; ".join(f"{COMPACT[k].label} = {compact_arch(request, k)[0]} {compact_arch(request, k)[1]}"
+                               for k in COMPACT),
+        f"losses: CE; focal gamma={method_for('focal', request)['gamma']}; bias {method_for('bias', request)}",
+        f"recipe: {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
+        f"wd {cfg.train.weight_decay}, {cfg.train.schedule}"
+        + (f" at epochs {cfg.train.milestone_epochs()} x{cfg.train.gamma}" if cfg.train.schedule == "multistep" else "")
+        + f", warm-up {cfg.train.warmup_epochs} epochs, "
+        f"augment {cfg.data.augment}" + (f"; options {', '.join(opts)}" if opts else ""),
+    ]
+    what = f"{cfg.dataset} {info.image_size}x{info.image_size}x{info.in_channels}, reduced models, stem stride 2"
+    meta = _meta(request, "table4", "Top-1 (%) of compact CNNs trained with CE, focal and bias loss",
+                 cfg.dataset, "params counted (M); no FLOPs in this table", notes)
+    meta.scale = _scale_note(request, what)
+    return write_table(beside_paper_fix(df), meta, settings.tables_dir)
+
+
+def beside_paper_fix(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop the all-empty 'paper' / 'Δ' columns of quantities the paper does not print."""
+    drop = [c for c in df.columns if (c.endswith(" paper") or c.endswith(" Δ")) and df[c].isna().all()]
+    drop += [c for c in df.columns if c.endswith(" ±") and df[c].isna().all()]
+    return df.drop(columns=drop)
+
+
+# ============================================================================ table 1 / fig 1
+
+
+def _family_rows(request, results, keys, loss_of) -> tuple[list[dict], dict]:
+    rows, accs = [], {}
+    for key in keys:
+        arch = FAMILY[key]
+        loss = loss_of(key)
+        cfg = family_run(request, key, loss)
+        macs, params = arch_cost(arch.model, arch.paper)
+        accs[key] = _acc(results, cfg)
+        rows += [{"row": key, "column": "mflops", "value": macs / 1e6},
+                 {"row": key, "column": "params_m", "value": params / 1e6},
+                 {"row": key, "column": "top1", "value": accs[key][0], "spread": accs[key][1]},
+                 {"row": key, "column": "top5", "value": _mean_result(results, cfg, "test_top5")},
+                 {"row": key, "column": "run_mmacs", "value": _mean_result(results, cfg, "macs") / 1e6},
+                 {"row": key, "column": "run_params_m", "value": _mean_result(results, cfg, "params") / 1e6}]
+    return rows, accs
+
+
+def build_table1(request, results, settings) -> list[Path]:
+    loss_of = lambda k: family_loss(request, k)  # noqa: E731
+    rows, accs = _family_rows(request, results, TABLE1_ROWS, loss_of)
+    labels = {k: f"{FAMILY[k].label} ({loss_of(k)})" for k in TABLE1_ROWS}
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", TABLE1_ROWS,
+                      ["mflops", "params_m", "top1", "top5", "run_mmacs", "run_params_m"], labels)
+    notes = [_gap_claims(f"{FAMILY[a].label} - {FAMILY[b].label}", accs[a], accs[b], _ref_gap("table1", a, b))
+             for a, b in TABLE1_PAIRS]
+    cfg = family_run(request, "skipblocknet-m", loss_of("skipblocknet-m"))
+    notes += ["mflops, params_m: the paper's architectures at 224x224x3, 1000 classes (built and counted here); "
+              "run_mmacs, run_params_m: the models trained at this scale",
+              _family_data_note(request, cfg.dataset),
+              "SkipblockNet rows trained with the loss in brackets (paper: bias loss), MobileNetV3 rows with CE",
+              "paper rows for other networks (MUXNet, GhostNet, ...) are in the reference CSV and in fig1",
+              _recipe_note(cfg)]
+    meta = _meta(request, "table1", "SkipblockNet family vs MobileNetV3: FLOPs, params, top-1", cfg.dataset,
+                 CONVENTIONS[COST], notes)
+    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    return write_table(beside_paper_fix(df), meta, settings.tables_dir)
+
+
+def _recipe_note(cfg: RunConfig) -> str:
+    t = cfg.train
+    return (f"recipe: {t.epochs} epochs, batch {t.batch_size}, SGD lr {t.lr} (nesterov {t.nesterov}), "
+            f"wd {t.weight_decay}, {t.schedule}"
+            + (f" x{t.gamma} at {len(t.milestones)} milestones from epoch {t.milestone_epochs()[0]}"
+               if t.schedule == "multistep" and t.milestones else "")
+            + f", warm-up {t.warmup_epochs} epochs, augment {cfg.data.augment}")
+
+
+def build_fig1(request, results, settings) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss_of = lambda k: family_loss(request, k)  # noqa: E731
+    rows, accs = _family_rows(request, results, TABLE1_ROWS, loss_of)
+    ours = pd.DataFrame(rows).pivot_table(index="row", columns="column", values="value")
+    cfg = family_run(request, "skipblocknet-m", loss_of("skipblocknet-m"))
+    ref = _ref()
+    ref = ref[ref["artifact"] == "table1"].pivot_table(index="row", columns="column", values="value")
+    sbn = [k for k in TABLE1_ROWS if k.startswith("skipblocknet")]
+    mv3 = [k for k in TABLE1_ROWS if k.startswith("mobilenetv3")]
+    sbn, mv3 = sorted(sbn, key=lambda k: ours.loc[k, "run_mmacs"]), sorted(mv3, key=lambda k: ours.loc[k, "run_mmacs"])
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    xcol = "mflops" if request.scale == "paper" else "run_mmacs"
+    for keys, label, style in ((sbn, f"SkipblockNet ({loss_of('skipblocknet-m')})", "-o"),
+                               (mv3, "MobileNetV3 (ce)", "--s")):
+        a1.errorbar([ours.loc[k, xcol] for k in keys], [accs[k][0] for k in keys],
+                    yerr=[accs[k][1] for k in keys], fmt=style, capsize=3, label=f"ours: {label}")
+    for k in sbn + mv3:
+        a1.annotate(FAMILY[k].label.replace("SkipblockNet-", "").replace("MobileNetV3-", "MV3-"),
+                    (ours.loc[k, xcol], accs[k][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    a1.set_xlabel("MMACs of the trained models (fvcore)" if xcol == "run_mmacs" else "MMACs at 224x224 (fvcore)")
+    a1.set_ylabel(f"top-1 (%) on {cfg.dataset}")
+    a1.set_title(f"ours ({request.scale} scale, {cfg.dataset})", fontsize=9)
+    ref_sbn = [k for k in ref.index if k.startswith("skipblocknet")]
+    ref_sbn = sorted(ref_sbn, key=lambda k: ref.loc[k, "mflops"])
+    a2.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "-o",
+            color="tab:red", label="paper: SkipblockNet (bias loss)")
+    others = [k for k in ref.index if k not in ref_sbn]
+    a2.scatter([ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], marker="x",
+               color="0.3", label="paper: other networks (CE)")
+    for k in others:
+        a2.annotate(k, (ref.loc[k, "mflops"], ref.loc[k, "top1"]), fontsize=5, xytext=(2, 2),
+                    textcoords="offset points")
+    a2.scatter([ours.loc[k, "mflops"] for k in sbn], [ref.loc[k, "top1"] for k in sbn], marker="+", s=60,
+               color="tab:blue", label="our count of the same architectures (paper top-1)")
+    if request.scale == "paper":
+        a1.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "k*",
+                label="paper: SkipblockNet")
+    a2.set_xlabel("MFLOPs (multiply-adds) at 224x224")
+    a2.set_ylabel("ImageNet top-1 (%)")
+    a2.set_title("paper, Table 1 (ImageNet)", fontsize=9)
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    meta = _meta(request, "fig1", "Top-1 vs FLOPs of the SkipblockNet family", cfg.dataset, CONVENTIONS[COST],
+                 ["error bars: spread of top-1 (see seeds)", _family_data_note(request, cfg.dataset)])
+    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    fig.suptitle(f"{PAPER_NAME} fig1: {meta.title}", fontsize=10)
+    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
+    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    stem = settings.figures_dir / f"{PAPER_NAME}_fig1"
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    data = [{"source": "ours", "row": k, "loss": loss_of(k), "mmacs_trained": ours.loc[k, "run_mmacs"],
+             "mflops_224": ours.loc[k, "mflops"], "params_m_224": ours.loc[k, "params_m"], "top1": accs[k][0],
+             "top1_spread": accs[k][1], "dataset": cfg.dataset} for k in TABLE1_ROWS]
+    data += [{"source": "paper", "row": k, "loss": "bias" if k.startswith("skipblocknet") else "ce",
+              "mflops_224": ref.loc[k, "mflops"], "params_m_224": ref.loc[k, "params_m"], "top1": ref.loc[k, "top1"],
+              "dataset": "imagenet"} for k in ref.index]
+    head = "".join(f"# {line}\n" for line in [f"{PAPER_NAME} fig1: {meta.title}", *meta.lines()])
+    stem.with_suffix(".csv").write_text(head + pd.DataFrame(data).to_csv(index=False))
+    return paths + [stem.with_suffix(".csv")]
+
+
+# ============================================================================ table 3
+
+
+def build_table3(request, results, settings) -> list[Path]:
+    rows, accs = [], {}
+    keys = [f"{k}/{loss}" for k, loss in TABLE3_ROWS]
+    for (k, loss), row in zip(TABLE3_ROWS, keys):
+        arch = FAMILY[k]
+        macs, params = arch_cost(arch.model, arch.paper)
+        accs[row] = _acc(results, family_run(request, k, loss))
+        rows += [{"row": row, "column": "top1", "value": accs[row][0], "spread": accs[row][1]},
+                 {"row": row, "column": "mflops", "value": macs / 1e6},
+                 {"row": row, "column": "params_m", "value": params / 1e6}]
+    labels = {r: f"{FAMILY[k].label} + {'bias loss' if loss == 'bias' else 'CE'}" for (k, loss), r in
+              zip(TABLE3_ROWS, keys)}
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table3", keys, ["top1", "mflops", "params_m"], labels)
+    m, s = "mobilenetv3-large-1.0x", "skipblocknet-m"
+    pairs = [("bias loss on MobileNetV3-L", f"{m}/bias", f"{m}/ce"),
+             ("skip blocks under CE (SkipblockNet-M - MobileNetV3-L)", f"{s}/ce", f"{m}/ce"),
+             ("bias loss on SkipblockNet-M", f"{s}/bias", f"{s}/ce"),
+             ("both (SkipblockNet-M + bias - MobileNetV3-L + CE)", f"{s}/bias", f"{m}/ce"),
+             ("skip blocks vs wider MobileNetV3 (SkipblockNet-M CE - MobileNetV3-L 1.05x CE)", f"{s}/ce",
+              "mobilenetv3-large-1.05x/ce")]
+    notes = [_gap_claims(n, accs[a], accs[b], _ref_gap("table3", a, b)) for n, a, b in pairs]
+    cfg = family_run(request, s, "bias")
+    notes += ["mflops, params_m: the architectures at 224x224x3, 1000 classes (counted here)",
+              _family_data_note(request, cfg.dataset), f"bias loss: {cfg.method}", _recipe_note(cfg)]
+    meta = _meta(request, "table3", "Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss", cfg.dataset,
+                 CONVENTIONS[COST], notes)
+    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    return write_table(beside_paper_fix(df), meta, settings.tables_dir)
+
+
+# ============================================================================ table 5
+
+
+TABLE5_PAPER_ONLY = ["inceptionv3/ce", "densenet169/ce"]
+TABLE5_COLUMNS = [f"{layer}_{stat}" for layer in ("layer5", "layer20", "last") for stat in ("avg", "max", "min")]
+
+
+def build_table5(request, results, settings) -> list[Path]:
+    sources = table5_sources(request)
+    rows, notes, avgs = [], [], {}
+    for row, cfg in sources.items():
+        per_seed = []
+        for r in results[cfg]:
+            v = r.outputs["test_variance"].double()  # 3 x N
+            per_seed.append(torch.stack([v.mean(1), v.amax(1), v.amin(1)], 1).flatten())  # layer-major
+        stats = torch.stack(per_seed)
+        mean = stats.mean(0)
+        spread = stats.std(0) if len(per_seed) > 1 else torch.full_like(mean, math.nan)
+        for c, v, s in zip(TABLE5_COLUMNS, mean.tolist(), spread.tolist()):
+            rows.append({"row": row, "column": c, "value": v, "spread": s})
+        avgs[row] = mean
+        res = results[cfg][0].results
+        notes.append(f"{row}: conv layers {res['variance_layers']} of {res['num_convs']} ({cfg.model} "
+                     f"{cfg.model_args}, {cfg.dataset})")
+    for base in ("skipblocknet-m", "shufflenet", "mobilenetv3-large-1.0x"):
+        ours = [f"{float(avgs[f'{base}/bias'][3 * i] / avgs[f'{base}/ce'][3 * i]):.2f}" for i in range(3)]
+        paper = [_ref_value("table5", f"{base}/bias", f"{layer}_avg") / _ref_value("table5", f"{base}/ce",
+                                                                                  f"{layer}_avg")
+                 for layer in ("layer5", "layer20", "last")]
+        notes.append(f"{base}: avg variance bias/CE at layer 5, 20, last: ours {', '.join(ours)}; "
+                     f"paper {', '.join(f'{p:.2f}' for p in paper)} (paper: bias loss raises the variance)")
+    order = list(sources) + TABLE5_PAPER_ONLY
+    labels = {r: r.replace("/ce", " (CE)").replace("/bias", " (BL)") for r in order}
+    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table5", order, TABLE5_COLUMNS, labels)
+    cfg = sources["skipblocknet-m/bias"]
+    notes = ["per test image: unbiased variance over C·H·W of the raw output of the 5th, 20th and last "
+             "Conv2d in forward order (squeeze-and-excitation convs excluded); avg / max / min over the test split",
+             "Inception V3 and DenseNet-169 rows: the paper's ImageNet-pretrained models, not trained here",
+             "ShuffleNet rows: Table 4's ShuffleNetV2 runs (CIFAR-100 at paper scale; the paper's is ImageNet)",
+             *notes]
+    meta = _meta(request, "table5", "Average / max / min per-sample variance of conv outputs, CE vs bias loss",
+                 cfg.dataset, "variance of activations (no cost in this table)", notes)
+    meta.scale = _scale_note(request, "reduced models of table3 and table4")
+    return write_table(beside_paper_fix(df), meta, settings.tables_dir, digits=3)
+
+
+# ============================================================================ table 2 (latency)
+
+
+@contextmanager
+def num_threads(n: int):
+    """torch.set_num_threads(n) inside the block; the previous count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+LATENCY_MODELS = {
+    "skipblocknet-m": ("skipblocknet", {"width_mult": 1.0, "mode": "large"}),
+    "mobilenetv3-large-1.0x": ("mobilenetv3_large", {"width_mult": 1.0}),
+    "mobilenetv2-1.0x": ("mobilenetv2_imagenet", {"width_mult": 1.0}),
+}
+TABLE2_ROWS = ["skipblocknet-m", "ghostnet-1.3x", "mnasnet-a2", "mobilenetv3-large-1.0x", "mobilenetv2-1.0x"]
+LATENCY_REPEATS = {"smoke": (1, 3), "quick": (3, 20), "paper": (10, 100)}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@torch.no_grad()
+def measure_latency(net: nn.Module, device: torch.device, size: int = 224, warmup: int = 3, repeats: int = 20,
+                    threads: int | None = 1) -> float:
+    """Median batch-1 forward time (ms) on ``device`` (CPU: with ``threads`` intra-op threads)."""
+    net = net.eval().to(device)
+    x = torch.randn(1, 3, size, size, device=device)
+    if device.type == "cpu" and threads is not None:
+        with num_threads(threads):
+            return 1000 * time_call(lambda: net(x), device, warmup, repeats)
+    return 1000 * time_call(lambda: net(x), device, warmup, repeats)
+
+
+def build_table2(request, results, settings) -> list[Path]:
+    warmup, repeats = LATENCY_REPEATS[request.scale]
+    cuda = torch.cuda.is_available()
+    rows, lat = [], {}
+    for key, (model, args) in LATENCY_MODELS.items():
+        net = build_model(model, args, 1000, 3, 224)
+        lat[key] = measure_latency(net, torch.device("cpu"), 224, warmup, repeats, threads=1)
+        rows.append({"row": key, "column": "cpu1_ms", "value": lat[key]})
+        if cuda:
+            rows.append({"row": key, "column": "cuda_ms",
+                         "value": measure_latency(net, torch.device("cuda"), 224, warmup, repeats)})
+    runs = dict(zip(("skipblocknet-m", "mobilenetv3-large-1.0x"), table2_runs(request)))
+    for key, cfg in runs.items():
+        acc = _acc(results, cfg)
+        rows.append({"row": key, "column": "top1", "value": acc[0], "spread": acc[1]})
+    ours = pd.DataFrame(rows)
+    labels = {"skipblocknet-m": "SkipblockNet-M", "ghostnet-1.3x": "GhostNet 1.3x", "mnasnet-a2": "MnasNet-A2",
+              "mobilenetv3-large-1.0x": "MobileNetV3-Large 1.0x", "mobilenetv2-1.0x": "MobileNetV2 1.0x"}
+    df = beside_paper(ours, PAPER_NAME, "table2", TABLE2_ROWS, ["top1", "cpu1_ms"] + (["cuda_ms"] if cuda else [])
+                      + ["pixel4_ms", "pixel3_ms"], labels)
+    df = beside_paper_fix(df)
+    df = df.drop(columns=[c for c in ("pixel4_ms", "pixel3_ms", "pixel4_ms Δ", "pixel3_ms Δ") if c in df.columns])
+    overhead = lat["skipblocknet-m"] - lat["mobilenetv3-large-1.0x"]
+    p_over = _ref_gap("table2", "skipblocknet-m", "mobilenetv3-large-1.0x", "pixel4_ms")
+    cfg = runs["skipblocknet-m"]
+    notes = [f"latency: batch 1, 224x224x3, 1000 classes, eval mode, median of {repeats} runs after {warmup} "
+             f"warm-up, random weights; CPU: {cpu_name()}, 1 intra-op thread (torch {torch.__version__})"
+             + (f"; CUDA: {torch.cuda.get_device_name(0)}" if cuda else "; CUDA: not available"),
+             "paper: Pixel 4 / Pixel 3 phones, one core, PyTorch Mobile 1.6 (not comparable with our CPU)",
+             f"SkipblockNet-M - MobileNetV3-L latency: ours {overhead:+.2f} ms on CPU "
+             f"({100 * overhead / lat['mobilenetv3-large-1.0x']:+.0f} %); paper {p_over:+.0f} ms on Pixel 4",
+             f"top1: SkipblockNet-M ({cfg.method['loss']}) and MobileNetV3-L (ce) runs of table1 "
+             f"({cfg.dataset} at this scale); GhostNet, MnasNet-A2 and MobileNetV2 are not trained here",
+             "CPU timings on a shared machine vary between calls; compare rows of one table only"]
+    meta = _meta(request, "table2", "Top-1 and batch-1 latency (ms): ours on this machine, paper on Pixel phones",
+                 cfg.dataset, "wall-clock latency (ms)", notes)
+    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    return write_table(df, meta, settings.tables_dir)
+
+
+# ============================================================================ the paper
+
+OPTIONS = {
+    "loss": "ce|focal|bias: loss of the SkipblockNet rows of table1/table2/fig1 (default bias, as in the paper); "
+            "table3/table4/table5 compare losses and always train each",
+    "bias_scaling": "local|global: batch min-max (paper, default) or the authors' code's running minimum",
+    "bias_clamp": "true|false: clamp z to [0.5, 1.5] (paper Sec. 5, default true; the code has no clamp)",
+    "bias_formula": "paper|code_v1: exp(alpha v) - beta (default) or the first released code's exp(beta v) - 1 + alpha",
+    "bias_alpha": "float, default 0.3",
+    "bias_beta": "float, default 0.3",
+    "focal_gamma": "float, default 2 (the paper does not state it)",
+    "shufflenet_width": "0.5|1.0: Table 4's ShuffleNetV2 width (default 0.5, the paper's label; the authors' code "
+                        "trains 1.0)",
+    "squeezenet": "bn|torchvision: Table 4's SqueezeNet as in pytorch-cifar100 (BN after every conv, no ReLU on the "
+                  "class map; default) or torchvision's (no BN; does not train at lr 0.1)",
+    "densenet": "k12|bc|121: Table 4's DenseNet at paper scale: L=100 k=12 (7.0 M, default), DenseNet-BC L=100 k=12 "
+                "(0.8 M) or the authors' CIFAR DenseNet-121 (k=32)",
+    "cifar_recipe": "paper|code: Table 4's schedule at paper scale (paper Sec. 5.2, default; or the authors' "
+                    "train.py: 160 epochs, wd 1e-4, x0.1 at 80/122, crop+flip)",
+}
+
+PAPER = Paper(
+    name=PAPER_NAME,
+    title="Abrahamyan et al., Bias Loss for Mobile Neural Networks (ICCV 2021)",
+    artifacts={a.name: a for a in [
+        Artifact("table1", "SkipblockNet XS/S/M/L and MobileNetV3: FLOPs, params, top-1", table1_runs, build_table1),
+        Artifact("table2", "Batch-1 latency (CPU 1 thread, CUDA) vs the paper's Pixel phones", table2_runs,
+                 build_table2),
+        Artifact("table3", "Ablation MobileNetV3-L / SkipblockNet-M x CE / bias loss", table3_runs, build_table3),
+        Artifact("table4", "Compact CNNs (CIFAR-100) trained with CE, focal and bias loss", table4_runs, build_table4),
+        Artifact("table5", "Per-sample feature variance at the 5th/20th/last conv, CE vs bias loss", table5_runs,
+                 build_table5),
+        Artifact("fig1", "Top-1 vs FLOPs of the SkipblockNet family (ours vs paper)", table1_runs, build_fig1),
+    ]},
+    trainers={"train": train},
+    options=OPTIONS,
+)
