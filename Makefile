@@ -23,8 +23,9 @@ test: install
 demo: install
 	$(BIN)/repro imta table2 --scale quick
 
+# Smoke models are tiny: one intra-op thread is as fast, and does not thrash on a busy machine.
 smoke: install
-	$(BIN)/repro all --scale smoke
+	REPRO_THREADS=$${REPRO_THREADS:-1} $(BIN)/repro all --scale smoke
 
 all-tables: install
 	$(BIN)/repro list --names | awk '$$3 == "table" {print $$1, $$2}' | while read p a; do \

@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(int(os.environ["REPRO_THREADS"]))
     D.init_from_env()
+    from repro.train import keep_freed_memory
+
+    keep_freed_memory()  # large activations reuse heap memory instead of fresh pages (README, Performance)
     try:
         _check_names(argv)
         build_app()(argv, standalone_mode=False)
