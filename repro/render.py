@@ -151,6 +151,20 @@ def claim(name: str, ours: float, spread: float, paper: float | None) -> str:
     return f"{name}: ours {ours:+.2f} ± {spread:.2f}{p} ({verdict})"
 
 
+def save_figure(fig, meta: Meta, out_dir: Path, dpi: int = 150) -> list[Path]:
+    """Save a finished matplotlib figure as figures/<paper>_<artifact>.{png,pdf} and close it."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{meta.paper}_{meta.artifact}"
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=dpi)
+    plt.close(fig)
+    return paths
+
+
 def write_figure(series: Sequence[Series], meta: Meta, out_dir: Path, xlabel: str, ylabel: str,
                  logx: bool = False, data: pd.DataFrame | None = None) -> list[Path]:
     """Write figures/<paper>_<artifact>.{png,pdf}: curves, our points and the paper's points."""
@@ -182,11 +196,8 @@ def write_figure(series: Sequence[Series], meta: Meta, out_dir: Path, xlabel: st
     footer = textwrap.fill(" | ".join(meta.lines()[:5]), 150)
     fig.text(0.01, 0.005, footer, fontsize=5.5, color="0.35", va="bottom")
     fig.tight_layout(rect=(0, 0.02 + 0.018 * footer.count("\n") + 0.02, 1, 1))
+    paths = save_figure(fig, meta, out_dir)
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
     if data is not None:
         head = "".join(f"# {line}\n" for line in [f"{meta.paper} {meta.artifact}: {meta.title}", *meta.lines()])
         stem.with_suffix(".csv").write_text(head + data.to_csv(index=False))

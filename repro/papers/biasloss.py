@@ -61,7 +61,7 @@ from repro.data import dataset_info
 from repro.exits import accuracy_with_spread, collect_logits, time_call
 from repro.flops import CONVENTIONS, count_model
 from repro.models import compact, skipblocknet
-from repro.render import Meta, beside_paper, claim, write_table
+from repro.render import Meta, beside_paper, claim, write_table, save_figure
 
 PAPER_NAME = "biasloss"
 COST = "fvcore"  # the paper's "FLOPs" are multiply-adds (MobileNetV3 convention); fvcore's MACs, BN included
@@ -811,12 +811,8 @@ def build_fig1(request, results, settings) -> list[Path]:
     fig.suptitle(f"{PAPER_NAME} fig1: {meta.title}", fontsize=10)
     fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 0.96))
-    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(fig, meta, settings.figures_dir, dpi=150)
     stem = settings.figures_dir / f"{PAPER_NAME}_fig1"
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
     data = [{"source": "ours", "row": k, "loss": loss_of(k), "mmacs_trained": ours.loc[k, "run_mmacs"],
              "mflops_224": ours.loc[k, "mflops"], "params_m_224": ours.loc[k, "params_m"], "top1": accs[k][0],
              "top1_spread": accs[k][1], "dataset": cfg.dataset} for k in TABLE1_ROWS]

@@ -52,7 +52,7 @@ from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean
 from repro.flops import CONVENTIONS
 from repro.models import resnet, resnet50_dcp, vgg
 from repro.models.staged import MaskSlot, prune_channels
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.store import Run, load_checkpoint
 
 PAPER_NAME = "dcp"
@@ -1150,12 +1150,8 @@ def build_fig_channels(request, results, settings):
     fig.suptitle(f"dcp fig-channels: {meta.title}", fontsize=10)
     fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
     fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(fig, meta, settings.figures_dir, dpi=130)
     stem = settings.figures_dir / "dcp_fig-channels"
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
     head = "".join(f"# {line}\n" for line in [f"dcp fig-channels: {meta.title}", *meta.lines()])
     stem.with_suffix(".csv").write_text(head + pd.concat(frames, ignore_index=True).to_csv(index=False))
     return paths + [stem.with_suffix(".csv")]

@@ -72,7 +72,7 @@ from repro.flops import count_exits, count_model
 from repro.models.densenet import densenet201_cifar
 from repro.models.resnet import resnet_cifar_imagenet_style
 from repro.models.staged import GatedBackbone, init_weights
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.store import load_checkpoint
 
 PAPER_NAME = "dgate"
@@ -1200,12 +1200,8 @@ def build_fig7(request, results, settings):
     fig.suptitle(f"{PAPER_NAME} fig7: {meta.title}", fontsize=9)
     fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 0.93))
-    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(fig, meta, settings.figures_dir, dpi=150)
     stem = settings.figures_dir / f"{PAPER_NAME}_fig7"
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
     data = pd.DataFrame([{"class": c, "name": names[c] if c < len(names) else str(c), "gate": i + 1,
                           "correct_distance_ge_1": indep[i, c], "exits_correct_dg111": casc[i, c],
                           "class_total": totals[c]} for i in range(3) for c in range(C)])

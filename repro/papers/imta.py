@@ -40,7 +40,7 @@ from repro.data import DataSpec, dataset_info
 from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, per_exit_accuracy
 from repro.flops import CONVENTIONS, count_exits
 from repro.models import msdnet
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.train import freeze_except
 
 PAPER_NAME = "imta"
@@ -362,12 +362,8 @@ def build_fig7(request, results, settings):
     ax.set_title(f"imta fig7 ({meta.scale.split(' (')[0]}, {meta.dataset})", fontsize=9)
     ax.legend(fontsize=7, markerscale=4)
     fig.tight_layout()
-    settings.figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(fig, meta, settings.figures_dir, dpi=150)
     stem = settings.figures_dir / "imta_fig7"
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
     data = pd.concat(frames, ignore_index=True)
     head = "".join(f"# {line}\n" for line in [f"imta fig7: {meta.title}", *meta.lines()])
     stem.with_suffix(".csv").write_text(head + data.to_csv(index=False))
