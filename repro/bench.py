@@ -39,7 +39,6 @@ import io
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -56,6 +55,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from repro.exits import cpu_model
 
 # The authors' figures quoted by issue 8 for the 2-core machine these benchmarks run on.
 REF_MSDNET_IMG_S = 69.0       # MSDNet-PyTorch, IMTA Table 1 config, batch 64, CPU, 2 threads
@@ -158,15 +159,6 @@ def alternate(fns: dict[str, Callable[[], object]], device: torch.device, repeat
     agg = np.min if stat == "min" else np.median
     return {k: float(agg(v)) for k, v in times.items()}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> dict:

@@ -385,3 +385,17 @@ def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> t
         lo, hi = bootstrap_ci(correct[k])
         spreads.append((hi - lo) / 2)
     return accs[0].tolist(), spreads
+
+
+def cpu_model() -> str:
+    """The CPU's model name (for the machine line of timed tables)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -61,6 +61,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from repro.models.staged import init_weights
 from torchvision.models import densenet as tv_densenet
 from torchvision.models import mobilenetv2 as tv_mnv2
 from torchvision.models import shufflenetv2 as tv_shufflenet
@@ -237,14 +239,7 @@ class DenseNetCifar(FeatureInterface, nn.Module):
         self.norm = nn.BatchNorm2d(c)
         self.fc = nn.Linear(c, num_classes)
         self.num_features = c
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the last dense block, before the final BN-ReLU."""
@@ -426,14 +421,7 @@ class NASNetACifar(FeatureInterface, nn.Module):
         self.num_features = cur_c
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(cur_c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the last cell, before the final ReLU."""

@@ -44,7 +44,6 @@ split is only reported (val_acc), never used to pick anything.
 from __future__ import annotations
 
 import math
-import platform
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -59,6 +58,7 @@ from repro.artifacts import Artifact, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import dataset_info
 from repro.exits import accuracy_with_spread, collect_logits, time_call
+from repro.exits import cpu_model as cpu_name
 from repro.flops import CONVENTIONS, count_model
 from repro.models import compact, skipblocknet
 from repro.render import Meta, beside_paper, claim, write_table, save_figure
@@ -925,15 +925,6 @@ LATENCY_MODELS = {
 TABLE2_ROWS = ["skipblocknet-m", "ghostnet-1.3x", "mnasnet-a2", "mobilenetv3-large-1.0x", "mobilenetv2-1.0x"]
 LATENCY_REPEATS = {"smoke": (1, 3), "quick": (3, 20), "paper": (10, 100)}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @torch.no_grad()
