@@ -222,6 +222,19 @@ class RunContext:
         return out
 
 
+def first_test_images(cfg: RunConfig, settings: Settings, n: int, device: torch.device) -> torch.Tensor:
+    """The first ``n`` test images of a run's dataset, normalised, on ``device`` (for timing)."""
+    data = load_data(cfg.dataset, cfg.data, batch_size=cfg.train.batch_size, root=settings.data_root,
+                     device=str(device), seed=cfg.seed, workers=settings.workers)
+    chunks, got = [], 0
+    for x, _ in data.test:
+        chunks.append(x)
+        got += x.shape[0]
+        if got >= n:
+            break
+    return torch.cat(chunks)[:n]
+
+
 def execute(cfg: RunConfig, settings: Settings) -> str:
     """Train one run unless it is done; returns 'reused' or 'trained'. Parents must be done."""
     run = Run(settings.runs_dir, cfg)

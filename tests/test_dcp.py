@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_smoke
 import torch
 import torch.nn.functional as F
 
@@ -348,14 +349,7 @@ def test_paper_scale_chain_runs_a_few_batches_on_synthetic_data(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    if not FMNIST.exists():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from repro.cli import main
-
-    root = tmp_path_factory.mktemp("dcp_smoke")
-    for artifact in ("table1", "fig-ratio", "fig-channels", "imagenet"):
-        main(["dcp", artifact, "--scale", "smoke", "--runs-dir", str(root / "runs"), "--out-dir", str(root)])
-    return root
+    return run_smoke(tmp_path_factory, "dcp", ("table1", "fig-ratio", "fig-channels", "imagenet"))
 
 
 def _read(path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_smoke
 import torch
 import torch.nn.functional as F
 
@@ -273,14 +274,7 @@ def test_options_change_the_runs_and_bad_values_are_config_errors():
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    if not FMNIST.exists():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from repro.cli import main
-
-    tmp = tmp_path_factory.mktemp("glancenet")
-    for art in ("table1", "hem", "alpha", "tradeoff"):
-        main(["glancenet", art, "--scale", "smoke", "--runs-dir", str(tmp / "runs"), "--out-dir", str(tmp)])
-    return tmp
+    return run_smoke(tmp_path_factory, "glancenet", ("table1", "hem", "alpha", "tradeoff"))
 
 
 def _read(path):

@@ -72,6 +72,7 @@ from repro.flops import count_exits, count_model
 from repro.models.densenet import densenet201_cifar
 from repro.models.resnet import resnet_cifar_imagenet_style
 from repro.models.staged import GatedBackbone, init_weights
+from repro.runner import first_test_images
 from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.store import load_checkpoint
 
@@ -697,19 +698,6 @@ def _device(settings) -> torch.device:
     return D.resolve_device(settings.device)
 
 
-def _test_images(cfg: RunConfig, settings, device, count: int) -> torch.Tensor:
-    from repro.data import load_data
-
-    data = load_data(cfg.dataset, cfg.data, batch_size=cfg.train.batch_size, root=settings.data_root,
-                     device=device, workers=settings.workers)
-    xs, n = [], 0
-    for x, _ in data.test:
-        xs.append(x)
-        n += x.shape[0]
-        if n >= count:
-            break
-    return torch.cat(xs)[:count]
-
 
 def _load_gated(run_result, settings, device) -> GatedBackbone:
     from repro.data import dataset_info as _info
@@ -842,7 +830,7 @@ def _dg_table(request, results, settings, artifact: str, arch: str) -> list[Path
     batch, images = _time_defaults(request)
     r0 = results[cfg][0]
     net = _load_gated(r0, settings, device)
-    x = _test_images(cfg, settings, device, images)
+    x = first_test_images(cfg, settings, images, device)
     timing = time_configs(net, x, {k: v[0]["thresholds"] for k, v in rows.items() if k != "original"}, batch, device)
     stored = r0.outputs
     agree = []

@@ -63,6 +63,7 @@ from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exi
                          time_call)
 from repro.flops import CONVENTIONS, count_exits, count_model
 from repro.models.densenet import densenet_cifar, glance_densenet
+from repro.runner import first_test_images
 from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
 from repro.store import load_checkpoint
 
@@ -407,17 +408,6 @@ def searched_at_cost(rr, target_val_cost: float) -> tuple[list[float], dict]:
 # ---------------------------------------------------------------------------- wall clock
 
 
-def _timing_images(cfg: RunConfig, settings, n: int, device: torch.device) -> torch.Tensor:
-    data = load_data(cfg.dataset, cfg.data, batch_size=cfg.train.batch_size, root=settings.data_root,
-                     device=str(device), seed=cfg.seed)
-    chunks, got = [], 0
-    for x, _ in data.test:
-        chunks.append(x)
-        got += x.shape[0]
-        if got >= n:
-            break
-    return torch.cat(chunks)[:n]
-
 
 def load_glancenet(rr, device: torch.device) -> nn.Module:
     info = dataset_info(rr.cfg.dataset)
@@ -511,7 +501,7 @@ def build_table1(request, results, settings):
     device = D.resolve_device(settings.device)
     net = load_glancenet(glance_rr[0], device)
     n1, nb, bs = TIMING[request.scale]
-    x = _timing_images(glance_rr[0].cfg, settings, max(n1, nb), device)
+    x = first_test_images(glance_rr[0].cfg, settings, max(n1, nb), device)
     thr = {"densenet": "base", "glancenet-full": None,
            "glancenet": score_thresholds(learned(glance_rr[0].results, alpha)),
            "glancenet-valsearch": search_rows[0][0]}
@@ -590,7 +580,7 @@ def build_hem(request, results, settings):
         rr0 = results[runs[key]][0]
         net = load_glancenet(rr0, device)
         if x is None:
-            x = _timing_images(rr0.cfg, settings, nb, device)
+            x = first_test_images(rr0.cfg, settings, nb, device)
         wb = wall_speedup(net, x[:nb], score_thresholds(learned(rr0.results, alpha)), bs)
         top1, s1 = stat_spread(o, acc_stat)
         mf, smf = stat_spread(o, cost_stat)
