@@ -25,12 +25,12 @@ def _log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers):
+def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers, compile=False):
     from repro.runner import Settings
 
     return Settings(runs_dir=Path(runs_dir), out_dir=Path(out_dir), data_root=Path(data_root) if data_root else None,
                     device=device, force=force, amp=amp, channels_last=channels_last, sync_bn=sync_bn,
-                    workers=workers, log=_log)
+                    workers=workers, compile=compile, log=_log)
 
 
 def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
@@ -90,6 +90,8 @@ def _make_command(targets_fn):
         amp: bool = typer.Option(True, help="Mixed precision on CUDA."),
         channels_last: bool = typer.Option(False, help="channels_last memory format on CUDA."),
         sync_bn: bool = typer.Option(False, help="SyncBatchNorm under torchrun."),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the model for training: "
+                                     "minutes of compiling first, then faster steps (README, Performance)."),
         workers: int = typer.Option(8, help="DataLoader workers (ImageNet only)."),
         set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); see README."),
     ):
@@ -105,7 +107,8 @@ def _make_command(targets_fn):
                           batch_size=batch_size, options=tuple(options))
         if jobs < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
-        settings = _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers)
+        settings = _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers,
+                             compile)
         cluster = dict(partition=partition, gpus_per_run=gpus_per_run, time_limit=time_limit,
                        array_parallelism=array_parallelism, request=request)
         _run(targets_fn(), request, settings, dry_run, launcher, jobs, no_wait, cluster)

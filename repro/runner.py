@@ -78,6 +78,7 @@ class Settings:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for its training steps (repro.train.compiled)
     sync_bn: bool = False
     force: bool = False
     workers: int = 8
@@ -192,7 +193,7 @@ class RunContext:
         return fit(wrapped, step, batches if batches is not None else self.data().train, spec,
                    ckpt_path=self.run.ckpt_path(phase), phase=phase, device=self.device, seed=self.cfg.seed,
                    params=params, metrics_path=self.run.metrics_path, amp=self.settings.amp,
-                   stateful=stateful, eval_fn=eval_fn, log=self.log)
+                   stateful=stateful, eval_fn=eval_fn, log=self.log, compile=self.settings.compile)
 
     # files
     def save_model(self, model: nn.Module, name: str = "model") -> None:

@@ -168,6 +168,38 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert load_checkpoint(tmp_path / "b.pt")["finished"] is True
 
 
+def test_compiled_training_matches_eager_and_checkpoints_the_bare_module(tmp_path):
+    """--compile (train.fit(compile=True)): the steps run a torch.compile'd module; the weights
+    it trains match eager training's to float rounding, and the checkpoint holds the plain
+    module's keys (no torch.compile prefix), so resuming and evaluating need no compiler."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    def setup():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        data = load_data("synthetic", DataSpec(val_size=200, train_limit=400), batch_size=100, seed=0)
+        return model, data, TrainSpec(epochs=1, batch_size=100, lr=0.05)
+
+    seen = []
+
+    def step(m, x, y):
+        seen.append(type(m))
+        out = m(x)
+        return nn.functional.cross_entropy(out, y), out
+
+    weights = {}
+    for flag in (False, True):
+        model, data, spec = setup()
+        fit(model, step, data.train, spec, ckpt_path=tmp_path / f"{flag}.pt", phase="p",
+            device=torch.device("cpu"), seed=0, log=lambda s: None, compile=flag)
+        weights[flag] = model.state_dict()
+        assert set(load_checkpoint(tmp_path / f"{flag}.pt")["model"]) == set(model.state_dict())
+    assert OptimizedModule in seen and nn.Sequential in seen
+    for k, v in weights[False].items():
+        torch.testing.assert_close(weights[True][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_non_finite_loss_names_epoch_and_batch_and_keeps_last_checkpoint(tmp_path):
     model, data, spec, step = _tiny_setup(tmp_path, epochs=2)
     calls = {"n": 0}
