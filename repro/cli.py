@@ -143,11 +143,19 @@ def build_app() -> typer.Typer:
 
     @app.command("bench")
     def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),
-                  out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False)):
+                  out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False),
+                  items: str = typer.Option("1,2,3,4,5,6", help="Which items to run, e.g. 3,4.")):
         """Speed and memory benchmarks against their targets (see README, Performance)."""
         from repro.bench import main as bench_main
 
-        bench_main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick)
+        chosen = [i.strip() for i in items.split(",") if i.strip()]
+        bad = [i for i in chosen if i not in {"1", "2", "3", "4", "5", "6"}]
+        if bad or not chosen:
+            raise ConfigError(f"--items: unknown item {bad[0] if bad else repr(items)}; choose from 1,2,3,4,5,6")
+        if ref_msdnet and not (Path(ref_msdnet) / "models" / "msdnet.py").is_file():
+            raise ConfigError(f"--ref-msdnet: {ref_msdnet}/models/msdnet.py not found; give a checkout of "
+                              "kalviny/MSDNet-PyTorch")
+        bench_main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick, items=tuple(chosen))
 
     all_targets = lambda: [(p.name, a) for p in papers().values() for a in p.artifacts]  # noqa: E731
     app.command("all", help="Every artifact of every paper.")(_make_command(all_targets))

@@ -193,3 +193,23 @@ def test_bench_writes_its_table(tmp_path):
     speedups = df[df["unit"] == "x"]
     assert len(speedups) == 2 and (speedups["value"] > 0).all()
     assert [f.passed for f in figures if f.target] == speedups["passed"].tolist()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--items", "3,7"], "--items: unknown item 7; choose from 1,2,3,4,5,6"),
+    (["bench", "--items", ","], "--items: unknown item ','"),
+    (["bench", "--ref-msdnet", "/nonexistent"], "/nonexistent/models/msdnet.py not found"),
+])
+def test_bench_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    from repro.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_predicted_speedup_is_full_cost_over_expected_cost():
+    # half the samples leave after 1 unit, half run all 4: expected 2.5, speed-up 4 / 2.5
+    assert bench.predicted_speedup(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 4.0])) == pytest.approx(1.6)
+    assert bench.predicted_speedup(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 3.0])) == 1.0
