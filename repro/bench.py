@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -145,16 +146,23 @@ def alternate(fns: dict[str, Callable[[], object]], device: torch.device, repeat
               budget_s: float | None = None, min_repeats: int = 2, stat: str = "median",
               clock: str = "wall") -> dict[str, float]:
     """Seconds of each function (median, or ``stat="min"``: the run least disturbed by other
-    processes), timed in alternation (A B A B ...) so that a shared machine's drifting load
-    hits all of them alike; stops early past ``budget_s``.  ``clock``: see :func:`timed`."""
+    processes), timed in alternation (each round runs every function once) so that a shared
+    machine's drifting load hits all of them alike; stops early past ``budget_s``.
+    ``clock``: see :func:`timed`.
+
+    Each round takes the functions in a new (seeded) random order: a function can slow the
+    one that runs after it (one MSDNet training step made the next one, another net's, 15-30 %
+    slower), and in a fixed order the same function would always pay for it."""
     for _ in range(warmup):
         for f in fns.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
     t_start = time.perf_counter()
     for r in range(repeats):
-        for k, f in fns.items():
-            times[k].append(timed(f, device, clock))
+        rng.shuffle(order)
+        for k in order:
+            times[k].append(timed(fns[k], device, clock))
         if budget_s is not None and r + 1 >= min_repeats and time.perf_counter() - t_start > budget_s:
             break
     agg = np.min if stat == "min" else np.median
