@@ -179,6 +179,30 @@ def _check_names(argv: list[str]) -> None:
         paper.artifact(words[1])
 
 
+def choose_threads(env: str | None, cores: int, load: float) -> tuple[int, str]:
+    """Intra-op threads for this process, and why: ``$REPRO_THREADS`` if set, else the cores
+    the other processes leave free: ``cores - load`` (1-minute load average) rounded, at
+    least 1.  On a shared 2-core machine two OpenMP threads, each waiting for the other at
+    every one of a small model's many parallel regions, trained 3-10x slower than one."""
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"REPRO_THREADS must be a positive integer, got '{env}'")
+        return int(env), "REPRO_THREADS"
+    free = max(1, min(cores, int(cores - load + 0.5)))
+    return free, f"load average {load:.1f} on {cores} cores; set REPRO_THREADS to choose"
+
+
+def _set_threads() -> None:
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n, why = choose_threads(os.environ.get("REPRO_THREADS"), cores, os.getloadavg()[0])
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+        if why != "REPRO_THREADS":
+            _log(f"repro: {n} torch thread{'s' * (n > 1)} ({why})")
+
+
 def main(argv: list[str] | None = None) -> None:
     from repro.data import DataUnavailable
     from repro.launch import RunsFailed
@@ -186,15 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     from repro.train import NonFiniteLoss
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if os.environ.get("REPRO_THREADS"):  # e.g. 1 on a shared, loaded machine
-        import torch
-
-        torch.set_num_threads(int(os.environ["REPRO_THREADS"]))
     D.init_from_env()
     from repro.train import keep_freed_memory
 
     keep_freed_memory()  # large activations reuse heap memory instead of fresh pages (README, Performance)
     try:
+        if argv[:1] != ["bench"]:  # the benchmark times each thread setting itself
+            _set_threads()
         _check_names(argv)
         build_app()(argv, standalone_mode=False)
     except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument

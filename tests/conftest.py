@@ -1,8 +1,12 @@
+import os
+
 import torch
 
 # Tests run beside other processes on small machines: one intra-op thread keeps small
-# convolutions from fighting over cores (and keeps timings out of the results).
+# convolutions from fighting over cores (and keeps timings out of the results); the CLI,
+# called in-process by the tests and by their subprocesses, keeps it through REPRO_THREADS.
 torch.set_num_threads(1)
+os.environ.setdefault("REPRO_THREADS", "1")
 
 
 from pathlib import Path  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from repro.config import DataSpec, RunConfig, TrainSpec
+from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import (DATASETS, TensorBatches, load_arrays, load_data, random_crop, random_flip, split_indices)
 from repro.render import Meta, beside_paper, to_display, write_table, read_table_csv
 from repro.store import Run, RunLocked, load_checkpoint
@@ -281,3 +281,15 @@ def test_beside_paper_puts_reference_numbers_in_paper_columns_only(tmp_path):
     back = read_table_csv(paths[1])
     assert list(back.columns) == ["row", "E-1", "E-1 ±", "E-1 paper", "E-1 Δ"]
     assert "\\pm" in paths[2].read_text()
+
+
+def test_threads_are_the_cores_the_load_leaves_free_unless_repro_threads_says():
+    from repro.cli import choose_threads
+
+    assert choose_threads(None, 2, 0.1)[0] == 2
+    assert choose_threads(None, 2, 0.6)[0] == 1  # 1.4 free cores round to 1
+    assert choose_threads(None, 2, 5.0)[0] == 1  # never fewer than one
+    assert choose_threads(None, 16, 3.4)[0] == 13
+    assert choose_threads("3", 2, 5.0) == (3, "REPRO_THREADS")
+    with pytest.raises(ConfigError, match="REPRO_THREADS must be a positive integer, got 'two'"):
+        choose_threads("two", 2, 0.0)
