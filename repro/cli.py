@@ -18,6 +18,7 @@ from repro.config import ConfigError
 from repro.scales import SCALES
 
 EXIT_BAD_INPUT = 2
+_THREADS_NOTE = ""  # said when runs start, if the thread count was lowered for the load
 
 
 def _log(msg: str) -> None:
@@ -48,11 +49,13 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
                 print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
                       f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
         return
+    for p, a in targets:
+        get_paper(p).check_options(request.options)
+    if _THREADS_NOTE:
+        _log(_THREADS_NOTE)  # once the input is known to be good: an error stays one line
     if launch is not None:
         # one launch for every run of every target (shared runs once), then render each target
         cfgs = {c.key: c for p, a in targets for c in plan(get_paper(p).artifact(a), request)}
-        for p, a in targets:
-            get_paper(p).check_options(request.options)
         ordered = sorted(cfgs.values(), key=lambda c: len(c.ancestors()))
         if not launch(ordered, settings):
             _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
@@ -107,6 +110,10 @@ def _make_command(targets_fn):
                           batch_size=batch_size, options=tuple(options))
         if jobs < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+        if compile and D.resolve_device(device).type == "cpu":
+            from repro.train import require_cpp_compiler
+
+            require_cpp_compiler()  # before any run starts
         settings = _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers,
                              compile)
         cluster = dict(partition=partition, gpus_per_run=gpus_per_run, time_limit=time_limit,
@@ -197,10 +204,11 @@ def _set_threads() -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n, why = choose_threads(os.environ.get("REPRO_THREADS"), cores, os.getloadavg()[0])
+    global _THREADS_NOTE
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
         if why != "REPRO_THREADS":
-            _log(f"repro: {n} torch thread{'s' * (n > 1)} ({why})")
+            _THREADS_NOTE = f"repro: {n} torch thread{'s' * (n > 1)} ({why})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ resume, non-finite losses, distributed reduction) lives here.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,9 +57,23 @@ def compiled(model: nn.Module) -> nn.Module:
     kernels, forward and backward; convolutions still call oneDNN / cuDNN.  It shares
     ``model``'s parameters and buffers, so optimiser, checkpoints and evaluation keep
     using ``model``.  The first steps run slowly while it compiles (1-3 min for IMTA's
-    MSDNet on 2 CPU cores); it then trained that MSDNet 1.19x faster on the CPU
-    (README, Performance, item 3).  Numbers differ from eager ones in the last bits."""
+    MSDNet on 2 CPU cores); it then trained that MSDNet 1.1-1.2x faster on the CPU
+    (README, Performance, item 3).  Numbers differ from eager ones in the last bits.
+    On the CPU the generated kernels are C++: a compiler must be on PATH."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        require_cpp_compiler()
     return torch.compile(model)
+
+
+def require_cpp_compiler() -> None:
+    """Raise ConfigError unless a C++ compiler (``$CXX``, c++, g++ or clang++) is on PATH."""
+    import shutil
+
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c):
+        from repro.config import ConfigError
+
+        raise ConfigError("--compile on the CPU needs a C++ compiler (c++, g++ or $CXX) on PATH; "
+                          "install one (apt-get install g++) or leave out --compile")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -1,6 +1,7 @@
 """The paper-agnostic core: data, split, training engine, store, rendering, CLI errors."""
 import math
 import pickle
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,6 +169,8 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert load_checkpoint(tmp_path / "b.pt")["finished"] is True
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_training_matches_eager_and_checkpoints_the_bare_module(tmp_path):
     """--compile (train.fit(compile=True)): the steps run a torch.compile'd module; the weights
     it trains match eager training's to float rounding, and the checkpoint holds the plain
@@ -293,3 +296,12 @@ def test_threads_are_the_cores_the_load_leaves_free_unless_repro_threads_says():
     assert choose_threads("3", 2, 5.0) == (3, "REPRO_THREADS")
     with pytest.raises(ConfigError, match="REPRO_THREADS must be a positive integer, got 'two'"):
         choose_threads("two", 2, 0.0)
+
+
+def test_compile_without_a_cpp_compiler_says_what_to_do(monkeypatch):
+    from repro.train import compiled
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        compiled(nn.Linear(2, 2))
