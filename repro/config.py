@@ -32,9 +32,22 @@ class TrainSpec:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     drop_last: bool = False
+    # "sgd" (momentum, nesterov) or "rmsprop" (torch.optim.RMSprop: smoothing rmsprop_alpha,
+    # rmsprop_eps added outside the square root; momentum and weight_decay as for SGD)
+    optimizer: str = "sgd"
+    rmsprop_alpha: float = 0.9
+    rmsprop_eps: float = 1e-3
+    # > 0: an exponential moving average of the weights (and BatchNorm statistics), updated
+    # after every step, is what the run ends with (repro.train.fit)
+    ema_decay: float = 0.0
 
     def milestone_epochs(self) -> list[int]:
         return [int(round(m * self.epochs)) for m in self.milestones]
+
+
+# TrainSpec fields added after runs were first stored: left out of a run's hash while they
+# hold these values, so that those runs keep their folders.
+_HASH_OMITS_AT_DEFAULT = {"optimizer": "sgd", "rmsprop_alpha": 0.9, "rmsprop_eps": 1e-3, "ema_decay": 0.0}
 
 
 @dataclass(frozen=True)
@@ -65,9 +78,21 @@ class RunConfig:
         d["parent"] = self.parent.to_dict() if self.parent else None
         return d
 
+    def hashed_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the later-added TrainSpec fields that hold their defaults."""
+        d = self.to_dict()
+        for node in (d, *_parents(d)):
+            if node["train"].get("optimizer", "sgd") == "sgd":  # the RMSProp settings do nothing then
+                node["train"].pop("rmsprop_alpha", None)
+                node["train"].pop("rmsprop_eps", None)
+            for k, default in _HASH_OMITS_AT_DEFAULT.items():
+                if k in node["train"] and node["train"][k] == default:
+                    del node["train"][k]
+        return d
+
     @property
     def key(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        blob = json.dumps(self.hashed_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     @property
@@ -84,6 +109,14 @@ class RunConfig:
             out.append(p)
             p = p.parent
         return out
+
+
+def _parents(d: dict) -> list[dict]:
+    out = []
+    while d.get("parent"):
+        d = d["parent"]
+        out.append(d)
+    return out
 
 
 def override(cfg: RunConfig, *, dataset: str | None = None, epochs: int | None = None,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from repro import distributed as D
-from repro.config import TrainSpec
+from repro.config import ConfigError, TrainSpec
 from repro.store import atomic_torch_save, load_checkpoint
 
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
@@ -70,8 +70,6 @@ def require_cpp_compiler() -> None:
     import shutil
 
     if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c):
-        from repro.config import ConfigError
-
         raise ConfigError("--compile on the CPU needs a C++ compiler (c++, g++ or $CXX) on PATH; "
                           "install one (apt-get install g++) or leave out --compile")
 
@@ -96,10 +94,35 @@ def lr_factor(spec: TrainSpec, epoch: float) -> float:
     raise ValueError(f"unknown schedule '{spec.schedule}'; choose one of: multistep, cosine, constant")
 
 
+OPTIMIZERS = ("sgd", "rmsprop")
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
-                           weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               nesterov=spec.nesterov and spec.momentum > 0, weight_decay=spec.weight_decay)
+    if spec.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=spec.lr, alpha=spec.rmsprop_alpha, eps=spec.rmsprop_eps,
+                                   momentum=spec.momentum, weight_decay=spec.weight_decay)
+    raise ConfigError(f"unknown optimizer '{spec.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s parameters and float buffers (BatchNorm
+    statistics): after each step ``ema = decay * ema + (1 - decay) * weights``; the first update
+    copies the weights; integer buffers (BatchNorm's batch count) are copied."""
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
+        if torch.is_floating_point(ema[0]):
+            torch._foreach_lerp_(ema, current, 1 - decay)
+        else:
+            for e, c in zip(ema, current):
+                e.copy_(c)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def last_logits(logits) -> torch.Tensor:
@@ -167,6 +190,7 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     use_amp = amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ema = weight_ema(bare, spec.ema_decay) if spec.ema_decay > 0 else None
 
     start, history = 0, []
     if ckpt_path.exists():
@@ -177,6 +201,8 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
         history = list(ck.get("history", []))
         if ck.get("finished"):
             return history
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -206,6 +232,8 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(bare)
                 n = y.shape[0]
                 loss_sum += loss.detach().double() * n
                 correct += (last_logits(logits).detach().argmax(1) == y).sum()
@@ -225,15 +253,18 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
                    "train_loss": (stats[0] / stats[2]).item(), "train_acc": (100 * stats[1] / stats[2]).item(),
                    "seconds": seconds, "img_per_s": stats[2].item() / seconds}
             if eval_fn is not None:
-                row.update(eval_fn(model))
+                row.update(eval_fn(model if ema is None else ema.module))
             history.append(row)
             progress.epoch_end(row)
             finished = epoch + 1 == spec.epochs
+            if finished and ema is not None:  # the run ends with the averaged weights
+                bare.load_state_dict(ema.module.state_dict())
             if D.env().is_main:
                 atomic_torch_save({"model": bare.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                                    "stateful": [m.state_dict() for m in stateful], "rng": _rng_state(device),
-                                   "epoch": epoch + 1, "finished": finished, "history": history}, ckpt_path)
+                                   "epoch": epoch + 1, "finished": finished, "history": history,
+                                   **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
                 if metrics_path is not None:
                     append_metrics(metrics_path, row)
             D.barrier()

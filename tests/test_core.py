@@ -15,7 +15,7 @@ from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import (DATASETS, TensorBatches, load_arrays, load_data, random_crop, random_flip, split_indices)
 from repro.render import Meta, beside_paper, to_display, write_table, read_table_csv
 from repro.store import Run, RunLocked, load_checkpoint
-from repro.train import NonFiniteLoss, fit, lr_factor
+from repro.train import NonFiniteLoss, fit, lr_factor, make_optimizer
 
 
 # ---------------------------------------------------------------- split and batches
@@ -305,3 +305,88 @@ def test_compile_without_a_cpp_compiler_says_what_to_do(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         compiled(nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- optimisers and weight EMA
+
+def _bn_setup(epochs, **spec):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 10))
+    data = load_data("synthetic", DataSpec(val_size=200, train_limit=50), batch_size=50, seed=0)  # 1 batch/epoch
+    return model, data, TrainSpec(**{"epochs": epochs, "batch_size": 50, "lr": 0.05, "schedule": "constant", **spec})
+
+
+def _fit(tmp_path, name, epochs, **spec):
+    model, data, spec = _bn_setup(epochs, **spec)
+
+    def step(m, x, y):
+        out = m(x)
+        return nn.functional.cross_entropy(out, y), out
+    fit(model, step, data.train, spec, ckpt_path=tmp_path / f"{name}.pt", phase="p", device=torch.device("cpu"),
+        seed=0, log=lambda s: None)
+    return model.state_dict()
+
+
+def test_weight_ema_ends_with_the_average_of_the_steps(tmp_path):
+    """One step per epoch: the weights after steps 1 and 2 (plain runs of 1 and 2 epochs), then
+    EMA (decay d): the first update copies w1, the second gives d * w1 + (1 - d) * w2."""
+    w1, w2 = _fit(tmp_path, "one", 1), _fit(tmp_path, "two", 2)
+    ema = _fit(tmp_path, "ema", 2, ema_decay=0.75)
+    for k, v in ema.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.75 * w1[k] + 0.25 * w2[k], msg=k)
+        else:
+            assert torch.equal(v, w2[k]), k  # BatchNorm's batch count is copied
+    assert not torch.allclose(ema["5.weight"], w2["5.weight"])  # not vacuous
+
+
+def test_rmsprop_follows_its_update_rule_by_hand():
+    p = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer([p], TrainSpec(optimizer="rmsprop", lr=0.1, momentum=0.0, weight_decay=0.0,
+                                        rmsprop_alpha=0.9, rmsprop_eps=1e-3))
+    p.grad = torch.tensor([0.5, 1.0])
+    opt.step()
+    v = 0.1 * p.grad ** 2  # v = alpha * 0 + (1 - alpha) * g^2
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, -2.0]) - 0.1 * p.grad / (v.sqrt() + 1e-3))
+    with pytest.raises(ConfigError, match="unknown optimizer 'adam'; choose one of: sgd, rmsprop"):
+        make_optimizer([p], TrainSpec(optimizer="adam"))
+
+
+def test_resumed_rmsprop_ema_run_equals_an_uninterrupted_one(tmp_path):
+    spec = dict(optimizer="rmsprop", lr=0.01, ema_decay=0.5)
+    straight = _fit(tmp_path, "straight", 3, **spec)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch):
+        if epoch == 1:
+            raise Stop
+
+    model, data, tspec = _bn_setup(3, **spec)
+
+    def step(m, x, y):
+        out = m(x)
+        return nn.functional.cross_entropy(out, y), out
+    with pytest.raises(Stop):
+        fit(model, step, data.train, tspec, ckpt_path=tmp_path / "cut.pt", phase="p", device=torch.device("cpu"),
+            seed=0, on_epoch_end=interrupt, log=lambda s: None)
+    resumed = _fit(tmp_path, "cut", 3, **spec)
+    for k, v in resumed.items():
+        assert torch.equal(v, straight[k]), k
+
+
+def test_hash_leaves_out_later_fields_at_their_defaults():
+    import hashlib
+    import json
+
+    cfg = RunConfig(paper="p", name="n", kind="k", dataset="d", model="m")
+    old = cfg.to_dict()
+    for k in ("optimizer", "rmsprop_alpha", "rmsprop_eps", "ema_decay"):
+        del old["train"][k]
+    assert cfg.key == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    keys = {replace(cfg, train=TrainSpec(**kw)).key for kw in
+            ({}, {"optimizer": "rmsprop"}, {"ema_decay": 0.999}, {"optimizer": "rmsprop", "rmsprop_eps": 1.0})}
+    assert len(keys) == 4
+    assert replace(cfg, train=TrainSpec(rmsprop_eps=1.0)).key == cfg.key  # no effect under SGD
