@@ -17,6 +17,7 @@ from repro.data import FASHION_MNIST_SYSTEM_DIR
 from repro.papers import biasloss as bl
 from repro.runner import Request, Settings, execute
 from repro.store import Run, load_checkpoint
+from repro.train import make_optimizer
 
 # ============================================================================ bias loss
 
@@ -316,6 +317,8 @@ def test_paper_recipes():
     im = bl.imagenet_spec(Request(scale="paper"))
     assert im.batch_size == 512 and im.gamma == 0.97 and im.warmup_epochs == 3 and im.weight_decay == 1e-5
     assert im.milestone_epochs()[:3] == [5, 8, 10]  # 3 + 2.4 k, rounded to whole epochs
+    assert (im.optimizer, im.lr, im.rmsprop_alpha, im.momentum, im.ema_decay) == ("rmsprop", 0.032, 0.9, 0.9, 0.99995)
+    assert isinstance(make_optimizer([nn.Parameter(torch.zeros(1))], im), torch.optim.RMSprop)
     runs = bl.table4_runs(Request(scale="paper"))
     assert {c.dataset for c in runs} == {"cifar100"} and len(runs) == 15
     assert {c.dataset for c in bl.table1_runs(Request(scale="paper"))} == {"imagenet"}
