@@ -155,7 +155,7 @@ def test_cifar_stems_keep_32x32():
     sq = compact.squeezenet_cifar()
     assert _first_stage_size(sq, sq.features[1], x) == (32, 32)
     dn = compact.densenet_cifar()
-    assert _first_stage_size(dn, dn.features[1], x) == (32, 32)  # first dense layer
+    assert _first_stage_size(dn, dn.stages[0].dense.denselayer1, x) == (32, 32)  # first dense layer
     d121 = compact.densenet121_cifar()
     assert _first_stage_size(d121, d121.features.denseblock1, x) == (32, 32)
     nas = compact.nasnet_a_cifar()

@@ -12,8 +12,9 @@ convolutional feature map without a second forward pass:
 
 torchvision's definitions are used wherever they exist (ShuffleNetV2,
 MobileNetV2, SqueezeNet, DenseNet-121); only their stems are adapted to 32x32.
-NASNet-A and the Huang et al. CIFAR DenseNets have no torchvision version and
-are written here.
+NASNet-A has no torchvision version and is written here; the Huang et al. CIFAR
+DenseNets are :mod:`repro.models.densenet`'s (shared with GlanceNet and the
+decision gates), given the interface above.
 
 Choices the paper leaves open (README material)
 -----------------------------------------------
@@ -62,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro.models.densenet import CifarDenseNet
+from repro.models.densenet import densenet_cifar as _densenet_cifar
 from repro.models.staged import init_weights
 from torchvision.models import densenet as tv_densenet
 from torchvision.models import mobilenetv2 as tv_mnv2
@@ -193,67 +196,22 @@ def squeezenet_cifar(num_classes: int = 100, in_channels: int = 3, version: str 
 
 # --------------------------------------------------------------------------- DenseNet (Huang et al. CIFAR)
 
-class _DenseLayer(nn.Module):
-    """BN-ReLU-Conv3x3 (DenseNet) or BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3 (DenseNet-B); output concatenated."""
-
-    def __init__(self, in_channels: int, growth: int, bottleneck: bool) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = in_channels
-        if bottleneck:
-            layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, 4 * growth, 1, bias=False)]
-            c = 4 * growth
-        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, growth, 3, padding=1, bias=False)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.body(x)], 1)
-
-
-class _Transition(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
-                         nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.AvgPool2d(2, 2))
-
-
-class DenseNetCifar(FeatureInterface, nn.Module):
-    """Huang et al.'s CIFAR DenseNet: 3x3 stem, 3 dense blocks at 32/16/8, BN-ReLU-GAP-FC."""
-
-    def __init__(self, depth: int = 100, growth: int = 12, bottleneck: bool = True, compression: float = 0.5,
-                 num_classes: int = 100, in_channels: int = 3) -> None:
-        super().__init__()
-        per_block = (depth - 4) // (6 if bottleneck else 3)
-        if per_block * (6 if bottleneck else 3) + 4 != depth:
-            raise ValueError(f"depth {depth} does not give whole dense blocks (bottleneck={bottleneck})")
-        c = 2 * growth if bottleneck else 16
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False)]
-        for b in range(3):
-            for _ in range(per_block):
-                layers.append(_DenseLayer(c, growth, bottleneck))
-                c += growth
-            if b < 2:
-                out = int(compression * c)  # floor, as in the reference implementations
-                layers.append(_Transition(c, out))
-                c = out
-        self.features = nn.Sequential(*layers)
-        self.norm = nn.BatchNorm2d(c)
-        self.fc = nn.Linear(c, num_classes)
-        self.num_features = c
-        init_weights(self)
+class DenseNetCifar(FeatureInterface, CifarDenseNet):
+    """Huang et al.'s CIFAR DenseNet (:class:`repro.models.densenet.CifarDenseNet`: 3x3 stem,
+    3 dense blocks at 32/16/8, BN-ReLU-GAP-FC) with the bias-loss feature interface."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the last dense block, before the final BN-ReLU."""
-        return self.features(x)
+        return CifarDenseNet.forward_features(self, x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm(features))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.classifier(features)
 
 
 def densenet_cifar(depth: int = 100, growth: int = 12, bottleneck: bool = True, compression: float = 0.5,
                    num_classes: int = 100, in_channels: int = 3) -> DenseNetCifar:
     """DenseNet(-BC) for CIFAR.  Defaults: DenseNet-BC (L=100, k=12), ~0.8 M params."""
-    return DenseNetCifar(depth, growth, bottleneck, compression, num_classes, in_channels)
+    return _densenet_cifar(depth, growth, bottleneck, compression, num_classes, in_channels, cls=DenseNetCifar)
 
 
 class DenseNet121Cifar(FeatureInterface, tv_densenet.DenseNet):
@@ -285,7 +243,7 @@ def densenet121_cifar(num_classes: int = 100, in_channels: int = 3) -> DenseNet1
 
 def densenet100_k12_cifar(num_classes: int = 100, in_channels: int = 3) -> DenseNetCifar:
     """DenseNet (L=100, k=12), no bottleneck, no compression: 7.0 M, Table 4's "DenseNet (k=12) 7M"."""
-    return DenseNetCifar(100, 12, False, 1.0, num_classes, in_channels)
+    return densenet_cifar(100, 12, False, 1.0, num_classes, in_channels)
 
 
 # --------------------------------------------------------------------------- NASNet-A (CIFAR)

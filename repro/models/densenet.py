@@ -163,6 +163,7 @@ def densenet_cifar(
     in_channels: int = 3,
     drop_rate: float = 0.0,
     num_blocks: int = 3,
+    cls: type[CifarDenseNet] | None = None,
 ) -> CifarDenseNet:
     """Huang et al.'s CIFAR DenseNet(-BC) of total depth ``depth`` and growth rate ``growth``.
 
@@ -173,6 +174,7 @@ def densenet_cifar(
     al.'s 0.2 dropout for un-augmented data (0 by default).  Quick-scale
     versions: lower ``depth``/``growth``.  DenseNet-BC (100, 12): 0.769 M params,
     296.5 M fvcore MACs; DenseNet (40, 12): 1.020 M, 269.4 M (32x32, 10 classes).
+    ``cls``: a subclass of :class:`CifarDenseNet` to build (e.g. one with another interface).
     """
     per_layer = 2 if bottleneck else 1
     layers_total = depth - (num_blocks + 1)
@@ -183,7 +185,7 @@ def densenet_cifar(
     n = layers_total // (num_blocks * per_layer)
     if compression is None:
         compression = 0.5 if bottleneck else 1.0
-    return CifarDenseNet(
+    return (cls or CifarDenseNet)(
         growth_rate=growth,
         block_config=(n,) * num_blocks,
         num_init_features=2 * growth if bottleneck else 16,
