@@ -20,7 +20,7 @@ from torch import nn
 
 from repro import distributed as D
 from repro.config import ConfigError, TrainSpec
-from repro.store import atomic_torch_save, load_checkpoint
+from repro.store import CheckpointError, atomic_torch_save, load_checkpoint
 
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
 CHECK_EVERY = 20  # batches between host syncs (non-finite check, progress display)
@@ -195,7 +195,11 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     start, history = 0, []
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, map_location=device)
-        bare.load_state_dict(ck["model"])
+        try:
+            bare.load_state_dict(ck["model"])
+        except RuntimeError as e:  # the model's code changed since the checkpoint was written
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model ({str(e).splitlines()[0][:120]}); "
+                                  f"rerun with --force to train this run afresh") from None
         for m, sd in zip(stateful, ck.get("stateful", [])):
             m.load_state_dict(sd)
         history = list(ck.get("history", []))

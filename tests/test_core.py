@@ -390,3 +390,13 @@ def test_hash_leaves_out_later_fields_at_their_defaults():
             ({}, {"optimizer": "rmsprop"}, {"ema_decay": 0.999}, {"optimizer": "rmsprop", "rmsprop_eps": 1.0})}
     assert len(keys) == 4
     assert replace(cfg, train=TrainSpec(rmsprop_eps=1.0)).key == cfg.key  # no effect under SGD
+
+
+def test_a_checkpoint_that_no_longer_fits_the_model_says_to_rerun_with_force(tmp_path):
+    from repro.store import CheckpointError
+
+    model, data, spec, step = _tiny_setup(tmp_path, epochs=2)
+    torch.save({"model": {"other.weight": torch.zeros(1)}, "finished": False}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old.pt does not fit the model .*rerun with --force"):
+        fit(model, step, data.train, spec, ckpt_path=tmp_path / "old.pt", phase="p", device=torch.device("cpu"),
+            seed=0, log=lambda s: None)
