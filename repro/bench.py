@@ -470,10 +470,10 @@ def bench_train(sz: Sizes, device: torch.device, ref_msdnet: str | None, log, ou
     setting where ours is fastest."""
     from repro.config import TrainSpec
     from repro.models.msdnet import msdnet_cifar_7exit
-    from repro.train import compiled, make_optimizer
+    from repro.train import compiled, cuda_amp_dtype, make_optimizer
 
     cuda = device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    amp_dtype = cuda_amp_dtype() if cuda else None
     spec = TrainSpec(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)  # IMTA phase I
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 32, 32, generator=g).to(device)
@@ -615,9 +615,10 @@ def bench_early_exit(sz: Sizes, device: torch.device, log, out_dir: Path, tag: s
     the FLOPs are counted (fvcore) on that copy."""
     from repro.exits import SCORES, early_exit, fit_thresholds, inference_net
     from repro.flops import count_exits
+    from repro.train import cuda_amp_dtype
 
     cuda = device.type == "cuda"
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    amp = (torch.autocast("cuda", dtype=cuda_amp_dtype())
            if cuda else contextlib.nullcontext())
     figures = []
     for name, net, shape, score in early_exit_models():

@@ -211,6 +211,16 @@ def _set_threads() -> None:
             _THREADS_NOTE = f"repro: {n} torch thread{'s' * (n > 1)} ({why})"
 
 
+def _device_arg(argv: list[str]) -> str | None:
+    """The value of ``--device`` in ``argv`` (needed before the process group is joined)."""
+    for i, a in enumerate(argv):
+        if a == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--device="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     from repro.data import DataUnavailable
     from repro.launch import RunsFailed
@@ -218,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     from repro.train import NonFiniteLoss
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _device_arg(argv) == "cpu":  # under torchrun: NCCL has no CPU tensors
+        os.environ.setdefault("REPRO_DIST_BACKEND", "gloo")
     D.init_from_env()
     from repro.train import keep_freed_memory
 

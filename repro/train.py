@@ -137,9 +137,16 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
+    # the states are byte tensors that must be on the CPU (a checkpoint is loaded onto the run's device)
+    torch.set_rng_state(state["cpu"].cpu())
     if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def cuda_amp_dtype() -> torch.dtype:
+    """bfloat16 where the GPU computes in it natively (Ampere and later), else float16 (with a
+    GradScaler).  ``is_bf16_supported()`` alone also says yes where bf16 is only emulated."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 class _Progress:
@@ -188,7 +195,7 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     steps_per_epoch = max(len(batches), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(spec, it / steps_per_epoch))
     use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = cuda_amp_dtype() if use_amp else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     ema = weight_ema(bare, spec.ema_decay) if spec.ema_decay > 0 else None
 
@@ -209,7 +216,8 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
             ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
+        if ck["scaler"]:  # empty when saved by a run without fp16 AMP (CPU, --no-amp, bf16)
+            scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck["rng"], device)
         start = ck["epoch"]
         log(f"{phase}: resuming at epoch {start + 1}/{spec.epochs} from {ckpt_path}")

@@ -400,3 +400,20 @@ def test_a_checkpoint_that_no_longer_fits_the_model_says_to_rerun_with_force(tmp
     with pytest.raises(CheckpointError, match=r"old.pt does not fit the model .*rerun with --force"):
         fit(model, step, data.train, spec, ckpt_path=tmp_path / "old.pt", phase="p", device=torch.device("cpu"),
             seed=0, log=lambda s: None)
+
+
+def test_amp_uses_bf16_only_where_the_gpu_computes_it_natively(monkeypatch):
+    from repro.train import cuda_amp_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert cuda_amp_dtype() == torch.float16  # a V100 / T4: bf16 tensors exist, bf16 compute is emulated
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert cuda_amp_dtype() == torch.bfloat16
+
+
+def test_device_arg_is_read_before_the_process_group_is_joined():
+    from repro.cli import _device_arg
+
+    assert _device_arg(["imta", "table2", "--device", "cpu", "--seeds", "2"]) == "cpu"
+    assert _device_arg(["imta", "table2", "--device=cuda:1"]) == "cuda:1"
+    assert _device_arg(["imta", "table2"]) is None
