@@ -110,10 +110,10 @@ def _make_command(targets_fn):
                           batch_size=batch_size, options=tuple(options))
         if jobs < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
-        if compile and D.resolve_device(device).type == "cpu":
+        if compile and (device == "cpu" or (device == "auto" and not torch_cuda_available())):
             from repro.train import require_cpp_compiler
 
-            require_cpp_compiler()  # before any run starts
+            require_cpp_compiler()  # before any run starts (the device is not resolved here: it may be a cluster's)
         settings = _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers,
                              compile)
         cluster = dict(partition=partition, gpus_per_run=gpus_per_run, time_limit=time_limit,
@@ -186,29 +186,50 @@ def _check_names(argv: list[str]) -> None:
         paper.artifact(words[1])
 
 
-def choose_threads(env: str | None, cores: int, load: float) -> tuple[int, str]:
-    """Intra-op threads for this process, and why: ``$REPRO_THREADS`` if set, else the cores
-    the other processes leave free: ``cores - load`` (1-minute load average) rounded, at
-    least 1.  On a shared 2-core machine two OpenMP threads, each waiting for the other at
-    every one of a small model's many parallel regions, trained 3-10x slower than one."""
+def choose_threads(env: str | None, current: int, cores: int, machine_cores: int,
+                   load: float | None) -> tuple[int, str]:
+    """Intra-op threads for this process, and why: ``$REPRO_THREADS`` if set; else torch's
+    ``current`` count lowered to the cores that other processes leave free on ours: ``cores``
+    (this process's CPU affinity) minus the 1-minute ``load`` average's share of them
+    (``load * cores / machine_cores``), rounded, at least 1.  On a shared 2-core machine two
+    OpenMP threads, each waiting for the other at every one of a small model's many parallel
+    regions, trained 3-10x slower than one."""
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ConfigError(f"REPRO_THREADS must be a positive integer, got '{env}'")
         return int(env), "REPRO_THREADS"
-    free = max(1, min(cores, int(cores - load + 0.5)))
-    return free, f"load average {load:.1f} on {cores} cores; set REPRO_THREADS to choose"
+    if load is None:
+        return current, "no load average on this system"
+    busy = load * cores / max(machine_cores, cores)
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    return min(current, free), f"load average {load:.1f} on {machine_cores} cores; set REPRO_THREADS to choose"
 
 
 def _set_threads() -> None:
+    """Apply :func:`choose_threads`; ``OMP_NUM_THREADS`` (torchrun sets 1 per rank), which torch
+    already follows, is left alone unless ``REPRO_THREADS`` is set."""
+    global _THREADS_NOTE
     import torch
 
+    env = os.environ.get("REPRO_THREADS")
+    if not env and os.environ.get("OMP_NUM_THREADS"):
+        return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n, why = choose_threads(os.environ.get("REPRO_THREADS"), cores, os.getloadavg()[0])
-    global _THREADS_NOTE
+    try:
+        load = None if env else os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = None
+    n, why = choose_threads(env, torch.get_num_threads(), cores, os.cpu_count() or cores, load)
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
         if why != "REPRO_THREADS":
             _THREADS_NOTE = f"repro: {n} torch thread{'s' * (n > 1)} ({why})"
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _device_arg(argv: list[str]) -> str | None:

@@ -173,5 +173,6 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, sync_bn: bool = False
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(
-        model, torch.nn.parallel.DistributedDataParallel) else model
+    """The bare module inside ``torch.compile`` and DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

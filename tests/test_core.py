@@ -289,13 +289,51 @@ def test_beside_paper_puts_reference_numbers_in_paper_columns_only(tmp_path):
 def test_threads_are_the_cores_the_load_leaves_free_unless_repro_threads_says():
     from repro.cli import choose_threads
 
-    assert choose_threads(None, 2, 0.1)[0] == 2
-    assert choose_threads(None, 2, 0.6)[0] == 1  # 1.4 free cores round to 1
-    assert choose_threads(None, 2, 5.0)[0] == 1  # never fewer than one
-    assert choose_threads(None, 16, 3.4)[0] == 13
-    assert choose_threads("3", 2, 5.0) == (3, "REPRO_THREADS")
+    # (env, torch's current count, our cores, the machine's cores, 1-minute load)
+    assert choose_threads(None, 2, 2, 2, 0.1)[0] == 2
+    assert choose_threads(None, 2, 2, 2, 0.6)[0] == 1  # 1.4 free cores round to 1
+    assert choose_threads(None, 2, 2, 2, 5.0)[0] == 1  # never fewer than one
+    assert choose_threads(None, 16, 16, 16, 3.4)[0] == 13
+    assert choose_threads(None, 4, 4, 64, 30.0)[0] == 2  # 4 of 64 cores: our share of the load is 1.9
+    assert choose_threads(None, 1, 2, 2, 0.0)[0] == 1  # only ever lowers torch's count
+    assert choose_threads(None, 2, 2, 2, None)[0] == 2  # no load average: unchanged
+    assert choose_threads("3", 2, 2, 2, 5.0) == (3, "REPRO_THREADS")
     with pytest.raises(ConfigError, match="REPRO_THREADS must be a positive integer, got 'two'"):
-        choose_threads("two", 2, 0.0)
+        choose_threads("two", 2, 2, 2, 0.0)
+
+
+def test_omp_num_threads_is_left_alone_and_a_missing_load_average_is_no_error(monkeypatch):
+    import os
+
+    from repro import cli
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("REPRO_THREADS", raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's setting for each rank
+        monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+        torch.set_num_threads(2)
+        cli._set_threads()
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+
+        def no_loadavg():
+            raise OSError("no load average")
+        monkeypatch.setattr(os, "getloadavg", no_loadavg)
+        cli._set_threads()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+        cli._set_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unwrap_strips_torch_compile():
+    from repro import distributed as D
+
+    m = nn.Linear(2, 2)
+    assert D.unwrap(torch.compile(m)) is m and D.unwrap(m) is m
 
 
 def test_compile_without_a_cpp_compiler_says_what_to_do(monkeypatch):
@@ -353,8 +391,9 @@ def test_rmsprop_follows_its_update_rule_by_hand():
         make_optimizer([p], TrainSpec(optimizer="adam"))
 
 
-def test_resumed_rmsprop_ema_run_equals_an_uninterrupted_one(tmp_path):
-    spec = dict(optimizer="rmsprop", lr=0.01, ema_decay=0.5)
+@pytest.mark.parametrize("optimizer", ["rmsprop", "rmsprop_tf"])
+def test_resumed_rmsprop_ema_run_equals_an_uninterrupted_one(tmp_path, optimizer):
+    spec = dict(optimizer=optimizer, lr=0.01, ema_decay=0.5)
     straight = _fit(tmp_path, "straight", 3, **spec)
 
     class Stop(Exception):
@@ -417,3 +456,20 @@ def test_device_arg_is_read_before_the_process_group_is_joined():
     assert _device_arg(["imta", "table2", "--device", "cpu", "--seeds", "2"]) == "cpu"
     assert _device_arg(["imta", "table2", "--device=cuda:1"]) == "cuda:1"
     assert _device_arg(["imta", "table2"]) is None
+
+
+def test_tensorflow_rmsprop_follows_its_rule_by_hand():
+    """ms starts at 1; mom = mu * mom + lr * g / sqrt(ms + eps); w -= mom; L2 weight decay on g."""
+    p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = make_optimizer([p], TrainSpec(optimizer="rmsprop_tf", lr=0.1, momentum=0.9, weight_decay=0.01,
+                                        rmsprop_alpha=0.9, rmsprop_eps=1e-3))
+    w, ms, mom = p.detach().clone(), torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for g in ([0.5, 1.0], [0.25, -1.0]):
+        g = torch.tensor(g, dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        g = g + 0.01 * w
+        ms = 0.9 * ms + 0.1 * g ** 2
+        mom = 0.9 * mom + 0.1 * g / torch.sqrt(ms + 1e-3)
+        w = w - mom
+        torch.testing.assert_close(p.detach(), w)
