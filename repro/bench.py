@@ -470,7 +470,7 @@ def bench_train(sz: Sizes, device: torch.device, ref_msdnet: str | None, log, ou
     setting where ours is fastest."""
     from repro.config import TrainSpec
     from repro.models.msdnet import msdnet_cifar_7exit
-    from repro.train import compiled, cuda_amp_dtype, make_optimizer
+    from repro.train import compiled, cpp_compiler, cuda_amp_dtype, make_optimizer
 
     cuda = device.type == "cuda"
     amp_dtype = cuda_amp_dtype() if cuda else None
@@ -506,11 +506,15 @@ def bench_train(sz: Sizes, device: torch.device, ref_msdnet: str | None, log, ou
 
     settings = [None] if cuda else [None] + ([1] if torch.get_num_threads() > 1 else [])
     figures, judged = [], []
+    compile_it = sz.train_compile and (cuda or cpp_compiler() is not None)
+    if sz.train_compile and not compile_it:
+        figures.append(Figure(tag, "MSDNet train: ours, compiled", float("nan"), "",
+                              note="skipped: torch.compile on the CPU needs a C++ compiler (g++) on PATH"))
     for n_threads in settings:
         with threads(n_threads):
             label = "GPU" if cuda else f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}"
             variants = dict(fns)
-            if sz.train_compile:
+            if compile_it:
                 torch._dynamo.reset()  # CPU kernels are generated for the current thread count
                 log(f"  {tag}. compiling MSDNet's training step (torch.compile, {label}) ...")
                 variants["ours, compiled"] = ours_step(True)

@@ -32,8 +32,9 @@ class TrainSpec:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     drop_last: bool = False
-    # "sgd" (momentum, nesterov) or "rmsprop" (torch.optim.RMSprop: smoothing rmsprop_alpha,
-    # rmsprop_eps added outside the square root; momentum and weight_decay as for SGD)
+    # "sgd" (momentum, nesterov), "rmsprop" (torch.optim.RMSprop: smoothing rmsprop_alpha,
+    # rmsprop_eps added outside the square root) or "rmsprop_tf" (TensorFlow's rule,
+    # repro.train.RMSpropTF); momentum and weight_decay as for SGD
     optimizer: str = "sgd"
     rmsprop_alpha: float = 0.9
     rmsprop_eps: float = 1e-3

@@ -65,11 +65,17 @@ def compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model)
 
 
-def require_cpp_compiler() -> None:
-    """Raise ConfigError unless a C++ compiler (``$CXX``, c++, g++ or clang++) is on PATH."""
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU kernels would use (``$CXX``, c++, g++, clang++), or None."""
     import shutil
 
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c):
+    return next((p for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c and (p := shutil.which(c))),
+                None)
+
+
+def require_cpp_compiler() -> None:
+    """Raise ConfigError unless :func:`cpp_compiler` finds one."""
+    if cpp_compiler() is None:
         raise ConfigError("--compile on the CPU needs a C++ compiler (c++, g++ or $CXX) on PATH; "
                           "install one (apt-get install g++) or leave out --compile")
 
@@ -94,7 +100,41 @@ def lr_factor(spec: TrainSpec, epoch: float) -> float:
     raise ValueError(f"unknown schedule '{spec.schedule}'; choose one of: multistep, cosine, constant")
 
 
-OPTIMIZERS = ("sgd", "rmsprop")
+OPTIMIZERS = ("sgd", "rmsprop", "rmsprop_tf")
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp as TensorFlow's ``RMSPropOptimizer`` (EfficientNet's; torch's differs in three places):
+    ``ms = alpha * ms + (1 - alpha) * g^2`` with ``ms`` starting at 1, not 0;
+    ``mom = momentum * mom + lr * g / sqrt(ms + eps)``, eps inside the root and the learning rate
+    inside the momentum buffer; ``w -= mom``.  Weight decay adds ``weight_decay * w`` to ``g``
+    (an L2 term in the loss, as EfficientNet's).  timm's ``RMSpropTF`` is the same rule."""
+
+    def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, alpha, eps, mu, wd = (group[k] for k in ("lr", "alpha", "eps", "momentum", "weight_decay"))
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.add(p, alpha=wd) if wd else p.grad
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ms, buf = state["square_avg"], state["momentum_buffer"]
+                ms.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+                buf.mul_(mu).addcdiv_(g, (ms + eps).sqrt_(), value=lr)
+                p.sub_(buf)
+        return loss
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -105,6 +145,9 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec) -> tor
     if spec.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=spec.lr, alpha=spec.rmsprop_alpha, eps=spec.rmsprop_eps,
                                    momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.optimizer == "rmsprop_tf":
+        return RMSpropTF(params, lr=spec.lr, alpha=spec.rmsprop_alpha, eps=spec.rmsprop_eps,
+                         momentum=spec.momentum, weight_decay=spec.weight_decay)
     raise ConfigError(f"unknown optimizer '{spec.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
 
 

@@ -213,3 +213,15 @@ def test_predicted_speedup_is_full_cost_over_expected_cost():
     # half the samples leave after 1 unit, half run all 4: expected 2.5, speed-up 4 / 2.5
     assert bench.predicted_speedup(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 4.0])) == pytest.approx(1.6)
     assert bench.predicted_speedup(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 3.0])) == 1.0
+
+
+def test_item_3_without_a_cpp_compiler_skips_the_compiled_variant(tmp_path, monkeypatch):
+    import repro.train
+
+    monkeypatch.setattr(repro.train, "cpp_compiler", lambda: None)
+    sz = bench.Sizes(gemm_n=256, train_steps=1, train_min_steps=1, train_budget_s=0.0, train_compile=True)
+    with bench.threads(1):
+        figures = bench.bench_train(sz, torch.device("cpu"), None, lambda m: None, tmp_path)
+    names = [f.figure for f in figures]
+    assert "MSDNet train: ours, compiled" in names and not any("compiled (" in n for n in names)
+    assert figures[-1].figure == "MSDNet train: ours / reference" and figures[-1].value > 0
