@@ -58,6 +58,7 @@ class DataSpec:
     test_limit: int | None = None
     augment: str = "crop_flip"      # none | crop_flip | crop_flip_rotate
     split_seed: int = 0             # the held-out split is the same for every training seed
+    image_size: int | None = None   # folder datasets (and ImageNet below 224) are resized to it; None: 32 / ImageNet's 224
 
 
 @dataclass(frozen=True)

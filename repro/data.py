@@ -1,30 +1,54 @@
 """Datasets, the held-out validation split, and batches without per-image Python.
 
-Small datasets (CIFAR, Fashion-MNIST) are loaded once with torchvision into
-uint8 tensors, moved to the training device, and augmented there a whole batch
-at a time (random crop with zero padding, horizontal flip, optional rotation).
-ImageNet streams from an ImageFolder tree through a DataLoader.
+Small datasets (CIFAR, Fashion-MNIST, a folder dataset that fits) are loaded once
+into uint8 tensors, moved to the training device, and augmented there a whole
+batch at a time (random crop with zero padding, horizontal flip, optional
+rotation). ImageNet at its own size, and folder datasets too large for memory,
+stream from an ImageFolder tree through a DataLoader.
+
+Fashion-MNIST is looked for, in this order (:func:`find_fashion_mnist`):
+
+1. ``<data root>/FashionMNIST/raw``: the four idx files, plain or ``.gz``;
+2. Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), read in place;
+3. torchvision's download into ``<data root>/FashionMNIST/raw``;
+4. else one line saying where to put the files.
+
+A file that is there but unreadable is reported as corrupt (:class:`DataCorrupt`),
+never as missing, and is not downloaded over.
 """
 from __future__ import annotations
 
 import gzip
 import math
 import os
-import shutil
-from dataclasses import dataclass
+import pickle
+import zlib
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from repro.config import ConfigError, DataSpec
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FOLDER_PREFIX = "folder:"
+# A folder dataset (or ImageNet below its own size) is decoded into memory when the images a
+# run needs take at most this many bytes of uint8 at the target size; else a DataLoader reads it.
+IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
+# Folder datasets: the size their images are resized to when the scale does not say.
+DEFAULT_FOLDER_SIZE = 32
 
 
 class DataUnavailable(RuntimeError):
     """The dataset is neither on disk nor downloadable: the message says where we looked."""
+
+
+class DataCorrupt(DataUnavailable):
+    """A dataset file is there but unreadable: the message names it and says what to do."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +57,10 @@ class DatasetInfo:
     num_classes: int
     in_channels: int
     image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    # None for a folder dataset until it is loaded: load_data computes them from its
+    # training images (Data.info has them).
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
     in_memory: bool = True
     default_val_size: int = 5000
 
@@ -51,10 +77,31 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(name: str, image_size: int | None = None) -> DatasetInfo:
+    """What a model needs to know about a dataset at ``image_size`` (None: the dataset's own).
+
+    ``folder:PATH`` is scanned (class folders, image headers for the channel count); ImageNet
+    below 224 px is read like a folder dataset resized to that size.
+    """
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        raise ConfigError(f"image size {image_size!r} must be an integer of at least 8 pixels")
+    if name.startswith(FOLDER_PREFIX):
+        tree = _folder_tree(name)
+        size = image_size or DEFAULT_FOLDER_SIZE
+        n = len(tree.train) + len(tree.val)
+        return DatasetInfo(name, len(tree.classes), tree.channels, size, None, None,
+                           in_memory=n * tree.channels * size * size <= IN_MEMORY_LIMIT_BYTES,
+                           default_val_size=_folder_val_cap(len(tree.train)))
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}, "
+                          f"{FOLDER_PREFIX}PATH (an ImageFolder tree with train/ and val/)")
+    info = DATASETS[name]
+    if image_size is None or image_size == info.image_size:
+        return info
+    if name == "imagenet":
+        return replace(info, image_size=image_size)
+    raise ConfigError(f"dataset '{name}' has {info.image_size}x{info.image_size} images; it is not "
+                      f"resized to {image_size}x{image_size} (use a dataset of that size, or folder:PATH)")
 
 
 def default_data_root() -> Path:
@@ -73,6 +120,13 @@ class Arrays:
     test_y: torch.Tensor
 
 
+def _corrupt(name: str, path: Path, why: str, what_to_do: str) -> DataCorrupt:
+    return DataCorrupt(f"dataset '{name}': {path} is corrupt ({why}); {what_to_do}")
+
+
+# ----------------------------------------------------------------- CIFAR
+
+
 def _cifar_class(name: str):
     from torchvision import datasets
 
@@ -87,8 +141,6 @@ def _cifar_class(name: str):
             return all((folder / f).exists() for f, _ in self.train_list + self.test_list)
 
         def _load_meta(self) -> None:
-            import pickle
-
             with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
                 data = pickle.load(f, encoding="latin1")
             self.classes = data[self.meta["key"]]
@@ -97,68 +149,192 @@ def _cifar_class(name: str):
     return Checked
 
 
+def _cifar_problem(name: str, folder: Path, cls) -> tuple[Path, str] | None:
+    """The first unreadable or ill-shaped file of a CIFAR folder, and what is wrong with it."""
+    classes = DATASETS[name].num_classes
+    for f, _ in cls.train_list + cls.test_list:
+        path = folder / f
+        try:
+            with open(path, "rb") as fh:
+                d = pickle.load(fh, encoding="latin1")
+        except Exception as e:  # truncated, empty, not a pickle
+            return path, f"not a readable pickle: {type(e).__name__}"
+        if not isinstance(d, dict) or "data" not in d:
+            return path, "no 'data' entry"
+        labels = d.get("labels", d.get("fine_labels"))
+        x = np.asarray(d["data"])
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+            return path, f"images are {x.dtype} of shape {tuple(x.shape)}, expected uint8 N x 3072"
+        if labels is None or len(labels) != x.shape[0]:
+            return path, f"{x.shape[0]} images but {'no' if labels is None else len(labels)} labels"
+        y = np.asarray(labels)
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            return path, f"labels outside 0..{classes - 1}"
+    meta = folder / cls.meta["filename"]
+    try:
+        with open(meta, "rb") as fh:
+            m = pickle.load(fh, encoding="latin1")
+        m[cls.meta["key"]]
+    except Exception as e:
+        return meta, f"no readable class names: {type(e).__name__}"
+    return None
+
+
 def _load_cifar(name: str, root: Path, download: bool) -> Arrays:
     cls = _cifar_class(name)
+    folder = root / cls.base_folder
+    redo = f"delete {folder} and rerun (torchvision downloads it again)"
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    if not all((folder / f).exists() for f in files):
+        if not download:
+            raise _unavailable(name, [folder], "torchvision downloads it into --data-root")
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as e:  # no network, disk full, ...
+            raise _unavailable(name, [folder], f"download failed ({type(e).__name__}); copy the extracted "
+                                               f"'{cls.base_folder}' folder into --data-root") from None
     try:
         train, test = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
-    except RuntimeError:
-        if not download:
-            raise _unavailable(name, [root / cls.base_folder], "torchvision downloads it into --data-root")
-        try:
-            train = cls(str(root), train=True, download=True)
-            test = cls(str(root), train=False, download=True)
-        except Exception as e:  # no network, disk full, ...
-            raise _unavailable(name, [root / cls.base_folder],
-                               f"download failed ({type(e).__name__}); copy the extracted "
-                               f"'{cls.base_folder}' folder into --data-root") from None
+    except Exception as e:
+        problem = _cifar_problem(name, folder, cls) or (folder, f"{type(e).__name__}: {e}".splitlines()[0])
+        raise _corrupt(name, *problem, redo) from None
 
     def to_tensor(ds):
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         return x, torch.tensor(ds.targets, dtype=torch.int64)
 
     (a, b), (c, d) = to_tensor(train), to_tensor(test)
+    classes = DATASETS[name].num_classes
+    for x, y in ((a, b), (c, d)):
+        if x.shape[0] != y.shape[0] or (y.numel() and (y.min() < 0 or y.max() >= classes)):
+            problem = _cifar_problem(name, folder, cls) or (folder, "image and label counts differ")
+            raise _corrupt(name, *problem, redo)
     return Arrays(a, b, c, d)
+
+
+# ----------------------------------------------------------------- Fashion-MNIST
 
 
 _FMNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
-def _load_fashion_mnist(root: Path, download: bool) -> Arrays:
+@dataclass(frozen=True)
+class FashionMNISTFiles:
+    """Where Fashion-MNIST was found: ``source`` is 'data root' or 'system'."""
+    source: str
+    folder: Path
+    files: tuple[Path, ...]  # in the order of _FMNIST_FILES
+
+
+def fashion_mnist_folders(root: Path | None = None) -> list[Path]:
+    """The folders looked in, in order: the data root's ``FashionMNIST/raw``, then Debian's."""
+    root = Path(root) if root else default_data_root()
+    return [root / "FashionMNIST" / "raw", FASHION_MNIST_SYSTEM_DIR]
+
+
+def find_fashion_mnist(root: Path | None = None) -> FashionMNISTFiles | None:
+    """Is Fashion-MNIST on disk, and where: the first folder of :func:`fashion_mnist_folders`
+    that holds all four idx files (each plain or .gz; plain first), else None (then
+    :func:`load_arrays` tries torchvision's download). Files are not opened here."""
+    for source, folder in zip(("data root", "system"), fashion_mnist_folders(root)):
+        found = []
+        for name in _FMNIST_FILES:
+            path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+            if path is None:
+                break
+            found.append(path)
+        else:
+            return FashionMNISTFiles(source, folder, tuple(found))
+    return None
+
+
+def _fmnist_hint(root: Path | None) -> str:
+    raw = fashion_mnist_folders(root)[0]
+    return (f"put the four idx files ({', '.join(_FMNIST_FILES)}, plain or .gz) in {raw}, "
+            f"or apt-get install dataset-fashion-mnist")
+
+
+def _read_idx(path: Path, images: bool, redo: str) -> np.ndarray:
+    """One idx file: N x 28 x 28 uint8 images, or N labels in 0..9 (a header, then np.frombuffer)."""
+    name = "fashion-mnist"
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise DataUnavailable(f"dataset '{name}': {path} cannot be read ({type(e).__name__}); "
+                              f"check its permissions") from None
+    if path.suffix == ".gz":
+        try:
+            blob = gzip.decompress(blob)
+        except (OSError, EOFError, zlib.error) as e:
+            raise _corrupt(name, path, f"not a complete gzip file: {type(e).__name__}", redo) from None
+    ndim = 3 if images else 1
+    header = 4 + 4 * ndim
+    if not blob:
+        raise _corrupt(name, path, "the file is empty", redo)
+    if len(blob) < header or blob[:3] != b"\x00\x00\x08" or blob[3] != ndim:
+        raise _corrupt(name, path, f"not an idx file of {'28x28 images' if images else 'labels'} "
+                                   f"(it starts with {blob[:4].hex() or 'nothing'})", redo)
+    dims = [int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    n = dims[0]
+    if images and dims[1:] != [28, 28]:
+        raise _corrupt(name, path, f"images are {dims[1]}x{dims[2]}, expected 28x28", redo)
+    want = header + n * (28 * 28 if images else 1)
+    if len(blob) != want:
+        what = f"{n} images of 28x28" if images else f"{n} labels"
+        raise _corrupt(name, path, f"expected {what}, {want} bytes; the file has {len(blob)} bytes", redo)
+    a = np.frombuffer(blob, np.uint8, offset=header)
+    if images:
+        return a.reshape(n, 28, 28)
+    if a.size and a.max() > 9:
+        raise _corrupt(name, path, f"labels outside 0..9 (up to {int(a.max())})", redo)
+    return a
+
+
+def _read_fashion_mnist(found: FashionMNISTFiles) -> Arrays:
+    redo = ("reinstall it: apt-get install --reinstall dataset-fashion-mnist" if found.source == "system"
+            else "delete it and rerun (repro then reads Debian's copy or downloads it)")
+    out = []
+    for img_path, lab_path in (found.files[:2], found.files[2:]):
+        x, y = _read_idx(img_path, True, redo), _read_idx(lab_path, False, redo)
+        if x.shape[0] != y.shape[0]:
+            raise DataCorrupt(f"dataset 'fashion-mnist': {img_path} and {lab_path} are corrupt ({x.shape[0]} "
+                              f"images but {y.shape[0]} labels); {redo.replace(' it', ' both', 1)}")
+        padded = np.zeros((x.shape[0], 1, 32, 32), np.uint8)  # 28x28 -> 32x32, zero border
+        padded[:, 0, 2:30, 2:30] = x
+        out += [torch.from_numpy(padded), torch.from_numpy(y.astype(np.int64))]
+    return Arrays(*out)
+
+
+def _download_fashion_mnist(root: Path) -> None:
+    """torchvision's download (md5-checked) into ``<root>/FashionMNIST/raw``, without parsing it."""
     from torchvision import datasets
 
-    raw = root / "FashionMNIST" / "raw"
-    if not all((raw / f).exists() for f in _FMNIST_FILES):
-        # Debian's dataset-fashion-mnist package ships the four .gz files: unpack them into
-        # torchvision's layout so that torchvision's own reader parses them.
-        system = [FASHION_MNIST_SYSTEM_DIR / f"{f}.gz" for f in _FMNIST_FILES]
-        if all(p.exists() for p in system):
-            raw.mkdir(parents=True, exist_ok=True)
-            for src, name in zip(system, _FMNIST_FILES):
-                tmp = raw / f".{name}.tmp{os.getpid()}"
-                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-                os.replace(tmp, raw / name)
-    try:
-        train = datasets.FashionMNIST(str(root), train=True, download=False)
-        test = datasets.FashionMNIST(str(root), train=False, download=False)
-    except RuntimeError:
-        looked = [raw, FASHION_MNIST_SYSTEM_DIR]
+    class FashionMNIST(datasets.FashionMNIST):  # the same name: the same raw folder
+        def _load_data(self):
+            return None, None
+
+    FashionMNIST(str(root), train=True, download=True)
+
+
+def _load_fashion_mnist(root: Path, download: bool) -> Arrays:
+    found = find_fashion_mnist(root)
+    looked = fashion_mnist_folders(root)
+    if found is None:
         if not download:
-            raise _unavailable("fashion-mnist", looked, "apt-get install dataset-fashion-mnist") from None
+            raise _unavailable("fashion-mnist", looked, _fmnist_hint(root))
         try:
-            train = datasets.FashionMNIST(str(root), train=True, download=True)
-            test = datasets.FashionMNIST(str(root), train=False, download=True)
-        except Exception as e:
+            _download_fashion_mnist(root)
+        except Exception as e:  # no network, disk full, ...
             raise _unavailable("fashion-mnist", looked,
-                               f"download failed ({type(e).__name__}); apt-get install dataset-fashion-mnist") from None
+                               f"download failed ({type(e).__name__}); {_fmnist_hint(root)}") from None
+        found = find_fashion_mnist(root)
+        if found is None:
+            raise _unavailable("fashion-mnist", looked, f"the download left no files; {_fmnist_hint(root)}")
+    return _read_fashion_mnist(found)
 
-    def to_tensor(ds):
-        x = F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2))  # 28x28 -> 32x32, zero border
-        return x.contiguous(), ds.targets.to(torch.int64)
 
-    (a, b), (c, d) = to_tensor(train), to_tensor(test)
-    return Arrays(a, b, c, d)
+# ----------------------------------------------------------------- synthetic
 
 
 def _load_synthetic(n_train: int = 1200, n_test: int = 400, seed: int = 0) -> Arrays:
@@ -176,21 +352,207 @@ def _load_synthetic(n_train: int = 1200, n_test: int = 400, seed: int = 0) -> Ar
     return Arrays(a, b, c, d)
 
 
-def _unavailable(name: str, looked: list[Path], how: str) -> DataUnavailable:
-    where = ", ".join(str(p) for p in looked)
-    return DataUnavailable(f"dataset '{name}' not found (looked in {where}); {how}")
+# ----------------------------------------------------------------- image folders
 
 
-def load_arrays(name: str, root: Path | None = None, download: bool = True) -> Arrays:
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+# Channel count: every training image's header is read up to this many images, else an evenly
+# spaced sample of this many (PIL reads headers only).
+_MODE_SCAN_LIMIT = 20000
+
+
+@dataclass(frozen=True)
+class ImageTree:
+    """An ImageFolder tree: classes from train/'s folder names, val/ labelled with the same ones."""
+    name: str
+    root: Path
+    classes: tuple[str, ...]
+    train: tuple[tuple[str, int], ...]
+    val: tuple[tuple[str, int], ...]
+    channels: int  # 1 when every image looked at is grayscale, else 3
+
+
+def _tree_hint(name: str) -> str:
+    return (f"{name} needs an ImageFolder tree: train/<class>/<image> and val/<class>/<image> "
+            f"({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _list_images(folder: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [os.path.join(dirpath, f) for f in sorted(filenames)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    return out
+
+
+def _image_mode(path: str, name: str) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except Exception as e:
+        raise _corrupt(name, Path(path), f"not a readable image: {type(e).__name__}",
+                       "delete or replace it") from None
+
+
+@lru_cache(maxsize=16)
+def _scan_tree(root: str, name: str, scan_modes: bool) -> ImageTree:
+    base = Path(root)
+    hint = _tree_hint(name)
+    if not base.is_dir():
+        raise DataUnavailable(f"dataset '{name}' not found: {base} is not a folder; {hint}")
+    missing = [str(base / s) for s in ("train", "val") if not (base / s).is_dir()]
+    if missing:
+        raise DataUnavailable(f"dataset '{name}' not found (no {' or '.join(missing)}); {hint}")
+    classes = sorted(e.name for e in os.scandir(base / "train") if e.is_dir() and not e.name.startswith("."))
+    if len(classes) < 2:
+        raise DataUnavailable(f"dataset '{name}': {base / 'train'} has {len(classes) or 'no'} class "
+                              f"folder{'s' if len(classes) != 1 else ''}, it needs at least 2; {hint}")
+    index = {c: i for i, c in enumerate(classes)}
+    train = []
+    for c in classes:
+        files = _list_images(base / "train" / c)
+        if not files:
+            raise DataUnavailable(f"dataset '{name}': {base / 'train' / c} holds no images; "
+                                  f"add some or remove the folder ({', '.join(IMAGE_EXTENSIONS)})")
+        train += [(f, index[c]) for f in files]
+    val = []
+    for e in sorted(os.scandir(base / "val"), key=lambda e: e.name):
+        if e.is_dir() and not e.name.startswith("."):
+            if e.name not in index:
+                raise DataUnavailable(f"dataset '{name}': {base / 'val' / e.name} is not a class of "
+                                      f"{base / 'train'}; val/ must use train/'s class folder names")
+            val += [(f, index[e.name]) for f in _list_images(base / "val" / e.name)]
+    if not val:
+        raise DataUnavailable(f"dataset '{name}': {base / 'val'} holds no images in class folders; {hint}")
+    channels = 3
+    if scan_modes:
+        paths = [p for p, _ in train]
+        if len(paths) > _MODE_SCAN_LIMIT:
+            paths = [paths[i * len(paths) // _MODE_SCAN_LIMIT] for i in range(_MODE_SCAN_LIMIT)]
+        channels = 1 if all(_image_mode(p, name) in _GRAY_MODES for p in paths) else 3
+    return ImageTree(name, base, tuple(classes), tuple(train), tuple(val), channels)
+
+
+def _folder_path(name: str) -> Path:
+    path = name[len(FOLDER_PREFIX):]
+    if not path:
+        raise ConfigError(f"--dataset {FOLDER_PREFIX}PATH needs a path to an ImageFolder tree with train/ and val/")
+    return Path(path).expanduser()
+
+
+def _folder_tree(name: str) -> ImageTree:
+    return _scan_tree(str(_folder_path(name).resolve()), name, True)
+
+
+def _folder_val_cap(n_train: int) -> int:
+    """A folder dataset's held-out split: at most a tenth of train/ (at least 1), and 5,000."""
+    return max(1, min(5000, n_train // 10))
+
+
+def _decode(path: str, mode: str, size: int, name: str) -> np.ndarray:
+    """One image as ``size`` x ``size`` (x 3) uint8: shorter side resized to ``size`` (bilinear,
+    antialiased), centre crop. JPEGs are decoded at a reduced scale when they are large."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft(mode, (size, size))
+            im = im.convert(mode)
+            w, h = im.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)))
+    except Exception as e:  # unreadable, truncated
+        raise _corrupt(name, Path(path), f"not a readable image: {type(e).__name__}",
+                       "delete or replace it") from None
+
+
+def _decode_many(paths: list[str], channels: int, size: int, name: str) -> torch.Tensor:
+    """N x C x size x size uint8, decoded once (a few threads: PIL releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(paths), size, size, channels), np.uint8)
+
+    def one(i: int) -> None:
+        out[i] = _decode(paths[i], mode, size, name).reshape(size, size, channels)
+
+    threads = max(1, min(8, torch.get_num_threads()))
+    if threads == 1 or len(paths) < 64:
+        for i in range(len(paths)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(len(paths)), chunksize=64))
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _mean_std(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std, in [0, 1] units, of N x C x H x W uint8 images (chunked, float64)."""
+    s = torch.zeros(x.shape[1], dtype=torch.float64)
+    ss = torch.zeros_like(s)
+    for i in range(0, x.shape[0], 1024):
+        c = x[i:i + 1024].to(torch.float64)
+        s += c.sum((0, 2, 3))
+        ss += c.square().sum((0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = (ss / n - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple((mean / 255).tolist()), tuple((std / 255).clamp_min(1e-3).tolist())
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Images of an :class:`ImageTree` decoded one at a time (DataLoader workers): uint8 C x S x S."""
+
+    def __init__(self, samples, channels: int, size: int, name: str):
+        self.samples, self.channels, self.size, self.name = list(samples), channels, size, name
+        self.targets = [y for _, y in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, y = self.samples[i]
+        a = _decode(path, "L" if self.channels == 1 else "RGB", self.size, self.name)
+        return torch.from_numpy(a.reshape(self.size, self.size, self.channels).copy()).permute(2, 0, 1), y
+
+
+def _evenly(n: int, k: int) -> torch.Tensor:
+    """``k`` of ``n`` indices spread evenly (class-sorted folders keep every class)."""
+    return torch.arange(k, dtype=torch.int64) * n // k
+
+
+def load_arrays(name: str, root: Path | None = None, download: bool = True,
+                image_size: int | None = None) -> Arrays:
+    """A whole in-memory dataset; a folder dataset is decoded at ``image_size`` (default 32)."""
     root = Path(root) if root else default_data_root()
+    if name.startswith(FOLDER_PREFIX):
+        tree, info = _folder_tree(name), dataset_info(name, image_size)
+        x = _decode_many([p for p, _ in tree.train + tree.val], tree.channels, info.image_size, name)
+        y = torch.tensor([c for _, c in tree.train + tree.val], dtype=torch.int64)
+        n = len(tree.train)
+        return Arrays(x[:n], y[:n], x[n:], y[n:])
+    dataset_info(name, image_size)  # fixed-size datasets refuse another size
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, root, download)
     if name == "fashion-mnist":
         return _load_fashion_mnist(root, download)
     if name == "synthetic":
         return _load_synthetic()
-    dataset_info(name)
     raise ConfigError(f"dataset '{name}' is not held in memory")
+
+
+def _unavailable(name: str, looked: list[Path], how: str) -> DataUnavailable:
+    where = ", ".join(str(p) for p in looked)
+    return DataUnavailable(f"dataset '{name}' not found (looked in {where}); {how}")
 
 
 # --------------------------------------------------------------------------- split
@@ -350,10 +712,16 @@ class TensorBatches:
 
 
 class LoaderBatches:
-    """A DataLoader (ImageNet) behind the same interface as TensorBatches."""
+    """A DataLoader behind the same interface as TensorBatches.
+
+    With ``info`` the dataset yields uint8 images, and each batch is augmented (training) and
+    normalised on the device as TensorBatches does it; without, the dataset's transforms do it
+    (ImageNet at 224).
+    """
 
     def __init__(self, dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                 world: int = 1, workers: int = 8, device: str | torch.device = "cpu", drop_last: bool = False):
+                 world: int = 1, workers: int = 8, device: str | torch.device = "cpu", drop_last: bool = False,
+                 info: DatasetInfo | None = None, augment: str = "none", channels_last: bool = False):
         from torch.utils.data import DataLoader, DistributedSampler
 
         self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train,
@@ -363,8 +731,16 @@ class LoaderBatches:
                                  pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
                                  persistent_workers=workers > 0)
         self.device = torch.device(device)
+        self.train, self.aug, self.seed, self.rank = train, augment, seed, rank
+        self.channels_last = channels_last
+        self.mean = self.std = None
+        if info is not None:
+            self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1) * 255
+            self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1) * 255
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
 
@@ -376,8 +752,26 @@ class LoaderBatches:
         return len(self.loader.dataset)
 
     def __iter__(self):
+        gen = None
+        if self.mean is not None and self.train and self.aug != "none":
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.seed * 7_919 + self.epoch * 104_729 + self.rank)
         for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.mean is not None:
+                x = self._prepare(x, gen)
+            yield x, y
+
+    def _prepare(self, xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if gen is not None and self.aug == "crop_flip":
+            xb = augment(xb, self.aug, gen)
+        xb = xb.float()
+        if gen is not None and self.aug != "crop_flip":
+            xb = augment(xb, self.aug, gen)
+        xb = xb.sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
 
 
 @dataclass
@@ -392,29 +786,122 @@ class Data:
     val_idx: torch.Tensor
 
 
-def _imagenet_datasets(root: Path):
-    from torchvision import datasets, transforms
+class _ImageList(torch.utils.data.Dataset):
+    """ImageFolder's reading (PIL, RGB, a transform) over an :class:`ImageTree`'s samples, so
+    that val/ is labelled with train/'s classes even when it lacks some."""
 
-    info = DATASETS["imagenet"]
+    def __init__(self, samples, transform):
+        self.samples, self.transform = list(samples), transform
+        self.targets = [y for _, y in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, y = self.samples[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB")), y
+
+
+def _imagenet_tree(root: Path) -> ImageTree:
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise _unavailable("imagenet", [root / "train", root / "val"],
                            "pass --data-root pointing at an ImageFolder tree with train/ and val/")
+    return _scan_tree(str(root.resolve()), "imagenet", False)
+
+
+def _imagenet_datasets(root: Path):
+    from torchvision import transforms
+
+    info = DATASETS["imagenet"]
+    tree = _imagenet_tree(root)
     norm = transforms.Normalize(info.mean, info.std)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), norm])
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
-    return (datasets.ImageFolder(str(root / "train"), train_tf),
-            datasets.ImageFolder(str(root / "train"), test_tf),
-            datasets.ImageFolder(str(root / "val"), test_tf))
+    return _ImageList(tree.train, train_tf), _ImageList(tree.train, test_tf), _ImageList(tree.val, test_tf)
+
+
+def _load_folder(tree: ImageTree, info: DatasetInfo, spec: DataSpec, *, batch_size: int, device, seed: int,
+                 rank: int, world: int, eval_batch_size: int, drop_last: bool, channels_last: bool,
+                 workers: int, fixed_stats: bool) -> Data:
+    """A folder dataset (or ImageNet below 224 px) at ``info.image_size``: decoded once into
+    memory when the images the run uses fit in IN_MEMORY_LIMIT_BYTES, else read by a DataLoader.
+    Mean and std come from the training split (all of it in memory, else 2,000 images of it)
+    unless ``fixed_stats`` (ImageNet keeps its usual ones)."""
+    n_train = len(tree.train)
+    if n_train < 2:
+        raise DataUnavailable(f"dataset '{tree.name}': {tree.root / 'train'} holds {n_train} image; it needs at least 2")
+    train_idx, val_idx = split_indices(n_train, min(spec.val_size, _folder_val_cap(n_train)), spec.split_seed)
+    if spec.train_limit:
+        train_idx = train_idx[: spec.train_limit]
+    test_n = min(len(tree.val), spec.test_limit or len(tree.val))
+    test_idx = _evenly(len(tree.val), test_n)
+    size, ch = info.image_size, info.in_channels
+    train_y_all = torch.tensor([y for _, y in tree.train], dtype=torch.int64)
+    val_y_all = torch.tensor([y for _, y in tree.val], dtype=torch.int64)
+    n_used = len(train_idx) + len(val_idx) + test_n
+    in_memory = n_used * ch * size * size <= IN_MEMORY_LIMIT_BYTES
+    dev = torch.device(device)
+    if in_memory:
+        paths = ([tree.train[i][0] for i in torch.cat([train_idx, val_idx]).tolist()]
+                 + [tree.val[i][0] for i in test_idx.tolist()])
+        x = _decode_many(paths, ch, size, tree.name)
+        tx, vx, sx = x[:len(train_idx)], x[len(train_idx):len(train_idx) + len(val_idx)], x[-test_n:]
+        if not fixed_stats:
+            mean, std = _mean_std(tx)
+            info = replace(info, mean=mean, std=std)
+    elif not fixed_stats:
+        sample = train_idx[_evenly(len(train_idx), min(2000, len(train_idx)))]
+        mean, std = _mean_std(_decode_many([tree.train[i][0] for i in sample.tolist()], ch, size, tree.name))
+        info = replace(info, mean=mean, std=std)
+    info = replace(info, in_memory=in_memory)
+    vy, sy = train_y_all[val_idx], val_y_all[test_idx]
+    common = dict(info=info, channels_last=channels_last)
+    if in_memory:
+        put = lambda t: t.to(dev)  # noqa: E731
+        train = TensorBatches(put(tx), put(train_y_all[train_idx]), batch_size, train=True, augment=spec.augment,
+                              seed=seed, rank=rank, world=world, drop_last=drop_last, **common)
+        val = TensorBatches(put(vx), put(vy), eval_batch_size, **common)
+        test = TensorBatches(put(sx), put(sy), eval_batch_size, **common)
+    else:
+        from torch.utils.data import Subset
+
+        train_ds = FolderImages(tree.train, ch, size, tree.name)
+        test_ds = FolderImages(tree.val, ch, size, tree.name)
+        mk = lambda ds, train: LoaderBatches(ds, batch_size if train else eval_batch_size, train=train,  # noqa: E731
+                                             seed=seed, rank=rank, world=world, device=dev, workers=workers,
+                                             drop_last=drop_last and train, augment=spec.augment if train else "none",
+                                             **common)
+        train = mk(Subset(train_ds, train_idx.tolist()), True)
+        val = mk(Subset(train_ds, val_idx.tolist()), False)
+        test = mk(Subset(test_ds, test_idx.tolist()), False)
+    return Data(info, train, val, test, vy, sy, train_idx, val_idx)
 
 
 def load_data(dataset: str, spec: DataSpec, *, batch_size: int, root: Path | None = None,
               device: str | torch.device = "cpu", seed: int = 0, rank: int = 0, world: int = 1,
               eval_batch_size: int = 500, drop_last: bool = False, channels_last: bool = False,
               workers: int = 8) -> Data:
-    """Everything a run needs: training batches, and validation/test batches without augmentation."""
-    info = dataset_info(dataset)
+    """Everything a run needs: training batches, and validation/test batches without augmentation.
+
+    ``spec.image_size`` (when DataSpec has it; None: the dataset's own size) sets the size a
+    folder dataset is resized to (default 32); ImageNet below 224 is read as a folder dataset.
+    """
+    image_size = getattr(spec, "image_size", None)
+    info = dataset_info(dataset, image_size)
     root = Path(root) if root else default_data_root()
+    folder_kw = dict(batch_size=batch_size, device=device, seed=seed, rank=rank, world=world,
+                     eval_batch_size=eval_batch_size, drop_last=drop_last, channels_last=channels_last,
+                     workers=workers)
+    if dataset.startswith(FOLDER_PREFIX):
+        return _load_folder(_folder_tree(dataset), info, spec, fixed_stats=False, **folder_kw)
+    if dataset == "imagenet" and info.image_size != DATASETS["imagenet"].image_size:
+        tree = _imagenet_tree(root)
+        info = replace(info, num_classes=len(tree.classes))
+        return _load_folder(tree, info, spec, fixed_stats=True, **folder_kw)
     if not info.in_memory:
         train_ds, val_view, test_ds = _imagenet_datasets(root)
         train_idx, val_idx = split_indices(len(train_ds), spec.val_size, spec.split_seed)
@@ -446,5 +933,3 @@ def load_data(dataset: str, spec: DataSpec, *, batch_size: int, root: Path | Non
     val = TensorBatches(put(arrays.train_x[val_idx]), put(arrays.train_y[val_idx]), eval_batch_size, **common)
     test = TensorBatches(put(arrays.test_x[:test_n]), put(arrays.test_y[:test_n]), eval_batch_size, **common)
     return Data(info, train, val, test, arrays.train_y[val_idx], arrays.test_y[:test_n], train_idx, val_idx)
-
-
