@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test demo smoke all-tables all-figures bench clean
 
 $(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3, or run make PYTHON=/path/to/python3"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "error: $(PYTHON) cannot create a virtual environment (no ensurepip); apt-get install python3-venv, or run make PYTHON=/path/to/another/python3"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test,cluster]'
@@ -20,7 +22,20 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest -q
 
+# Data first, as .ci/run does: when the loader would not find Fashion-MNIST on disk
+# (repro.data.find_fashion_mnist) and apt-get is there, Debian's dataset-fashion-mnist; else the
+# loader tries torchvision's download, then says where to put the files.
 demo: install
+	@if ! $(BIN)/python -c 'import sys; from repro.data import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)'; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist"; \
+			sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+			($$sudo apt-get update -qq && $$sudo apt-get install -y -qq dataset-fashion-mnist) \
+				|| echo "warning: could not install dataset-fashion-mnist; repro will try torchvision's download"; \
+		else \
+			echo "Fashion-MNIST not found and no apt-get: repro will try torchvision's download"; \
+		fi; \
+	fi
 	$(BIN)/repro imta table2 --scale quick
 
 # Smoke models are tiny: one intra-op thread is as fast, and does not thrash on a busy machine.
