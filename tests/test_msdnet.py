@@ -159,3 +159,77 @@ def test_final_layer_parameters_plain():
 def test_msdnet_is_constructible_directly():
     net = MSDNet(nBlocks=2, nChannels=4, growthRate=2, num_classes=3, head_channels=8)
     assert len(net(torch.randn(1, 3, 32, 32))) == 2
+
+
+# the exits' pooled feature widths the authors' IMTA code hard-codes for ImageNet (logits_channels)
+AUTHORS_IMAGENET_WIDTHS = {4: [384, 384, 352, 304, 560], 6: [512, 544, 496, 880, 792], 7: [576, 640, 608, 528, 976]}
+
+
+@pytest.mark.parametrize("step", [4, 6, 7])
+def test_imagenet_family_widths_and_isc_width(step):
+    """Steps 4/6/7 with base = step give the authors' feature widths; ISC embeds exit i-1's
+    logits at exit i's own width and classifies the 2*w_i concatenation."""
+    C = 1000
+    net = msdnet_imagenet(num_classes=C, isc=True, **({} if step == 4 else {"step": step, "base": step}))
+    w = AUTHORS_IMAGENET_WIDTHS[step]
+    assert net.head_dims == w
+    assert [e[0].out_features for e in net.isc_embed] == w[1:]
+    assert [c.in_features for c in net.isc_classifiers] == [2 * x for x in w[1:]]
+    # the authors' final layers: Linear(w1, C); per later exit Linear(C, w)+BN(w) and Linear(2w, C)
+    want = (w[0] * C + C) + sum((C * x + x) + 2 * x + (2 * x * C + C) for x in w[1:])
+    assert sum(p.numel() for p in net.final_layer_parameters()) == want
+
+
+def test_cifar_isc_width_is_128_at_paper_size():
+    net = msdnet_cifar_7exit(isc=True)
+    assert [e[0].out_features for e in net.isc_embed] == [128] * 6
+    assert [c.in_features for c in net.isc_classifiers] == [256] * 6
+
+
+def test_imagenet_stem_conv_keeps_its_bias():
+    net = msdnet_imagenet(num_classes=5)
+    first = net.blocks[0].layers[0].layers[0]
+    conv = first[0]
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (7, 7) and conv.bias is not None
+    assert sum(p.numel() for p in first.parameters()) == 3 * 32 * 7 * 7 + 32 + 2 * 32
+    # the only conv with a bias
+    biased = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+    assert biased == [conv]
+    cifar = msdnet_cifar_small()
+    assert all(m.bias is None for m in cifar.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("isc", [True, False])
+def test_reset_final_layers(isc):
+    torch.manual_seed(0)
+    net = msdnet_cifar_small(isc=isc)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.reset_final_layers()
+    final = {id(p) for p in net.final_layer_parameters()}
+    for name, p in net.named_parameters():
+        if id(p) in final:
+            assert not torch.equal(p, before[name] + 1.0), name
+            if name.endswith("bias") and "isc_embed" not in name:
+                assert torch.equal(p, torch.zeros_like(p)), name  # Linear biases start at 0
+        else:
+            assert torch.equal(p, before[name] + 1.0), name  # nothing else is touched
+
+
+@pytest.mark.parametrize("n,depth", [(4, 10), (5, 15), (6, 21), (7, 28), (8, 36)])
+def test_cifar_lin_grow_family_depths(n, depth):
+    from repro.models.msdnet import msdnet_cifar
+
+    net = msdnet_cifar(num_classes=10, nBlocks=n)
+    assert net.num_exits == n and sum(net.cfg.block_layers()) == depth
+
+
+def test_even_step_cifar_members_run():
+    from repro.models.msdnet import msdnet_cifar
+
+    for step in (1, 2):
+        net = msdnet_cifar(num_classes=10, in_channels=1, nBlocks=5, stepmode="even", step=step, base=step,
+                           nChannels=4, growthRate=2, head_channels=16, isc=True)
+        assert len(net(torch.randn(2, 1, 32, 32))) == 5

@@ -12,14 +12,16 @@ grows, each drop followed by a 1x1 transition that multiplies the channels by
 Written from the MSDNet and IMTA papers and the facts in ANCHORS.md; no code
 copied.  IMTA options:
 
-- ``gradient_equilibrium``: gradient rescaling so that block ``i`` receives the
-  *average* of the gradients of the losses at and after exit ``i`` (only the
-  coarsest-scale tensor is rescaled, as the authors' code does; the gradient
-  reaching a block through its finer scales is not rescaled).
+- ``gradient_equilibrium``: gradient rescaling so that the coarsest-scale output
+  of block ``i`` receives the *average* of the gradients of the losses at and
+  after exit ``i`` (only the coarsest-scale tensor is rescaled, as the authors'
+  code does; the gradient reaching a block through its finer scales is not).
 - ``isc`` (inline subnetwork collaboration): exit ``i >= 1`` classifies the
-  concatenation of its pooled feature and ``Linear(classes,128)+BN+ReLU`` of
-  exit ``i-1``'s logits.  ``isc_detach=True`` (default, the paper) discards the
-  gradient along that path; ``False`` is the authors' code.
+  concatenation of its pooled feature (width w_i) and ``Linear(classes,w_i)+BN+ReLU``
+  of exit ``i-1``'s logits (``isc_hidden`` fixes the embedding width instead; the
+  authors' code uses w_i: 128 on CIFAR, 384/352/304/560 on ImageNet step 4).
+  ``isc_detach=True`` (default, the paper) discards the gradient along that path;
+  ``False`` is the authors' code.
 """
 from __future__ import annotations
 
@@ -54,7 +56,9 @@ class MSDNetConfig:
     gradient_equilibrium: bool = False
     isc: bool = False
     isc_detach: bool = True
-    isc_hidden: int = 128
+    # Width of the ISC embedding of exit i-1's logits; None (default): exit i's own pooled
+    # feature width, as the authors' code (128 on CIFAR, 384/352/304/560 on ImageNet step 4).
+    isc_hidden: int | None = None
     # Speed only (numbers identical up to float rounding): activations and conv weights in
     # channels_last (NHWC). On CPU, oneDNN's convolutions skip their layout reorders: an IMTA
     # Table 1 training step ran about 1.15x faster with one thread (README, Performance).
@@ -168,8 +172,10 @@ class _FirstLayer(nn.Module):
         if cfg.stem == "cifar":
             first = conv_bn_relu(cfg.in_channels, c[0], 3, 1, 1)
         elif cfg.stem == "imagenet":
-            first = nn.Sequential(*conv_bn_relu(cfg.in_channels, c[0], 7, 2, 3),
-                                  nn.MaxPool2d(3, 2, 1))
+            # The authors' 7x7 stem conv keeps its bias (every other conv has none): with it the
+            # parameter counts match theirs exactly.
+            first = nn.Sequential(nn.Conv2d(cfg.in_channels, c[0], 7, 2, 3, bias=True), nn.BatchNorm2d(c[0]),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         else:
             raise ValueError(f"unknown stem {cfg.stem!r}")
         self.layers = nn.ModuleList([first])
@@ -271,27 +277,21 @@ class MSDNet(MultiExitNet):
         self.isc_classifiers = nn.ModuleList()
         if cfg.isc:
             for i in range(1, cfg.nBlocks):
+                hidden = cfg.isc_hidden or self.head_dims[i]
                 self.isc_embed.append(nn.Sequential(
-                    nn.Linear(cfg.num_classes, cfg.isc_hidden),
-                    nn.BatchNorm1d(cfg.isc_hidden),
+                    nn.Linear(cfg.num_classes, hidden),
+                    nn.BatchNorm1d(hidden),
                     nn.ReLU(inplace=True),
                 ))
                 self.isc_classifiers.append(
-                    nn.Linear(self.head_dims[i] + cfg.isc_hidden, cfg.num_classes))
+                    nn.Linear(self.head_dims[i] + hidden, cfg.num_classes))
         self._init_weights()
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+            _init_module(m)
 
     # -- flags that may be switched after construction ------------------
     @property
@@ -347,6 +347,16 @@ class MSDNet(MultiExitNet):
             return list(self.classifiers)
         return [self.classifiers[0], *self.isc_embed, *self.isc_classifiers]
 
+    def reset_final_layers(self) -> None:
+        """Re-create every module of :meth:`final_layer_modules` (fresh weights, BatchNorm
+        statistics reset), as the authors' phase II does: it builds new classifiers and ISC
+        modules and loads only the backbone and the heads' convolutions from phase I."""
+        for mod in self.final_layer_modules():
+            for m in mod.modules():
+                if isinstance(m, (nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv2d)):
+                    m.reset_parameters()
+                    _init_module(m)
+
     def final_layer_parameters(self) -> list[nn.Parameter]:
         """What IMTA's phase II trains: final linear classifiers + ISC modules."""
         return [p for m in self.final_layer_modules() for p in m.parameters()]
@@ -357,6 +367,19 @@ class MSDNet(MultiExitNet):
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+
+def _init_module(m: nn.Module) -> None:
+    """MSDNet's initialisation: conv weights N(0, 2/fan_out), BatchNorm 1/0, Linear bias 0
+    (Linear weights and conv biases keep PyTorch's default)."""
+    if isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+    elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.zeros_(m.bias)
 
 
 _FIELDS = {f.name for f in fields(MSDNetConfig)}
@@ -371,6 +394,13 @@ def _make(defaults: dict, overrides: dict) -> MSDNet:
 
 _CIFAR = dict(nChannels=16, growthRate=6, grFactor=(1, 2, 4), bnFactor=(1, 2, 4), nScales=3,
               prune="max", bottleneck=True, reduction=0.5, stem="cifar", head_channels=128)
+
+
+def msdnet_cifar(num_classes: int = 100, in_channels: int = 3, nBlocks: int = 5, **overrides) -> MSDNet:
+    """The CIFAR lin_grow family of IMTA Section 4.1 (base 1, step 1): ``nBlocks`` exits and
+    nBlocks(nBlocks+1)/2 layers, i.e. 4/5/6/7/8 exits = depth 10/15/21/28/36."""
+    return _make(dict(_CIFAR, nBlocks=nBlocks, base=1, step=1, stepmode="lin_grow",
+                      num_classes=num_classes, in_channels=in_channels), overrides)
 
 
 def msdnet_cifar_7exit(num_classes: int = 100, in_channels: int = 3, **overrides) -> MSDNet:
@@ -394,7 +424,9 @@ def msdnet_cifar_anytime(num_classes: int = 100, in_channels: int = 3, **overrid
 
 
 def msdnet_imagenet(num_classes: int = 1000, in_channels: int = 3, **overrides) -> MSDNet:
-    """ImageNet config: 4 scales, 5 blocks, even, base 4, step 4."""
+    """ImageNet config: 4 scales, 5 blocks, even, base 4, step 4 (the authors' run_GE.sh).
+    IMTA Figure 5's other members are step 6 and 7, with base = step (``step=6, base=6``):
+    then the exits' feature widths are those the authors' IMTA code hard-codes."""
     return _make(dict(nBlocks=5, base=4, step=4, stepmode="even", nChannels=32, growthRate=16,
                       grFactor=(1, 2, 4, 4), bnFactor=(1, 2, 4, 4), nScales=4, prune="max",
                       bottleneck=True, reduction=0.5, stem="imagenet", head_channels=None,
