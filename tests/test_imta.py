@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from repro.papers.imta import exits_ce, ofa_loss
+from repro.runner import Request
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -24,10 +25,46 @@ def test_ofa_loss_by_hand():
     ce_s = -math.log(math.exp(0) / (math.exp(2) + 1))
     ce_t = -math.log(math.e / (1 + math.e))
     want = ce_t + (1 - g) * ce_s + g * T * T * kl
-    assert float(ofa_loss([s, t], y, T, g)) == pytest.approx(want, rel=1e-6)
+    assert float(ofa_loss([s, t], y, T, g, "batchmean")) == pytest.approx(want, rel=1e-6)
     # the authors' KLDivLoss(reduction='mean') also divides by the number of classes
     want_mean = ce_t + (1 - g) * ce_s + g * T * T * kl / 2
     assert float(ofa_loss([s, t], y, T, g, "mean")) == pytest.approx(want_mean, rel=1e-6)
+
+
+def test_ofa_loss_defaults_are_the_released_script():
+    """T 1, g 0.1, KLDivLoss(reduction='mean'): the distillation weight is g / C per sample-KL."""
+    torch.manual_seed(0)
+    B, C = 3, 100
+    s, t = torch.randn(B, C), torch.randn(B, C)
+    y = torch.tensor([0, 5, 7])
+    p_t = torch.softmax(t.double(), 1)
+    kl_per_sample = (p_t * (p_t.log() - torch.log_softmax(s.double(), 1))).sum(1)
+    ce = lambda z: float(-torch.log_softmax(z.double(), 1)[torch.arange(B), y].mean())  # noqa: E731
+    want = ce(t) + 0.9 * ce(s) + 0.1 * float(kl_per_sample.mean()) / C  # sum over B*C elements / (B*C)
+    assert float(ofa_loss([s, t], y)) == pytest.approx(want, rel=1e-5)
+    # non-vacuous: batchmean makes the term C times stronger
+    strong = ce(t) + 0.9 * ce(s) + 0.1 * float(kl_per_sample.mean())
+    assert float(ofa_loss([s, t], y, kl_reduction="batchmean")) == pytest.approx(strong, rel=1e-5)
+    assert abs(strong - want) > 1e-3
+    # an explicit teacher replaces the last exit as the target
+    u = torch.randn(B, C)
+    p_u = torch.softmax(u.double(), 1)
+    kl_u = (p_u * (p_u.log() - torch.log_softmax(s.double(), 1))).sum(1).mean()
+    assert float(ofa_loss([s, t], y, teacher=u)) == pytest.approx(ce(t) + 0.9 * ce(s) + 0.1 * float(kl_u) / C,
+                                                                  rel=1e-5)
+
+
+def test_runs_default_to_the_released_ofa_configuration():
+    from repro.papers.imta import ablation_runs
+
+    for scale in ("paper", "smoke"):
+        m = ablation_runs(Request(scale=scale))["ge+isc+ofa"].method
+        assert (m["T"], m["ofa_weight"], m["kl_reduction"], m["ofa_teacher"], m["phase2_init"]) == \
+            (1.0, 0.1, "mean", "phase1", "fresh")
+    opts = (("kl_reduction", "batchmean"), ("ofa_teacher", "self"), ("phase2_init", "phase1"))
+    m = ablation_runs(Request(scale="smoke", options=opts))["ofa"].method
+    assert (m["kl_reduction"], m["ofa_teacher"], m["phase2_init"]) == ("batchmean", "self", "phase1")
+    assert "ofa_teacher" not in ablation_runs(Request(scale="smoke"))["isc"].method  # no OFA, no OFA keys
 
 
 def test_ofa_teacher_gets_no_gradient_from_distillation():
@@ -119,3 +156,175 @@ def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch):
               "--runs-dir", str(tmp_path / "r"), "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].startswith("error: dataset 'imagenet' not found")
+
+
+# ---------------------------------------------------------------------------- phase II's start
+
+
+def _phase1_and_phase2(isc: bool, ofa: bool, options=()):
+    """A tiny trained-looking phase-I model and a phase-II model prepared from its weights."""
+    from repro.data import dataset_info
+    from repro.papers import imta
+
+    runs = imta.ablation_runs(Request(scale="smoke", options=options), exits=3)
+    key = {(True, True): "ge+isc+ofa", (True, False): "isc", (False, True): "ofa"}[(isc, ofa)]
+    cfg2 = runs[key]
+    info = dataset_info("fashion-mnist")
+    torch.manual_seed(0)
+    m1 = imta._build(cfg2.parent, info)
+    with torch.no_grad():  # phase-I weights unlike any fresh init, BN statistics away from 0/1
+        for p in m1.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for mod in m1.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.8, 1.2)
+    m1.eval()
+    m2 = imta._build(cfg2, info)
+    trainable, teacher = imta.prepare_phase2(m2, m1.state_dict(), cfg2.method)
+    return imta, cfg2, m1, m2, trainable, teacher
+
+
+@pytest.mark.parametrize("isc", [True, False])
+def test_ofa_teacher_is_the_phase1_last_exit_at_step0(isc):
+    imta, cfg2, m1, m2, trainable, teacher = _phase1_and_phase2(isc, True)
+    assert teacher is not None
+    x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        ref = m1(x)[-1]
+    m2.train()  # as in fit: the frozen parts stay in eval mode
+    step = imta.make_step(cfg2.method, teacher)
+    loss, logits = step(m2, x, y)
+    # the teacher the step used is phase I's last exit, on the same (frozen) features
+    with torch.no_grad():
+        m2(x)
+    t = teacher.logits()
+    assert torch.allclose(t, ref, atol=1e-5) and torch.equal(t.argmax(1), ref.argmax(1))
+    want = ofa_loss(logits, y, 1.0, 0.1, "mean", teacher=ref).detach()
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    # non-vacuous: the model's own (re-created) last exit is a different teacher
+    assert not torch.allclose(logits[-1], ref, atol=1e-3)
+    assert float(loss.detach()) != pytest.approx(float(ofa_loss(logits, y, 1.0, 0.1, "mean").detach()), rel=1e-6)
+    teacher.close()
+
+
+def test_ofa_teacher_self_is_the_old_behaviour():
+    imta, cfg2, m1, m2, trainable, teacher = _phase1_and_phase2(True, True, (("ofa_teacher", "self"),))
+    assert teacher is None and cfg2.method["ofa_teacher"] == "self"
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    loss, logits = imta.make_step(cfg2.method)(m2, x, y)
+    assert float(loss) == pytest.approx(float(ofa_loss(logits, y, 1.0, 0.1, "mean")), rel=1e-6)
+
+
+@pytest.mark.parametrize("isc,ofa", [(True, True), (True, False), (False, True)])
+def test_phase2_recreates_the_final_classifiers(isc, ofa):
+    imta, cfg2, m1, m2, trainable, teacher = _phase1_and_phase2(isc, ofa)
+    assert cfg2.method["phase2_init"] == "fresh"
+    s1 = m1.state_dict()
+    final = {id(p) for p in trainable}
+    named = dict(m2.named_parameters())
+    for name, p in named.items():
+        if id(p) in final and name in s1:  # a final layer that existed in phase I: re-created
+            assert not torch.equal(p.detach(), s1[name]), name
+        elif id(p) not in final:  # everything frozen is phase I's
+            assert torch.equal(p.detach(), s1[name]), name
+    # Linear biases start at 0, like phase I's initialisation
+    assert torch.equal(m2.classifiers[0].bias.detach(), torch.zeros_like(m2.classifiers[0].bias))
+    # the option keeps phase I's classifiers (the ISC modules are new either way)
+    imta, cfg2, m1, m2, trainable, teacher = _phase1_and_phase2(isc, ofa, (("phase2_init", "phase1"),))
+    s1 = m1.state_dict()
+    for name, p in m2.named_parameters():
+        if name in s1:
+            assert torch.equal(p.detach(), s1[name]), name
+
+
+# ---------------------------------------------------------------------------- what the artifacts use
+
+
+class _FakeRun:
+    def __init__(self, results, outputs):
+        self.results, self.outputs = results, outputs
+
+
+class _FakeResults(dict):
+    """Finished runs by config, as ``runner.Results`` hands them to an artifact's build."""
+
+    def __getitem__(self, cfg):
+        return super().__getitem__(cfg.key)
+
+
+def test_table1_sizes_are_msdnets_at_paper_scale():
+    """Table 1's params/MADDs columns describe MSDNet (the baseline run), not the ISC model."""
+    from repro.data import dataset_info
+    from repro.papers import imta
+    from repro.runner import Settings
+    from repro.render import read_table_csv
+
+    request = Request(scale="paper")
+    info = dataset_info("cifar100")
+    base, full = imta.table1_runs(request)
+    assert base.method == {"ge": False} and full.method["isc"]
+    results = _FakeResults()
+    for i, cfg in enumerate((base, full)):
+        torch.manual_seed(i)
+        outputs = {"test_logits": torch.randn(7, 50, 100), "test_labels": torch.randint(0, 100, (50,))}
+        results[cfg.key] = [_FakeRun(imta.exit_sizes(imta._build(cfg, info), info), outputs)]
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        imta.build_table1(request, results, Settings(out_dir=Path(d)))
+        df = read_table_csv(Path(d) / "tables" / "imta_table1.csv")
+    assert (df["params_m Δ"].abs() / df["params_m paper"] <= 0.03).all(), df[["params_m", "params_m paper"]]
+    assert (df["madds_m Δ"].abs() / df["madds_m paper"] <= 0.01).all(), df[["madds_m", "madds_m paper"]]
+    # the ISC overhead has its own columns: more params from exit 2 on
+    assert (df["imta_params_m"].iloc[1:] > df["params_m"].iloc[1:] * 1.03).all()
+    assert df["imta_params_m"].iloc[0] == df["params_m"].iloc[0]
+
+
+def _depth(cfg):
+    from repro.papers import imta
+
+    net_cfg = imta.MODELS[cfg.model](num_classes=10, **cfg.model_args).cfg
+    return net_cfg, sum(net_cfg.block_layers())
+
+
+@pytest.mark.parametrize("artifact,dataset,want", [
+    ("fig2", "cifar10", [(6, 21), (8, 36)]),
+    ("fig3", "cifar100", [(4, 10), (5, 15), (6, 21), (8, 36)]),
+])
+def test_cifar_budget_figures_train_the_papers_family(artifact, dataset, want):
+    from repro.papers import imta
+
+    runs = imta.PAPER.artifacts[artifact].runs(Request(scale="paper"))
+    base = [r for r in runs if r.kind == "phase1"]
+    full = [r for r in runs if r.kind == "phase2"]
+    assert all(r.method == {"ge": False} for r in base) and all(r.parent.method == {"ge": True} for r in full)
+    assert all(r.method["isc"] and r.method["ofa"] for r in full) and {r.dataset for r in runs} == {dataset}
+    got = []
+    for r in base:
+        c, depth = _depth(r)
+        assert (c.stepmode, c.base, c.step, c.nScales, c.nChannels, c.growthRate) == ("lin_grow", 1, 1, 3, 16, 6)
+        got.append((c.nBlocks, depth))
+    assert got == want
+    assert [_depth(r.parent)[1] for r in full] == [d for _, d in want]
+    # reduced scales: two members, each a baseline and an IMTA curve
+    for scale in ("quick", "smoke"):
+        assert len(imta.PAPER.artifacts[artifact].runs(Request(scale=scale))) == 4
+
+
+def test_imagenet_budget_figure_trains_steps_4_6_7():
+    from repro.papers import imta
+
+    runs = imta.PAPER.artifacts["fig5"].runs(Request(scale="paper"))
+    base = [r for r in runs if r.kind == "phase1"]
+    assert {r.dataset for r in runs} == {"imagenet"} and all(r.model == "msdnet_imagenet" for r in runs)
+    got = []
+    for r in base:
+        c = imta.MODELS[r.model](num_classes=10, **r.model_args).cfg
+        assert (c.nBlocks, c.stepmode, c.nScales, c.stem) == (5, "even", 4, "imagenet")
+        got.append((c.step, c.base))
+    assert got == [(4, 4), (6, 6), (7, 7)]
+    # step 4 is Table 3's network: the runs are shared
+    assert base[0] == imta.ablation_runs(Request(scale="paper"), imagenet=True)["baseline"]
+    assert len(imta.PAPER.artifacts["fig5"].runs(Request(scale="smoke"))) == 4

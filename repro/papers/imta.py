@@ -3,21 +3,28 @@
 The method, on an MSDNet with k exits (``repro.models.msdnet``):
 
 1. Gradient Equilibrium (GE). The loss is the unweighted sum of the exits'
-   cross-entropies; gradient re-scaling makes every block receive the *average*
-   of the gradients of the losses at and after it (``gradient_equilibrium=True``
-   on the model; see ``MSDNet`` for where the re-scalings sit).
+   cross-entropies; gradient re-scaling makes the coarsest-scale output of every
+   block receive the *average* of the gradients of the losses at and after it
+   (gradient reaching a block through its finer scales is the plain sum, as in the
+   authors' code; ``gradient_equilibrium=True`` on the model, see ``MSDNet``).
 2. Inline Subnetwork Collaboration (ISC). Exit i >= 2 classifies its own
    feature together with an embedding of exit i-1's logits; the gradient along
    that path is discarded (paper; ``isc_detach=False`` follows the authors' code).
 3. One-for-all knowledge distillation (OFA). Every exit but the last is also
    taught by the last exit: L_i = (1-g) CE_i + g T^2 KL(p_k^T || p_i^T); the
-   last exit gets CE only.  T = 1, g = 0.1, the authors' released script; the
-   KL is averaged over the batch ('batchmean', the paper's formula); the code's
-   'mean' (also divided by the number of classes) is ``kl_reduction='mean'``.
+   last exit gets CE only.  The teacher is the *phase-I* network's last exit (a
+   frozen copy of its classifier on the frozen features), as the authors' code
+   does; ``ofa_teacher=self`` uses the current model's last exit, detached.
+   Defaults are the authors' released script: T = 1, g = 0.1 and KLDivLoss's
+   'mean' reduction (the KL summed over classes is also divided by the number of
+   classes C, so the effective weight is g T^2 / C, 0.001 on CIFAR-100);
+   ``kl_reduction=batchmean`` is the per-sample KL (C times stronger).
 4. Two phases. Phase I trains the whole network (with or without GE).
    Phase II freezes the blocks and the heads' convolutions (BatchNorm statistics
    included, unlike the authors' code) and trains only the final linear
-   classifiers (and ISC modules) with ISC and/or OFA.
+   classifiers (and ISC modules) with ISC and/or OFA.  The final classifiers are
+   re-created at the start of phase II (the authors' code; ``phase2_init=phase1``
+   keeps phase I's).
 
 Ablation runs (Table 2): phase I without GE ("baseline"), phase I with GE ("GE");
 phase II on the baseline with ISC ("ISC") or OFA ("OFA"); phase II on the GE model
@@ -26,8 +33,10 @@ fitted on the held-out validation split, never on test.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
+from functools import partial
 
 import pandas as pd
 import torch
@@ -55,25 +64,66 @@ def exits_ce(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
 
 
 def ofa_loss(logits: list[torch.Tensor], y: torch.Tensor, T: float = 1.0, weight: float = 0.1,
-             kl_reduction: str = "batchmean") -> torch.Tensor:
-    """One-for-all distillation: every exit but the last learns from the last (detached)."""
-    teacher = F.softmax(logits[-1].detach() / T, dim=1)
+             kl_reduction: str = "mean", teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """One-for-all distillation: every exit but the last learns from ``teacher``'s logits
+    (default: the last exit's, detached); the last exit gets CE only.
+
+    ``kl_reduction='mean'`` (default) is the authors' KLDivLoss(reduction='mean'): the KL
+    summed over classes is averaged over batch *and* classes, i.e. divided by C as well;
+    ``'batchmean'`` averages over the batch only (the per-sample KL of the paper's Eq. 8).
+    """
+    if kl_reduction not in ("mean", "batchmean"):
+        raise ValueError(f"unknown kl_reduction {kl_reduction!r}")
+    t = (logits[-1] if teacher is None else teacher).detach()
+    target = F.softmax(t.float() / T, dim=1)
     total = F.cross_entropy(logits[-1], y)
     for z in logits[:-1]:
-        kl = F.kl_div(F.log_softmax(z / T, dim=1), teacher, reduction="batchmean")
-        if kl_reduction == "mean":  # the authors' KLDivLoss(reduction='mean'): also / classes
+        kl = F.kl_div(F.log_softmax(z.float() / T, dim=1), target, reduction="batchmean")
+        if kl_reduction == "mean":  # written out: torch warns its 'mean' may become 'batchmean'
             kl = kl / z.shape[1]
         total = total + (1 - weight) * F.cross_entropy(z, y) + weight * T * T * kl
     return total
 
 
-def make_step(method: dict):
+class PhaseOneTeacher:
+    """OFA's teacher as the authors' code has it: the phase-I network's last exit.
+
+    A frozen copy of the last classifier, taken before phase II re-creates the final
+    layers, applied to the last exit's pooled feature (frozen in phase II, so this is the
+    phase-I exit exactly).  The feature is read by a forward hook on the last head during
+    the model's own forward; call :meth:`logits` right after ``model(x)``.
+    """
+
+    def __init__(self, model: msdnet.MSDNet):
+        self.classifier = copy.deepcopy(model.classifiers[-1]).eval().requires_grad_(False)
+        self._feature: torch.Tensor | None = None
+        self._hook = model.head_features[-1].register_forward_hook(self._keep)
+
+    def _keep(self, module, args, out) -> None:
+        self._feature = out
+
+    def logits(self) -> torch.Tensor:
+        if self._feature is None:
+            raise RuntimeError("PhaseOneTeacher.logits() before a forward of the model")
+        with torch.no_grad():
+            out = self.classifier(self._feature.detach())
+        self._feature = None
+        return out
+
+    def close(self) -> None:
+        self._hook.remove()
+        self._feature = None
+
+
+def make_step(method: dict, teacher: PhaseOneTeacher | None = None):
     if method.get("ofa"):
-        T, g, red = method.get("T", 1.0), method.get("ofa_weight", 0.1), method.get("kl_reduction", "batchmean")
+        T, g, red = method.get("T", 1.0), method.get("ofa_weight", 0.1), method.get("kl_reduction", "mean")
+        if method.get("ofa_teacher", "phase1") == "phase1" and teacher is None:
+            raise ValueError("OFA with ofa_teacher=phase1 needs the phase-I teacher")
 
         def step(model, x, y):
             logits = model(x)
-            return ofa_loss(logits, y, T, g, red), logits
+            return ofa_loss(logits, y, T, g, red, teacher.logits() if teacher is not None else None), logits
     else:
         def step(model, x, y):
             logits = model(x)
@@ -83,8 +133,25 @@ def make_step(method: dict):
 
 # ---------------------------------------------------------------------------- runs
 
-MODELS = {"msdnet_cifar_7exit": msdnet.msdnet_cifar_7exit, "msdnet_cifar_5exit": msdnet.msdnet_cifar_5exit,
-          "msdnet_imagenet": msdnet.msdnet_imagenet}
+MODELS = {**{f"msdnet_cifar_{n}exit": partial(msdnet.msdnet_cifar, nBlocks=n) for n in range(2, 9)},
+          "msdnet_cifar_7exit": msdnet.msdnet_cifar_7exit, "msdnet_cifar_5exit": msdnet.msdnet_cifar_5exit,
+          "msdnet_cifar": msdnet.msdnet_cifar, "msdnet_imagenet": msdnet.msdnet_imagenet}
+
+# `--set KEY=VALUE` keys of this paper: key -> (choices, default, one-line help).  The first
+# choice is the default.
+OPTION_SPECS = {
+    "ofa_teacher": (("phase1", "self"), "OFA's teacher: phase1 (default, the authors' code: the frozen phase-I "
+                    "network's last exit) or self (the current model's last exit, detached)"),
+    "kl_reduction": (("mean", "batchmean"), "OFA's KL: mean (default, the released script's KLDivLoss: also "
+                     "divided by the number of classes) or batchmean (per-sample KL, C times stronger)"),
+    "phase2_init": (("fresh", "phase1"), "phase II's final classifiers: fresh (default, the authors' code "
+                    "re-creates them) or phase1 (start from phase I's)"),
+}
+
+
+def _option(request, key: str) -> str:
+    choices, _ = OPTION_SPECS[key]
+    return request.option(key, choices[0], choices)
 
 # Reduced MSDNets for CPU scales: the same layout as the paper's configs, narrower.
 QUICK_ARGS = {"nChannels": 8, "growthRate": 4, "head_channels": 32}
@@ -107,28 +174,38 @@ def _phase_specs(scale: str, imagenet: bool) -> tuple[TrainSpec, TrainSpec]:
             TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()))
 
 
-def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset: str = "cifar100"
-                  ) -> dict[str, RunConfig]:
-    """The five rows of Tables 2/3: {row key: run}."""
+def phase2_method(request, isc: bool, ofa: bool) -> dict:
+    """A phase-II run's method: ISC and/or OFA; the OFA keys only when OFA is on."""
+    method = {"isc": isc, "isc_detach": True, "ofa": ofa, "phase2_init": _option(request, "phase2_init")}
+    if ofa:  # T and g: the authors' released script (run_IMTA.sh)
+        method.update(T=1.0, ofa_weight=0.1, kl_reduction=_option(request, "kl_reduction"),
+                      ofa_teacher=_option(request, "ofa_teacher"))
+    return method
+
+
+def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset: str = "cifar100",
+                  model: str | None = None, args: dict | None = None, tag: str = "") -> dict[str, RunConfig]:
+    """The five rows of Tables 2/3: {row key: run}.  ``model``/``args`` pick another MSDNet
+    (a member of a figure's family); ``tag`` goes into the run names."""
     scale = request.scale
     dataset = request.dataset_for("imagenet" if imagenet else paper_dataset)
+    if model is None:
+        model = "msdnet_imagenet" if imagenet and scale == "paper" else f"msdnet_cifar_{exits}exit"
+    args = dict(args or {})
     if scale == "paper":
-        model = "msdnet_imagenet" if imagenet else f"msdnet_cifar_{exits}exit"
-        args: dict = {}
         data = DataSpec(val_size=dataset_info(dataset).default_val_size)
     else:
-        model = f"msdnet_cifar_{exits}exit"
-        args = dict(QUICK_ARGS if scale == "quick" else SMOKE_ARGS)
+        args = {**(QUICK_ARGS if scale == "quick" else SMOKE_ARGS), **args}
         data = request.scale_preset.data
     p1, p2 = _phase_specs(scale, imagenet and scale == "paper")
-    base = RunConfig(paper=PAPER_NAME, name=f"{model}-phase1", kind="phase1", dataset=dataset, model=model,
+    stem = f"{model}{tag}"
+    base = RunConfig(paper=PAPER_NAME, name=f"{stem}-phase1", kind="phase1", dataset=dataset, model=model,
                      model_args=args, method={"ge": False}, train=p1, data=data)
-    ge = replace(base, name=f"{model}-ge-phase1", method={"ge": True})
+    ge = replace(base, name=f"{stem}-ge-phase1", method={"ge": True})
 
     def phase2(parent: RunConfig, isc: bool, ofa: bool, tag: str) -> RunConfig:
-        method = {"isc": isc, "isc_detach": True, "ofa": ofa, "T": 1.0, "ofa_weight": 0.1,
-                  "kl_reduction": "batchmean"}
-        return replace(parent, name=f"{model}-{tag}-phase2", kind="phase2", method=method, train=p2, parent=parent)
+        return replace(parent, name=f"{stem}-{tag}-phase2", kind="phase2", method=phase2_method(request, isc, ofa),
+                       train=p2, parent=parent)
 
     return {"baseline": base, "ge": ge, "isc": phase2(base, True, False, "isc"),
             "ofa": phase2(base, False, True, "ofa"), "ge+isc+ofa": phase2(ge, True, True, "ge-isc-ofa")}
@@ -152,14 +229,18 @@ def _val_eval(data):
     return evaluate
 
 
+def exit_sizes(model: msdnet.MSDNet, info) -> dict:
+    """Cumulative cost (MSDNet's counter) and params at every exit of ``model``."""
+    costs = count_exits(model.eval(), (1, info.in_channels, info.image_size, info.image_size), convention=COST)
+    return {"costs": costs["cost"].tolist(), "params": costs["params"].tolist(), "cost_convention": COST}
+
+
 def _finish(ctx, model, info) -> dict:
     ctx.save_model(model)
     out = ctx.collect_outputs(model)
-    bare = model
-    costs = count_exits(bare.eval(), (1, info.in_channels, info.image_size, info.image_size), convention=COST)
     return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
             "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
-            "costs": costs["cost"].tolist(), "params": costs["params"].tolist(), "cost_convention": COST}
+            **exit_sizes(model, info)}
 
 
 def train_phase1(ctx) -> dict:
@@ -169,15 +250,34 @@ def train_phase1(ctx) -> dict:
     return _finish(ctx, model, data.info)
 
 
+def prepare_phase2(model: msdnet.MSDNet, parent_state: dict, method: dict
+                   ) -> tuple[list[nn.Parameter], PhaseOneTeacher | None]:
+    """Phase II's starting point: phase I's weights, OFA's phase-I teacher taken from them,
+    the final classifiers re-created (``phase2_init='fresh'``, the authors' code), and all
+    but the final layers frozen.  Returns (trainable parameters, teacher or None)."""
+    missing, unexpected = model.load_state_dict(parent_state, strict=False)
+    assert not unexpected and all(k.startswith("isc_") for k in missing), (missing, unexpected)
+    model.gradient_equilibrium = False  # phase II trains only final layers: nothing to rescale
+    teacher = None
+    if method.get("ofa") and method.get("ofa_teacher", "phase1") == "phase1":
+        teacher = PhaseOneTeacher(model)  # before the final layers are re-created
+    init = method.get("phase2_init", "fresh")
+    if init == "fresh":
+        model.reset_final_layers()
+    elif init != "phase1":
+        raise ValueError(f"unknown phase2_init {init!r}")
+    trainable = model.final_layer_parameters()
+    freeze_except(model, trainable)
+    return trainable, teacher
+
+
 def train_phase2(ctx) -> dict:
     data = ctx.data()
     model = ctx.to_device(_build(ctx.cfg, data.info))
-    missing, unexpected = model.load_state_dict(ctx.parent_state(), strict=False)
-    assert not unexpected and all(k.startswith("isc_") for k in missing), (missing, unexpected)
-    model.gradient_equilibrium = False  # phase II trains only final layers: nothing to rescale
-    trainable = model.final_layer_parameters()
-    freeze_except(model, trainable)
-    ctx.fit(model, make_step(ctx.cfg.method), "phase2", params=trainable)
+    trainable, teacher = prepare_phase2(model, ctx.parent_state(), ctx.cfg.method)
+    ctx.fit(model, make_step(ctx.cfg.method, teacher), "phase2", params=trainable)
+    if teacher is not None:
+        teacher.close()
     return _finish(ctx, model, data.info)
 
 
@@ -248,26 +348,34 @@ def build_table1(request, results, settings):
     base, full = table1_runs(request)
     mb, sb = accuracy_with_spread(_runs_outputs(results, base))
     mf, sf = accuracy_with_spread(_runs_outputs(results, full))
-    res = results[full][0].results
+    # params_m / madds_m: the network the paper's columns describe, MSDNet (the baseline run);
+    # imta_params_m / imta_madds_m: the IMTA model, whose ISC modules add to both.
+    res, res_isc = results[base][0].results, results[full][0].results
     rows = []
     for i in range(len(mb)):
         r = f"exit{i + 1}"
         rows += [{"row": r, "column": "params_m", "value": res["params"][i] / 1e6},
                  {"row": r, "column": "madds_m", "value": res["costs"][i] / 1e6},
                  {"row": r, "column": "msdnet_top1", "value": mb[i], "spread": sb[i]},
+                 {"row": r, "column": "imta_params_m", "value": res_isc["params"][i] / 1e6},
+                 {"row": r, "column": "imta_madds_m", "value": res_isc["costs"][i] / 1e6},
                  {"row": r, "column": "imta_top1", "value": mf[i], "spread": sf[i]}]
     ref = load_reference(PAPER_NAME)
     ref = ref[(ref["artifact"] == "table1") & ref["row"].isin(["msdnet", "imta"])]
     remap = []
     for _, x in ref.iterrows():
         exit_no, metric = x["column"].split("_", 1)
-        col = {"params_m": "params_m", "madds_m": "madds_m"}.get(metric, f"{x['row']}_top1")
-        if metric in ("params_m", "madds_m") and x["row"] != "msdnet":
-            continue
+        prefix = "" if x["row"] == "msdnet" else "imta_"
+        col = f"{prefix}{metric}" if metric in ("params_m", "madds_m") else f"{x['row']}_top1"
         remap.append({"row": exit_no, "column": col, "value": x["value"]})
     df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", [f"exit{i + 1}" for i in range(len(mb))],
-                      ["params_m", "madds_m", "msdnet_top1", "imta_top1"], reference=pd.DataFrame(remap))
-    meta = _meta(request, "table1", "Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base)
+                      ["params_m", "madds_m", "msdnet_top1", "imta_params_m", "imta_madds_m", "imta_top1"],
+                      reference=pd.DataFrame(remap))
+    notes = ["params_m, madds_m: MSDNet (the baseline run), the network the paper's columns describe; "
+             "imta_params_m, imta_madds_m: the GE+ISC+OFA model, ISC modules included (the paper prints "
+             "MSDNet's numbers for its rows too)"]
+    meta = _meta(request, "table1", "Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base,
+                 notes)
     return write_table(df, meta, settings.tables_dir)
 
 
@@ -288,17 +396,60 @@ def _curves(request, results, runs: dict[str, RunConfig]) -> tuple[list[Series],
     return series, pd.concat(frames, ignore_index=True)
 
 
-def _budget_figure(artifact: str, title: str, paper_dataset: str, imagenet: bool = False, exits: int = 7):
+# The MSDNet families of Figures 2, 3 and 5 (Section 4.1: CIFAR-10 {6, 8} exits, depths {21, 36};
+# CIFAR-100 {4, 5, 6, 8} exits, depths {10, 15, 21, 36}: the lin_grow config with nBlocks exits;
+# Section 4.2 and the authors' ImageNet configs: 5 blocks, step = base = 4, 6, 7).  Quick scale
+# trains the family's two smallest members at quick width; smoke two tiny ones of the same
+# kind (it only checks the pipeline).  CIFAR entries are exit counts, ImageNet ones steps.
+FAMILIES = {
+    "fig2": {"paper": (6, 8), "quick": (6, 8), "smoke": (2, 3)},
+    "fig3": {"paper": (4, 5, 6, 8), "quick": (4, 5), "smoke": (2, 3)},
+    "fig5": {"paper": (4, 6, 7), "quick": (4, 6), "smoke": (1, 2)},
+}
+
+
+def family_members(request, artifact: str, paper_dataset: str = "cifar100", imagenet: bool = False
+                   ) -> list[tuple[str, dict[str, RunConfig]]]:
+    """(member label, its ablation runs) for every MSDNet of a budgeted-batch figure's family."""
+    sizes = FAMILIES[artifact][request.scale]
+    out = []
+    for n in sizes:
+        if imagenet:  # 5 blocks, stepmode even, base = step
+            if request.scale == "paper":
+                model, args = "msdnet_imagenet", ({} if n == 4 else {"step": n, "base": n})
+            else:  # CIFAR-sized images: the CIFAR stem and 3 scales, same block layout
+                model, args = "msdnet_cifar", {"nBlocks": 5, "stepmode": "even", "step": n, "base": n}
+            # step 4 at paper scale is Table 3's network: the same runs
+            tag = "" if (request.scale == "paper" and n == 4) else f"-step{n}"
+            runs = ablation_runs(request, imagenet=True, model=model, args=args, tag=tag)
+            label = f"step {n}"
+        else:
+            runs = ablation_runs(request, exits=n, paper_dataset=paper_dataset)
+            label = f"{n} exits, depth {n * (n + 1) // 2}"
+        out.append((label, runs))
+    return out
+
+
+def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", imagenet: bool = False,
+                   exits: int | None = None):
+    """A budgeted-batch figure over the artifact's MSDNet family (``FAMILIES``); ``exits`` is
+    ignored (the family fixes the sizes)."""
     def runs(request):
-        r = ablation_runs(request, exits=exits, imagenet=imagenet, paper_dataset=paper_dataset)
-        return [r["baseline"], r["ge+isc+ofa"]]
+        return [r for _, m in family_members(request, artifact, paper_dataset, imagenet)
+                for r in (m["baseline"], m["ge+isc+ofa"])]
 
     def build(request, results, settings):
-        base, full = runs(request)
-        series, data = _curves(request, results, {"MSDNet": base, "IMTA (GE+ISC+OFA)": full})
-        meta = _meta(request, artifact, title, base, ["thresholds fitted on the held-out validation split"])
+        series, frames = [], []
+        members = family_members(request, artifact, paper_dataset, imagenet)
+        for label, m in members:
+            s, d = _curves(request, results, {"MSDNet": m["baseline"], "IMTA (GE+ISC+OFA)": m["ge+isc+ofa"]})
+            series += [replace(x, label=f"{x.label}, {label}") for x in s]
+            frames.append(d.assign(member=label, model=m["baseline"].model, model_args=str(m["baseline"].model_args)))
+        notes = ["thresholds fitted on the held-out validation split",
+                 "one curve per family member and method: " + "; ".join(label for label, _ in members)]
+        meta = _meta(request, artifact, title, members[0][1]["baseline"], notes)
         return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} counter)",
-                            "top-1 accuracy (%)", data=data)
+                            "top-1 accuracy (%)", data=pd.concat(frames, ignore_index=True))
     return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
 
 
