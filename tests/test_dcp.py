@@ -18,8 +18,9 @@ from repro.models.resnet50_dcp import maskable_layers as r50_slots
 from repro.models.resnet50_dcp import resnet50_dcp
 from repro.models.vgg import maskable_layers as vgg_slots
 from repro.models.vgg import vgg16_cifar
-from repro.papers.dcp import (ChannelMask, CostModel, DCPController, count_macs, count_params, dcp_step,
-                              export_pruned, l1_keep, match_uniform_fraction, select_channels, uniform_counts)
+from repro.papers.dcp import (ChannelMask, CostModel, DCPController, count_macs, count_params, dcp_controller,
+                              dcp_phases, dcp_step, export_pruned, l1_keep, match_uniform_fraction, select_channels,
+                              uniform_counts)
 from repro.train import fit
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -311,14 +312,132 @@ def test_paper_scale_configs_follow_the_authors_recipes():
     assert res["dcp"].train.milestone_epochs() == [150, 200, 250, 290] and res["dcp"].model_args == {"depth": 32}
     r50 = chain(r, "resnet50")
     assert r50["unpruned"].method["init"] == "torchvision" and r50["dcp"].method["init"] == "pretrained"
-    assert r50["dcp"].train.lr == 0.01 and r50["dcp"].train.milestone_epochs() == [13, 22, 28]
+    assert r50["dcp"].train.epochs == 60 and r50["dcp"].train.batch_size == 64  # main2.py at HEAD
     assert r50["dcp"].method["pr"] == 0.3 and r50["dcp"].method["decay"] == 0.6
-    assert r50["dcp"].method["warmup_frac"] * 90 == pytest.approx(5, abs=1e-3)
+    assert r50["dcp"].method["warmup_frac"] * 60 == pytest.approx(5, abs=1e-3)
+    # the superseded main2.py (28c135c): lr 0.01, 90 epochs, drops at 13/22/28, constant decay 0.6
+    old = chain(Request(scale="paper", options=(("imagenet_recipe", "superseded"),)), "resnet50")["dcp"]
+    assert old.train.epochs == 90 and old.train.lr == 0.01 and old.train.milestone_epochs() == [13, 22, 28]
+    assert old.method == {"pr": 0.3, "decay": 0.6, "warmup_frac": round(5 / 90, 6), "u_init": "inv_channels",
+                          "select": "topk", "guard": True, "init": "pretrained"}  # the runs made before HEAD's recipe
+    assert [(n, s.epochs, s.lr) for n, s in dcp_phases(old)] == [("dcp", 90, 0.01)]
     opts = Request(scale="paper", options=(("pr", "0.6"), ("init", "pretrained")))
     assert chain(opts, "vgg16")["dcp"].method["pr"] == 0.6 and chain(opts, "vgg16")["dcp"].method["decay"] == 0.7
     # full-size models build and cost what the model docs say (fvcore MACs at 32x32, 10 classes)
     assert count_macs(vgg16_cifar(), (3, 32, 32)) == pytest.approx(313.8e6, rel=1e-3)
     assert count_macs(resnet_cifar(56), (3, 32, 32)) == pytest.approx(126.8e6, rel=1e-3)
+
+
+def _per_epoch(cfg, steps: int = 1) -> tuple[list[float], list[float]]:
+    """(lr, decay) of every epoch of a DCP run as its trainer runs it: the phases' specs through the
+    engine's schedule (checked at the start and the end of each epoch), the controller's decay."""
+    from repro.train import lr_factor
+
+    lrs = []
+    for _, spec in dcp_phases(cfg):
+        for e in range(spec.epochs):
+            lo, hi = (spec.lr * lr_factor(spec, e + f) for f in (0.0, (steps - 1) / steps))
+            assert lo == pytest.approx(hi)  # constant within the epoch, as MultiStepLR stepped per epoch
+            lrs.append(lo)
+    net = resnet50_dcp(10, 3, width=4, stem="cifar")
+    ctrl = dcp_controller(cfg, r50_slots(net), steps)
+    decays = [ctrl.decay_at(e * steps + j) for e in range(cfg.train.epochs) for j in (0, steps - 1)]
+    assert decays[::2] == decays[1::2]
+    return lrs, decays[::2]
+
+
+def test_imagenet_dcp_schedule_follows_main2_at_head():
+    """main2.py at HEAD: lr 0.01 in epoch 0, then 0.1, x0.1 from epochs 36, 48, 54 (MultiStepLR stepped at
+    each epoch's end); net.epoch_step raises the decay 0.6 -> 0.7 (36) -> 0.8 (48) -> 1.0 (54)."""
+    from repro.papers.dcp import chain
+    from repro.runner import Request
+
+    cfg = chain(Request(scale="paper"), "resnet50")["dcp"]
+    lrs, decays = _per_epoch(cfg, steps=7)
+    want_lr = [0.01] + [0.1] * 35 + [0.01] * 12 + [0.001] * 6 + [1e-4] * 6
+    want_decay = [0.6] * 36 + [0.7] * 12 + [0.8] * 6 + [1.0] * 6
+    assert len(lrs) == 60 and lrs == pytest.approx(want_lr, rel=1e-9)
+    assert decays == pytest.approx(want_decay, rel=1e-9)
+    assert dcp_controller(cfg, r50_slots(resnet50_dcp(10, 3, width=4)), 7).warmup_iters == 5 * 7  # 5 of 60 epochs
+    # the superseded recipe: constant decay, 0.01 with drops at the epochs written
+    old = chain(Request(scale="paper", options=(("imagenet_recipe", "superseded"),)), "resnet50")["dcp"]
+    lrs, decays = _per_epoch(old, steps=3)
+    assert lrs == pytest.approx([0.01] * 13 + [1e-3] * 9 + [1e-4] * 6 + [1e-5] * 62, rel=1e-9)
+    assert decays == [0.6] * 90
+    # CIFAR (main.py never calls epoch_step): one phase, constant decay
+    vgg = chain(Request(scale="paper"), "vgg16")["dcp"]
+    assert "decay_schedule" not in vgg.method and [n for n, _ in dcp_phases(vgg)] == ["dcp"]
+    # --set decay=x: HEAD's rule from x (+0.1 at each drop but the last, 1.0 at the last)
+    up = chain(Request(scale="paper", options=(("decay", "0.5"),)), "resnet50")["dcp"]
+    assert up.method["decay_schedule"] == [[0.6, 0.6], [0.8, 0.7], [0.9, 1.0]]
+
+
+def test_decay_schedule_is_the_decay_of_the_iteration_whose_scores_are_applied():
+    # one channel, score 1 every iteration (v / max = 1): U <- d(it) * U + 1, with d = 0.5 for iterations
+    # 0-1 and 0.25 from iteration 2 on
+    ctrl = DCPController([1], pr=0.0, decay=0.5, warmup_iters=10, total_iters=10, decay_schedule=[(2, 0.25)])
+    cm = ChannelMask(ctrl, 0)
+    a = torch.ones(1, 1, 1, 1)
+    u = 0.0
+    for it in range(4):
+        ctrl.before_forward()  # applies the scores of iteration it - 1
+        if it > 0:
+            u = (0.5 if it - 1 < 2 else 0.25) * u + 1
+        assert float(ctrl.utility) == pytest.approx(u)
+        _backward_through(cm, a, torch.ones_like(a))
+    ctrl.finalize()  # the last iteration's (3) scores, with its decay
+    assert float(ctrl.utility) == pytest.approx(0.25 * u + 1)
+    with pytest.raises(Exception):
+        DCPController([1], pr=0.0, decay=0.5, warmup_iters=1, total_iters=2, decay_schedule=[(1, 1.5)])
+
+
+def test_imagenet_recipe_trains_in_two_phases_and_resumes(tmp_path, monkeypatch):
+    """The HEAD recipe through the real trainers (a small ResNet-50 on synthetic data, 3 epochs): epoch 1 at
+    the start lr, then the main schedule; the controller counts every iteration of both phases, and a run
+    interrupted in the second phase resumes to the same network."""
+    import repro.train
+    from repro.papers.dcp import chain
+    from repro.runner import Request, Settings, execute
+    from repro.store import Run
+
+    runs = chain(Request(scale="paper", dataset="synthetic"), "resnet50")
+    small = DataSpec(val_size=32, train_limit=64, test_limit=32)
+    one = lambda c: replace(c, data=small, model_args={"width": 4, "stem": "cifar"},  # noqa: E731
+                            train=replace(c.train, epochs=3, batch_size=32))
+    base = one(runs["unpruned"])
+    dcp = replace(one(runs["dcp"]), parent=base)
+    for d in ("a", "b"):
+        assert execute(base, Settings(runs_dir=tmp_path / d, log=lambda s: None)) == "trained"
+    assert execute(dcp, Settings(runs_dir=tmp_path / "a", log=lambda s: None)) == "trained"
+    run = Run(tmp_path / "a", dcp)
+    metrics = pd.read_csv(run.metrics_path)
+    assert metrics["phase"].tolist() == ["dcp-start", "dcp", "dcp"]
+    assert metrics["lr"].iloc[0] == pytest.approx(0.01)
+    res = run.results()
+    assert res["total_iters"] == 3 * 2 and res["macs"] == res["macs_predicted"]
+    assert int(torch.load(run.dir / "dcp_state.pt")["iteration"]) == 6
+
+    class Stop(Exception):
+        pass
+
+    fit_ = repro.train.fit
+
+    def stop_in_phase_two(*args, **kw):
+        if kw["phase"] == "dcp":
+            kw["on_epoch_end"] = lambda epoch: (_ for _ in ()).throw(Stop())
+        return fit_(*args, **kw)
+
+    monkeypatch.setattr(repro.train, "fit", stop_in_phase_two)
+    with pytest.raises(Stop):
+        execute(dcp, Settings(runs_dir=tmp_path / "b", log=lambda s: None))
+    monkeypatch.setattr(repro.train, "fit", fit_)
+    logs: list[str] = []
+    assert execute(dcp, Settings(runs_dir=tmp_path / "b", log=logs.append)) == "trained"
+    assert any("dcp: resuming at epoch 2/2" in line for line in logs), logs
+    again = Run(tmp_path / "b", dcp)
+    for name in ("model.pt", "dcp_state.pt"):
+        a, b = torch.load(run.dir / name), torch.load(again.dir / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_paper_scale_chain_runs_a_few_batches_on_synthetic_data(tmp_path):
@@ -357,10 +476,10 @@ def _read(path):
 
 
 def test_table1_smoke(smoke):
-    md = (smoke / "tables" / "dcp_table1.md").read_text()
+    md = (smoke / "tables" / "smoke" / "dcp_table1.md").read_text()
     assert "scale: smoke" in md and "dataset: fashion-mnist" in md and "fvcore" in md and "seeds: 1 seed" in md
     assert "DCP − L1-norm top-1" in md and "equal the mask's prediction" in md
-    df = _read(smoke / "tables" / "dcp_table1.csv")
+    df = _read(smoke / "tables" / "smoke" / "dcp_table1.csv")
     labels = list(df["row"])
     assert len(labels) == 9 and labels[0] == "VGG-16 unpruned" and labels[1].startswith("VGG-16 DCP")
     assert df["top1"].between(0, 100).all()
@@ -373,16 +492,16 @@ def test_table1_smoke(smoke):
 
 
 def test_fig_ratio_smoke(smoke):
-    assert (smoke / "figures" / "dcp_fig-ratio.png").stat().st_size > 1000
-    df = _read(smoke / "figures" / "dcp_fig-ratio.csv")
+    assert (smoke / "figures" / "smoke" / "dcp_fig-ratio.png").stat().st_size > 1000
+    df = _read(smoke / "figures" / "smoke" / "dcp_fig-ratio.csv")
     dcp = df[df["method"] == "DCP"].sort_values("pr")
     assert list(dcp["pr"]) == [0.3, 0.5] and dcp["flops_reduction_pct"].is_monotonic_increasing
     assert set(df["method"]) >= {"DCP", "unpruned", "paper DCP"} and df["top1"].between(0, 100).all()
 
 
 def test_fig_channels_smoke(smoke):
-    assert (smoke / "figures" / "dcp_fig-channels.pdf").exists()
-    df = _read(smoke / "figures" / "dcp_fig-channels.csv")
+    assert (smoke / "figures" / "smoke" / "dcp_fig-channels.pdf").exists()
+    df = _read(smoke / "figures" / "smoke" / "dcp_fig-channels.csv")
     assert set(df["arch"]) == {"vgg16", "resnet32"}
     last = df.sort_values("iteration").groupby(["arch", "layer_index"]).tail(1)
     assert (last["active"] == last["kept_final"]).all() and (last["active"] >= 1).all()
@@ -392,9 +511,9 @@ def test_fig_channels_smoke(smoke):
 
 
 def test_imagenet_smoke(smoke):
-    df = _read(smoke / "tables" / "dcp_imagenet.csv")
+    df = _read(smoke / "tables" / "smoke" / "dcp_imagenet.csv")
     assert list(df["row"])[0] == "ResNet-50 unpruned" and len(df) == 3
     assert df.loc[1, "top1 paper"] == 74.25 and df.loc[1, "top5 paper"] == 92.05
     assert df["top5"].between(0, 100).all() and (df["top5"] >= df["top1"]).all()
-    md = (smoke / "tables" / "dcp_imagenet.md").read_text()
+    md = (smoke / "tables" / "smoke" / "dcp_imagenet.md").read_text()
     assert "our own training run" in md

@@ -15,7 +15,9 @@ trains:
 3. Propagation.  For the first ``warmup`` iterations every channel is active; after
    that, before each iteration, only the top ``k = N − round(N·pr)`` channels by
    utility over *all* maskable layers at once (one global ranking, deterministic)
-   take part in forward and backward.  ``pr`` and ``decay`` stay constant.
+   take part in forward and backward.  ``pr`` stays constant; ``decay`` too on CIFAR
+   (``main.py``), while the ImageNet recipe (``main2.py`` at HEAD) raises it at the
+   learning-rate drops (``decay_schedule``: 0.6 → 0.7 → 0.8 → 1.0).
 4. Export.  After training each layer keeps its active channels: the conv, BN
    (running statistics included) and the consuming layer are sliced
    (:func:`repro.models.staged.prune_channels`), and the smaller network computes what
@@ -206,12 +208,17 @@ class DCPController(nn.Module):
 
     def __init__(self, sizes: Sequence[int], pr: float, decay: float, warmup_iters: int, total_iters: int,
                  u_init: str = "zero", rule: str = "topk", guard: bool = True, snapshots: int = 40,
-                 names: Sequence[str] | None = None, scope: str = "global") -> None:
+                 names: Sequence[str] | None = None, scope: str = "global",
+                 decay_schedule: Sequence[tuple[int, float]] = ()) -> None:
         super().__init__()
         if not 0.0 <= pr < 1.0:
             raise ConfigError(f"--set pr={pr}: the pruning rate must be in [0, 1)")
         if not 0.0 <= decay <= 1.0:
             raise ConfigError(f"--set decay={decay}: the decay must be in [0, 1]")
+        # (first iteration, decay from then on), sorted: the authors' ImageNet epoch_step
+        self.decay_schedule = sorted((int(i), float(d)) for i, d in decay_schedule)
+        if any(not 0.0 <= d <= 1.0 for _, d in self.decay_schedule):
+            raise ConfigError(f"decay schedule {self.decay_schedule}: every decay must be in [0, 1]")
         self.sizes = [int(s) for s in sizes]
         self.names = list(names) if names is not None else [str(i) for i in range(len(self.sizes))]
         self.layers, self.n = len(self.sizes), sum(self.sizes)
@@ -269,10 +276,21 @@ class DCPController(nn.Module):
         return masks
 
     # --- the per-iteration update
+    def decay_at(self, iteration: int) -> float:
+        """The decay applied to the scores of (0-based) training iteration ``iteration``."""
+        d = self.decay
+        for start, value in self.decay_schedule:
+            if iteration >= start:
+                d = value
+        return d
+
     def apply_pending(self) -> None:
         """``U[active] *= decay; U += v / max_layer(v)`` with the scores of the last backward
-        (nothing if no backward ran since the last call).  Raw scores are summed over
-        processes first (DDP), so every rank keeps the same utilities."""
+        (nothing if no backward ran since the last call), ``decay`` being that of the
+        iteration whose backward it was.  Raw scores are summed over processes first (DDP),
+        so every rank keeps the same utilities."""
+        it = self._it if self._it is not None else int(self.iteration)
+        decay = self.decay_at(it - 1)
         v = D.all_reduce_sum(self.pending)
         v = torch.where(torch.isfinite(v), v, torch.zeros_like(v))
         lmax = torch.zeros(self.layers, device=v.device, dtype=v.dtype)
@@ -280,7 +298,7 @@ class DCPController(nn.Module):
         vn = v / lmax.clamp_min(EPS)[self.layer_id]
         fresh = self.fresh > 0
         gate = (self.mask > 0) & fresh
-        self.utility.mul_(torch.where(gate, torch.full_like(v, self.decay), torch.ones_like(v)))
+        self.utility.mul_(torch.where(gate, torch.full_like(v, decay), torch.ones_like(v)))
         self.utility.add_(torch.where(fresh, vn, torch.zeros_like(vn)))
         self.pending.zero_()
         self.fresh.zero_()
@@ -498,6 +516,12 @@ class Arch:
     pretrained_decay: float = 0.7
     finetune: TrainSpec = TrainSpec(epochs=40, batch_size=64, lr=0.001, schedule="constant", milestones=())
     quick_lr: float = 0.05          # CPU scales: one epoch, cosine, this peak learning rate
+    # the authors' main2.py (HEAD) with init=pretrained: the first `start_epochs` epochs at a constant
+    # `start_lr` (paper scale only), and the utility decay raised at these fractions of the DCP
+    # iterations (net.epoch_step: +0.1 at each but the last, 1.0 at the last; every scale)
+    start_epochs: int = 0
+    start_lr: float = 0.0
+    decay_milestones: tuple[float, ...] = ()
 
 
 _SGD = dict(batch_size=64, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
@@ -516,18 +540,52 @@ ARCHS: dict[str, Arch] = {
                      {"depth": 56, "width": 4}, 0.5, "inv_channels", "cifar10",
                      TrainSpec(epochs=300, **_SGD, milestones=(150 / 300, 200 / 300, 250 / 300, 290 / 300)), 10,
                      pretrained_train=_CIFAR_PRETRAINED),
-    # ImageNet: the authors start from torchvision's pretrained ResNet-50 (main2.py): lr 0.01,
-    # drops at epochs 13/22/28 of 90, batch 64, warm-up 5 epochs, pr 0.3, decay 0.6.
+    # ImageNet: the authors start from torchvision's pretrained ResNet-50 (main2.py at HEAD, b7845f7):
+    # 60 epochs, batch 64, lr 0.01 for the first epoch then 0.1, x0.1 at epochs 36/48/54 (scheduler
+    # stepped at each epoch's end), warm-up 5 epochs, pr 0.3, decay 0.6 raised by net.epoch_step to
+    # 0.7 (epoch 36), 0.8 (48) and 1.0 (54).
     "resnet50": Arch("resnet50", "ResNet-50", "resnet50_dcp", {}, {"width": 16}, {"width": 4}, 0.3, "inv_channels",
                      "imagenet",
                      TrainSpec(epochs=90, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,
                                milestones=(30 / 90, 60 / 90)), 5,
                      dcp_init="pretrained",
-                     pretrained_train=TrainSpec(epochs=90, **{**_SGD, "lr": 0.01},
-                                                milestones=(13 / 90, 22 / 90, 28 / 90)),
+                     pretrained_train=TrainSpec(epochs=60, **_SGD, milestones=(36 / 60, 48 / 60, 54 / 60)),
                      pretrained_decay=0.6,
-                     finetune=TrainSpec(epochs=20, batch_size=64, lr=0.001, schedule="constant", milestones=())),
+                     finetune=TrainSpec(epochs=20, batch_size=64, lr=0.001, schedule="constant", milestones=()),
+                     start_epochs=1, start_lr=0.01, decay_milestones=(36 / 60, 48 / 60, 54 / 60)),
 }
+# --set imagenet_recipe=superseded: main2.py as of 28c135c (superseded the same day): lr 0.01, 90 epochs,
+# x0.1 at 13/22/28 (applied at the epochs written), warm-up 5 epochs, decay 0.6 throughout (no epoch_step).
+RESNET50_SUPERSEDED = replace(ARCHS["resnet50"], start_epochs=0, start_lr=0.0, decay_milestones=(),
+                              pretrained_train=TrainSpec(epochs=90, **{**_SGD, "lr": 0.01},
+                                                         milestones=(13 / 90, 22 / 90, 28 / 90)))
+IMAGENET_RECIPES = ("head", "superseded")
+
+
+def head_decay_schedule(decay: float, milestones: Sequence[float]) -> list[list[float]]:
+    """The authors' ``epoch_step``: [fraction of the DCP iterations, decay from then on]; +0.1 at every
+    milestone but the last (at most 1), 1.0 at the last."""
+    out = []
+    for j, f in enumerate(milestones):
+        d = 1.0 if j == len(milestones) - 1 else min(1.0, round(decay + 0.1 * (j + 1), 6))
+        out.append([round(f, 6), d])
+    return out
+
+
+def dcp_phases(cfg: RunConfig) -> list[tuple[str, TrainSpec]]:
+    """The ``ctx.fit`` phases of a DCP run.  With ``method["start_epochs"] = k`` (the authors' ImageNet
+    recipe: lr 0.01 for the first epoch, then 0.1): phase ``dcp-start``, k epochs at the constant
+    ``start_lr``, then phase ``dcp``, the remaining epochs on ``cfg.train``'s schedule with its
+    milestones at the same absolute epochs.  The optimizer is rebuilt between the phases (its momentum
+    buffer restarts; the authors' keeps it).  A schedule of at most k epochs (``--epochs``) is one phase."""
+    t, m = cfg.train, cfg.method
+    k = int(m.get("start_epochs", 0))
+    if k <= 0 or t.epochs <= k:
+        return [("dcp", t)]
+    rest = t.epochs - k
+    first = replace(t, epochs=k, lr=float(m["start_lr"]), schedule="constant", milestones=(), warmup_epochs=0.0)
+    milestones = tuple(max(e - k, 0) / rest for e in t.milestone_epochs())
+    return [("dcp-start", first), ("dcp", replace(t, epochs=rest, milestones=milestones))]
 
 # CPU scales: one epoch, cosine decay (a step schedule needs several epochs), no augmentation
 # (nothing to overfit in one epoch; VGG-16 w0.25 on 20 k images at lr 0.05: 77.9 % with
@@ -586,6 +644,8 @@ def _model_args(arch: Arch, scale: str) -> dict:
 def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfig]:
     """The three runs of one (architecture, pr): {"unpruned", "dcp", "l1"} (l1 ← dcp ← unpruned)."""
     arch = ARCHS[arch_key]
+    if arch.paper_dataset == "imagenet" and request.option("imagenet_recipe", "head", IMAGENET_RECIPES) == "superseded":
+        arch = RESNET50_SUPERSEDED
     scale = request.scale
     dataset = request.dataset_for(arch.paper_dataset)
     if scale == "paper":
@@ -615,6 +675,14 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
     # it is not the default, so default runs keep their identity
     scope_value = request.option("scope", "global", ("global", "layer"))
     scope = {} if scope_value == "global" else {"scope": scope_value}
+    # main2.py at HEAD: the decay rises at the lr drops (every scale, as fractions of the DCP iterations)
+    # and the first epoch runs at lr 0.01 (paper scale); keys only written when used, so CIFAR runs and
+    # the superseded recipe keep their identity
+    head = {}
+    if init == "pretrained" and arch.decay_milestones:
+        head["decay_schedule"] = head_decay_schedule(decay, arch.decay_milestones)
+    if init == "pretrained" and arch.start_epochs and scale == "paper":
+        head.update(start_epochs=arch.start_epochs, start_lr=arch.start_lr)
     base_init = "train"
     if arch.paper_dataset == "imagenet" and scale == "paper" and dataset == "imagenet":
         base_init = request.option("imagenet_init", "torchvision", ("torchvision", "train"))
@@ -624,7 +692,7 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
                     model_args=args, train=dcp_train, data=data, parent=base,
                     method={"pr": pr, "decay": decay, "warmup_frac": round(warmup, 6), "u_init": arch.u_init,
                             "select": request.option("select", "topk", ("topk", "code")), "guard": True,
-                            "init": init, **scope})
+                            "init": init, **scope, **head})
     l1 = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-dcp-pr{pr:g}-l1", kind="l1", dataset=dataset,
                    model=arch.model, model_args=args, train=ft_train, data=data, parent=dcp,
                    method={"criterion": "l1", "match": request.option("l1_match", "flops", ("flops", "layers")),
@@ -674,6 +742,23 @@ class _Truncated:
             yield b
 
 
+class _EpochOffset:
+    """The training batches, epoch ``e`` of a phase being epoch ``e + offset`` of the run (the data order
+    of a later phase continues the run's instead of repeating its first epochs)."""
+
+    def __init__(self, batches, offset: int):
+        self.batches, self.offset = batches, offset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch + self.offset)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
 def _val_eval(data):
     def evaluate(model) -> dict:
         return {"val_acc": topk_accuracy(collect_logits(D.unwrap(model), data.val), data.val_labels)}
@@ -720,6 +805,19 @@ def train_unpruned(ctx) -> dict:
     return {**_accs(out), "macs": macs, "params": count_params(model), "cost_convention": COST}
 
 
+def dcp_controller(cfg: RunConfig, slots: Sequence[MaskSlot], steps_per_epoch: int) -> DCPController:
+    """The controller of a DCP run: warm-up and decay milestones are fractions of its iterations."""
+    m = cfg.method
+    total = steps_per_epoch * cfg.train.epochs
+    warmup = round(m["warmup_frac"] * total)
+    if m["pr"] > 0 and m["warmup_frac"] > 0:
+        warmup = max(1, warmup)
+    schedule = [(round(f * total), d) for f, d in m.get("decay_schedule", ())]
+    return DCPController([s.channels for s in slots], m["pr"], m["decay"], warmup, total, m["u_init"],
+                         m.get("select", "topk"), m.get("guard", True), names=[s.name for s in slots],
+                         scope=m.get("scope", "global"), decay_schedule=schedule)
+
+
 def train_dcp(ctx) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.method
     data = ctx.data()
@@ -730,19 +828,16 @@ def train_dcp(ctx) -> dict:
     shape = _input_shape(data.info)
     slots = slots_fn(model)
     cost = CostModel(model, slots, shape)  # the full network, before any mask is installed
-    steps = len(data.train)
-    total = steps * cfg.train.epochs
-    warmup = round(m["warmup_frac"] * total)
-    if m["pr"] > 0 and m["warmup_frac"] > 0:
-        warmup = max(1, warmup)
-    ctrl = DCPController([s.channels for s in slots], m["pr"], m["decay"], warmup, total, m["u_init"],
-                         m.get("select", "topk"), m.get("guard", True), names=[s.name for s in slots],
-                         scope=m.get("scope", "global"))
+    ctrl = dcp_controller(cfg, slots, len(data.train))
+    warmup, total = ctrl.warmup_iters, ctrl.total_iters
     ctrl.install(slots)
     model = ctx.to_device(model)
     ctrl.to(ctx.device)
-    ctx.fit(model, dcp_step(ctrl), "dcp", stateful=[ctrl],
-            eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
+    done = 0
+    for phase, spec in dcp_phases(cfg):
+        ctx.fit(model, dcp_step(ctrl), phase, spec=spec, stateful=[ctrl], batches=_EpochOffset(data.train, done),
+                eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
+        done += spec.epochs
     ctrl.finalize()
     bare = D.unwrap(model)
     ctx.save_model(bare)
@@ -922,7 +1017,10 @@ def _check_notes(results, chains: dict[str, dict[str, RunConfig]]) -> list[str]:
         fr = [r.results.get("keep_fraction") for r in lr]
         match = (f"uniform keep fraction {', '.join(f'{f:.3f}' for f in fr)} per layer"
                  if all(f is not None for f in fr) else "DCP's per-layer channel counts")
-        notes.append(f"{ARCHS[arch_key].label}: DCP pr {m['pr']:g}, decay {m['decay']:g}, warm-up "
+        rises = "".join(f" -> {d:g} at {100 * f:g} %" for f, d in m.get("decay_schedule", ()))
+        rises += " of the iterations" if rises else ""
+        start = (f", lr {m['start_lr']:g} for the first {m['start_epochs']} epoch(s)" if m.get("start_epochs") else "")
+        notes.append(f"{ARCHS[arch_key].label}: DCP pr {m['pr']:g}, decay {m['decay']:g}{rises}{start}, warm-up "
                      f"{dr[0].results['warmup_iters']}/{dr[0].results['total_iters']} iterations, init {m['init']}; "
                      f"exported vs masked test top-1 |Δ| ≤ {diff:.3f} pp; fvcore MACs/params of the exported "
                      f"networks {'equal' if exact else 'DIFFER FROM'} the mask's prediction; layers kept alive "
@@ -1014,7 +1112,12 @@ def build_imagenet(request, results, settings):
     base = runs["unpruned"]
     init = ("torchvision's pretrained weights (IMAGENET1K_V1), as the authors" if base.method["init"] == "torchvision"
             else "our own training run (stands in for the authors' pretrained ResNet-50)")
-    notes = [f"unpruned ResNet-50: {init}; DCP starts from it", GAP_NOTE, *_claims(results, chains),
+    t = runs["dcp"].train
+    which = ("main2.py at HEAD" if request.option("imagenet_recipe", "head", IMAGENET_RECIPES) == "head"
+             else "main2.py as of 28c135c (superseded)")
+    drops = f" x{t.gamma:g} at epochs {t.milestone_epochs()}" if t.schedule == "multistep" and t.milestones else ""
+    recipe = f"DCP recipe: {which}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"
+    notes = [f"unpruned ResNet-50: {init}; DCP starts from it", recipe, GAP_NOTE, *_claims(results, chains),
              *_check_notes(results, chains)]
     meta = _meta(request, "imagenet", "ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm",
                  list(runs.values()), notes)
