@@ -7,9 +7,13 @@ Architecture (paper section 4 and the authors' code, re-implemented on
 torchvision's MobileNetV3 building blocks):
 
 - stem: 3x3 conv, stride 2 (1 with ``cifar_stem=True``), 16·w channels, BN, h-swish;
-- a first inverted residual 16→16 (3x3, no expansion, h-swish as in the
-  authors' code; torchvision's block has no expansion conv when the expanded
-  width equals the input width, the authors' has a 16→16 one: 272 parameters);
+- a first inverted residual 16→16 (3x3, expansion ratio 1, h-swish), built as
+  the authors' code builds it (``first_block="authors"``, the default): a 1x1
+  16→16 expansion conv + BN + h-swish, the depthwise 3x3 conv + BN + h-swish, the
+  1x1 projection + BN, and the residual.  torchvision's inverted residual
+  (``first_block="torchvision"``, as MobileNetV3's reference) leaves the
+  expansion conv out when the expanded width equals the input width: 288
+  parameters (16·16 weights + 2·16 BN) and 3.6 M fvcore MACs (at 224) fewer;
 - 14 inverted residuals laid out as MobileNetV3-Large, except the 5th of them
   (6th counting the first block), the last 40-channel one: expansion ratio 6
   (240 channels) with SE and h-swish instead of 120 channels and ReLU.  (The
@@ -110,20 +114,40 @@ def _block(cin: int, kernel: int, expanded: int, cout: int, se: bool, act: str, 
     return tv_mnv3.InvertedResidual(cfg, _norm)
 
 
+FIRST_BLOCKS = ("authors", "torchvision")
+
+
+def make_first_block(c: int, kind: str = "authors") -> nn.Module:
+    """The 16·w → 16·w inverted residual after the stem (3x3, expansion ratio 1, h-swish, no SE).
+
+    ``authors``: always a 1x1 expansion conv + BN + h-swish first, as the authors' ``InvertedResidual``
+    (``hidden_dim == inp`` does not drop it); ``torchvision``: torchvision's block, which has no
+    expansion conv when the expanded width equals the input width.
+    """
+    if kind not in FIRST_BLOCKS:
+        raise ValueError(f"first_block must be one of {FIRST_BLOCKS}, got {kind!r}")
+    block = _block(c, 3, c, c, False, "HS", 1)
+    if kind == "authors":
+        expand = Conv2dNormActivation(c, c, 1, norm_layer=_norm, activation_layer=nn.Hardswish)
+        block.block = nn.Sequential(expand, *block.block)
+    return block
+
+
 class SkipblockNet(FeatureInterface, nn.Module):
     def __init__(self, width_mult: float = 1.0, mode: str = "large", num_classes: int = 1000,
                  in_channels: int = 3, input_size: int = 224, cifar_stem: bool = False,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, first_block: str = "authors") -> None:
         super().__init__()
         if mode not in ("large", "small"):
             raise ValueError(f"mode must be 'large' or 'small', got {mode!r}")
         self.width_mult, self.mode, self.input_size, self.cifar_stem = width_mult, mode, input_size, cifar_stem
+        self.first_block_kind = first_block
         self.num_classes = num_classes
 
         c = make_divisible(16 * width_mult)
         self.stem = Conv2dNormActivation(in_channels, c, 3, stride=1 if cifar_stem else 2, norm_layer=_norm,
                                          activation_layer=nn.Hardswish)
-        self.first_block = _block(c, 3, c, c, False, "HS", 1)
+        self.first_block = make_first_block(c, first_block)
         base_c = c
 
         stages: list[nn.Module] = []
@@ -189,8 +213,8 @@ class SkipblockNet(FeatureInterface, nn.Module):
 
 
 def skipblocknet(width_mult: float = 1.0, mode: str = "large", num_classes: int = 1000, in_channels: int = 3,
-                 input_size: int = 224, cifar_stem: bool = False) -> SkipblockNet:
-    return SkipblockNet(width_mult, mode, num_classes, in_channels, input_size, cifar_stem)
+                 input_size: int = 224, cifar_stem: bool = False, first_block: str = "authors") -> SkipblockNet:
+    return SkipblockNet(width_mult, mode, num_classes, in_channels, input_size, cifar_stem, first_block=first_block)
 
 
 def skipblocknet_xs(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
@@ -215,12 +239,24 @@ def skipblocknet_l(num_classes: int = 1000, in_channels: int = 3, input_size: in
 
 # --------------------------------------------------------------------------- MobileNetV3 baselines
 
+# the classifier's hidden width of MobileNetV3 at width 1, by model name
+MNV3_LAST_CHANNEL = {"mobilenetv3_large": 1280, "mobilenetv3_small": 1024}
+
+
 class MobileNetV3Features(FeatureInterface, tv_mnv3.MobileNetV3):
-    """torchvision MobileNetV3; ``forward_features`` is ``features`` (ends with the 1x1 conv to 960/576)."""
+    """torchvision MobileNetV3; ``forward_features`` is ``features`` (ends with the 1x1 conv to 960/576).
+
+    ``last_channel``: the hidden width of the classifier (the last 1280/1024-wide layer).  None is
+    torchvision's builders' choice, ``make_divisible(1280 · w)``, scaled with the width.  The MobileNetV3
+    reference keeps 1280 below width 1, and the bias-loss paper's Table 1 counts match 1280 at 0.75x and
+    at 1.25x alike: Large 0.75x 3.93 M params (paper 4.0 M; 3.38 M scaled), 1.25x 7.46 M (7.5 M; 8.16 M
+    scaled).  The biasloss runs pass 1280 (1024 for Small) at every width.
+    """
 
     def __init__(self, arch: str, width_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3,
-                 cifar_stem: bool = False, dropout: float = 0.2) -> None:
-        setting, last_channel = tv_mnv3._mobilenet_v3_conf(arch, width_mult=width_mult)
+                 cifar_stem: bool = False, dropout: float = 0.2, last_channel: int | None = None) -> None:
+        setting, scaled = tv_mnv3._mobilenet_v3_conf(arch, width_mult=width_mult)
+        last_channel = scaled if last_channel is None else int(last_channel)
         super().__init__(setting, last_channel, num_classes=num_classes, dropout=dropout)
         if in_channels != 3 or cifar_stem:
             old = self.features[0][0]
@@ -236,13 +272,15 @@ class MobileNetV3Features(FeatureInterface, tv_mnv3.MobileNetV3):
 
 
 def mobilenetv3_large(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                      cifar_stem: bool = False) -> MobileNetV3Features:
-    return MobileNetV3Features("mobilenet_v3_large", width_mult, num_classes, in_channels, cifar_stem)
+                      cifar_stem: bool = False, last_channel: int | None = None) -> MobileNetV3Features:
+    return MobileNetV3Features("mobilenet_v3_large", width_mult, num_classes, in_channels, cifar_stem,
+                               last_channel=last_channel)
 
 
 def mobilenetv3_small(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                      cifar_stem: bool = False) -> MobileNetV3Features:
-    return MobileNetV3Features("mobilenet_v3_small", width_mult, num_classes, in_channels, cifar_stem)
+                      cifar_stem: bool = False, last_channel: int | None = None) -> MobileNetV3Features:
+    return MobileNetV3Features("mobilenet_v3_small", width_mult, num_classes, in_channels, cifar_stem,
+                               last_channel=last_channel)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

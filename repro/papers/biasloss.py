@@ -57,7 +57,7 @@ from torch import nn
 from repro.artifacts import Artifact, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import dataset_info
-from repro.exits import accuracy_with_spread, collect_logits, time_call
+from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, time_call
 from repro.exits import cpu_model as cpu_name
 from repro.flops import CONVENTIONS, count_model
 from repro.models import compact, skipblocknet
@@ -264,12 +264,15 @@ def build_model(name: str, args: dict, num_classes: int, in_channels: int, image
         m = compact.densenet121_cifar(nc, ic)
     elif name == "nasnet_a":
         m = compact.nasnet_a_cifar(a.get("N", 4), a.get("filters", 44), nc, ic)
+    # a key missing from model_args builds the model as it was before the key existed (stored runs keep
+    # their meaning): torchvision's first block, torchvision's scaled last channel
     elif name == "skipblocknet":
-        m = skipblocknet.SkipblockNet(a["width_mult"], a["mode"], nc, ic, input_size=image_size, cifar_stem=False)
+        m = skipblocknet.SkipblockNet(a["width_mult"], a["mode"], nc, ic, input_size=image_size, cifar_stem=False,
+                                      first_block=a.get("first_block", "torchvision"))
     elif name == "mobilenetv3_large":
-        m = skipblocknet.mobilenetv3_large(nc, ic, a.get("width_mult", 1.0))
+        m = skipblocknet.mobilenetv3_large(nc, ic, a.get("width_mult", 1.0), last_channel=a.get("last_channel"))
     elif name == "mobilenetv3_small":
-        m = skipblocknet.mobilenetv3_small(nc, ic, a.get("width_mult", 1.0))
+        m = skipblocknet.mobilenetv3_small(nc, ic, a.get("width_mult", 1.0), last_channel=a.get("last_channel"))
     elif name == "mobilenetv2_imagenet":  # latency reference only (Table 2)
         from torchvision.models import mobilenet_v2
 
@@ -324,18 +327,27 @@ DENSENET_CHOICES = {
 
 # The SkipblockNet family and the MobileNetV3 baselines (ImageNet models; ImageNet stem,
 # stride 2, at every scale).  Reduced scales multiply every width by FAMILY_WIDTH.
+# SkipblockNet: the authors' first block (its 1x1 expansion conv; --set first_block=torchvision drops it).
+# MobileNetV3: the classifier's hidden layer stays 1280 at every width, as the MobileNetV3 reference
+# whose counts Table 1 prints (--set mnv3_last_channel=scaled: torchvision's builders' 1280·w).
+_SBN = {"first_block": "authors"}
 FAMILY = {a.key: a for a in [
-    Arch("skipblocknet-xs", "SkipblockNet-XS", "skipblocknet", {"width_mult": 0.5, "mode": "small"}),
-    Arch("skipblocknet-s", "SkipblockNet-S", "skipblocknet", {"width_mult": 0.75, "mode": "small"}),
-    Arch("skipblocknet-m", "SkipblockNet-M", "skipblocknet", {"width_mult": 1.0, "mode": "large"}),
-    Arch("skipblocknet-l", "SkipblockNet-L", "skipblocknet", {"width_mult": 1.15, "mode": "large"}),
+    Arch("skipblocknet-xs", "SkipblockNet-XS", "skipblocknet", {"width_mult": 0.5, "mode": "small", **_SBN}),
+    Arch("skipblocknet-s", "SkipblockNet-S", "skipblocknet", {"width_mult": 0.75, "mode": "small", **_SBN}),
+    Arch("skipblocknet-m", "SkipblockNet-M", "skipblocknet", {"width_mult": 1.0, "mode": "large", **_SBN}),
+    Arch("skipblocknet-l", "SkipblockNet-L", "skipblocknet", {"width_mult": 1.15, "mode": "large", **_SBN}),
     Arch("mobilenetv3-small-1.0x", "MobileNetV3-Small 1.0x", "mobilenetv3_small", {"width_mult": 1.0}),
-    Arch("mobilenetv3-large-0.75x", "MobileNetV3-Large 0.75x", "mobilenetv3_large", {"width_mult": 0.75}),
+    Arch("mobilenetv3-large-0.75x", "MobileNetV3-Large 0.75x", "mobilenetv3_large",
+         {"width_mult": 0.75, "last_channel": 1280}),
     Arch("mobilenetv3-large-1.0x", "MobileNetV3-Large 1.0x", "mobilenetv3_large", {"width_mult": 1.0}),
-    Arch("mobilenetv3-large-1.05x", "MobileNetV3-Large 1.05x", "mobilenetv3_large", {"width_mult": 1.05}),
-    Arch("mobilenetv3-large-1.25x", "MobileNetV3-Large 1.25x", "mobilenetv3_large", {"width_mult": 1.25}),
+    Arch("mobilenetv3-large-1.05x", "MobileNetV3-Large 1.05x", "mobilenetv3_large",
+         {"width_mult": 1.05, "last_channel": 1280}),
+    Arch("mobilenetv3-large-1.25x", "MobileNetV3-Large 1.25x", "mobilenetv3_large",
+         {"width_mult": 1.25, "last_channel": 1280}),
 ]}
 FAMILY_WIDTH = {"paper": 1.0, "quick": 0.5, "smoke": 0.25}
+FIRST_BLOCKS = skipblocknet.FIRST_BLOCKS
+MNV3_LAST = ("fixed", "scaled")
 # Table 1's rows, grouped by cost as in the paper; (SkipblockNet, the MobileNetV3 it is compared with)
 TABLE1_ROWS = ["mobilenetv3-small-1.0x", "skipblocknet-xs", "mobilenetv3-large-0.75x", "skipblocknet-s",
                "mobilenetv3-large-1.0x", "skipblocknet-m", "mobilenetv3-large-1.25x", "skipblocknet-l"]
@@ -343,9 +355,22 @@ TABLE1_PAIRS = [("skipblocknet-xs", "mobilenetv3-small-1.0x"), ("skipblocknet-s"
                 ("skipblocknet-m", "mobilenetv3-large-1.0x"), ("skipblocknet-l", "mobilenetv3-large-1.25x")]
 
 
-def family_args(arch: Arch, scale: str) -> dict:
+def family_args(arch: Arch, scale: str, request=None) -> dict:
+    """model_args of a family row at ``scale`` (the request's ``first_block`` / ``mnv3_last_channel``)."""
+    opt = (lambda k, d, c: request.option(k, d, c)) if request is not None else (lambda k, d, c: d)
     a = dict(arch.paper)
     a["width_mult"] = round(a["width_mult"] * FAMILY_WIDTH[scale], 6)
+    if arch.model == "skipblocknet" and opt("first_block", "authors", FIRST_BLOCKS) == "torchvision":
+        a.pop("first_block", None)
+    if arch.model in skipblocknet.MNV3_LAST_CHANNEL:
+        # the paper-width model's last channel, reduced with the scale; written only where it differs from
+        # torchvision's make_divisible(last · width)
+        a.pop("last_channel", None)
+        base = skipblocknet.MNV3_LAST_CHANNEL[arch.model]
+        last = skipblocknet.make_divisible(base * FAMILY_WIDTH[scale])
+        if opt("mnv3_last_channel", "fixed", MNV3_LAST) == "fixed" and last != skipblocknet.make_divisible(
+                base * a["width_mult"]):
+            a["last_channel"] = last
     if scale != "paper":
         # MobileNetV3's BN momentum 0.01 (TF 0.99) averages over ~100 steps: on a 1-epoch schedule the
         # running statistics lag the weights and eval-mode accuracy collapses (measured: 83 % in train
@@ -434,7 +459,7 @@ def family_run(request, key: str, loss: str) -> RunConfig:
     dataset = request.dataset_for("imagenet")
     arch = FAMILY[key]
     return RunConfig(paper=PAPER_NAME, name=f"{key}-{loss}", kind="train", dataset=dataset, model=arch.model,
-                     model_args=family_args(arch, request.scale), method=method_for(loss, request),
+                     model_args=family_args(arch, request.scale, request), method=method_for(loss, request),
                      train=imagenet_spec(request), data=_data_spec(request, dataset, "crop_flip"))
 
 
@@ -618,8 +643,29 @@ def _mean_result(results, cfg, key: str) -> float:
     return float(sum(vals) / len(vals))
 
 
-def _gap_claims(name: str, a: tuple[float, float], b: tuple[float, float], paper: float | None) -> str:
-    return claim(name, a[0] - b[0], math.hypot(a[1], b[1]), paper)
+def _gap_claims(name: str, results, pairs: list[tuple[RunConfig, RunConfig]], paper: float | None) -> str:
+    """The claim line of a top-1 gap (pp): the mean over ``pairs`` of a − b, with a paired spread (the
+    rule of dcp's and dgate's gaps).  One seed: the half-width of the 95 % bootstrap interval of the
+    per-image difference of correctness (both runs scored on the same resampled test images); N ≥ 2
+    seeds: the std over seeds of the per-seed gaps."""
+    def correct(run) -> torch.Tensor:
+        out = run.outputs
+        return (out["test_logits"][0].argmax(-1) == out["test_labels"]).double()
+
+    runs = [(results[a], results[b]) for a, b in pairs]
+    for ra, rb in runs:
+        if len(ra) != len(rb) or any(not torch.equal(x.outputs["test_labels"], y.outputs["test_labels"])
+                                     for x, y in zip(ra, rb)):
+            raise ValueError(f"{name}: the runs compared are not scored on the same test images")
+    # per seed, the mean over the pairs of the per-image difference a − b
+    seeds = len(runs[0][0])
+    diffs = [torch.stack([correct(ra[s]) - correct(rb[s]) for ra, rb in runs]).mean(0) for s in range(seeds)]
+    if len(diffs) > 1:
+        gap, spread = mean_and_spread([float(d.mean() * 100) for d in diffs])
+    else:
+        lo, hi = bootstrap_ci(diffs[0])
+        gap, spread = float(diffs[0].mean() * 100), (hi - lo) / 2
+    return claim(name, gap, spread, paper)
 
 
 def _ref():
@@ -671,18 +717,19 @@ def build_table4(request, results, settings) -> list[Path]:
     notes = []
     for key in COMPACT:
         for other in ("ce", "focal"):
-            notes.append(_gap_claims(f"{COMPACT[key].label}: bias loss - {other}", accs[key, "bias"],
-                                     accs[key, other], _ref_gap("table4", f"{key}/bias", f"{key}/{other}")))
+            notes.append(_gap_claims(f"{COMPACT[key].label}: bias loss - {other}", results,
+                                     [(compact_run(request, key, "bias"), compact_run(request, key, other))],
+                                     _ref_gap("table4", f"{key}/bias", f"{key}/{other}")))
     for other in ("ce", "focal"):
-        gaps = [accs[k, "bias"][0] - accs[k, other][0] for k in COMPACT]
-        spread = math.sqrt(sum(accs[k, "bias"][1] ** 2 + accs[k, other][1] ** 2 for k in COMPACT)) / len(COMPACT)
         pg = [_ref_gap("table4", f"{k}/bias", f"{k}/{other}") for k in COMPACT]
-        notes.append(claim(f"mean over the 5 models: bias loss - {other}", sum(gaps) / len(gaps), spread,
-                           sum(pg) / len(pg)))
+        notes.append(_gap_claims(f"mean over the 5 models: bias loss - {other}", results,
+                                 [(compact_run(request, k, "bias"), compact_run(request, k, other)) for k in COMPACT],
+                                 sum(pg) / len(pg)))
     cfg = compact_run(request, "shufflenetv2-0.5x", "ce")
     info = dataset_info(cfg.dataset)
     opts = [f"{k}={v}" for k, v in request.options]
     notes += [
+        GAP_NOTE,
         "params_m: the paper-scale CIFAR-100 architecture (100 classes, 32x32); the paper's column matches the "
         "ImageNet (1000-class) counts of these models; run_params_m: the model trained here",
         "models: " + "; ".join(f"{COMPACT[k].label} = {compact_arch(request, k)[0]} {compact_arch(request, k)[1]}"
@@ -734,19 +781,45 @@ def build_table1(request, results, settings) -> list[Path]:
     labels = {k: f"{FAMILY[k].label} ({loss_of(k)})" for k in TABLE1_ROWS}
     df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", TABLE1_ROWS,
                       ["mflops", "params_m", "top1", "top5", "run_mmacs", "run_params_m"], labels)
-    notes = [_gap_claims(f"{FAMILY[a].label} - {FAMILY[b].label}", accs[a], accs[b], _ref_gap("table1", a, b))
+    notes = [_gap_claims(f"{FAMILY[a].label} - {FAMILY[b].label}", results,
+                         [(family_run(request, a, loss_of(a)), family_run(request, b, loss_of(b)))],
+                         _ref_gap("table1", a, b))
              for a, b in TABLE1_PAIRS]
     cfg = family_run(request, "skipblocknet-m", loss_of("skipblocknet-m"))
     notes += ["mflops, params_m: the paper's architectures at 224x224x3, 1000 classes (built and counted here); "
               "run_mmacs, run_params_m: the models trained at this scale",
               _family_data_note(request, cfg.dataset),
               "SkipblockNet rows trained with the loss in brackets (paper: bias loss), MobileNetV3 rows with CE",
+              _small_note(), _architecture_note(request), GAP_NOTE,
               "paper rows for other networks (MUXNet, GhostNet, ...) are in the reference CSV and in fig1",
               _recipe_note(cfg)]
     meta = _meta(request, "table1", "SkipblockNet family vs MobileNetV3: FLOPs, params, top-1", cfg.dataset,
                  CONVENTIONS[COST], notes)
     meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
     return write_table(beside_paper_fix(df), meta, settings.tables_dir)
+
+
+def _small_note() -> str:
+    arch = FAMILY["mobilenetv3-small-1.0x"]
+    macs, params = arch_cost(arch.model, arch.paper)
+    return (f"MobileNetV3-Small 1.0x: the paper prints 2.9 M params / 66 MFLOPs, which disagrees with the MobileNetV3 "
+            f"paper's own 2.5 M / 56 M (Howard et al. 2019, Table 3); our count of torchvision's model, "
+            f"{params / 1e6:.2f} M / {macs / 1e6:.1f} M, matches the latter: the difference is left as it is")
+
+
+def _architecture_note(request) -> str:
+    fb = request.option("first_block", "authors", FIRST_BLOCKS)
+    last = request.option("mnv3_last_channel", "fixed", MNV3_LAST)
+    return ("trained models: SkipblockNet's first block "
+            + ("has the authors' 1x1 expansion conv" if fb == "authors" else "is torchvision's (no expansion conv)")
+            + "; MobileNetV3's classifier hidden layer is "
+            + ("1280 (Small: 1024) at every width, as the MobileNetV3 reference"
+               if last == "fixed" else "scaled with the width (1280·w), as torchvision's builders")
+            + "; the mflops and params_m columns count the authors' block and 1280")
+
+
+GAP_NOTE = ("± of a gap: paired; one seed: the 95 % bootstrap half-width of the per-image difference (both runs "
+            "scored on the same resampled test images); several seeds: the std over seeds of the per-seed gaps")
 
 
 def _recipe_note(cfg: RunConfig) -> str:
@@ -849,10 +922,12 @@ def build_table3(request, results, settings) -> list[Path]:
              ("both (SkipblockNet-M + bias - MobileNetV3-L + CE)", f"{s}/bias", f"{m}/ce"),
              ("skip blocks vs wider MobileNetV3 (SkipblockNet-M CE - MobileNetV3-L 1.05x CE)", f"{s}/ce",
               "mobilenetv3-large-1.05x/ce")]
-    notes = [_gap_claims(n, accs[a], accs[b], _ref_gap("table3", a, b)) for n, a, b in pairs]
+    cfgs = {f"{k}/{loss}": family_run(request, k, loss) for k, loss in TABLE3_ROWS}
+    notes = [_gap_claims(n, results, [(cfgs[a], cfgs[b])], _ref_gap("table3", a, b)) for n, a, b in pairs]
     cfg = family_run(request, s, "bias")
     notes += ["mflops, params_m: the architectures at 224x224x3, 1000 classes (counted here)",
-              _family_data_note(request, cfg.dataset), f"bias loss: {cfg.method}", _recipe_note(cfg)]
+              _family_data_note(request, cfg.dataset), f"bias loss: {cfg.method}", _recipe_note(cfg),
+              _architecture_note(request), GAP_NOTE]
     meta = _meta(request, "table3", "Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss", cfg.dataset,
                  CONVENTIONS[COST], notes)
     meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
@@ -920,7 +995,7 @@ def num_threads(n: int):
 
 
 LATENCY_MODELS = {
-    "skipblocknet-m": ("skipblocknet", {"width_mult": 1.0, "mode": "large"}),
+    "skipblocknet-m": ("skipblocknet", {"width_mult": 1.0, "mode": "large", "first_block": "authors"}),
     "mobilenetv3-large-1.0x": ("mobilenetv3_large", {"width_mult": 1.0}),
     "mobilenetv2-1.0x": ("mobilenetv2_imagenet", {"width_mult": 1.0}),
 }
