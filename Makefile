@@ -54,4 +54,5 @@ bench: install
 	$(BIN)/repro bench $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)
 
 clean:
-	rm -rf runs tables/*.md tables/*.csv tables/*.tex figures/*.png figures/*.pdf figures/*.csv
+	@echo "removing runs/ and the smoke outputs (committed quick/paper results under tables/ and figures/ are kept)"
+	rm -rf runs tables/smoke figures/smoke

@@ -9,10 +9,11 @@ reference CSV; nothing in the core names a paper.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from repro.config import ConfigError, RunConfig
 
@@ -33,19 +34,89 @@ class Artifact:
         return self.kind or ("figure" if self.name.startswith("fig") else "table")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A paper's ``--set KEY=VALUE`` key: its type, valid values and meaning, declared once.
+
+    ``type`` is ``str``, ``int``, ``float`` (finite only), ``bool`` or any parser that raises
+    ValueError on a bad value; ``choices`` and the inclusive bounds ``low``/``high`` (or the
+    exclusive ``above``/``below``) restrict it further.  ``default`` is what the help shows.
+    """
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    @property
+    def type_name(self) -> str:
+        return getattr(self.type, "__name__", "value").replace("parse_", "")
+
+    def valid_range(self) -> str:
+        if self.choices:
+            return "one of: " + ", ".join(map(str, self.choices))
+        lo = f"{self.low} <= " if self.low is not None else (f"{self.above} < " if self.above is not None else "")
+        hi = f" <= {self.high}" if self.high is not None else (f" < {self.below}" if self.below is not None else "")
+        return f"{lo}x{hi}" if lo or hi else ""
+
+    def parse(self, key: str, raw: str) -> Any:
+        want = self.valid_range()
+        try:
+            value = parse_bool(raw) if self.type is bool else self.type(raw)
+        except (ValueError, TypeError) as e:
+            hint = f" ({e})" if str(e) and self.type not in (int, float) else ""
+            raise ConfigError(f"--set {key}={raw}: expected {self.type_name}{hint}"
+                              f"{'; ' + want if want else ''}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--set {key}={raw}: expected a finite number{'; ' + want if want else ''}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"--set {key}={raw}: {want}")
+        values = value if isinstance(value, (tuple, list)) else [value]
+        for v in values:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if ((self.low is not None and v < self.low) or (self.high is not None and v > self.high)
+                    or (self.above is not None and v <= self.above) or (self.below is not None and v >= self.below)):
+                raise ConfigError(f"--set {key}={raw}: out of range; valid: {want}")
+        return value
+
+    def describe(self) -> str:
+        default = "" if self.default is None else f", default {self.default}"
+        want = self.valid_range()
+        return f"{self.type_name}{default}{'; ' + want if want else ''}: {self.help}"
+
+
 @dataclass
 class Paper:
     name: str
     title: str
     artifacts: dict[str, Artifact]
     trainers: dict[str, Callable[[RunContext], dict]] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)  # `--set KEY=VALUE` keys -> one-line help
+    options: dict[str, Option] = field(default_factory=dict)  # `--set KEY=VALUE` keys
 
     def check_options(self, options) -> None:
-        for key, _ in options:
+        """Every ``--set`` key known to this paper and its value valid (type, choices, range)."""
+        for key, raw in options:
             if key not in self.options:
                 valid = ", ".join(self.options) or "none"
                 raise ConfigError(f"unknown option '--set {key}=...' for {self.name}; valid keys: {valid}")
+            opt = self.options[key]
+            if isinstance(opt, Option):
+                opt.parse(key, raw)
 
     def artifact(self, name: str) -> Artifact:
         if name not in self.artifacts:

@@ -37,20 +37,19 @@ def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, s
 def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
          no_wait: bool, cluster: dict) -> None:
     from repro.launch import make_launcher
-    from repro.runner import plan, run_artifact
+    from repro.runner import plan, preflight, run_artifact
     from repro.store import Run
 
     launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
+    plans = preflight(targets, request, settings, local=launcher == "local",
+                      gpus_per_run=cluster.get("gpus_per_run", 1), check_runs=not dry_run)
     if dry_run:
-        for p, a in targets:
-            cfgs = plan(get_paper(p).artifact(a), request)
+        for (p, a), cfgs in plans.items():
             print(f"{p} {a}: {len(cfgs)} run(s)")
             for c in cfgs:
                 print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
                       f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
         return
-    for p, a in targets:
-        get_paper(p).check_options(request.options)
     if _THREADS_NOTE:
         _log(_THREADS_NOTE)  # once the input is known to be good: an error stays one line
     if launch is not None:
@@ -79,6 +78,7 @@ def _make_command(targets_fn):
         epochs: Optional[int] = typer.Option(None, help="Override every run's epochs."),
         train_limit: Optional[int] = typer.Option(None, help="Use only N training images."),
         batch_size: Optional[int] = typer.Option(None, help="Override the global batch size."),
+        lr_scale: Optional[float] = typer.Option(None, help="Multiply every run's learning rate (new runs)."),
         runs_dir: str = typer.Option("runs", help="The run store."),
         out_dir: str = typer.Option(".", help="tables/ and figures/ are written under it."),
         force: bool = typer.Option(False, help="Retrain the runs even if they are done."),
@@ -96,7 +96,8 @@ def _make_command(targets_fn):
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model for training: "
                                      "minutes of compiling first, then faster steps (README, Performance)."),
         workers: int = typer.Option(8, help="DataLoader workers (ImageNet only)."),
-        set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); see README."),
+        set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); the "
+                                       "paper's keys are listed by `repro <paper> --help`."),
     ):
         from repro.runner import Request
 
@@ -107,7 +108,7 @@ def _make_command(targets_fn):
             k, v = item.split("=", 1)
             options.append((k.strip(), v.strip()))
         request = Request(scale=scale, seeds=seeds, dataset=dataset, epochs=epochs, train_limit=train_limit,
-                          batch_size=batch_size, options=tuple(options))
+                          batch_size=batch_size, lr_scale=lr_scale, options=tuple(options))
         if jobs < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
         if compile and (device == "cpu" or (device == "auto" and not torch_cuda_available())):
@@ -167,7 +168,10 @@ def build_app() -> typer.Typer:
     all_targets = lambda: [(p.name, a) for p in papers().values() for a in p.artifacts]  # noqa: E731
     app.command("all", help="Every artifact of every paper.")(_make_command(all_targets))
     for paper in papers().values():
-        sub = typer.Typer(no_args_is_help=True, help=paper.title)
+        keys = "\n\n".join(f"{k}: {o.describe()}" if hasattr(o, "describe") else f"{k}: {o}"
+                             for k, o in paper.options.items())
+        sub = typer.Typer(no_args_is_help=True, help=paper.title, rich_markup_mode=None,
+                          epilog=f"--set keys of {paper.name}:\n\n{keys}" if keys else None)
         for name, art in paper.artifacts.items():
             sub.command(name, help=art.description)(_make_command(lambda p=paper.name, a=name: [(p, a)]))
         sub.command("all", help=f"Every artifact of {paper.name}.")(
@@ -259,21 +263,32 @@ def main(argv: list[str] | None = None) -> None:
         if argv[:1] != ["bench"]:  # the benchmark times each thread setting itself
             _set_threads()
         _check_names(argv)
-        build_app()(argv, standalone_mode=False)
+        rv = build_app()(argv, standalone_mode=False)
     except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument
-        _fail(e.format_message())
-    except typer.Abort:
-        _fail("aborted", 130)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `repro` or `repro <paper>` alone: the usage is shown above
+            _fail("no command given; choose one of the commands listed above")
+        _fail(e.format_message() or type(e).__name__)
+    except (typer.Abort, KeyboardInterrupt):
+        _interrupted()
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except RunsFailed as e:  # runs failed (details logged above): not a usage error
         _fail(str(e), 1)
     except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss) as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted: finished epochs are checkpointed; run the same command again to resume", 130)
+    if rv == 130:  # typer turns Ctrl-C inside a command into a return value of 130
+        _interrupted()
+    if isinstance(rv, int) and rv:
+        raise SystemExit(rv)
+
+
+def _interrupted() -> None:
+    from repro.runner import interrupted_message
+
+    _fail(interrupted_message(), 130)
 
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
-    print(f"error: {msg.strip().splitlines()[0]}", file=sys.stderr)
+    lines = (msg or "").strip().splitlines()
+    print(f"error: {lines[0] if lines else 'failed'}", file=sys.stderr)
     raise SystemExit(code)

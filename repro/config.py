@@ -90,6 +90,8 @@ class RunConfig:
             for k, default in _HASH_OMITS_AT_DEFAULT.items():
                 if k in node["train"] and node["train"][k] == default:
                     del node["train"][k]
+            if node["data"].get("image_size", 0) is None:  # added later; None: the dataset's own size
+                del node["data"]["image_size"]
         return d
 
     @property
@@ -122,11 +124,14 @@ def _parents(d: dict) -> list[dict]:
 
 
 def override(cfg: RunConfig, *, dataset: str | None = None, epochs: int | None = None,
-             train_limit: int | None = None, batch_size: int | None = None) -> RunConfig:
+             train_limit: int | None = None, batch_size: int | None = None,
+             lr_scale: float | None = None) -> RunConfig:
     """Apply command-line overrides to a run and, recursively, to the runs it starts from."""
     parent = override(cfg.parent, dataset=dataset, epochs=epochs, train_limit=train_limit,
-                      batch_size=batch_size) if cfg.parent else None
+                      batch_size=batch_size, lr_scale=lr_scale) if cfg.parent else None
     train, data = cfg.train, cfg.data
+    if lr_scale is not None and lr_scale != 1:
+        train = replace(train, lr=train.lr * lr_scale)
     if epochs is not None:
         train = replace(train, epochs=epochs)
     if batch_size is not None:

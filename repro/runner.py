@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +37,7 @@ class Request:
     epochs: int | None = None
     train_limit: int | None = None
     batch_size: int | None = None
+    lr_scale: float | None = None  # multiplies every run's learning rate
     # Paper-specific options from `--set KEY=VALUE` (e.g. dgate's hinge variant); each paper
     # declares the keys it takes in Paper.options.
     options: tuple[tuple[str, str], ...] = ()
@@ -44,7 +48,9 @@ class Request:
         if raw is None:
             return default
         try:
-            value = (raw.lower() in ("1", "true", "yes", "on")) if type is bool else type(raw)
+            from repro.artifacts import parse_bool
+
+            value = parse_bool(raw) if type is bool else type(raw)
         except ValueError:
             raise ConfigError(f"--set {key}={raw}: expected a {type.__name__}") from None
         if choices is not None and value not in choices:
@@ -55,6 +61,8 @@ class Request:
         get_scale(self.scale)
         for name in ("seeds", "epochs", "train_limit", "batch_size"):
             check_positive(name.replace("_", "-"), getattr(self, name))
+        if self.lr_scale is not None and not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise ConfigError(f"--lr-scale must be a positive number, got {self.lr_scale}")
         if self.dataset is not None:
             from repro.data import dataset_info
 
@@ -63,6 +71,12 @@ class Request:
     @property
     def scale_preset(self) -> Scale:
         return get_scale(self.scale)
+
+    def overrides(self) -> list[str]:
+        """The command-line settings that change numbers, as ``--flag value`` words (empty: none)."""
+        out = [f"--{k.replace('_', '-')} {v}" for k in ("dataset", "epochs", "train_limit", "batch_size", "lr_scale")
+               if (v := getattr(self, k)) is not None]
+        return out + [f"--set {k}={v}" for k, v in self.options]
 
     def dataset_for(self, paper_default: str) -> str:
         """The dataset a run uses: --dataset, else the scale's, else the paper's."""
@@ -84,20 +98,22 @@ class Settings:
     workers: int = 8
     log: Callable[[str], None] = print
     forced: set = field(default_factory=set)
+    scale: str = ""  # set by run_artifact: outputs are laid out by scale
 
     @property
     def tables_dir(self) -> Path:
-        return Path(self.out_dir) / "tables"
+        """``<out-dir>/tables/<scale>``: smoke outputs never land beside committed quick ones."""
+        return Path(self.out_dir) / "tables" / self.scale
 
     @property
     def figures_dir(self) -> Path:
-        return Path(self.out_dir) / "figures"
+        return Path(self.out_dir) / "figures" / self.scale
 
 
 def resolve(cfg: RunConfig, request: Request) -> list[RunConfig]:
     """A paper's run config with the request's overrides, once per seed."""
     cfg = override(cfg, dataset=request.dataset, epochs=request.epochs, train_limit=request.train_limit,
-                   batch_size=request.batch_size)
+                   batch_size=request.batch_size, lr_scale=request.lr_scale)
     return [cfg.with_seed(s) for s in range(request.seeds)]
 
 
@@ -130,9 +146,7 @@ class RunResult:
         return self._outputs
 
     def metrics(self):
-        import pandas as pd
-
-        return pd.read_csv(self.run.metrics_path) if self.run.metrics_path.exists() else pd.DataFrame()
+        return self.run.metrics()
 
 
 class Results:
@@ -245,7 +259,10 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
     main = D.env().is_main
     wait_msg = lambda owner: settings.log(f"{cfg.paper}/{cfg.dirname}: waiting for {owner}")  # noqa: E731
     lock = run.lock(on_wait=wait_msg) if not D.env().enabled else _ddp_lock(run, wait_msg)
-    with lock:
+    with activity(f"while waiting for the lock of run {cfg.paper}/{cfg.dirname} (held by another process)"):
+        stack = contextlib.ExitStack()
+        stack.enter_context(lock)
+    with stack:
         if must_force and main:
             run.reset()
         settings.forced.add(cfg.key)
@@ -256,22 +273,83 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
                 raise ConfigError(f"run {cfg.name} needs {p.name} first, which has no results")
         if main:
             run.prepare()
+            run.clean_temporaries()
         D.barrier()
         t0 = time.time()
         ctx = RunContext(cfg, run, settings)
+        meta = dict(device=str(ctx.device), processes=D.env().world, commit=git_commit(), torch=torch.__version__,
+                    threads=torch.get_num_threads())
         if main:
             data = ctx.data()
             atomic_torch_save({"train": data.train_idx, "val": data.val_idx}, run.dir / "split.pt")
-            run.write_meta(device=str(ctx.device), processes=D.env().world, commit=git_commit(),
-                           torch=torch.__version__)
+            run.write_meta(**meta)
         settings.log(f"{cfg.paper}/{cfg.dirname}: training ({cfg.kind}, {cfg.dataset}, "
                      f"{cfg.train.epochs} epochs, seed {cfg.seed}) on {ctx.device}")
-        results = trainer(cfg)(ctx)
-        results = {"seconds": time.time() - t0, **results}
-        if main:
+        seed_everything(cfg.seed, ctx.device)  # before the trainer builds anything of the run
+        with activity(f"run {cfg.paper}/{cfg.dirname}", run):
+            results = trainer(cfg)(ctx)
+        if main:  # results.json holds what the config determines; wall time goes to meta.json
+            run.write_meta(**meta, seconds=time.time() - t0)
             run.write_results(results)
         D.barrier()
     return "trained"
+
+
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    """Seed every generator a run may draw from (torch's CPU and CUDA generators, Python's
+    ``random``, NumPy's global state) from the run's seed.  The runner calls it right before
+    a run's trainer builds its model, so that initial weights, data order, augmentation and
+    dropout are a function of the run's config alone.  On CUDA, cuDNN is also told to pick
+    deterministic kernels (bit-identity across processes is guaranteed on the CPU only)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device is not None and device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+# What this process is doing now, for the message of an interrupt (Ctrl-C): a stack of
+# (description, run) pairs; train.fit records the last finished epoch in ACTIVE_EPOCH.
+ACTIVE: list[tuple[str, Run | None]] = []
+
+
+INTERRUPTED: list[tuple[str, Run | None]] = []  # the innermost activity a Ctrl-C went through
+
+
+@contextlib.contextmanager
+def activity(what: str, run: Run | None = None):
+    ACTIVE.append((what, run))
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not INTERRUPTED:
+            INTERRUPTED.append(ACTIVE[-1])
+        raise
+    finally:
+        ACTIVE.pop()
+
+
+def interrupted_message() -> str:
+    """One line for an interrupted command: what was interrupted, what is kept, how to resume."""
+    where = INTERRUPTED or ACTIVE
+    if not where:
+        return "interrupted; finished runs and epochs are kept: run the same command again to resume"
+    what, run = where[-1]
+    kept = ""
+    if run is not None:
+        from repro import train
+
+        last = train.LAST_CHECKPOINT
+        if last is not None and Path(last[0]).parent == run.dir / "ckpt":
+            kept = f"; kept: phase '{last[1]}' up to epoch {last[2]}/{last[3]}, in {last[0]}"
+        else:
+            kept = "; no epoch of it had finished yet"
+    return f"interrupted {what}{kept}; run the same command again to resume"
 
 
 @contextlib.contextmanager
@@ -300,6 +378,63 @@ def _ddp_lock(run: Run, on_wait, poll: float = 2.0):
         yield
 
 
+# --------------------------------------------------------------------------- pre-flight
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_dir(flag: str, path: Path | None, write: bool = True) -> None:
+    """``path`` is a folder or can be made one (nothing on its way is a file), and, with
+    ``write``, the nearest folder that exists on its way accepts a new file."""
+    if path is None:
+        return
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == Path(path).expanduser().absolute() else f"lies under the file {probe}"
+        raise ConfigError(f"{flag} {path} {what}; give a folder")
+    if write:
+        import tempfile
+
+        try:
+            tempfile.TemporaryFile(dir=probe).close()
+        except OSError as e:
+            raise ConfigError(f"{flag} {path}: cannot write in {probe} ({os.strerror(e.errno or 0)}); "
+                              f"give a writable folder") from None
+
+
+def check_settings(settings: Settings, *, local: bool = True, gpus_per_run: int = 1) -> None:
+    """Everything about where and how runs execute that can be known before any run trains."""
+    if not _DEVICE.match(settings.device):
+        raise ConfigError(f"--device {settings.device}: choose one of: auto, cpu, cuda, cuda:N")
+    if local and settings.device != "auto":
+        D.resolve_device(settings.device)  # cuda asked for without a GPU: one line now, not after planning
+    if settings.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {settings.workers}")
+    if settings.sync_bn and not (D.env().world > 1 or (not local and gpus_per_run > 1)):
+        raise ConfigError("--sync-bn needs several processes per run (torchrun, or --launcher submitit with "
+                          "--gpus-per-run > 1); leave it out for a single process")
+    check_dir("--runs-dir", settings.runs_dir)
+    check_dir("--out-dir", settings.out_dir)
+    check_dir("--data-root", settings.data_root, write=False)
+
+
+def preflight(targets: Sequence[tuple[str, str]], request: Request, settings: Settings, *, local: bool = True,
+              gpus_per_run: int = 1, check_runs: bool = True) -> dict[tuple[str, str], list[RunConfig]]:
+    """Check a command before anything trains: the ``--set`` values, every run config the targets
+    need, the settings, and the files of runs already done.  Returns each target's planned runs."""
+    for p, _ in targets:
+        get_paper(p).check_options(request.options)
+    plans = {(p, a): plan(get_paper(p).artifact(a), request) for p, a in targets}
+    check_settings(settings, local=local, gpus_per_run=gpus_per_run)
+    if check_runs:
+        for cfgs in plans.values():
+            for c in cfgs:
+                Run(settings.runs_dir, c).check_done()
+    return plans
+
+
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
     for cfg in cfgs:
         execute(cfg, settings)
@@ -318,4 +453,10 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         return []  # launched elsewhere and not waiting
     if not D.env().is_main:
         return []
-    return artifact.build(request, Results(request, settings), settings)
+    from dataclasses import replace
+
+    from repro.render import building
+
+    settings = replace(settings, scale=request.scale)
+    with building(request):
+        return artifact.build(request, Results(request, settings), settings)

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -53,23 +54,56 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.<name>.tmp<pid>`` files that a killed atomic write left in ``folder`` (and
+    its ``ckpt/``); call it only while holding the folder's run lock.  Returns what it removed."""
+    gone = []
+    for p in [*Path(folder).glob(".*.tmp*"), *Path(folder).glob("ckpt/.*.tmp*")]:
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """Checkpoints hold tensors and plain Python values only: load them with weights_only."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"file {path} is missing; rerun with --force to train its run afresh") from None
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            why = (f"it holds the Python global {found.group(1)}, which is not a tensor or plain "
+                   f"value; repro never writes such files")
+            raise CheckpointError(f"refused to load {path}: {why}; delete it and rerun the command", why) from None
+        why = f"{type(e).__name__}: {(text.strip().splitlines() or [''])[0][:160]}"
+        raise CheckpointError(f"cannot read {path} (corrupt: {why}); delete it and rerun the command "
+                              f"(its run is retrained)", why) from None
 
 
 _HELD: set[Path] = set()  # run folders whose lock this process holds (POSIX locks are per process)
 
 
 class CheckpointError(RuntimeError):
-    pass
+    def __init__(self, msg: str, why: str = ""):
+        super().__init__(msg)
+        self.why = why or msg
+
+
+class CorruptRun(CheckpointError):
+    """A finished run's file cannot be read: the message names it and how to retrain that run alone."""
+
+    def __init__(self, run: "Run", path: Path, why: str):
+        super().__init__(f"{path} is corrupt ({why}); delete the run's folder (rm -r {run.dir}) and rerun "
+                         f"the command: only that run is retrained")
 
 
 class RunLocked(RuntimeError):
@@ -118,10 +152,62 @@ class Run:
         return "partial" if any((self.dir / "ckpt").glob("*.pt")) else "missing"
 
     def results(self) -> dict:
-        return json.loads(self.results_path.read_text())
+        """results.json, checked: a JSON object (a run is done once it exists)."""
+        try:
+            out = json.loads(self.results_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CorruptRun(self, self.results_path, f"{type(e).__name__}: {str(e)[:80]}") from None
+        if not isinstance(out, dict):
+            raise CorruptRun(self, self.results_path, f"a JSON {type(out).__name__}, not an object")
+        return out
 
     def outputs(self) -> dict:
-        return load_checkpoint(self.outputs_path)
+        """outputs.pt, checked: per-exit logits whose sample counts match their labels."""
+        if not self.outputs_path.exists():
+            raise CorruptRun(self, self.outputs_path, "missing")
+        try:
+            out = load_checkpoint(self.outputs_path)
+        except CheckpointError as e:
+            raise CorruptRun(self, self.outputs_path, e.why) from None
+        if not isinstance(out, dict):
+            raise CorruptRun(self, self.outputs_path, f"a {type(out).__name__}, not a dict")
+        for split in ("val", "test"):
+            logits, labels = out.get(f"{split}_logits"), out.get(f"{split}_labels")
+            if logits is None and labels is None:
+                continue
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+                raise CorruptRun(self, self.outputs_path, f"{split}_labels is not a 1-d tensor")
+            if logits is None:
+                continue
+            stack = logits if isinstance(logits, (list, tuple)) else [logits]
+            for t in stack:
+                if not isinstance(t, torch.Tensor) or t.shape[-2:-1] != labels.shape:
+                    shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    raise CorruptRun(self, self.outputs_path,
+                                     f"{split}_logits of shape {shape} do not match {labels.numel()} labels")
+        return out
+
+    def metrics(self):
+        """metrics.csv as a DataFrame (empty if the run wrote none), checked."""
+        import pandas as pd
+
+        if not self.metrics_path.exists():
+            return pd.DataFrame()
+        try:
+            df = pd.read_csv(self.metrics_path)
+        except (OSError, ValueError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+            raise CorruptRun(self, self.metrics_path, f"{type(e).__name__}") from None
+        if len(df) and not {"phase", "epoch"} <= set(df.columns):
+            raise CorruptRun(self, self.metrics_path, "no phase and epoch columns")
+        return df
+
+    def check_done(self) -> None:
+        """Raise CorruptRun if this finished run's results.json cannot be read."""
+        if self.done:
+            self.results()
+
+    def clean_temporaries(self) -> list[Path]:
+        return remove_temporaries(self.dir)
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

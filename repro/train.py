@@ -23,6 +23,9 @@ from repro.config import ConfigError, TrainSpec
 from repro.store import CheckpointError, atomic_torch_save, load_checkpoint
 
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
+# (checkpoint path, phase, epoch, epochs) of the last checkpoint this process wrote or resumed
+# from: what an interrupt keeps (repro.runner.interrupted_message)
+LAST_CHECKPOINT: tuple[Path, str, int, int] | None = None
 CHECK_EVERY = 20  # batches between host syncs (non-finite check, progress display)
 _MALLOC_TUNED: bool | None = None
 
@@ -83,7 +86,8 @@ def require_cpp_compiler() -> None:
 class NonFiniteLoss(RuntimeError):
     def __init__(self, phase: str, epoch: int, batch: int):
         super().__init__(f"non-finite loss in phase '{phase}' at epoch {epoch + 1}, batch {batch + 1}; "
-                         f"the last good checkpoint is kept: lower the learning rate or check the data")
+                         f"the last good checkpoint is kept: rerun with --lr-scale 0.5 (a new run at half every "
+                         f"learning rate) or check the data")
 
 
 def lr_factor(spec: TrainSpec, epoch: float) -> float:
@@ -231,6 +235,7 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     ``compile``: the training steps call ``torch.compile(model)`` (the same parameters;
     ``eval_fn`` and the checkpoints get the uncompiled module), see :func:`compiled`.
     """
+    global LAST_CHECKPOINT
     keep_freed_memory()
     bare = D.unwrap(model)
     train_model = compiled(model) if compile else model
@@ -245,15 +250,21 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     start, history = 0, []
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, map_location=device)
+        _check_keys(ck, ckpt_path, {"model"})
         try:
             bare.load_state_dict(ck["model"])
         except RuntimeError as e:  # the model's code changed since the checkpoint was written
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model ({str(e).splitlines()[0][:120]}); "
                                   f"rerun with --force to train this run afresh") from None
+        _check_keys(ck, ckpt_path, {"rng", "epoch"} | (set() if ck.get("finished") else
+                                                       {"optimizer", "scheduler", "scaler"}))
         for m, sd in zip(stateful, ck.get("stateful", [])):
             m.load_state_dict(sd)
         history = list(ck.get("history", []))
         if ck.get("finished"):
+            # the generators as they were when this phase finished, so that whatever the run
+            # builds next (a phase-II head) is initialised as in an uninterrupted run
+            _set_rng_state(ck["rng"], device)
             return history
         if ema is not None:
             ema.load_state_dict(ck["ema"])
@@ -263,6 +274,7 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
             scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck["rng"], device)
         start = ck["epoch"]
+        LAST_CHECKPOINT = (ckpt_path, phase, start, spec.epochs)
         log(f"{phase}: resuming at epoch {start + 1}/{spec.epochs} from {ckpt_path}")
     else:
         torch.manual_seed(seed)
@@ -320,6 +332,7 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
                                    "stateful": [m.state_dict() for m in stateful], "rng": _rng_state(device),
                                    "epoch": epoch + 1, "finished": finished, "history": history,
                                    **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
+                LAST_CHECKPOINT = (ckpt_path, phase, epoch + 1, spec.epochs)
                 if metrics_path is not None:
                     append_metrics(metrics_path, row)
             D.barrier()
@@ -330,8 +343,19 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     return history
 
 
+def _check_keys(ck, path: Path, need: set[str]) -> None:
+    if not isinstance(ck, dict) or need - set(ck):
+        missing = sorted(need - set(ck)) if isinstance(ck, dict) else ["everything: not a dict"]
+        raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)}); delete it "
+                              f"(the run restarts this phase) or rerun with --force")
+
+
 def append_metrics(path: Path, row: dict) -> None:
-    df = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    try:
+        df = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path} is corrupt; delete it and rerun the command (the run resumes from its "
+                              f"checkpoints; earlier epochs' rows are not rewritten)") from None
     keep = df[~((df.get("phase") == row["phase"]) & (df.get("epoch") == row["epoch"]))] if len(df) else df
     out = pd.concat([keep, pd.DataFrame([row])], ignore_index=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -460,7 +460,7 @@ def test_table4_smoke(smoke_dir):
     assert list(df["row"]) == [a.label for a in bl.COMPACT.values()]
     for loss in ("ce", "focal", "bias"):
         assert df[loss].between(0, 100).all() and (df[f"{loss} ±"] > 0).all()
-        assert (df[f"{loss} Δ"] - (df[loss] - df[f"{loss} paper"])).abs().max() < 1e-9
+        assert f"{loss} Δ" not in df.columns  # smoke scale is not the paper's setting: no Δ
     assert df["bias paper"].tolist() == [71, 68.6, 78, 70.4, 79.9]
     assert df["params_m"].round(2).tolist() == [0.44, 1.48, 4.33, 0.78, 7.08]
     md = (smoke_dir / "tables" / "smoke" / "biasloss_table4.md").read_text()

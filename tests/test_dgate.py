@@ -313,7 +313,7 @@ def _table(path: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("artifact,arch", [("table1", "resnet101"), ("table2", "densenet201")])
 def test_e2e_tables(smoke_dir, artifact, arch):
     _cli(artifact, smoke_dir)
-    df = _table(smoke_dir / "tables" / f"dgate_{artifact}.csv")
+    df = _table(smoke_dir / "tables" / "smoke" / f"dgate_{artifact}.csv")
     assert len(df) == 9  # original, the paper's 4 triples, 4 tuned triples
     assert df["row"].iloc[0].startswith("original")
     for c in ("top1", "top1 paper", "mflops", "flops_reduction_pct", "time_ms", "speedup_pct", "t1", "exit1_pct"):
@@ -322,14 +322,14 @@ def test_e2e_tables(smoke_dir, artifact, arch):
     assert df["top1 paper"].notna().all()
     tuned = df[df["row"].str.startswith("tuned")]
     assert len(tuned) == 4 and (tuned["flops_reduction_pct"] <= 100).all()
-    md = (smoke_dir / "tables" / f"dgate_{artifact}.md").read_text()
+    md = (smoke_dir / "tables" / "smoke" / f"dgate_{artifact}.md").read_text()
     assert "scale: smoke" in md and "seeds: 1 seed" in md and "2 x fvcore multiply-adds" in md and "batch 1" in md
 
 
 @needs_fmnist
 def test_e2e_imagenet(smoke_dir):
     _cli("imagenet", smoke_dir)
-    df = _table(smoke_dir / "tables" / "dgate_imagenet.csv")
+    df = _table(smoke_dir / "tables" / "smoke" / "dgate_imagenet.csv")
     assert df["row"].tolist()[:2] == ["ResNet-101 (original)", "d-gates tuned on val, no drop in top-1"]
     assert df["top1 paper"].tolist()[:2] == [76.4, 76.8]
     assert df["top1"].iloc[:3].between(0, 100).all() and df["top1"].iloc[3:].isna().all()
@@ -338,30 +338,30 @@ def test_e2e_imagenet(smoke_dir):
 @needs_fmnist
 def test_e2e_fig4(smoke_dir):
     _cli("fig4", smoke_dir)
-    df = _table(smoke_dir / "figures" / "dgate_fig4.csv")
+    df = _table(smoke_dir / "figures" / "smoke" / "dgate_fig4.csv")
     assert set(df["method"]) == {"d-gates, hinge loss (max distance)", "gates, cross-entropy (max softmax)",
                                  "gates, cross-entropy (max logit)"}
     assert len(df) == 3 * len(dgate.FIG4_MARGINS) and df["acc"].between(0, 100).all()
     assert (df["cost"] <= df["orig_cost"] * 1.05).all()
-    assert (smoke_dir / "figures" / "dgate_fig4.png").stat().st_size > 0
+    assert (smoke_dir / "figures" / "smoke" / "dgate_fig4.png").stat().st_size > 0
 
 
 @needs_fmnist
 def test_e2e_fig5(smoke_dir):
     _cli("fig5", smoke_dir)
-    df = _table(smoke_dir / "figures" / "dgate_fig5.csv")
+    df = _table(smoke_dir / "figures" / "smoke" / "dgate_fig5.csv")
     assert len(df) == len(dgate.FIG5_GRID) ** 2 and df["acc"].between(0, 100).all()
     # raising both thresholds can only send samples deeper: cost is monotone in (t1, t2)
     low = df[(df["t1"] == df["t1"].min()) & (df["t2"] == df["t2"].min())]["mflops"].item()
     high = df[(df["t1"] == df["t1"].max()) & (df["t2"] == df["t2"].max())]["mflops"].item()
     assert low <= high
-    assert (smoke_dir / "figures" / "dgate_fig5.png").stat().st_size > 0
+    assert (smoke_dir / "figures" / "smoke" / "dgate_fig5.png").stat().st_size > 0
 
 
 @needs_fmnist
 def test_e2e_fig7(smoke_dir):
     _cli("fig7", smoke_dir)
-    df = _table(smoke_dir / "figures" / "dgate_fig7.csv")
+    df = _table(smoke_dir / "figures" / "smoke" / "dgate_fig7.csv")
     assert len(df) == 3 * 10 and set(df["gate"]) == {1, 2, 3}
     assert (df["exits_correct_dg111"] <= df["correct_distance_ge_1"]).all()
     assert (df["correct_distance_ge_1"] <= df["class_total"]).all()

@@ -296,10 +296,10 @@ def test_e2e_runs_are_shared(smoke):
 
 
 def test_e2e_table1(smoke):
-    md = (smoke / "tables" / "glancenet_table1.md").read_text()
+    md = (smoke / "tables" / "smoke" / "glancenet_table1.md").read_text()
     assert "scale: smoke" in md and "dataset: fashion-mnist" in md and "fvcore" in md and "seeds: 1 seed" in md
     assert "FLOPs reduction of GlanceNet vs DenseNet (%)" in md and "paper +30.18" in md
-    df = _read(smoke / "tables" / "glancenet_table1.csv")
+    df = _read(smoke / "tables" / "smoke" / "glancenet_table1.csv")
     assert len(df) == 4 and df["row"].iloc[0] == "DenseNet (baseline)"
     assert df["top1"].between(0, 100).all() and (df["top1 ±"] >= 0).all()
     assert df.loc[0, "speedup"] == 1 and df.loc[0, "flops_reduction_pct"] == 0
@@ -311,28 +311,28 @@ def test_e2e_table1(smoke):
 
 
 def test_e2e_hem(smoke):
-    df = _read(smoke / "tables" / "glancenet_hem.csv")
+    df = _read(smoke / "tables" / "smoke" / "glancenet_hem.csv")
     assert list(df["row"]) == ["GlanceNet without HEM (alpha=0.5)", "GlanceNet with HEM (alpha=0.5)"]
     assert list(df["top1 paper"]) == [89.12, 89.84] and list(df["speedup paper"]) == [1.54, 1.69]
     assert ((df[["exit1_pct", "exit2_pct", "exit3_pct"]].sum(axis=1)) - 100).abs().max() < 1e-6
     extra = df.loc[1, "exit1_pct"] - df.loc[0, "exit1_pct"]
     assert df.loc[1, "first_bypass_extra_pct"] == pytest.approx(extra)
     assert df.loc[1, "first_bypass_extra_pct paper"] == 15
-    assert "samples at the first bypass" in (smoke / "tables" / "glancenet_hem.md").read_text()
+    assert "samples at the first bypass" in (smoke / "tables" / "smoke" / "glancenet_hem.md").read_text()
 
 
 def test_e2e_alpha(smoke):
-    df = _read(smoke / "figures" / "glancenet_alpha.csv")
+    df = _read(smoke / "figures" / "smoke" / "glancenet_alpha.csv")
     assert [round(a, 1) for a in df["alpha"]] == list(ALPHAS)
     for c in ("H_bypass1", "H_bypass2"):
         assert df[c].is_monotonic_decreasing  # larger alpha, lower threshold (the paper's claim)
     assert df["top1"].between(0, 100).all() and (df["speedup"] > 0).all()
-    assert (smoke / "figures" / "glancenet_alpha.png").stat().st_size > 10_000
+    assert (smoke / "figures" / "smoke" / "glancenet_alpha.png").stat().st_size > 10_000
 
 
 def test_e2e_tradeoff(smoke):
-    df = _read(smoke / "figures" / "glancenet_tradeoff.csv")
+    df = _read(smoke / "figures" / "smoke" / "glancenet_tradeoff.csv")
     assert set(df["method"]) == {"val-searched", "learned", "densenet", "glancenet-no-exit"}
     assert (df["method"] == "learned").sum() == 10 and (df["method"] == "val-searched").sum() == 39
     assert df["top1"].between(0, 100).all() and (df["mflops"] > 0).all()
-    assert (smoke / "figures" / "glancenet_tradeoff.png").stat().st_size > 10_000
+    assert (smoke / "figures" / "smoke" / "glancenet_tradeoff.png").stat().st_size > 10_000

@@ -289,7 +289,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
         metrics = (run.dir / "metrics.csv").read_text().strip().splitlines()
         assert len(metrics) == 2  # header + the one epoch, once
         assert _trainings(p.stderr, run) == 1
-    assert (out / "figures" / "imta_fig7.csv").read_text().count("spearman") == 1
+    assert (out / "figures" / "smoke" / "imta_fig7.csv").read_text().count("spearman") == 1
     assert p.stderr.count("wrote ") == 3
     w0 = (hooks / "writes-0.txt").read_text().split()
     w1 = (hooks / "writes-1.txt").read_text().split()
@@ -319,7 +319,7 @@ def test_two_concurrent_invocations_train_each_run_once(tmp_path, monkeypatch, c
         assert _trainings(out_a + child_log, run) == 1, (out_a, out_b, child_log)
         assert run.done and len((run.dir / "metrics.csv").read_text().strip().splitlines()) == 2
     for d in ("a", "b"):
-        assert (tmp_path / d / "figures" / "imta_fig7.png").stat().st_size > 0
+        assert (tmp_path / d / "figures" / "smoke" / "imta_fig7.png").stat().st_size > 0
 
 
 def _stopper(dir_: Path) -> Path:
@@ -377,7 +377,7 @@ def test_killed_run_resumes_and_a_preempted_job_is_requeued_under_submitit(tmp_p
     assert "phase1: resuming at epoch 3/3" in log1  # the requeued job
     epochs = [ln.split(",")[1] for ln in (phase1.dir / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]  # each epoch once, from three processes
-    assert (out / "figures" / "imta_fig7.csv").exists()
+    assert (out / "figures" / "smoke" / "imta_fig7.csv").exists()
     # a second call has nothing to submit and renders straight away
     main([*args, "--launcher", "submitit"])
     assert json.loads((phase1.dir / "job.json").read_text())["job_id"] == rec1["job_id"]
@@ -397,7 +397,7 @@ def test_a_failed_run_is_reported_and_its_child_not_started(tmp_path, monkeypatc
         main(["imta", "fig7", *SMOKE, "--runs-dir", str(runs_dir), "--out-dir", str(tmp_path), "--jobs", "2"])
     out = capsys.readouterr().err
     assert exit_.value.code == 1, out  # failed runs: exit 1 (2 is for bad input)
-    assert "FAILED imta/" + phase1.cfg.dirname in out and "cannot read checkpoint" in out
+    assert "FAILED imta/" + phase1.cfg.dirname in out and "phase1.pt (corrupt" in out
     assert f"not started, its parent {phase1.cfg.dirname} failed" in out
     assert out.strip().splitlines()[-1].startswith("error: 2 of 2 runs failed")
     assert not (phase2.dir / "launch.log").exists()

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.artifacts import Artifact, Paper
+from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import dataset_info
 from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, time_call
@@ -883,20 +883,13 @@ def build_fig1(request, results, settings) -> list[Path]:
     meta = _meta(request, "fig1", "Top-1 vs FLOPs of the SkipblockNet family", cfg.dataset, CONVENTIONS[COST],
                  ["error bars: spread of top-1 (see seeds)", _family_data_note(request, cfg.dataset)])
     meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
-    fig.suptitle(f"{PAPER_NAME} fig1: {meta.title}", fontsize=10)
-    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
-    paths = save_figure(fig, meta, settings.figures_dir, dpi=150)
-    stem = settings.figures_dir / f"{PAPER_NAME}_fig1"
     data = [{"source": "ours", "row": k, "loss": loss_of(k), "mmacs_trained": ours.loc[k, "run_mmacs"],
              "mflops_224": ours.loc[k, "mflops"], "params_m_224": ours.loc[k, "params_m"], "top1": accs[k][0],
              "top1_spread": accs[k][1], "dataset": cfg.dataset} for k in TABLE1_ROWS]
     data += [{"source": "paper", "row": k, "loss": "bias" if k.startswith("skipblocknet") else "ce",
               "mflops_224": ref.loc[k, "mflops"], "params_m_224": ref.loc[k, "params_m"], "top1": ref.loc[k, "top1"],
               "dataset": "imagenet"} for k in ref.index]
-    head = "".join(f"# {line}\n" for line in [f"{PAPER_NAME} fig1: {meta.title}", *meta.lines()])
-    stem.with_suffix(".csv").write_text(head + pd.DataFrame(data).to_csv(index=False))
-    return paths + [stem.with_suffix(".csv")]
+    return save_figure(fig, meta, settings.figures_dir, data=pd.DataFrame(data))
 
 
 # ============================================================================ table 3
@@ -1059,22 +1052,31 @@ def build_table2(request, results, settings) -> list[Path]:
 # ============================================================================ the paper
 
 OPTIONS = {
-    "loss": "ce|focal|bias: loss of the SkipblockNet rows of table1/table2/fig1 (default bias, as in the paper); "
-            "table3/table4/table5 compare losses and always train each",
-    "bias_scaling": "local|global: batch min-max (paper, default) or the authors' code's running minimum",
-    "bias_clamp": "true|false: clamp z to [0.5, 1.5] (paper Sec. 5, default true; the code has no clamp)",
-    "bias_formula": "paper|code_v1: exp(alpha v) - beta (default) or the first released code's exp(beta v) - 1 + alpha",
-    "bias_alpha": "float, default 0.3",
-    "bias_beta": "float, default 0.3",
-    "focal_gamma": "float, default 2 (the paper does not state it)",
-    "shufflenet_width": "0.5|1.0: Table 4's ShuffleNetV2 width (default 0.5, the paper's label; the authors' code "
-                        "trains 1.0)",
-    "squeezenet": "bn|torchvision: Table 4's SqueezeNet as in pytorch-cifar100 (BN after every conv, no ReLU on the "
-                  "class map; default) or torchvision's (no BN; does not train at lr 0.1)",
-    "densenet": "k12|bc|121: Table 4's DenseNet at paper scale: L=100 k=12 (7.0 M, default), DenseNet-BC L=100 k=12 "
-                "(0.8 M) or the authors' CIFAR DenseNet-121 (k=32)",
-    "cifar_recipe": "paper|code: Table 4's schedule at paper scale (paper Sec. 5.2, default; or the authors' "
-                    "train.py: 160 epochs, wd 1e-4, x0.1 at 80/122, crop+flip)",
+    "loss": Option("loss of the SkipblockNet rows of table1/table2/fig1 (the paper's: bias); table3/table4/table5 "
+                   "compare losses and always train each", str, "bias", choices=("ce", "focal", "bias")),
+    "bias_scaling": Option("local: batch min-max (paper); global: the authors' code's running minimum", str, "local",
+                           choices=("local", "global")),
+    "bias_clamp": Option("clamp z to [0.5, 1.5] (paper Sec. 5; the code has no clamp)", bool, True),
+    "bias_formula": Option("paper: exp(alpha v) - beta; code_v1: the first released code's exp(beta v) - 1 + alpha",
+                           str, "paper", choices=("paper", "code_v1")),
+    "bias_alpha": Option("alpha of the bias loss weight", float, 0.3),
+    "bias_beta": Option("beta of the bias loss weight", float, 0.3),
+    "first_block": Option("SkipblockNet's first block: the authors' (with its 1x1 16->16 expansion conv) or "
+                          "torchvision's (without)", str, "authors", choices=("authors", "torchvision")),
+    "mnv3_last_channel": Option("MobileNetV3's classifier hidden width: fixed (1280, Small 1024, at every width, as "
+                                "the MobileNetV3 reference and Table 1) or scaled (1280*w, torchvision's builders)",
+                                str, "fixed", choices=("fixed", "scaled")),
+    "focal_gamma": Option("focal loss gamma (the paper does not state it)", float, 2.0, low=0),
+    "shufflenet_width": Option("Table 4's ShuffleNetV2 width (0.5: the paper's label; the authors' code trains 1.0)",
+                               float, 0.5, choices=(0.5, 1.0)),
+    "squeezenet": Option("Table 4's SqueezeNet: bn (as in pytorch-cifar100: BN after every conv, no ReLU on the "
+                         "class map) or torchvision's (no BN; does not train at lr 0.1)", str, "bn",
+                         choices=("bn", "torchvision")),
+    "densenet": Option("Table 4's DenseNet at paper scale: k12 = L=100 k=12 (7.0 M), bc = DenseNet-BC L=100 k=12 "
+                       "(0.8 M), 121 = the authors' CIFAR DenseNet-121 (k=32)", str, "k12",
+                       choices=("k12", "bc", "121")),
+    "cifar_recipe": Option("Table 4's schedule at paper scale: paper (Sec. 5.2) or code (the authors' train.py: 160 "
+                           "epochs, wd 1e-4, x0.1 at 80/122, crop+flip)", str, "paper", choices=("paper", "code")),
 }
 
 PAPER = Paper(

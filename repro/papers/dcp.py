@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Paper
+from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, RunConfig, TrainSpec
 from repro.data import DataSpec, dataset_info
 from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread
@@ -608,22 +608,38 @@ CHANNEL_ARCHS = ("vgg16", "resnet32")
 RATIO_SWEEP = {"paper": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "quick": (0.3, 0.5, 0.7), "smoke": (0.3, 0.5)}
 RATIO_SWEEP_VGG = {"paper": (0.2, 0.3, 0.42, 0.5, 0.6, 0.7, 0.8), "quick": (0.25, 0.42, 0.6), "smoke": (0.3, 0.42)}
 
+def _rates(raw: str) -> tuple[float, ...]:
+    prs = tuple(float(x) for x in raw.split(",") if x.strip())
+    if not prs:
+        raise ValueError("no rate given")
+    return prs
+
+
+_rates.__name__ = "comma-separated pruning rates"
+
 OPTIONS = {
-    "pr": "DCP pruning rate (fraction of all maskable channels dropped) for table1, fig-channels and imagenet "
-          "(default: VGG-16 0.42, ResNet-32/56 0.5, ResNet-50 0.3)",
-    "prs": "comma-separated pruning rates swept by fig-ratio (default per scale, e.g. quick 0.3,0.5,0.7)",
-    "ratio_arch": "architecture of fig-ratio: vgg16, resnet32 (default) or resnet56",
-    "decay": "utility decay of active channels per iteration (default 0.6; 0.7 for CIFAR init=pretrained)",
-    "warmup_frac": "fraction of the DCP iterations with every channel active "
-                   "(default: the authors' 10 of 200/300 epochs CIFAR, 5 of 90 ImageNet)",
-    "select": "topk (default: exactly N - round(N*pr) channels kept) or code (the authors' strict threshold)",
-    "scope": "global (default, the authors' code: one ranking over all layers) or layer (top 1-pr of every layer, "
-             "the abstract's literal reading)",
-    "l1_match": "flops (default: one keep fraction in every layer, FLOPs reduction matched to DCP's) "
-                "or layers (DCP's per-layer channel counts)",
-    "init": "CIFAR DCP start: scratch (default) or pretrained (from the unpruned run: lr 0.01, decay 0.7)",
-    "imagenet_init": "paper-scale ImageNet unpruned ResNet-50: torchvision (default, the authors' pretrained "
-                     "weights) or train (our own 90-epoch run)",
+    "pr": Option("DCP pruning rate (fraction of all maskable channels dropped) for table1, fig-channels and "
+                 "imagenet (default: VGG-16 0.42, ResNet-32/56 0.5, ResNet-50 0.3)", float, low=0, below=1),
+    "prs": Option("pruning rates swept by fig-ratio (default per scale, e.g. quick 0.3,0.5,0.7)", _rates,
+                  low=0, below=1),
+    "ratio_arch": Option("architecture of fig-ratio", str, "resnet32", choices=("vgg16", "resnet32", "resnet56")),
+    "decay": Option("utility decay of active channels per iteration (default 0.6; 0.7 for CIFAR init=pretrained; "
+                    "ImageNet: the start of the rising schedule x, x+0.1, x+0.2, then 1.0)", float, low=0, high=1),
+    "warmup_frac": Option("fraction of the DCP iterations with every channel active (default: the authors' 10 of "
+                          "200/300 epochs CIFAR, 5 of 60 ImageNet)", float, low=0, below=1),
+    "imagenet_recipe": Option("which main2.py of the authors: head (60 epochs, lr 0.01 for the first epoch then "
+                              "0.1, x0.1 at 36/48/54, decay 0.6->0.7->0.8->1.0) or superseded (90 epochs, lr 0.01, "
+                              "x0.1 at 13/22/28, constant decay 0.6)", str, "head", choices=("head", "superseded")),
+    "select": Option("topk: exactly N - round(N*pr) channels kept; code: the authors' strict threshold", str, "topk",
+                     choices=("topk", "code")),
+    "scope": Option("global: one ranking over all layers (the authors' code); layer: top 1-pr of every layer (the "
+                    "abstract's literal reading)", str, "global", choices=("global", "layer")),
+    "l1_match": Option("flops: one keep fraction in every layer, FLOPs reduction matched to DCP's; layers: DCP's "
+                       "per-layer channel counts", str, "flops", choices=("flops", "layers")),
+    "init": Option("CIFAR DCP start: scratch, or pretrained (from the unpruned run: lr 0.01, decay 0.7)", str,
+                   "scratch", choices=("scratch", "pretrained")),
+    "imagenet_init": Option("paper-scale ImageNet unpruned ResNet-50: torchvision (the authors' pretrained weights) "
+                            "or train (our own 90-epoch run)", str, "torchvision", choices=("torchvision", "train")),
 }
 
 
@@ -791,7 +807,6 @@ def train_unpruned(ctx) -> dict:
     """The unpruned network, trained with the same recipe as DCP (or torchvision's weights)."""
     cfg = ctx.cfg
     data = ctx.data()
-    torch.manual_seed(cfg.seed)
     model, _ = _build(cfg, data.info)
     if cfg.method.get("init") == "torchvision":
         _load_torchvision_resnet50(model)
@@ -821,7 +836,6 @@ def dcp_controller(cfg: RunConfig, slots: Sequence[MaskSlot], steps_per_epoch: i
 def train_dcp(ctx) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.method
     data = ctx.data()
-    torch.manual_seed(cfg.seed)
     model, slots_fn = _build(cfg, data.info)
     if m.get("init") == "pretrained":
         model.load_state_dict(ctx.parent_state())
@@ -886,7 +900,6 @@ def train_l1(ctx) -> dict:
     if dcp_cfg is None or base_cfg is None or dcp_cfg.kind != "dcp" or base_cfg.kind != "unpruned":
         raise ConfigError(f"run {cfg.name}: an l1 run needs the chain unpruned -> dcp -> l1")
     data = ctx.data()
-    torch.manual_seed(cfg.seed)
     model, slots_fn = _build(cfg, data.info)
     model.load_state_dict(load_checkpoint(Run(ctx.settings.runs_dir, base_cfg).dir / "model.pt",
                                           map_location="cpu"))
@@ -1250,14 +1263,7 @@ def build_fig_channels(request, results, settings):
     cfgs = list(dcps.values())
     meta = _meta(request, "fig-channels", "Channels kept per layer, and the active set over training", cfgs,
                  ["snapshots every 1/40 of training; flips = channels entering or leaving the active set"])
-    fig.suptitle(f"dcp fig-channels: {meta.title}", fontsize=10)
-    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    paths = save_figure(fig, meta, settings.figures_dir, dpi=130)
-    stem = settings.figures_dir / "dcp_fig-channels"
-    head = "".join(f"# {line}\n" for line in [f"dcp fig-channels: {meta.title}", *meta.lines()])
-    stem.with_suffix(".csv").write_text(head + pd.concat(frames, ignore_index=True).to_csv(index=False))
-    return paths + [stem.with_suffix(".csv")]
+    return save_figure(fig, meta, settings.figures_dir, dpi=130, data=pd.concat(frames, ignore_index=True))
 
 
 PAPER = Paper(

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Paper
+from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import TensorBatches, dataset_info
 from repro.exits import bootstrap_ci, early_exit, time_call
@@ -81,18 +81,30 @@ COST = "flops2x"  # the paper's "FLOPs (G)" are 2 x multiply-adds
 GATES_AFTER = (0, 1, 2)  # after ResNet stages / DenseNet dense blocks 1, 2, 3 (0-based)
 HINGES = ("ovr", "weston-watkins", "crammer-singer")
 
+def _existing_file(raw: str) -> str:
+    if not Path(raw).expanduser().is_file():
+        raise ValueError(f"no such file: {raw}")
+    return raw
+
+
+_existing_file.__name__ = "path of a file"
+
 OPTIONS = {
-    "hinge": "multi-class hinge of the d-gates: ovr (one-vs-rest, default) | weston-watkins | crammer-singer",
-    "l2": "λ of the L2 penalty (λ/2)·‖W‖² on the gate weights (default 1e-4)",
-    "backbone_checkpoint": ("PATH of a trained backbone state dict (ours, a GatedBackbone's, or torchvision's "
-                            "ResNet layout): skips backbone training; applies to every backbone the artifact uses"),
-    "features": ("cached (pooled features computed once, un-augmented; default for in-memory datasets) | "
-                 "online (frozen backbone on every augmented batch; default for ImageNet)"),
-    "standardize": "true|false: train the gates on standardised features, folded back into W, b (default true)",
-    "tune": "grid (exact search of the cascade on the threshold grid, default) | greedy (gate by gate)",
-    "grid_points": "candidate thresholds per gate for tuning: validation-score quantiles (default 40)",
-    "time_batch": "batch size of the real early-exit timing (default 1: per-image latency, as the paper)",
-    "time_images": "test images timed (default 1000 paper, 256 quick, 32 smoke)",
+    "hinge": Option("multi-class hinge of the d-gates", str, "ovr", choices=("ovr", "weston-watkins", "crammer-singer")),
+    "l2": Option("lambda of the L2 penalty (lambda/2)*||W||^2 on the gate weights", float, 1e-4, low=0),
+    "backbone_checkpoint": Option("a trained backbone state dict (ours, a GatedBackbone's, or torchvision's ResNet "
+                                  "layout): skips backbone training; applies to every backbone the artifact uses",
+                                  _existing_file),
+    "features": Option("cached: pooled features computed once, un-augmented (default for in-memory datasets); "
+                       "online: frozen backbone on every augmented batch (default for ImageNet)", str,
+                       choices=("cached", "online")),
+    "standardize": Option("train the gates on standardised features, folded back into W, b", bool, True),
+    "tune": Option("grid: exact search of the cascade on the threshold grid; greedy: gate by gate", str, "grid",
+                   choices=("grid", "greedy")),
+    "grid_points": Option("candidate thresholds per gate for tuning (validation-score quantiles)", int, 40, low=2),
+    "time_batch": Option("batch size of the real early-exit timing (1: per-image latency, as the paper)", int, 1,
+                         low=1),
+    "time_images": Option("test images timed (default 1000 paper, 256 quick, 32 smoke)", int, low=1),
 }
 
 # ---------------------------------------------------------------------------- losses
@@ -1061,8 +1073,8 @@ def fig5_runs(request):
     return [arch_runs(request, "resnet101")["hinge"]]
 
 
-def _heatmap_figure(path_stem: Path, panels: list[tuple[str, np.ndarray, str]], ticks: np.ndarray, title: str,
-                    footer: str) -> list[Path]:
+def _heatmap_figure(meta: Meta, out_dir: Path, panels: list[tuple[str, np.ndarray, str]], ticks: np.ndarray,
+                    data: pd.DataFrame) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1078,15 +1090,7 @@ def _heatmap_figure(path_stem: Path, panels: list[tuple[str, np.ndarray, str]], 
         ax.set_ylabel("t2 (d-gate 2 threshold)")
         ax.set_title(name, fontsize=9)
         fig.colorbar(im, ax=ax)
-    fig.suptitle(title, fontsize=10)
-    fig.text(0.01, 0.005, footer, fontsize=6, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, meta, out_dir, data=data)
 
 
 def build_fig5(request, results, settings):
@@ -1121,13 +1125,8 @@ def build_fig5(request, results, settings):
         notes.append(f"cheapest grid point within 0.1 point of the original's top-1: (t1, t2) = "
                      f"({FIG5_GRID[j[0]]:.1f}, {FIG5_GRID[j[1]]:.1f}), FLOPs −{100 - rel[j]:.1f} %")
     meta = _meta(request, "fig5", "Cost and accuracy over the (t1, t2) grid of two d-gates", cfg, notes)
-    stem = settings.figures_dir / f"{PAPER_NAME}_fig5"
-    paths = _heatmap_figure(stem, [("(a) average FLOPs, % of the original", rel, "viridis"),
-                                   ("(b) test top-1 (%)", acc, "magma")], FIG5_GRID,
-                            f"{PAPER_NAME} fig5: {meta.title}", " | ".join(meta.lines()[:5]))
-    head = "".join(f"# {line}\n" for line in [f"{PAPER_NAME} fig5: {meta.title}", *meta.lines()])
-    stem.with_suffix(".csv").write_text(head + data.to_csv(index=False))
-    return paths + [stem.with_suffix(".csv")]
+    return _heatmap_figure(meta, settings.figures_dir, [("(a) average FLOPs, % of the original", rel, "viridis"),
+                                                        ("(b) test top-1 (%)", acc, "magma")], FIG5_GRID, data)
 
 
 # ---------------------------------------------------------------------------- fig7: per-class statistics
@@ -1185,17 +1184,10 @@ def build_fig7(request, results, settings):
     if C <= 20:
         axes[-1].set_xticks(x, names, rotation=30, fontsize=7)
     axes[-1].set_xlabel("class")
-    fig.suptitle(f"{PAPER_NAME} fig7: {meta.title}", fontsize=9)
-    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.93))
-    paths = save_figure(fig, meta, settings.figures_dir, dpi=150)
-    stem = settings.figures_dir / f"{PAPER_NAME}_fig7"
     data = pd.DataFrame([{"class": c, "name": names[c] if c < len(names) else str(c), "gate": i + 1,
                           "correct_distance_ge_1": indep[i, c], "exits_correct_dg111": casc[i, c],
                           "class_total": totals[c]} for i in range(3) for c in range(C)])
-    head = "".join(f"# {line}\n" for line in [f"{PAPER_NAME} fig7: {meta.title}", *meta.lines()])
-    stem.with_suffix(".csv").write_text(head + data.to_csv(index=False))
-    return paths + [stem.with_suffix(".csv")]
+    return save_figure(fig, meta, settings.figures_dir, data=data)
 
 
 # ---------------------------------------------------------------------------- the paper

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Paper
+from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, RunConfig, TrainSpec
 from repro.data import DataSpec, dataset_info, load_data
 from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, per_exit_accuracy,
@@ -64,7 +64,7 @@ from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exi
 from repro.flops import CONVENTIONS, count_exits, count_model
 from repro.models.densenet import densenet_cifar, glance_densenet
 from repro.runner import first_test_images
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table
+from repro.render import Meta, Series, beside_paper, claim, save_figure, write_figure, write_table
 from repro.store import load_checkpoint
 
 PAPER_NAME = "glancenet"
@@ -199,15 +199,24 @@ TRAIN = {"paper": TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, we
 # real early-exit timing: images timed one at a time, images timed in batches, that batch size
 TIMING = {"paper": (500, 10000, 500), "quick": (200, 2000, 250), "smoke": (24, 256, 128)}
 
+def _block_list(raw: str) -> tuple[int, ...]:
+    return tuple(sorted({int(v) for v in raw.split(",") if v.strip()}))
+
+
+_block_list.__name__ = "comma-separated block indices"
+
 OPTIONS = {
-    "alpha": "alpha of table1 (default 0.9); the threshold bank always holds 0.1..1.0 as well",
-    "hem_alpha": "alpha of the hem table (default 0.5)",
-    "bypass_after": "dense blocks (0-based, comma-separated) followed by a bypass (default 0,1)",
-    "depth": "DenseNet depth L (default: 40 at paper scale, 10 quick, 7 smoke)",
-    "growth": "DenseNet growth rate k (default: 12 paper and quick, 4 smoke)",
-    "bottleneck": "true: DenseNet-BC (bottleneck layers, compression 0.5); default false (plain DenseNet)",
-    "tnorm": "threshold loss distance: sq (squared, default) or abs (the letter's ||.||_2 of a scalar)",
-    "hem_last": "apply the hard example weight to the backbone's own classifier too (default true)",
+    "alpha": Option("alpha of table1; the threshold bank always holds 0.1..1.0 as well", float, 0.9, low=0, high=1),
+    "hem_alpha": Option("alpha of the hem table", float, 0.5, low=0, high=1),
+    "bypass_after": Option("dense blocks (0-based) followed by a bypass; the last block (2) feeds the backbone's "
+                           "own classifier", _block_list, "0,1", low=0, high=1),
+    "depth": Option("DenseNet depth L, L = 3n + 4 (default: 40 at paper scale, 10 quick, 7 smoke)", int, low=7),
+    "growth": Option("DenseNet growth rate k (default: 12 paper and quick, 4 smoke)", int, low=1),
+    "bottleneck": Option("DenseNet-BC (bottleneck layers, compression 0.5) instead of the plain DenseNet",
+                         bool, False),
+    "tnorm": Option("threshold loss distance: squared or absolute (the letter's ||.||_2 of a scalar)", str, "sq",
+                    choices=("sq", "abs")),
+    "hem_last": Option("apply the hard example weight to the backbone's own classifier too", bool, True),
 }
 
 
@@ -692,19 +701,7 @@ def build_alpha(request, results, settings):
         ax.axvline(_alpha(request, "alpha", 0.9), color="tab:red", lw=0.8, ls="--")
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{PAPER_NAME} alpha: {meta.title}", fontsize=10)
-    fig.text(0.01, 0.005, " | ".join(meta.lines()[:5]), fontsize=6, color="0.35")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    out = Path(settings.figures_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{PAPER_NAME}_alpha"
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    head = "".join(f"# {line}\n" for line in [f"{PAPER_NAME} alpha: {meta.title}", *meta.lines()])
-    stem.with_suffix(".csv").write_text(head + df.to_csv(index=False))
-    return paths + [stem.with_suffix(".csv")]
+    return save_figure(fig, meta, settings.figures_dir, data=df)
 
 
 def tradeoff_runs(request):

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.artifacts import Artifact, Paper
+from repro.artifacts import Artifact, Option, Paper
 from repro.config import RunConfig, TrainSpec
 from repro.data import DataSpec, dataset_info
 from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, per_exit_accuracy
@@ -510,15 +510,8 @@ def build_fig7(request, results, settings):
     ax.set_xlabel("confidence rank at exit 1 (validation, normalised)")
     ax.set_ylabel("confidence rank at exit 2")
     meta = _meta(request, "fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", base)
-    ax.set_title(f"imta fig7 ({meta.scale.split(' (')[0]}, {meta.dataset})", fontsize=9)
     ax.legend(fontsize=7, markerscale=4)
-    fig.tight_layout()
-    paths = save_figure(fig, meta, settings.figures_dir, dpi=150)
-    stem = settings.figures_dir / "imta_fig7"
-    data = pd.concat(frames, ignore_index=True)
-    head = "".join(f"# {line}\n" for line in [f"imta fig7: {meta.title}", *meta.lines()])
-    stem.with_suffix(".csv").write_text(head + data.to_csv(index=False))
-    return paths + [stem.with_suffix(".csv")]
+    return save_figure(fig, meta, settings.figures_dir, data=pd.concat(frames, ignore_index=True))
 
 
 PAPER = Paper(
@@ -538,4 +531,5 @@ PAPER = Paper(
         Artifact("fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", fig7_runs, build_fig7),
     ]},
     trainers={"phase1": train_phase1, "phase2": train_phase2},
+    options={k: Option(help, str, choices[0], choices=choices) for k, (choices, help) in OPTION_SPECS.items()},
 )
