@@ -51,7 +51,7 @@ all-figures: install
 		$(BIN)/repro $$p $$a --scale $(SCALE) || exit 1; done
 
 bench: install
-	$(BIN)/repro bench $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)
+	$(BIN)/python -m benchmarks $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)
 
 clean:
 	@echo "removing runs/ and the smoke outputs (committed quick/paper results under tables/ and figures/ are kept)"

@@ -153,17 +153,16 @@ def build_app() -> typer.Typer:
     def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),
                   out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False),
                   items: str = typer.Option("1,2,3,4,5,6", help="Which items to run, e.g. 3,4.")):
-        """Speed and memory benchmarks against their targets (see README, Performance)."""
-        from repro.bench import main as bench_main
+        """Speed and memory benchmarks against their targets (a checkout's benchmarks/; README, Performance)."""
+        root = Path(__file__).resolve().parents[1]  # the checkout, when repro is not an installed wheel
+        if not (root / "benchmarks" / "run.py").is_file():
+            raise ConfigError("repro bench: the benchmarks are not installed with the package; run `make bench` "
+                              "(or `python -m benchmarks`) in a source checkout")
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from benchmarks import run as bench
 
-        chosen = [i.strip() for i in items.split(",") if i.strip()]
-        bad = [i for i in chosen if i not in {"1", "2", "3", "4", "5", "6"}]
-        if bad or not chosen:
-            raise ConfigError(f"--items: unknown item {bad[0] if bad else repr(items)}; choose from 1,2,3,4,5,6")
-        if ref_msdnet and not (Path(ref_msdnet) / "models" / "msdnet.py").is_file():
-            raise ConfigError(f"--ref-msdnet: {ref_msdnet}/models/msdnet.py not found; give a checkout of "
-                              "kalviny/MSDNet-PyTorch")
-        bench_main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick, items=tuple(chosen))
+        bench.main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick, items=bench.check_args(items, ref_msdnet))
 
     all_targets = lambda: [(p.name, a) for p in papers().values() for a in p.artifacts]  # noqa: E731
     app.command("all", help="Every artifact of every paper.")(_make_command(all_targets))

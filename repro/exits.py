@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +23,8 @@ import torch
 from torch import nn
 
 from repro.models.base import MultiExitNet
+from repro.nn import threads
+from repro.timing import time_call  # measure_speedup; the papers' timing artifacts import it from here too
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,6 +65,16 @@ def collect_logits(model: torch.nn.Module, batches, device: torch.device | None 
 def per_exit_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 (%) of every exit: a vector of length exits."""
     return (logits.argmax(-1) == labels).double().mean(1) * 100
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    """Top-k (%) of single-output logits: N x C, or exits x N x C as :func:`collect_logits`
+    returns them (then the last exit's); k is capped at the number of classes."""
+    if logits.dim() == 3:
+        logits = logits[-1]
+    k = min(k, logits.shape[-1])
+    hit = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1)
+    return float(hit.double().mean() * 100)
 
 
 # --------------------------------------------------------------------------- budgeted batch
@@ -166,21 +177,6 @@ def _evaluate_batch(scores: torch.Tensor, thresholds: torch.Tensor, correct: tor
     return {"acc": hits.sum(1) / n * 100, "cost": cost, "fractions": counts / n, "counts": counts, "hits": hits}
 
 
-class one_thread:
-    """One intra-op thread inside the block (restored after).
-
-    The sweep's tensors are small (budgets x samples); on a shared machine two OpenMP
-    threads fighting for two busy cores made it 20x slower (1.1 s instead of 0.06 s).
-    """
-
-    def __enter__(self):
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.threads)
-
-
 def budgeted_sweep(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: torch.Tensor,
                    test_labels: torch.Tensor, costs: Sequence[float], score: str | Score = "confidence",
                    budgets: Sequence[int] = range(1, 40)) -> pd.DataFrame:
@@ -192,7 +188,9 @@ def budgeted_sweep(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logi
     """
     fn = SCORES[score] if isinstance(score, str) else score
     budgets = list(budgets)
-    with one_thread():
+    # small tensors (budgets x samples): on a shared machine two OpenMP threads fighting for
+    # two busy cores made the sweep 20x slower (1.1 s instead of 0.06 s)
+    with threads(1):
         val_s, test_s = fn(val_logits), fn(test_logits)
         t = fit_thresholds_batch(val_s, budget_distributions(val_logits.shape[0], budgets))
         v = _evaluate_batch(val_s, t, val_logits.argmax(-1) == val_labels, costs)
@@ -321,29 +319,6 @@ def inference_net(net: nn.Module, channels_last: bool = True) -> nn.Module:
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
-    """Median wall-clock seconds of ``fn()`` after warm-up (with freed memory kept for reuse,
-    as in training: :func:`repro.train.keep_freed_memory`)."""
-    from repro.train import keep_freed_memory
-
-    keep_freed_memory()
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ with warnings.catch_warnings():
     from fvcore.nn.jit_handles import get_shape
 
 from repro.models.base import MultiExitNet
+from repro.nn import threads
 
 CONVENTIONS: dict[str, str] = {
     "fvcore": "MMACs, fvcore: one multiply-add = 1, BatchNorm and adaptive pooling counted",
@@ -149,8 +150,8 @@ class _EvalNoGrad:
 
     def __enter__(self):
         self.was_training = self.model.training
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        self.one_thread = threads(1)
+        self.one_thread.__enter__()
         self.model.eval()
         self.no_grad = torch.no_grad()
         self.no_grad.__enter__()
@@ -158,18 +159,31 @@ class _EvalNoGrad:
     def __exit__(self, *exc):
         self.no_grad.__exit__(*exc)
         self.model.train(self.was_training)
-        torch.set_num_threads(self.threads)
+        self.one_thread.__exit__(*exc)
 
 
 def count_model(model: nn.Module, input_shape: Sequence[int], convention: str = "fvcore") -> Cost:
     """Cost of one forward of a single-output net on one sample of ``input_shape``
     (per-sample shape such as (C, H, W), or a 4-d shape with the batch of 1);
     params = all the model's parameters."""
-    x = _input(model, input_shape)
-    with _EvalNoGrad(model):
-        macs = _total(model, (x,), convention)
+    macs, _ = count_by_module(model, input_shape, convention)
     params = sum(p.numel() for p in model.parameters())
     return Cost(macs=macs, params=params, convention=convention)
+
+
+def count_by_module(model: nn.Module, input_shape: Sequence[int],
+                    convention: str = "fvcore") -> tuple[float, dict[str, float]]:
+    """:func:`count_model`'s cost and the same count split by module: ``{qualified name:
+    cost of the ops inside that module}`` (``""``: the whole net), fvcore's ``by_module``
+    in ``convention``'s unit."""
+    x = _input(model, input_shape)
+    with _EvalNoGrad(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fca = _analysis(model, (x,), convention)
+        total, by_module = float(fca.total()), fca.by_module()
+    if convention == "flops2x":
+        total, by_module = 2.0 * total, {k: 2 * v for k, v in by_module.items()}
+    return total, dict(by_module)
 
 
 def _tensors(state: Any) -> list[torch.Tensor]:

@@ -148,19 +148,17 @@ def write_spec(cfg: RunConfig, settings) -> Path:
     return path
 
 
-def _set_threads(threads: int | None) -> None:
-    """Intra-op threads of a job: $REPRO_THREADS if set, else the launcher's share, else Slurm's CPUs."""
-    threads = int(os.environ.get("REPRO_THREADS", "0") or 0) or threads or \
-        int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
-    if threads:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
+def _job_threads(threads: int | None) -> int | None:
+    """Intra-op threads of a job: $REPRO_THREADS if set, else the launcher's share, else Slurm's
+    CPUs, else None (torch's own count)."""
+    return int(os.environ.get("REPRO_THREADS", "0") or 0) or threads or \
+        int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None
 
 
 def worker_main(argv: Sequence[str]) -> int:
     """``python -m repro.launch SPEC``: train one run (under torchrun: with every rank)."""
     from repro.data import DataUnavailable
+    from repro.nn import threads as torch_threads
     from repro.store import CheckpointError, RunLocked
     from repro.train import NonFiniteLoss
 
@@ -168,12 +166,12 @@ def worker_main(argv: Sequence[str]) -> int:
         print("usage: python -m repro.launch SPEC.pkl", file=sys.stderr)
         return 2
     D.init_from_env()
-    _set_threads(None)
     with open(argv[0], "rb") as f:
         spec = pickle.load(f)
     cfg, settings = spec["cfg"], spec["settings"]
     try:
-        what = run_one(cfg, settings)
+        with torch_threads(_job_threads(None)):
+            what = run_one(cfg, settings)
     except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss) as e:
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr, flush=True)
         return 1
@@ -197,8 +195,10 @@ class RunJob(_Checkpointable):
             if rc != 0 or not Run(settings.runs_dir, cfg).done:
                 raise RuntimeError(f"torchrun for {cfg.paper}/{cfg.dirname} exited with {rc}")
             return "trained"
-        _set_threads(threads)
-        return run_one(cfg, settings)
+        from repro.nn import threads as torch_threads
+
+        with torch_threads(_job_threads(threads)):
+            return run_one(cfg, settings)
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on the preemption / time-limit signal: requeue the same job with

@@ -1,5 +1,5 @@
-"""The performance work (issue 8): each fast path against a slow or independent reference,
-and the benchmark's own pieces.  No timings are asserted here (the benchmark checks speed)."""
+"""The performance work: each fast path against a slow or independent reference, and the
+pieces of the benchmarks/ harness.  No timings are asserted here (the benchmark checks speed)."""
 import math
 
 import pandas as pd
@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from repro import bench
+from benchmarks import harness, item1_sweep, item3_train, item4_early_exit
+from benchmarks.run import main as bench_main
+from repro.nn import threads
 from repro.data import DATASETS, TensorBatches, random_crop, random_crop_flip, random_flip
 from repro.exits import (_evaluate_batch, budget_distributions, budgeted_sweep, confidence, early_exit,
                          evaluate_exits, exit_index, exit_index_batch, fit_thresholds, fit_thresholds_batch,
@@ -18,19 +20,19 @@ from repro.models.msdnet import msdnet_cifar_small
 # ---------------------------------------------------------------- item 1: the budgeted sweep
 
 def test_sweep_equals_the_per_sample_reference_loop():
-    vz, vy = bench.synthetic_outputs(4, 300, 10, seed=0)
-    tz, ty = bench.synthetic_outputs(4, 400, 10, seed=1)
+    vz, vy = item1_sweep.synthetic_outputs(4, 300, 10, seed=0)
+    tz, ty = item1_sweep.synthetic_outputs(4, 400, 10, seed=1)
     costs = [1.5, 2.0, 3.25, 7.0]
     budgets = [1, 7, 20, 33, 39]
     ours = budgeted_sweep(vz, vy, tz, ty, costs, budgets=budgets)
-    ref = bench.reference_sweep(vz, vy, tz, ty, costs, budgets)
-    assert "identical" in bench.compare_sweeps(ours, ref)
+    ref = item1_sweep.reference_sweep(vz, vy, tz, ty, costs, budgets)
+    assert "identical" in item1_sweep.compare_sweeps(ours, ref)
     # non-vacuous: exits are used, and a changed threshold is caught
     assert 0 < ours["fractions"].iloc[2][0] < 1
     bad = ours.copy()
     bad.at[2, "thresholds"] = [t + 1e-9 if math.isfinite(t) else t for t in bad.at[2, "thresholds"]]
     with pytest.raises(AssertionError, match="thresholds"):
-        bench.compare_sweeps(bad, ref)
+        item1_sweep.compare_sweeps(bad, ref)
 
 
 def test_batched_thresholds_equal_one_budget_at_a_time():
@@ -100,7 +102,7 @@ def test_conv_linear_macs_by_hand():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     want = 32 * 32 * 8 * 3 * 9 + 16 * 16 * 8 * 4 * 9 + 8 * 10
-    assert bench.conv_linear_macs(net, torch.zeros(2, 3, 32, 32)) == want
+    assert item3_train.conv_linear_macs(net, torch.zeros(2, 3, 32, 32)) == want
 
 
 def test_msdnet_channels_last_is_a_layout_not_a_different_net():
@@ -184,9 +186,9 @@ def test_keep_freed_memory_is_idempotent():
 # ---------------------------------------------------------------- the benchmark end to end (small)
 
 def test_bench_writes_its_table(tmp_path):
-    tiny = bench.Sizes(sweep_val=200, sweep_test=300, sweep_budgets=5, sweep_repeats=1, data_images=640,
+    tiny = harness.Sizes(sweep_val=200, sweep_test=300, sweep_budgets=5, sweep_repeats=1, data_images=640,
                        data_ref_batches=2, data_ref_workers=(0,))
-    figures = bench.main(out=tmp_path / "results.csv", items=("1", "2"), sizes=tiny)
+    figures = bench_main(out=tmp_path / "results.csv", items=("1", "2"), sizes=tiny)
     df = pd.read_csv(tmp_path / "results.csv")
     assert {"item", "figure", "value", "unit", "target", "passed", "cpu", "torch", "device", "threads"} <= set(df.columns)
     assert set(df["item"].astype(str)) == {"1", "2"}
@@ -211,17 +213,35 @@ def test_bench_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 def test_predicted_speedup_is_full_cost_over_expected_cost():
     # half the samples leave after 1 unit, half run all 4: expected 2.5, speed-up 4 / 2.5
-    assert bench.predicted_speedup(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 4.0])) == pytest.approx(1.6)
-    assert bench.predicted_speedup(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 3.0])) == 1.0
+    assert item4_early_exit.predicted_speedup(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 4.0])) == pytest.approx(1.6)
+    assert item4_early_exit.predicted_speedup(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 3.0])) == 1.0
 
 
 def test_item_3_without_a_cpp_compiler_skips_the_compiled_variant(tmp_path, monkeypatch):
     import repro.train
 
     monkeypatch.setattr(repro.train, "cpp_compiler", lambda: None)
-    sz = bench.Sizes(gemm_n=256, train_steps=1, train_min_steps=1, train_budget_s=0.0, train_compile=True)
-    with bench.threads(1):
-        figures = bench.bench_train(sz, torch.device("cpu"), None, lambda m: None, tmp_path)
+    sz = harness.Sizes(gemm_n=256, train_steps=1, train_min_steps=1, train_budget_s=0.0, train_compile=True)
+    with threads(1):
+        figures = item3_train.run(sz, torch.device("cpu"), None, lambda m: None, tmp_path)
     names = [f.figure for f in figures]
     assert "MSDNet train: ours, compiled" in names and not any("compiled (" in n for n in names)
     assert figures[-1].figure == "MSDNet train: ours / reference" and figures[-1].value > 0
+
+
+def test_benchmarks_command_line_bad_input_is_one_line(capsys):
+    from benchmarks.run import cli
+
+    assert cli(["--items", "3,7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --items: unknown item 7; choose from 1,2,3,4,5,6"
+
+
+def test_repro_bench_without_a_checkout_says_what_to_do(tmp_path, monkeypatch, capsys):
+    import repro.cli
+
+    monkeypatch.setattr(repro.cli, "__file__", str(tmp_path / "site-packages" / "repro" / "cli.py"))
+    with pytest.raises(SystemExit) as e:
+        repro.cli.main(["bench", "--quick"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "make bench" in err

@@ -44,7 +44,6 @@ split is only reported (val_acc), never used to pick anything.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -57,10 +56,11 @@ from torch import nn
 from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import dataset_info
-from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, time_call
+from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, time_call, topk_accuracy
 from repro.exits import cpu_model as cpu_name
 from repro.flops import CONVENTIONS, count_model
 from repro.models import compact, skipblocknet
+from repro.nn import threads as num_threads  # n intra-op threads inside a block, restored after
 from repro.render import Meta, beside_paper, claim, write_table, save_figure
 
 PAPER_NAME = "biasloss"
@@ -567,12 +567,6 @@ def collect_with_variances(net: nn.Module, batches, layers: list[nn.Module]) -> 
     return logits, torch.stack([torch.cat(s) for s in store]) if layers else torch.zeros(0)
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[-1])
-    top = logits[0].topk(k, dim=1).indices
-    return float((top == labels[:, None]).any(1).double().mean() * 100)
-
-
 def train(ctx) -> dict:
     cfg = ctx.cfg
     data = ctx.data()
@@ -974,17 +968,6 @@ def build_table5(request, results, settings) -> list[Path]:
 
 
 # ============================================================================ table 2 (latency)
-
-
-@contextmanager
-def num_threads(n: int):
-    """torch.set_num_threads(n) inside the block; the previous count restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 LATENCY_MODELS = {

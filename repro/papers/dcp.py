@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -50,8 +49,8 @@ from repro import distributed as D
 from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, RunConfig, TrainSpec
 from repro.data import DataSpec, dataset_info
-from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread
-from repro.flops import CONVENTIONS
+from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, topk_accuracy
+from repro.flops import CONVENTIONS, count_by_module
 from repro.models import resnet, resnet50_dcp, vgg
 from repro.models.staged import MaskSlot, prune_channels
 from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
@@ -357,27 +356,8 @@ class DCPController(nn.Module):
 
 
 def _count(model: nn.Module, input_shape: Sequence[int]):
-    """An fvcore analysis of one eval-mode, no-grad forward of a batch-1 input."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-
-    p = next(model.parameters())
-    x = torch.zeros((1, *input_shape), device=p.device, dtype=p.dtype)
-    was, threads = model.training, torch.get_num_threads()
-    torch.set_num_threads(1)
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fca = FlopCountAnalysis(model, (x,))
-            fca.unsupported_ops_warnings(False)
-            fca.uncalled_modules_warnings(False)
-            fca.tracer_warnings("none")
-            total, by_module = fca.total(), fca.by_module()
-    finally:
-        model.train(was)
-        torch.set_num_threads(threads)
+    """fvcore MACs of one eval-mode, no-grad forward of a batch-1 input, and by module."""
+    total, by_module = count_by_module(model, input_shape, "fvcore")
     return int(total), by_module
 
 
@@ -477,15 +457,6 @@ def match_uniform_fraction(cost: CostModel, target_reduction: float, grid: int =
     err = (1 - macs / cost.total_macs - target_reduction).abs()
     best = int(torch.nonzero(err == err.min()).flatten()[-1])  # the largest fraction among equals
     return float(f[best]), [int(c) for c in counts[best]]
-
-
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    """Top-k (%) of single-output logits (N x C, or 1 x N x C as collect_logits returns)."""
-    if logits.dim() == 3:
-        logits = logits[-1]
-    k = min(k, logits.shape[-1])
-    hit = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1)
-    return float(hit.double().mean() * 100)
 
 
 # ============================================================================ models and runs

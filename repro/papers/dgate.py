@@ -72,6 +72,7 @@ from repro.flops import count_exits, count_model
 from repro.models.densenet import densenet201_cifar
 from repro.models.resnet import resnet_cifar_imagenet_style
 from repro.models.staged import GatedBackbone, init_weights
+from repro.nn import threads
 from repro.runner import first_test_images
 from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.store import load_checkpoint
@@ -724,15 +725,10 @@ def time_configs(net: GatedBackbone, x: torch.Tensor, configs: dict[str, Sequenc
                  device: torch.device, repeats: int = 3) -> dict[str, dict]:
     """Median wall-clock ms per image of the bare backbone ('original') and of real early exit per config."""
     chunks = list(x.split(batch_size))
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        # per-image latency on a CPU: small batches gain nothing from intra-op threads, and on a
-        # shared machine two OpenMP threads waiting on each other dominate the time
-        torch.set_num_threads(1)
-    try:
+    # per-image latency on a CPU: small batches gain nothing from intra-op threads, and on a
+    # shared machine two OpenMP threads waiting on each other dominate the time
+    with threads(1 if device.type == "cpu" else None):
         return _time_configs(net, chunks, x.shape[0], configs, device, repeats)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _time_configs(net, chunks, n, configs, device, repeats) -> dict[str, dict]:
