@@ -1,3 +1,9 @@
+"""``python -m repro``: the same command line as ``repro`` (:func:`repro.cli.main`).
+
+Used where the console script is not on the PATH, and by torchrun, which starts modules:
+``torchrun --nproc_per_node N -m repro <paper> <artifact> ...`` trains every run of the
+artifact with N processes (docs/scaling.md).  Nothing else happens here.
+"""
 from repro.cli import main
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 A paper module in ``repro/papers/`` defines ``PAPER = Paper(...)``: its artifacts
 (each a list of runs plus a function that turns their results into tables and
-figures) and its trainers (one function per kind of run).  The core imports every
-module in that package, so adding a paper means adding one module and one
-reference CSV; nothing in the core names a paper.
+figures), its trainers (one function per kind of run) and its ``--set`` keys, each a
+typed :class:`Option` (type, default, choices or range, declared once).  The core
+imports every module in that package, so adding a paper means adding one module and one
+reference CSV; nothing in the core names a paper.  docs/adding-a-paper.md walks through
+an example.
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """Run configs: one frozen, fully resolved record per training run.
 
-A run is named by its paper, a short readable name, and a hash of everything
-that can change its numbers (model, data, method, schedule, seed, parent run).
-Where it runs (device, number of processes) is not part of the hash.
+A run is named by its paper, a short readable name, and a hash of everything that can
+change its numbers: model and its arguments, dataset and :class:`DataSpec` (split sizes,
+input size), method, :class:`TrainSpec` (epochs, batch, lr, schedule, optimiser), seed
+and parent run.  Where it runs (device, number of processes, threads) is not part of the
+hash.  :class:`ConfigError` is the one-line error every bad input becomes.  The run store
+that keeps runs by this name is described in docs/run-store.md.
 """
 from __future__ import annotations
 

@@ -1,20 +1,14 @@
 """Datasets, the held-out validation split, and batches without per-image Python.
 
-Small datasets (CIFAR, Fashion-MNIST, a folder dataset that fits) are loaded once
-into uint8 tensors, moved to the training device, and augmented there a whole
-batch at a time (random crop with zero padding, horizontal flip, optional
-rotation). ImageNet at its own size, and folder datasets too large for memory,
-stream from an ImageFolder tree through a DataLoader.
-
-Fashion-MNIST is looked for, in this order (:func:`find_fashion_mnist`):
-
-1. ``<data root>/FashionMNIST/raw``: the four idx files, plain or ``.gz``;
-2. Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), read in place;
-3. torchvision's download into ``<data root>/FashionMNIST/raw``;
-4. else one line saying where to put the files.
-
-A file that is there but unreadable is reported as corrupt (:class:`DataCorrupt`),
-never as missing, and is not downloaded over.
+Small datasets (CIFAR, Fashion-MNIST, a folder dataset that fits) are loaded once into
+uint8 tensors, moved to the training device, and augmented there a whole batch at a time
+(random crop with zero padding, horizontal flip, optional rotation). ImageNet at its own
+size, and folder datasets too large for memory, stream from an ImageFolder tree through a
+DataLoader.  The validation split is held out of the training set with a fixed split seed
+(0), the same for every training seed.  Fashion-MNIST is found by
+:func:`find_fashion_mnist`; a file that is there but unreadable is reported as corrupt
+(:class:`DataCorrupt`), never as missing, and is not downloaded over.  docs/data.md
+describes the datasets, the lookup order and folder datasets.
 """
 from __future__ import annotations
 

@@ -1,26 +1,13 @@
 """torch.distributed under torchrun: who we are, and the few collectives the engine needs.
 
-Run as ``torchrun --nproc_per_node N -m repro ...``: torchrun sets RANK, WORLD_SIZE
-and LOCAL_RANK; every rank runs the same command, trains each run together with the
-others (DistributedDataParallel), and only rank 0 writes files (checkpoints, metrics,
-outputs, results, tables, figures) and holds the run's lock.
-
-The batch / learning-rate rule
-------------------------------
-A run's ``TrainSpec.batch_size`` is the *global* batch (the paper's, by default) and
-``TrainSpec.lr`` the learning rate for that global batch.  Under N processes every rank
-takes a disjoint 1/N shard of each epoch and a per-rank batch of ``batch_size / N``
-(:func:`per_rank_batch`; it must divide evenly), DDP averages the gradients, so one
-optimiser step sees exactly the global batch and the learning rate is used unchanged:
-N processes train the same run as one process would, up to floating-point order (and
-BatchNorm, whose statistics are per rank unless ``--sync-bn``).  Changing the global
-batch (``--batch-size``) does *not* rescale the learning rate: that changes the
-recipe, and the run's hash, and is the user's stated choice.
-
-Backend: NCCL when CUDA is available, gloo otherwise (``REPRO_DIST_BACKEND`` overrides).
-Collective timeout: ``REPRO_DIST_TIMEOUT_MIN`` minutes (default 30).  Waiting for a run
-that another launcher trains never hits it: rank 0 polls the lock and all ranks meet in
-a short collective at every poll (``repro.runner.execute``).
+Run as ``torchrun --nproc_per_node N -m repro ...``: every rank runs the same command,
+trains each run together with the others (DistributedDataParallel), and only rank 0
+writes files and holds the run's lock.  The batch / learning-rate rule: a run's batch
+size is the *global* batch and its learning rate the one for that batch; each of the N
+ranks takes ``batch_size / N`` images of a disjoint shard (:func:`per_rank_batch`), DDP
+averages the gradients, and the learning rate is used unchanged.  Backend: NCCL with CUDA,
+gloo otherwise (``REPRO_DIST_BACKEND``); timeout ``REPRO_DIST_TIMEOUT_MIN`` minutes.
+docs/scaling.md describes it in full.
 """
 from __future__ import annotations
 

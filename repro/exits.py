@@ -1,15 +1,16 @@
 """Early-exit evaluation shared by every multi-exit paper.
 
-Everything here works on per-exit outputs collected once per run
-(``logits``: exits x samples x classes) and is vectorised over samples:
+Everything here works on per-exit outputs collected once per run (``logits``: exits x
+samples x classes) and is vectorised over samples:
 
 - scores: how sure exit k is about a sample (max softmax, negative entropy, max logit);
-- budgeted batch classification (MSDNet / IMTA protocol): thresholds fitted on the
-  held-out validation split for a geometric exit distribution, applied to test;
+- budgeted batch classification (MSDNet / IMTA protocol): for a budget, exit shares
+  p_k ∝ q^k; thresholds fitted on the held-out validation split, applied to test;
+  expected cost = Σ_k fraction_k × cumulative cost_k;
 - fixed-threshold policies (GlanceNets' learned entropy thresholds, d-gate distances);
-- a bootstrap interval over test samples;
+- spreads: a bootstrap interval over test samples, a t-interval over seeds;
 - real early exit: an inference path that stops computing for samples that exit,
-  compacting the batch between stages, and its timing.
+  compacting the batch between stages, and its timing.  docs/performance.md times it.
 """
 from __future__ import annotations
 
@@ -293,7 +294,7 @@ def inference_net(net: nn.Module, channels_last: bool = True) -> nn.Module:
     - ``channels_last`` weights (convolutions then produce NHWC activations).
 
     Both remove memory passes that cost time but no multiply-adds, so that wall-clock time
-    tracks the FLOPs more closely (README, Performance, item 4).
+    tracks the FLOPs more closely (docs/performance.md, real early exit).
     """
     import sys
 

@@ -1,22 +1,12 @@
 """Paper-agnostic cost counting, on top of fvcore's jit-traced counter.
 
-Every number carries a *convention* (see :data:`CONVENTIONS`): matching a
-paper's number means matching its counter.  All counts are raw (not
-millions), for one sample (batch 1), in eval mode.
-
-- ``fvcore``: fvcore's defaults.  One multiply-add = 1 (conv and linear
-  without bias), BatchNorm (eval: 2 per element with affine) and adaptive
-  average pooling (1 per input element) counted; ReLU, add, max/avg pooling
-  not counted.
-- ``msdnet``: the op counter of the MSDNet code, reproduced with fvcore op
-  handles: conv multiply-adds (no bias), linear weights + bias, one op per
-  ReLU output element, pooling = output elements x kernel area (adaptive
-  average pooling: input elements), BatchNorm 0.
-- ``flops2x``: 2 x the fvcore count (papers that call 2 x MACs "FLOPs").
-
-Multi-exit nets (:class:`repro.models.base.MultiExitNet`): exit i's cost is
-measured on a forward that stops at exit i, returning the logits of exits
-0..i (fvcore only traces the ops that produce outputs).
+Every number carries a *convention* (:data:`CONVENTIONS`), because matching a paper's
+number means matching its counter: ``fvcore`` (one multiply-add = 1; BatchNorm and
+adaptive pooling counted), ``msdnet`` (the MSDNet code's counter: conv multiply-adds,
+linear weights + bias, one op per ReLU output, pooling elements, BatchNorm 0) and
+``flops2x`` (2 x fvcore, for papers that call 2 x MACs "FLOPs").  Counts are raw, for one
+sample, in eval mode.  A multi-exit net's exit i is counted on a forward that stops at
+exit i, so its cost is cumulative.  docs/flops.md has the definitions and reference counts.
 """
 from __future__ import annotations
 

@@ -1,34 +1,14 @@
 """How an artifact's runs get trained: in this process, N at a time, or as Slurm job arrays.
 
-``make_launcher`` turns the CLI options into one of:
-
-- ``None`` (``--launcher local``, the default): ``runner.ensure`` trains the runs one
-  after another in this process (under torchrun: each run with all ranks, DDP).
-- :class:`LocalParallel` (``--jobs N``): up to N runs at once on this machine, each in its
-  own process (``python -m repro.launch SPEC``; POSIX locks belong to processes, so
-  threads would not exclude each other), one GPU each (``CUDA_VISIBLE_DEVICES``) or an
-  equal share of the CPU cores.  Dependencies: a run starts as soon as its parent run is
-  done (dependency-driven, not waves); a run whose parent failed is not started.
-- :class:`SubmititLauncher` (``--launcher submitit``): every run the artifact still needs
-  becomes a submitit job.  On Slurm, runs of equal depth (number of ancestor runs) form
-  one job array, all arrays are submitted at once, and an array of depth d+1 carries
-  ``--dependency=afterok:<its parents' array tasks>`` (with ``--kill-on-invalid-dep=yes``,
-  so that children of a failed run are cancelled, not left pending forever).  Without
-  Slurm (submitit's ``local`` or ``debug`` executors) runs are submitted as soon as their
-  parents are done, at most ``--array-parallelism`` at a time.  ``--gpus-per-run N > 1``
-  starts ``torchrun --standalone --nproc_per_node N -m repro.launch SPEC`` inside the job.
-
-Every job runs :func:`run_one`: wait while the parent run is being trained by another
-process (its lock is held), then ``runner.execute`` (lock the run; reuse it if done;
-otherwise train, resuming from its last checkpoint).  Jobs are
-``submitit.helpers.Checkpointable``: on a time limit or preemption signal submitit calls
-:meth:`RunJob.checkpoint`, which requeues the same job, and the requeued job resumes from
-the run's last checkpoint (the store's lock died with the old process).  ``--force`` is
-applied by the launcher (reset under the lock) before anything is submitted, so a
-requeued or resubmitted job never wipes its own progress.
-
-A launcher returns True when every run is done (the artifact can be rendered) and False
-when it submitted and did not wait (``--no-wait``); failed runs raise :class:`RunsFailed`.
+``make_launcher`` turns the CLI options into one of: ``None`` (``--launcher local``: one
+run after another in this process, under torchrun with all ranks); :class:`LocalParallel`
+(``--jobs N``: up to N runs at once, each its own process, one GPU or an equal share of
+the cores each, a run started as soon as its parent is done); :class:`SubmititLauncher`
+(``--launcher submitit``: one job per run, runs of equal depth in one Slurm array, an
+array depending ``afterok`` on its parents').  Every job runs :func:`run_one`: wait while
+another process trains the parent, then lock, reuse or train/resume.  Jobs are
+checkpointable: a preempted job is requeued and resumes from the run's last checkpoint.
+docs/scaling.md describes the launchers, their dependencies and failures.
 """
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Small generic ops shared by the models, and the intra-op thread count of a block."""
+"""Small generic ops shared by the models, and the intra-op thread count of a block.
+
+- :func:`threads`: run a block with n torch intra-op threads, restoring the count after;
+- :func:`grad_rescale`: the identity in the forward pass whose backward multiplies the
+  gradient by a constant, y = x and dL/dx = scale · dL/dy (IMTA's Gradient Equilibrium
+  is built from it: docs/papers/imta.md).
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager

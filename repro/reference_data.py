@@ -4,12 +4,10 @@ One CSV per paper, long format, one number per line::
 
     artifact,row,column,value,unit,source
 
-``artifact`` is the CLI artifact name (``table1``, ``hem``, ...), ``row`` and
-``column`` are stable keys documented in ``repro/reference/README.md``,
-``value`` is a plain number, ``unit`` says what the number counts (``%``,
-``M``, ``MMACs``, ``GFLOPs``, ``ms``, ``x``, ``-``) and ``source`` says where the
-number is printed. These numbers feed the "paper" columns of the project's
-tables and nothing else.
+``artifact`` is the CLI artifact name (``table1``, ``hem``, ...), ``row`` and ``column``
+are stable keys documented in ``repro/reference/README.md``, ``value`` is a plain number,
+``unit`` says what the number counts and ``source`` where it is printed.  These numbers
+feed the "paper" columns of the project's tables and nothing else.
 """
 
 from __future__ import annotations

@@ -2,17 +2,13 @@
 
 Every output carries a header that names the scale, dataset, seeds, overrides, FLOPs
 convention and commit, so a number is never read without its context.  The rules that
-keep an output honest live here, once, and hold for every paper by construction:
-
-- the title names the dataset and scale that produced the numbers; a dataset named in a
-  paper's title that is not ours is labelled as the paper's (``paper: CIFAR-10``);
-- a Δ to the paper is shown only in the paper's setting (paper scale, no override of the
-  dataset, schedule or data size); elsewhere the paper's numbers stand beside ours for
-  reference only;
-- no claim gets a verdict at smoke scale (a pipeline check);
-- every file is written atomically (a reader never sees half a table).
-
-The runner sets the :func:`building` context (the request) while an artifact builds.
+keep an output honest live here, once, and hold for every paper by construction: the
+title names the dataset and scale that produced the numbers (a dataset of the paper's we
+did not use reads ``paper: CIFAR-10``); a Δ to the paper is shown only in the paper's
+setting; a claimed gain gets a verdict (:func:`claim`) only when the gap exceeds its
+spread, and none at smoke scale; every file is written atomically.  The runner sets the
+:func:`building` context (the request) while an artifact builds.  README.md explains the
+header lines.
 """
 from __future__ import annotations
 

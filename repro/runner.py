@@ -2,7 +2,14 @@
 
     request (scale, seeds, overrides) --artifact.runs--> run configs (seed 0)
       --resolve--> one config per seed, ancestors first --execute--> run folders
-      --Results--> artifact.build --> tables/ and figures/
+      --Results--> artifact.build --> tables/<scale>/ and figures/<scale>/
+
+:class:`Request` is what changes numbers (scale, seeds, overrides, ``--set``);
+:class:`Settings` is where and how runs execute (none of it enters a run's hash).  A
+trainer gets a :class:`RunContext` (data, the training loop, outputs).  Before anything
+trains, :func:`preflight` checks every input in one pass.  The runner seeds every
+generator right before a trainer builds anything, so a run's numbers are a function of its
+config (docs/run-store.md).
 """
 from __future__ import annotations
 

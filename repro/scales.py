@@ -1,10 +1,12 @@
 """Scales: how much data, model and schedule a request gets.
 
-- smoke: a few hundred real images, one epoch, narrow models: any artifact in under a minute on 2 CPU cores (CI).
-- quick: real data (Fashion-MNIST by default), reduced models and epochs: minutes on 2 CPU cores.
+- smoke: a few hundred real images, one epoch, narrow models: a pipeline check (CI);
+- quick: real data (Fashion-MNIST by default), reduced models and a few epochs, on a CPU;
 - paper: the paper's datasets, architectures and full schedules, meant for GPUs.
 
-A scale fixes the data side here; each paper module picks its models and schedules per scale.
+A scale fixes the data side here (split sizes, input size: 32 px at smoke and quick, the
+paper's at paper scale); each paper module picks its models and schedules per scale, and
+builds its runs' DataSpec with :func:`run_data`.  README.md lists the scales and their costs.
 """
 from __future__ import annotations
 

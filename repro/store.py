@@ -1,21 +1,14 @@
 """The run store: one folder per run, atomic writes, and a lock per run.
 
-runs/<paper>/<name>-s<seed>-<hash>/
-    config.json     the fully resolved RunConfig
-    meta.json       where and when it ran (host, device, processes, commit)
-    split.pt        train / validation indices of the held-out split
-    metrics.csv     one row per epoch (and phase)
-    ckpt/<phase>.pt the last checkpoint of each training phase (atomic: write, then rename)
-    outputs.pt      per-exit logits and labels on validation and test
-    results.json    written last: a run is done once this file exists
-    lock            held (POSIX lock) while a process trains the run
-
-The lock is a ``fcntl.lockf`` lock: the kernel (or the NFS lock manager) drops it
-when its owner dies, so a run whose owner was killed or preempted is taken over by
-the next process that asks, and resumes from its last checkpoint.  POSIX locks belong
-to a process (threads share them): parallel launchers use one process per run.  The
-lock file holds the owner's host, pid and Slurm job id, shown to whoever waits.  A
-filesystem that cannot lock is an error, never a silent wait.
+A run lives in ``runs/<paper>/<name>-s<seed>-<hash>/``: ``config.json``, ``meta.json``,
+``split.pt``, ``metrics.csv``, ``ckpt/<phase>.pt``, ``model.pt``, ``outputs.pt`` and, written
+last, ``results.json`` (a run is done once it exists).  Every file is written atomically
+(write, fsync, rename).  The ``lock`` file is a ``fcntl.lockf`` lock held by the process
+that trains the run: the kernel (or the NFS lock manager) drops it when its owner dies, so
+a run whose owner was killed is taken over and resumed from its last checkpoint.  POSIX
+locks belong to a process, so parallel launchers use one process per run; a filesystem
+that cannot lock is an error, never a silent wait.  docs/run-store.md describes the files,
+and docs/scaling.md the locks on a shared filesystem.
 """
 from __future__ import annotations
 

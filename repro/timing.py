@@ -1,5 +1,11 @@
-"""Clocks for the timing artifacts and the benchmarks: one call timed (:func:`timed`), the
-median of repeated calls after warm-up (:func:`time_call`)."""
+"""Clocks for the timing artifacts and the benchmarks.
+
+- :func:`timed`: one call, by the wall clock or the thread's CPU time, after a device sync;
+- :func:`time_call`: the median of repeated calls after warm-up.
+
+:mod:`repro.exits` re-exports them for the papers' latency columns (decision gates,
+GlanceNets, bias loss Table 2); the benchmarks (docs/performance.md) use them too.
+"""
 from __future__ import annotations
 
 import time

@@ -3,7 +3,11 @@
 A paper supplies a *step*: ``step(model, x, y) -> (loss, logits)`` where logits is a
 tensor or a list of per-exit tensors (used for the running training accuracy of the
 last exit).  Everything else (optimiser, schedule, progress, metrics, checkpoints,
-resume, non-finite losses, distributed reduction) lives here.
+resume, non-finite losses, distributed reduction) lives here.  After a linear warm-up of
+w epochs, the learning rate at epoch e of E is lr · γ^(milestones passed) (``multistep``)
+or lr · (1 + cos(π (e - w) / (E - w))) / 2 (``cosine``).  A checkpoint per epoch holds
+model, optimiser, schedule and every generator's state, so a resumed run ends
+bit-identical to an uninterrupted one (docs/run-store.md).
 """
 from __future__ import annotations
 
@@ -59,9 +63,8 @@ def compiled(model: nn.Module) -> nn.Module:
     work (BatchNorm, ReLU, concatenations, the loss's softmax) is fused into generated
     kernels, forward and backward; convolutions still call oneDNN / cuDNN.  It shares
     ``model``'s parameters and buffers, so optimiser, checkpoints and evaluation keep
-    using ``model``.  The first steps run slowly while it compiles (1-3 min for IMTA's
-    MSDNet on 2 CPU cores); it then trained that MSDNet 1.1-1.2x faster on the CPU
-    (README, Performance, item 3).  Numbers differ from eager ones in the last bits.
+    using ``model``.  The first steps run slowly while it compiles, then the steps are
+    faster (docs/performance.md).  Numbers differ from eager ones in the last bits.
     On the CPU the generated kernels are C++: a compiler must be on PATH."""
     if all(p.device.type == "cpu" for p in model.parameters()):
         require_cpp_compiler()

@@ -4,14 +4,11 @@ A k-exit network is k *stages* and k *heads*: stage i maps the running state
 (a tensor, or a list of tensors for multi-scale nets, batch dimension first) to
 the next state, and head i maps that state to exit i's logits.  Heads get the
 previous exit's logits too, for nets whose classifiers talk to each other
-(IMTA's inline subnetwork collaboration); most ignore them.
-
-Writing a net this way gives three things for free:
-- ``forward`` returns the logits of every exit (training, collecting outputs);
-- ``repro.flops`` can count the cumulative cost of exit i on a forward that
-  really stops at exit i;
-- ``repro.exits.early_exit`` can stop computing for samples that have exited,
-  compacting the batch between stages.
+(IMTA's inline subnetwork collaboration); most ignore them.  Writing a net this way
+gives three things for free: ``forward`` returns the logits of every exit;
+``repro.flops`` counts the cumulative cost of exit i on a forward that really stops
+there; ``repro.exits.early_exit`` stops computing for samples that have exited,
+compacting the batch between stages (docs/adding-a-paper.md).
 """
 from __future__ import annotations
 

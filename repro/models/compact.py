@@ -1,59 +1,16 @@
 """CIFAR-adapted compact CNNs of the bias-loss paper's Table 4 (CIFAR-100, 32x32).
 
-Every model here (and in :mod:`repro.models.skipblocknet`) follows the
-*feature interface* that the bias loss needs, so that it can read the last
-convolutional feature map without a second forward pass:
+ShuffleNetV2, MobileNetV2 and SqueezeNet are torchvision's with stems adapted to 32x32;
+NASNet-A (no torchvision version) is written here; the Huang et al. CIFAR DenseNets are
+:mod:`repro.models.densenet`'s.  Every model follows the *feature interface* the bias
+loss needs, so that it reads the last convolutional feature map without a second pass:
 
-- ``forward_features(x)``: the last conv feature map before global pooling
-  (N×C×H×W);
-- ``forward_head(features)``: logits;
-- ``forward(x) = forward_head(forward_features(x))``;
+- ``forward_features(x)``: the last conv feature map before global pooling (N×C×H×W);
+- ``forward_head(features)``: logits, and ``forward(x) = forward_head(forward_features(x))``;
 - ``forward_with_features(x) -> (logits, features)``.
 
-torchvision's definitions are used wherever they exist (ShuffleNetV2,
-MobileNetV2, SqueezeNet, DenseNet-121); only their stems are adapted to 32x32.
-NASNet-A has no torchvision version and is written here; the Huang et al. CIFAR
-DenseNets are :mod:`repro.models.densenet`'s (shared with GlanceNet and the
-decision gates), given the interface above.
-
-Choices the paper leaves open (README material)
------------------------------------------------
-Table 4's "Params" column looks like ImageNet (1000-class) counts copied from
-the original papers (ShuffleNetV2 0.5x 1.4 M, MobileNetV2 0.75x 2.6 M,
-NASNet-A mobile 4@1056 5.3 M, SqueezeNet 1.0 1.25 M), not the counts of the
-CIFAR-100 models; the models actually trained match the weiaicunzai
-pytorch-cifar100 zoo (shufflenetv2 1.3 M, nasnet 5.2 M, densenet121 7.0 M).
-
-- ``shufflenetv2_cifar(width=0.5)``: torchvision ShuffleNetV2 with a 3x3
-  stride-1 first conv and no max-pool (32→32, stages at 16/8/4).  Default is a
-  *true* 0.5x (stage widths 48/96/192, ~0.45 M params at 100 classes).  The
-  authors' "0.5x" (their code's ``ShuffleNetV2(ratio=1)``) is width 1.0
-  (116/232/464, ~1.36 M); use ``width=1.0`` (registry name
-  ``shufflenetv2_x1_0_cifar``) to match the authors.
-- ``mobilenetv2_cifar(width=0.75)``: torchvision MobileNetV2, first conv
-  stride 1 and the 24-channel stage stride 1 (32→32→32→16→8→4).
-- ``squeezenet_cifar(version="1_0")``: torchvision SqueezeNet **1.0** (Table 4's
-  1.25 M is SqueezeNet 1.0's ImageNet count), first 7x7/2 conv replaced by a
-  3x3/1 conv with 96 channels, the three ceil-mode max-pools kept
-  (32→16→8→4); ``version="1_1"`` gives 1.1 likewise (3x3/1, 64 ch).  Its
-  "features" for the bias loss are the fire9 output (512 ch, torchvision's
-  ``features``), i.e. before the dropout + classifier 1x1 conv whose output is
-  a class-score map, not a feature map.
-- ``densenet_cifar(depth=100, growth=12, bottleneck=True, compression=0.5)``:
-  Huang et al.'s CIFAR DenseNet (3 dense blocks, 3x3 stem conv with 2k
-  channels for BC / 16 otherwise, BN-ReLU-conv1x1-avgpool transitions).
-  Defaults: DenseNet-BC (L=100, k=12), ~0.8 M.  Table 4's "DenseNet (k=12) 7M"
-  matches both DenseNet (L=100, k=12) without bottleneck/compression (7.0 M;
-  registry ``densenet100_k12_cifar``) and the authors' code, which trains a
-  CIFAR DenseNet-121 (k=32, blocks 6/12/24/16, 3x3 stem with 64 channels;
-  7.0 M; ``densenet121_cifar``, built on torchvision's DenseNet).
-- ``nasnet_a_cifar(N=4, filters=44)``: NASNet-A (TF-slim cell wiring) with the
-  CIFAR stem (3x3 conv, 3·F channels, BN), 3 groups of N normal cells and 2
-  reduction cells, filters F, 2F, 4F, i.e. "N @ 24F" = 4 @ 1056 by default
-  (the size the paper's "NASNet-A (N=4), 5.3 M" and the weiaicunzai nasnet
-  have).  No auxiliary head and no drop-path (the paper's CIFAR recipe uses
-  neither); ``nasnet_a_cifar(6, 32)`` is the NASNet paper's 6 @ 768 (3.3 M at
-  10 classes).
+The sizes, the authors' variants and the choices the paper leaves open are in
+docs/papers/biasloss.md.
 """
 from __future__ import annotations
 

@@ -1,44 +1,16 @@
 """DenseNets for 32x32 inputs, built from torchvision's ``_DenseBlock`` and ``_Transition``.
 
-- :func:`densenet_cifar`: Huang et al.'s CIFAR DenseNet (3 dense blocks,
-  3x3 stem conv, 1x1-conv + 2x2 average-pool transitions, BN-ReLU-GAP-FC).
-  With ``bottleneck=True, compression=0.5`` it is DenseNet-BC (stem 2k
-  channels, BN-ReLU-1x1(4k)-BN-ReLU-3x3(k) layers, (L-4)/6 per block);
-  with ``bottleneck=False, compression=1`` the plain DenseNet (stem 16
-  channels, BN-ReLU-3x3(k) layers, (L-4)/3 per block).
-- :class:`GlanceDenseNet`: the GlanceNet: a CIFAR DenseNet with a bypass (BN →
-  ReLU → GAP → FC) after each dense block but the last.
-- :func:`densenet201_cifar`: torchvision's DenseNet-201 (k=32, blocks 6-12-48-32,
-  64 stem channels, bn_size 4, compression 0.5) with the CIFAR stem (3x3
-  stride-1 conv → BN → ReLU, no max-pool), the decision-gate paper's CIFAR
-  DenseNet-201.  Its "2.72 G FLOPs" is 2 × multiply-adds: fvcore counts
-  1.3797 G MACs at 32x32, 10 classes (2 × = 2.759 G, +1.4 %; conv+linear
-  only: 1.3639 G, 2 × = 2.728 G, +0.3 %).
+- :func:`densenet_cifar`: Huang et al.'s CIFAR DenseNet (3 dense blocks, 3x3 stem conv,
+  1x1-conv + 2x2 average-pool transitions, BN-ReLU-GAP-FC); DenseNet-BC with
+  ``bottleneck=True, compression=0.5`` ((L-4)/6 layers per block), else the plain one
+  ((L-4)/3 layers per block);
+- :class:`GlanceDenseNet`: a CIFAR DenseNet with a bypass (BN → ReLU → GAP → FC) after each
+  dense block but the last; :func:`glance_densenet` defaults to L=40, k=12;
+- :func:`densenet201_cifar`: torchvision's DenseNet-201 with the CIFAR stem (decision gates).
 
-Stage ``i`` of these staged backbones is *the transition before dense block i
-(none for i = 0, which holds the stem instead) followed by dense block i*, so an
-exit after stage i reads dense block i's output, before its transition, as
-both "after each dense block" (GlanceNet) and "after the first, second and third
-dense blocks" (decision gates) read.  ``stage_channels`` are the dense blocks'
-output channels.
-
-Measured (fvcore MACs at 1x3x32x32, 10 classes; params):
-
-================================================  ==========  ===========  ==============
-model                                             params      fvcore MACs  conv+linear MACs
-================================================  ==========  ===========  ==============
-densenet_cifar(100, 12, bottleneck=True)  BC      0.7692 M    296.5 M      287.9 M
-densenet_cifar(40, 12, bottleneck=False)          1.0197 M    269.4 M      264.8 M
-densenet201_cifar()                               18.104 M    1379.7 M     1363.9 M
-================================================  ==========  ===========  ==============
-
-GlanceNet's baseline is "276 MFLOPs" (multiply-adds).  Counting conv+linear
-only, the two candidates are almost equally far (L=40: -4.1 %, BC L=100:
-+4.3 %); with fvcore (BatchNorm counted) the plain DenseNet L=40, k=12 is
-the closer one (-2.4 % vs +7.4 %), and its accuracy (about 93 % on
-augmented CIFAR-10, Huang et al.) fits the paper's 92.36 % better than
-DenseNet-BC's 95.5 %.  :func:`glance_densenet` therefore defaults to
-``densenet_cifar(40, 12, bottleneck=False)``; both stay available.
+Stage i is the transition before dense block i followed by the block, so an exit after
+stage i reads dense block i's output.  Sizes: docs/flops.md; the choice of L=40 for
+GlanceNets: docs/papers/glancenet.md.
 """
 from __future__ import annotations
 

@@ -1,27 +1,15 @@
 """MSDNet (Huang et al., ICLR 2018) with IMTA's training options (Li et al., ICCV 2019).
 
-A multi-scale dense network: the first layer builds a pyramid of ``nScales``
-feature maps (each scale half the resolution of the previous one); every later
-layer appends ``growthRate * grFactor[s]`` channels to scale ``s``, computed from
-the same scale (a "regular" conv) and, where the finer scale exists, from the
-finer one (a strided conv), both concatenated to the input (dense
-connectivity).  With ``prune='max'`` the finest scales are dropped as depth
-grows, each drop followed by a 1x1 transition that multiplies the channels by
-``reduction``.  Exit ``i`` sits on the coarsest scale after block ``i``.
-
-Written from the MSDNet and IMTA papers and the facts in ANCHORS.md; no code
-copied.  IMTA options:
-
-- ``gradient_equilibrium``: gradient rescaling so that the coarsest-scale output
-  of block ``i`` receives the *average* of the gradients of the losses at and
-  after exit ``i`` (only the coarsest-scale tensor is rescaled, as the authors'
-  code does; the gradient reaching a block through its finer scales is not).
-- ``isc`` (inline subnetwork collaboration): exit ``i >= 1`` classifies the
-  concatenation of its pooled feature (width w_i) and ``Linear(classes,w_i)+BN+ReLU``
-  of exit ``i-1``'s logits (``isc_hidden`` fixes the embedding width instead; the
-  authors' code uses w_i: 128 on CIFAR, 384/352/304/560 on ImageNet step 4).
-  ``isc_detach=True`` (default, the paper) discards the gradient along that path;
-  ``False`` is the authors' code.
+A multi-scale dense network: the first layer builds a pyramid of ``nScales`` feature maps
+(each half the resolution of the previous); every later layer appends ``growthRate *
+grFactor[s]`` channels to scale ``s``, from the same scale and, where it exists, the finer
+one (a strided conv), concatenated to the input.  With ``prune='max'`` the finest scales
+are dropped as depth grows, each drop followed by a 1x1 transition.  Exit ``i`` sits on the
+coarsest scale after block ``i``.  Written from the papers and the authors' code; no code
+copied.  IMTA options: ``gradient_equilibrium`` (the coarsest-scale output of block i gets
+the average of the gradients of the losses at and after exit i), ``isc`` (exit i classifies
+its pooled feature concatenated with Linear+BN+ReLU of exit i-1's logits; ``isc_detach``).
+docs/papers/imta.md has the configs and the choices.
 """
 from __future__ import annotations
 

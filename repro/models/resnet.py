@@ -1,34 +1,15 @@
 """ResNets for 32x32 inputs, built from torchvision's BasicBlock and Bottleneck.
 
-Two families:
+- :func:`resnet_cifar_imagenet_style`: the ImageNet ResNets (Bottleneck, four stages,
+  64-128-256-512 planes) with the usual CIFAR stem (3x3 stride-1 first conv, no
+  max-pool): the decision-gate paper's CIFAR ResNet-101;
+- :func:`resnet_cifar`: He et al.'s CIFAR ResNet (6n+2 layers, 3 stages of n basic
+  blocks, 16-32-64 channels) used by Dynamic Channel Propagation, with a channel-mask
+  slot inside every basic block (:func:`maskable_layers`).
 
-- :func:`resnet_cifar_imagenet_style`: the ImageNet ResNets (Bottleneck, four
-  stages, 64-128-256-512 planes) with the usual CIFAR stem (3x3 stride-1 first
-  conv, no max-pool): the decision-gate paper's CIFAR ResNet-101.  Its "5.02 G
-  FLOPs" is 2 × multiply-adds: fvcore counts 2.5202 G MACs for depth 101 at
-  32x32 with 10 classes (2 × = 5.040 G, +0.4 %; conv+linear only: 2.5100 G).
-- :func:`resnet_cifar`: He et al.'s CIFAR ResNet (6n+2 layers, 3 stages of n
-  basic blocks, 16-32-64 channels) used by Dynamic Channel Propagation, with a
-  channel-mask slot inside every basic block (:func:`maskable_layers`).
-
-Both are :class:`~repro.models.staged.StagedBackbone`\\ s: wrap one in
-:class:`~repro.models.staged.GatedBackbone` to attach exits between stages.
-
-Measured (fvcore MACs at 1x3x32x32, 10 classes; params):
-
-=========================================  ===========  ==========
-model                                       params       fvcore MACs
-=========================================  ===========  ==========
-resnet_cifar_imagenet_style(101)            42.513 M     2520.2 M
-resnet_cifar(20, shortcut="B") (default)    0.2725 M     41.2 M
-resnet_cifar(20, shortcut="A")              0.2697 M     40.9 M
-resnet_cifar(32, shortcut="B") (default)    0.4669 M     69.8 M
-resnet_cifar(32, shortcut="A")              0.4642 M     69.5 M
-resnet_cifar(56, shortcut="B") (default)    0.8558 M     126.8 M
-resnet_cifar(56, shortcut="A")              0.8530 M     126.6 M
-resnet_cifar(110, shortcut="B") (default)   1.7307 M     255.3 M
-resnet_cifar(110, shortcut="A")             1.7280 M     255.0 M
-=========================================  ===========  ==========
+Both are staged backbones (:class:`~repro.models.staged.StagedBackbone`): wrap one in
+:class:`~repro.models.staged.GatedBackbone` to attach exits between stages.  Their sizes
+are in docs/flops.md.
 """
 from __future__ import annotations
 

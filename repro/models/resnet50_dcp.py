@@ -1,24 +1,13 @@
 """ImageNet ResNet-50 with Dynamic Channel Propagation mask slots (torchvision layout).
 
-:class:`ResNet50DCP` is torchvision's ResNet-50 written out with a width knob and
-two channel-mask slots in every bottleneck (:class:`MaskableBottleneck`): ``mask1``
-between ``bn1`` and the first ReLU, ``mask2`` between ``bn2`` and the second ReLU,
-which is where the DCP authors' ImageNet code masks (the block's output channels,
-tied together by the residual additions, are never masked).  The slots are
-``nn.Identity`` until a pruning method puts a mask there.
-
-- ``width=64, stem="imagenet"`` (the default) is exactly torchvision's
-  ``resnet50()``: the same module names, so its ``state_dict`` (and torchvision's
-  pretrained ``IMAGENET1K_V1`` weights, the ``resnet50-19c8e357.pth`` the authors
-  start from) loads as is, and the same outputs for the same weights.
-  4.1095 G fvcore MACs at 1x3x224x224 with 1000 classes (25.557 M params).
-- ``width`` scales every stage's planes (stage i has ``width·2^i`` inner and
-  ``4·width·2^i`` outer channels), for the reduced models of the CPU scales.
-- ``stem="cifar"``: a 3x3 stride-1 first conv and no max-pool, for 32x32 inputs.
-
-:func:`maskable_layers` lists the 32 slots (16 blocks x 2) with the layer that
-consumes each one's channels (``conv2`` for ``mask1``, ``conv3`` for ``mask2``),
-for :func:`repro.models.staged.prune_channels`.
+:class:`ResNet50DCP` is torchvision's ResNet-50 written out with a width knob and two
+channel-mask slots in every bottleneck (:class:`MaskableBottleneck`): ``mask1`` between
+``bn1`` and the first ReLU, ``mask2`` between ``bn2`` and the second, ``nn.Identity`` until
+a pruning method puts a mask there.  ``width=64, stem="imagenet"`` (the default) is exactly
+torchvision's ``resnet50()``, with the same module names, so torchvision's weights load as
+they are; ``width`` scales every stage's planes for the CPU scales; ``stem="cifar"`` takes
+32x32 inputs.  :func:`maskable_layers` lists the 32 slots with the layer that consumes
+each one's channels, for :func:`repro.models.staged.prune_channels`.  docs/papers/dcp.md.
 """
 from __future__ import annotations
 

@@ -3,51 +3,12 @@ and the torchvision MobileNetV3 baselines, with the feature interface of
 :mod:`repro.models.compact` (``forward_features`` / ``forward_head`` /
 ``forward_with_features``).
 
-Architecture (paper section 4 and the authors' code, re-implemented on
-torchvision's MobileNetV3 building blocks):
-
-- stem: 3x3 conv, stride 2 (1 with ``cifar_stem=True``), 16·w channels, BN, h-swish;
-- a first inverted residual 16→16 (3x3, expansion ratio 1, h-swish), built as
-  the authors' code builds it (``first_block="authors"``, the default): a 1x1
-  16→16 expansion conv + BN + h-swish, the depthwise 3x3 conv + BN + h-swish, the
-  1x1 projection + BN, and the residual.  torchvision's inverted residual
-  (``first_block="torchvision"``, as MobileNetV3's reference) leaves the
-  expansion conv out when the expanded width equals the input width: 288
-  parameters (16·16 weights + 2·16 BN) and 3.6 M fvcore MACs (at 224) fewer;
-- 14 inverted residuals laid out as MobileNetV3-Large, except the 5th of them
-  (6th counting the first block), the last 40-channel one: expansion ratio 6
-  (240 channels) with SE and h-swish instead of 120 channels and ReLU.  (The
-  authors' config row is ``[k=5, t=6, 40, SE, HS, s=1]``: kernel 5, ratio 6.)
-  Expanded widths are ``make_divisible(t · rounded input width)``, the authors'
-  rule, so that ratios (4, 3, 3, 3, 6, 6, 2.5, 2.3, 2.3, 6, 6, 6, 6, 6) give
-  MobileNetV3-L's 64/72/.../960 at w=1;
-- two skip blocks, both reading the first block's output: adaptive average pool
-  to the spatial size of the tensor they are added to (28 and 14 at 224 input,
-  8 and 4 at 32 with the CIFAR stem: derived from the actual feature sizes),
-  1x1 conv-BN-ReLU, depthwise kxk conv-BN-ReLU, 1x1 conv-BN (no activation).
-  Skip 1: 16·w → 6·(16·w) → 40·w channels, k=5, added to the output of the
-  40-channel stage (the input of the 80-channel stage, i.e. of the 6th of the
-  14 blocks); skip 2: 16·w → 2.3·(16·w) → 80·w, k=3, added to the input of the
-  112-channel stage (10th block).  The width multiplier is applied to the skip
-  blocks' input channels too (the public code hard-codes 16 and so cannot
-  build XS or L);
-- head: 1x1 conv to 6·(160·w) = 960·w channels, BN, h-swish (this is
-  ``forward_features``' output), global average pooling, Linear to 1280
-  ("large") or 1024 ("small"), h-swish, dropout 0.2, Linear to the classes.
-  As in the authors' code that hidden width is scaled (``make_divisible``)
-  only for w > 1 (1472 for L).
-
-What "small" means (choice for the README): in the authors' code the mode
-only selects the hidden width of the classifier (1024 instead of 1280); the
-inverted-residual layout is the same MobileNetV3-Large-like one.  With that
-reading the family reproduces Table 1 (XS ≈ 2.3 M / 81 M, S ≈ 3.6 M /
-152 M); a MobileNetV3-Small layout with skip blocks would give ~1 M params /
-~20 MMACs for XS, far from the table.  So: XS = small w 0.5, S = small w 0.75,
-M = large w 1.0, L = large w 1.15, all on the same block layout.
-
-``input_size`` is accepted for API symmetry and recorded; the pooled sizes of
-the skip blocks are taken from the actual feature maps, so any input size
-works (at 224 they are 28 and 14, as in the paper).
+SkipblockNet is a MobileNetV3-Large-like network (the authors' code, re-implemented on
+torchvision's MobileNetV3 building blocks) with two skip blocks reading the first block's
+output: adaptive average pool to the size of the tensor they are added to, then 1x1
+conv-BN-ReLU, depthwise kxk conv-BN-ReLU, 1x1 conv-BN, added before the 80- and
+112-channel stages.  The family: XS = small w 0.5, S = small w 0.75, M = large w 1.0,
+L = large w 1.15.  The layout, its sizes and the choices are in docs/papers/biasloss.md.
 """
 from __future__ import annotations
 

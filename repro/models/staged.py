@@ -3,16 +3,14 @@
 Three small pieces shared by the ResNet, DenseNet and VGG families:
 
 - :class:`StagedBackbone`: a plain single-exit classifier written as ``num_stages``
-  stages plus a classifier, so that exits can be attached after any stage
-  (``forward_stage(i, x)``, ``forward_classifier(x)``, ``stage_channels``).
-- :class:`GatedBackbone`: a :class:`~repro.models.base.MultiExitNet` made of a
-  staged backbone and one head after each chosen stage; the last exit is the
-  backbone's own classifier, so with the heads ignored it *is* the backbone.
-  Decision gates (global average pooling → one Linear) are the default head;
-  GlanceNet bypasses (BN → ReLU → GAP → Linear) are the other one used here.
-- :class:`MaskSlot` / :func:`prune_channels`: where a channel mask may sit
-  (after a BatchNorm, before its ReLU) and how to cut the masked channels out
-  of the producing conv/BN and the consuming conv/linear for real.
+  stages plus a classifier (``forward_stage(i, x)``, ``forward_classifier(x)``);
+- :class:`GatedBackbone`: a :class:`~repro.models.base.MultiExitNet` made of a staged
+  backbone and one head after each chosen stage; the last exit is the backbone's own
+  classifier.  Heads: decision gates (GAP → Linear) and GlanceNet bypasses (BN → ReLU →
+  GAP → Linear);
+- :class:`MaskSlot` / :func:`prune_channels`: where a channel mask may sit (after a
+  BatchNorm, before its ReLU) and how to cut the masked channels out of the producing
+  conv/BN and the consuming conv/linear for real (docs/papers/dcp.md).
 """
 from __future__ import annotations
 

@@ -1,21 +1,12 @@
 """VGG-16-BN for 32x32 inputs, with a channel-mask slot after every BatchNorm.
 
-The layout is torchvision's configuration "D" (13 3x3 convs, 5 max-pools)
-with BatchNorm.  Choices the papers leave open, taken from the DCP authors'
-CIFAR VGG (the only consumer here):
-
-- convolutions without bias (each is followed by BN, which makes a bias
-  redundant; torchvision's VGG keeps one);
-- classifier: a single ``Linear(512·width, classes)`` on the flattened 1x1 map
-  left after the fifth max-pool (no avg-pool, no hidden FC layers).  The
-  input must therefore be 32x32.
-
-Every conv unit is ``conv → bn → mask → relu`` (:class:`ConvBNMask`), ``mask``
-an ``nn.Identity`` until DCP replaces it; :func:`maskable_layers` lists them
-with the layer that consumes each one's channels, for physical slicing.
-
-Measured: ``vgg16_cifar()`` has 14.7240 M params (14,724,042) and 313.8 M fvcore MACs at
-1x3x32x32, 10 classes.
+The layout is torchvision's configuration "D" (13 3x3 convs, 5 max-pools) with BatchNorm.
+As in the DCP authors' CIFAR VGG (the only consumer here): convolutions without bias (each
+is followed by BN), and a single ``Linear(512·width, classes)`` on the flattened 1x1 map
+left after the fifth max-pool, so the input must be 32x32.  Every conv unit is
+``conv → bn → mask → relu`` (:class:`ConvBNMask`), ``mask`` an ``nn.Identity`` until DCP
+replaces it; :func:`maskable_layers` lists them with the layer that consumes each one's
+channels, for physical slicing.  docs/papers/dcp.md; its size is in docs/flops.md.
 """
 from __future__ import annotations
 

@@ -1,45 +1,14 @@
 """Bias loss and SkipblockNet: Abrahamyan et al., "Bias Loss for Mobile Neural Networks", ICCV 2021.
 
-The method
-----------
-Bias loss (paper Sec. 3, eqs. 1-6, and the clamp of Sec. 5):
-
-1. ``v_i``: the unbiased variance (eq. 1, ``n - 1``) of sample i's last convolutional
-   feature map before pooling, flattened over C·H·W, on a *detached* copy (the
-   weights are constants for backpropagation; gradients flow through the
-   cross-entropy only);
-2. scaled to [0, 1] with min-max over the batch (eq. 3, "local");
-3. ``z(v) = exp(alpha·v) - beta`` with alpha = beta = 0.3 (eq. 6), clamped to
-   [0.5, 1.5] (Sec. 5: "in all experiments, we clamp the output of the bias
-   function");
-4. ``L = mean_i z(v_i) · CE_i`` (eq. 5).
-
-Variants of the authors' code (ANCHORS.md), selectable with ``--set``:
-``bias_scaling=global`` (their default: numerator ``v - running minimum over all
-batches seen``, denominator the batch's ``max - min``, so values exceed 1),
-``bias_clamp=false`` (no clamp in their code), ``bias_formula=code_v1`` (the first
-release's ``exp(beta·v) - 1 + alpha``, i.e. exp(0.3 v) - 0.7).  Unlike the code,
-a batch whose variances are all equal (or a batch of one) has no spread to scale
-by: its scaled variances are 0 (so z = 1 - beta), never a division by zero.
-
-Baselines: cross-entropy, and focal loss ``mean_i (1 - p_t)^gamma · CE_i`` (Lin et
-al., without the alpha-balancing term; gamma = 2, which the paper does not state).
-
-Every model exposes ``forward_with_features`` (``repro.models.compact`` /
-``repro.models.skipblocknet``); a tiny wrapper whose ``forward`` returns
-``(logits, features)`` is what the training engine (and DDP) calls, so the
-feature map comes from the same forward pass.
-
-Runs and artifacts
-------------------
-One kind of run, ``train``: a model, a loss, a schedule.  Runs are shared across
-artifacts (table3 and table5 reuse each other's, table1, fig1 and table2 the
-family runs, table5 table4's ShuffleNetV2 runs).  At paper scale the models are
-the paper's (CIFAR-100 compact models for Table 4; the SkipblockNet family and
-MobileNetV3 on ImageNet for Tables 1, 3, 5 and Fig. 1); at quick and smoke scale
-they are reduced (see ``COMPACT`` and ``FAMILY_WIDTH``), on Fashion-MNIST.
-There are no exits and no thresholds in this paper: the held-out validation
-split is only reported (val_acc), never used to pick anything.
+Bias loss (eqs. 1-6 and the clamp of Sec. 5): v_i, the unbiased variance of sample i's last
+convolutional feature map (detached); v scaled to [0, 1] by min-max over the batch;
+z(v) = exp(α·v) - β with α = β = 0.3, clamped to [0.5, 1.5]; L = mean_i z(v_i)·CE_i.  The
+authors' code's variants (running-minimum scaling, no clamp, the first release's formula)
+are ``--set`` options.  Baselines: cross-entropy, and focal loss mean_i (1 - p_t)^γ·CE_i
+with γ = 2.  The models are the CIFAR compact CNNs of Table 4 (:mod:`repro.models.compact`)
+and SkipblockNet with the MobileNetV3 baselines (:mod:`repro.models.skipblocknet`), whose
+``forward_with_features`` gives the loss its feature map from the same forward pass.
+docs/papers/biasloss.md lists every choice and deviation.
 """
 from __future__ import annotations
 

@@ -1,36 +1,15 @@
 """DCP: Shen et al., "Learning to Prune in Training via Dynamic Channel Propagation", ICPR 2020.
 
-The paper text we have is the abstract; the algorithm follows the authors' code
-(facts in ANCHORS.md, re-implemented here).  A static network gets smaller while it
-trains:
-
-1. Masks.  Every maskable group of channels (VGG-16-BN: every conv; CIFAR ResNet:
-   the inner channel of each basic block; ResNet-50: after ``bn1`` and ``bn2`` of each
-   bottleneck) has a 0/1 mask applied after its BatchNorm and before its ReLU
-   (:class:`ChannelMask`, sitting in the model's mask slots).
-2. Channel utility.  In the backward pass, for the BN output ``a`` and the gradient
-   ``g`` reaching it (the mask already applied, so masked channels have g = 0):
-   ``v_c = Σ_batch |Σ_{h,w} g·a| / (b·h·w)``, divided by the layer's largest v.  Every
-   iteration ``U[active] *= decay; U += v``: a masked channel's utility is frozen.
-3. Propagation.  For the first ``warmup`` iterations every channel is active; after
-   that, before each iteration, only the top ``k = N − round(N·pr)`` channels by
-   utility over *all* maskable layers at once (one global ranking, deterministic)
-   take part in forward and backward.  ``pr`` stays constant; ``decay`` too on CIFAR
-   (``main.py``), while the ImageNet recipe (``main2.py`` at HEAD) raises it at the
-   learning-rate drops (``decay_schedule``: 0.6 → 0.7 → 0.8 → 1.0).
-4. Export.  After training each layer keeps its active channels: the conv, BN
-   (running statistics included) and the consuming layer are sliced
-   (:func:`repro.models.staged.prune_channels`), and the smaller network computes what
-   the masked one did; its fvcore cost is checked against the cost the mask predicts
-   (:class:`CostModel`).
-
-Baselines at the same FLOPs reduction: the unpruned network (same recipe), and L1-norm
-filter pruning (Li et al., ICLR 2017) of the trained unpruned network followed by
-fine-tuning.  The run graph is a chain per (architecture, pr, seed):
-``unpruned → dcp → l1``.  DCP from scratch does not use its parent's weights (the
-parent is its reference, and the start point when ``init=pretrained``); the L1 run reads
-the unpruned weights from its grandparent and the FLOPs reduction to match from its
-parent, so the core's dependency order (a run starts after its parent) covers both.
+A static network gets smaller while it trains (the algorithm follows the authors' code):
+a 0/1 mask after the BatchNorm of every maskable channel group (:class:`ChannelMask`);
+in the backward pass, for the BN output a and its gradient g, the utility
+v_c = Σ_batch |Σ_{h,w} g·a| / (b·h·w), normalised by the layer's largest, accumulated as
+U[active] *= decay; U += v; after a warm-up only the top k = N - round(N·pr) channels by
+utility over all layers at once take part in forward and backward.  After training the
+masked channels are cut out for real (:func:`repro.models.staged.prune_channels`) and the
+cost is checked against :class:`CostModel`.  Baselines: the unpruned network and L1-norm
+filter pruning at the same FLOPs, in a run chain unpruned -> dcp -> l1.
+docs/papers/dcp.md lists every choice and deviation.
 """
 from __future__ import annotations
 

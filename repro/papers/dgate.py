@@ -1,53 +1,14 @@
 """Decision gates: Shafiee, Shafiee & Wong, "Dynamic Representations Toward Efficient
-Inference on Deep Neural Networks by Decision Gates", CVPRW 2019 (arXiv v4).
+Inference on Deep Neural Networks by Decision Gates", CVPRW 2019.
 
-The method, on a trained backbone (ResNet-101 or DenseNet-201 with the CIFAR stem;
-ResNet-101 with the ImageNet stem for ImageNet):
-
-1. Train the backbone normally (kind ``backbone``), or load it
-   (``--set backbone_checkpoint=PATH``: our state dict, a GatedBackbone's, or
-   torchvision's ResNet layout), then freeze it (BatchNorm statistics included).
-2. D-gates (kind ``gates``, parent = the backbone run): after ResNet stages 1-3 /
-   DenseNet dense blocks 1-3, global average pooling -> one linear layer
-   (``repro.models.staged.LinearGate``).  Each gate is trained on *all* training
-   data, independently of the others, with a multi-class hinge loss plus an L2
-   penalty (λ/2)·‖W‖² on the weights.  The paper writes "- λ‖w‖", which would
-   reward large weights and make the loss unbounded below: we read it as the usual
-   soft-margin penalty.  Hinge variants (``--set hinge=...``):
-
-   - ``ovr`` (default, the paper's "one-vs-all"): Σ_c max(0, 1 - y_c d_c), y_c = ±1;
-   - ``weston-watkins``: Σ_{c≠y} max(0, 1 - (d_y - d_c))  (torch's MultiMarginLoss / C);
-   - ``crammer-singer``: max(0, 1 - d_y + max_{c≠y} d_c).
-
-   Only ``ovr`` gives distances with an absolute meaning (the paper's thresholds and
-   its "distance ≥ 1" statistic); WW and CS constrain differences only (their
-   distances are zero-sum over classes here: weights start at zero and the common
-   shift gets no gradient).  A cross-entropy gate of the same shape (``loss=ce``) is
-   the paper's Figure 4 baseline.
-   Gates are trained on the frozen backbone's pooled features, computed once over the
-   un-augmented training split (``features=cached``, in-memory datasets) or on the
-   fly on augmented batches (``features=online``, ImageNet).  The three losses are
-   summed: they share no parameter, so this *is* independent training of the gates
-   on the same batches.  Features are standardised (training mean/std) while
-   training, and the affine map is folded back into W and b afterwards, so the
-   deployed gate is exactly GAP -> Linear (``standardize=false`` trains on raw
-   features).  Weights start at zero; SGD (momentum 0.9), cosine schedule.
-3. Inference (Algorithm 1): d = Wx + b (the paper's Wx - b with b negated);
-   exit at the first gate with max d >= t_i, predicting argmax d; the backbone's
-   classifier takes the rest.  Real early exit (``repro.exits.early_exit``): later
-   stages are not computed for exited samples; that is what the time columns time.
-4. Thresholds: fitted on the held-out validation split, never on test.  For a
-   target accuracy (the backbone's validation accuracy minus a margin), the triple
-   with the lowest expected validation cost that reaches it.  Default ``tune=grid``:
-   the exact search over a per-gate grid of candidate thresholds (quantiles of the
-   gate's validation scores, plus +inf = never exit), evaluating the cascade in
-   sequence (each gate only sees what the earlier gates passed on) for every
-   combination at once from cumulative histograms; ``tune=greedy``: the literal gate
-   by gate choice (t1 with gates 2-3 off, then t2 given t1, ...).
-
-Costs are the paper's "FLOPs": 2 x fvcore multiply-adds (``flops2x``), cumulative up
-to each exit, gate heads included (a gate that is present is computed even when its
-threshold lets nothing exit).
+On a trained, frozen backbone (ResNet-101 or DenseNet-201), a d-gate after stages 1-3:
+global average pooling -> one linear layer, d = Wx + b, trained on all training data with
+a multi-class hinge loss plus (λ/2)‖W‖² (one-vs-rest by default:
+Σ_c max(0, 1 - y_c d_c), y_c = ±1).  A sample exits at the first gate with max d ≥ t_i,
+predicting argmax d; the backbone's classifier takes the rest.  Thresholds are tuned on the
+held-out validation split by an exact search of the cascade for a target accuracy, never
+on test.  Costs are the paper's "FLOPs", 2 x fvcore multiply-adds, gate heads included.
+docs/papers/dgate.md lists every choice the paper leaves open and ours.
 """
 from __future__ import annotations
 

@@ -1,47 +1,16 @@
 """GlanceNets: Sun & Pang, "GlanceNets - efficient convolutional neural networks with
 adaptive hard example mining", Sci China Inf Sci 61(10) 109101, 2018.
 
-No public code exists: every choice below that the letter leaves open is ours (the
-README section lists them, with the reasons).
+A CIFAR DenseNet with a bypass classifier (BN-ReLU-GAP-FC) after each dense block but the
+last (:class:`repro.models.densenet.GlanceDenseNet`), trained jointly with
 
-The method (``repro.models.densenet.GlanceDenseNet``):
+- the hard example weight (eq. 1), from the earlier bypasses' detached predictions:
+  w_i = σ(Σ_{j<i} [wrong_j](1 - p_j[y]) / Σ_{j<i} [right_j] p_j[y] - 1) + 1/2, in [0.769, 1.5];
+- learned entropy thresholds (eq. 4): J_T,i = (1-α)(max right entropy - H_T,i)²
+  + α(min wrong entropy - H_T,i)², entropies detached, so one network serves every α.
 
-1. Backbone: Huang et al.'s CIFAR DenseNet; at paper scale the plain DenseNet L=40,
-   k=12 (269.4 M fvcore multiply-adds, the closest documented config to the
-   paper's 276 MFLOPs; DenseNet-BC L=100 k=12 is 296.5 M).
-2. Bypasses: BN -> ReLU -> global average pooling -> FC (-> softmax) after each dense
-   block but the last (``--set bypass_after=...``); the last classifier is the
-   backbone's own.
-3. Joint training: the loss is summed over all classifiers.
-4. Hard example weight (eq. 1), for every classifier after the first (the backbone's
-   own included, ``--set hem_last=false`` excludes it), per sample, from the
-   detached predictions of the earlier bypasses:
-
-       w_i = sigmoid( sum_{j<i} [wrong_j] (1 - p_j[y]) / sum_{j<i} [right_j] p_j[y]  - 1 ) + 1/2
-
-   "right_j": argmax of bypass j is the label.  No earlier right prediction (the
-   denominator is 0): w = 1.5, the limit of the formula (ratio -> +inf); all earlier
-   right: the numerator is 0 and w = sigmoid(-1) + 1/2 = 0.769.  So w is in
-   [0.769, 1.5].  The first classifier has w = 1.  Loss J_HEM,i = mean_batch(w_i * CE_i)
-   (eq. 2).
-5. Threshold learning (eq. 4): one learnable scalar H_T,i per bypass and per alpha;
-   per batch, J_T,i = (1-alpha) (max entropy of the right predictions - H_T,i)^2
-   + alpha (min entropy of the wrong predictions - H_T,i)^2, entropies in nats,
-   detached (the term moves only the thresholds).  A batch with no right (or no wrong)
-   prediction at a bypass drops that half of the term for that batch.  The letter
-   writes ||.||_2 of a scalar, an absolute value; the squared form (the issue's,
-   default) makes H_T the alpha-weighted mean of the two entropies; ``--set tnorm=abs``
-   takes the letter literally (H_T then tracks a weighted median of the two).
-   Thresholds start at ln(C)/2 and train with the network's SGD (same learning rate
-   schedule; weight decay 1e-4 shifts the stationary point by 0.005 %).
-6. Inference: a sample leaves at the first bypass whose prediction entropy is below
-   its learned threshold; the last classifier takes the rest (the shared evaluator's
-   "entropy" score is minus the entropy, so H becomes the threshold -H).
-
-Because the entropies are detached, alpha never reaches the network's weights: one
-network trained with a *bank* of threshold learners, one per alpha, is the same as one
-network per alpha (``test_alpha_bank_equals_separate_runs``).  Every artifact therefore
-uses at most three trainings per seed: DenseNet, GlanceNet with HEM, GlanceNet without.
+A sample leaves at the first bypass whose entropy is at most its threshold.  No code was
+released: every open choice is ours, listed with its reason in docs/papers/glancenet.md.
 """
 from __future__ import annotations
 

@@ -1,35 +1,18 @@
 """IMTA: Li et al., "Improved Techniques for Training Adaptive Deep Networks", ICCV 2019.
 
-The method, on an MSDNet with k exits (``repro.models.msdnet``):
+On an MSDNet with k exits (:mod:`repro.models.msdnet`), in two phases:
 
-1. Gradient Equilibrium (GE). The loss is the unweighted sum of the exits'
-   cross-entropies; gradient re-scaling makes the coarsest-scale output of every
-   block receive the *average* of the gradients of the losses at and after it
-   (gradient reaching a block through its finer scales is the plain sum, as in the
-   authors' code; ``gradient_equilibrium=True`` on the model, see ``MSDNet``).
-2. Inline Subnetwork Collaboration (ISC). Exit i >= 2 classifies its own
-   feature together with an embedding of exit i-1's logits; the gradient along
-   that path is discarded (paper; ``isc_detach=False`` follows the authors' code).
-3. One-for-all knowledge distillation (OFA). Every exit but the last is also
-   taught by the last exit: L_i = (1-g) CE_i + g T^2 KL(p_k^T || p_i^T); the
-   last exit gets CE only.  The teacher is the *phase-I* network's last exit (a
-   frozen copy of its classifier on the frozen features), as the authors' code
-   does; ``ofa_teacher=self`` uses the current model's last exit, detached.
-   Defaults are the authors' released script: T = 1, g = 0.1 and KLDivLoss's
-   'mean' reduction (the KL summed over classes is also divided by the number of
-   classes C, so the effective weight is g T^2 / C, 0.001 on CIFAR-100);
-   ``kl_reduction=batchmean`` is the per-sample KL (C times stronger).
-4. Two phases. Phase I trains the whole network (with or without GE).
-   Phase II freezes the blocks and the heads' convolutions (BatchNorm statistics
-   included, unlike the authors' code) and trains only the final linear
-   classifiers (and ISC modules) with ISC and/or OFA.  The final classifiers are
-   re-created at the start of phase II (the authors' code; ``phase2_init=phase1``
-   keeps phase I's).
+1. Gradient Equilibrium (GE), phase I: the loss is Σ_i CE_i; the coarsest-scale output of
+   every block receives the *average* of the gradients of the losses at and after it.
+2. Inline Subnetwork Collaboration (ISC), phase II: exit i ≥ 2 classifies its own feature
+   together with Linear+BN+ReLU of exit i-1's logits (detached, as the paper says).
+3. One-for-all distillation (OFA), phase II: L_i = (1-g)·CE_i + g·T²·KL(p_k^T ‖ p_i^T) for
+   every exit but the last; the teacher is the phase-I net's last exit; T = 1, g = 0.1 and
+   the 'mean' KL reduction of the authors' script (effective weight g·T²/C).
+4. Phase II freezes the blocks and heads' convolutions and trains re-created classifiers.
 
-Ablation runs (Table 2): phase I without GE ("baseline"), phase I with GE ("GE");
-phase II on the baseline with ISC ("ISC") or OFA ("OFA"); phase II on the GE model
-with both ("GE+ISC+OFA").  Thresholds for budgeted batch classification are
-fitted on the held-out validation split, never on test.
+Thresholds for budgeted batch classification are fitted on the held-out validation split,
+never on test.  docs/papers/imta.md lists every choice and deviation.
 """
 from __future__ import annotations
 

@@ -1,0 +1,328 @@
+"""Write the generated blocks of the docs pages; ``--check`` says whether they are up to date.
+
+    python docs/gen.py            # rewrite every generated block
+    python docs/gen.py --check    # exit 1, naming each stale block, if any would change
+
+A generated block is the text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in a
+page under docs/; everything outside the markers is written by hand and left alone.
+
+- ``keys`` (docs/papers/<paper>.md): the paper's ``--set`` keys, from ``repro.manifest.build()``;
+- ``runs`` (docs/papers/<paper>.md): per artifact, the runs it needs at quick and paper scale
+  (kind, epochs, dataset), from the artifact's own run list (``repro.runner.plan``);
+- ``results`` (docs/papers/<paper>.md): the committed quick-scale outputs of every artifact
+  (tables/quick/<paper>_<artifact>.md, figures/quick/<paper>_<artifact>.png and .csv);
+- ``index`` (docs/results.md): one row per committed quick-scale artifact;
+- ``bench`` (docs/performance.md): the figures of the committed bench/results.csv.
+
+Results are read from the last commit (``git show HEAD:<path>``), not from the working tree,
+so a local ``repro imta table2`` (which writes tables/quick/) does not make the docs stale:
+commit new results, then run this script and commit the pages it changed.  Outside a git
+checkout the files on disk are read instead.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+BLOCK = re.compile(r"(<!-- (?P<name>[a-z-]+):begin -->\n)(?P<body>.*?)(<!-- (?P=name):end -->)", re.S)
+# A claim line of a table's header (repro.render.claim):
+#   "<what>: ours +0.20 ± 1.01; paper +1.81 (within the spread: not resolved at this scale)"
+CLAIM = re.compile(r"^(?P<what>.+?): ours (?P<ours>[-+−]?[\d.]+(?: ± [\d.na]+)?)"
+                   r"(?:; paper (?P<paper>[-+−]?[\d.]+))? \((?P<verdict>[^()]*)\)$")
+QUICK_DIRS = ("tables/quick", "figures/quick")
+
+
+# --------------------------------------------------------------------------- committed files
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+class Committed:
+    """The files of the last commit under the given folders (or, outside git, those on disk)."""
+
+    def __init__(self, folders=(*QUICK_DIRS, "bench")):
+        listed = _git("ls-tree", "-r", "--name-only", "HEAD", "--", *folders)
+        self.git = listed is not None
+        if self.git:
+            self.paths = set(listed.split())
+        else:
+            self.paths = {p.relative_to(ROOT).as_posix() for f in folders if (ROOT / f).is_dir()
+                          for p in (ROOT / f).iterdir() if p.is_file()}
+
+    def has(self, path: str) -> bool:
+        return path in self.paths
+
+    def text(self, path: str) -> str:
+        if self.git:
+            out = _git("show", f"HEAD:{path}")
+            if out is not None:
+                return out
+        return (ROOT / path).read_text()
+
+
+def header_and_tables(md: str) -> tuple[str, list[str], str]:
+    """A table file's heading, its header lines (the "- " lines) and the rest (its tables)."""
+    lines = md.rstrip("\n").splitlines()
+    heading = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else ""
+    header, i = [], 1 if heading else 0
+    while i < len(lines) and (lines[i].startswith("- ") or not lines[i].strip()):
+        if lines[i].startswith("- "):
+            header.append(lines[i][2:])
+        i += 1
+    return heading, header, "\n".join(lines[i:]).strip()
+
+
+def csv_header(text: str) -> tuple[str, list[str]]:
+    """A figure CSV's heading and header lines (its leading "# " lines)."""
+    head = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    return (head[0], head[1:]) if head else ("", [])
+
+
+def artifact_outputs(c: Committed, paper: str, artifact: str) -> dict:
+    """What is committed for one artifact: table files, figure files, heading and header lines."""
+    stem = f"{paper}_{artifact}"
+    tables = [f"tables/quick/{stem}{s}" for s in (".md", ".csv", ".tex") if c.has(f"tables/quick/{stem}{s}")]
+    figures = [f"figures/quick/{stem}{s}" for s in (".png", ".pdf", ".csv") if c.has(f"figures/quick/{stem}{s}")]
+    out = {"tables": tables, "figures": figures, "heading": "", "header": [], "body": ""}
+    if f"tables/quick/{stem}.md" in tables:
+        out["heading"], out["header"], out["body"] = header_and_tables(c.text(f"tables/quick/{stem}.md"))
+    elif f"figures/quick/{stem}.csv" in figures:
+        out["heading"], out["header"] = csv_header(c.text(f"figures/quick/{stem}.csv"))
+    return out
+
+
+def _line(header: list[str], key: str) -> str:
+    return next((h[len(key) + 2:] for h in header if h.startswith(f"{key}: ")), "")
+
+
+def _claims(header: list[str]) -> list[re.Match]:
+    return [m for m in map(CLAIM.match, header) if m]
+
+
+# --------------------------------------------------------------------------- the blocks
+
+def _registry() -> dict:
+    """The papers' names, titles, artifacts and ``--set`` keys (``repro.manifest.build()``)."""
+    try:
+        from repro.manifest import build
+    except ImportError:  # a checkout without the manifest module: the same data from the registry
+        from repro.artifacts import Option, papers
+
+        return {p.name: {"title": p.title,
+                         "artifacts": [[a.name, a.description, a.output_kind] for a in p.artifacts.values()],
+                         "options": {k: (o.describe() if isinstance(o, Option) else str(o))
+                                     for k, o in p.options.items()}}
+                for p in papers().values()}
+    return build()
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a literal | escaped, no line breaks."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def keys_block(paper: str, man: dict) -> str:
+    options = man[paper]["options"]
+    if not options:
+        return f"`repro {paper}` takes no `--set` keys.\n"
+    rows = ["| key | type, default, valid values: meaning |", "|---|---|"]
+    rows += [f"| `{k}` | {_cell(v)} |" for k, v in options.items()]
+    return (f"Generated from the registry (`repro {paper} --help` lists the same): "
+            f"`--set KEY=VALUE`, repeatable.\n\n" + "\n".join(rows) + "\n")
+
+
+def _runs_cell(cfgs) -> str:
+    if not cfgs:
+        return "—"
+    kinds = Counter((c.kind, c.train.epochs) for c in cfgs)
+    sets = ", ".join(dict.fromkeys(c.dataset for c in cfgs))
+    parts = " + ".join(f"{n} {kind} × {ep} ep" for (kind, ep), n in kinds.items())
+    return f"{len(cfgs)}: {parts} ({sets})"
+
+
+def runs_block(paper: str) -> str:
+    from repro.artifacts import get_paper
+    from repro.runner import Request, plan
+
+    p = get_paper(paper)
+    rows = ["| artifact | quick scale | paper scale |", "|---|---|---|"]
+    for a in p.artifacts.values():
+        rows.append(f"| `{a.name}` | {_runs_cell(plan(a, Request(scale='quick')))} "
+                    f"| {_runs_cell(plan(a, Request(scale='paper')))} |")
+    return ("Runs per artifact, one seed (`--seeds N` multiplies them), as `repro " + paper +
+            " <artifact> --dry-run` lists them: how many, their kinds × epochs, and the dataset. "
+            "Artifacts share runs, so a run listed twice trains once.\n\n" + "\n".join(rows) + "\n")
+
+
+def _links(paths: list[str], up: str) -> str:
+    return " · ".join(f"[{Path(p).name}]({up}{p})" for p in paths)
+
+
+def results_block(paper: str, man: dict, c: Committed) -> str:
+    out = []
+    for name, _description, kind in man[paper]["artifacts"]:
+        o = artifact_outputs(c, paper, name)
+        out.append(f"### `{name}`\n")
+        if not o["tables"] and not o["figures"]:
+            out.append(f"not yet committed: run `repro {paper} {name}`\n")
+            continue
+        out.append(_links(o["tables"] + o["figures"], "../../") + "\n")
+        if f"figures/quick/{paper}_{name}.png" in o["figures"]:
+            out.append(f"![{paper} {name}](../../figures/quick/{paper}_{name}.png)\n")
+        if o["heading"]:
+            out.append(f"**{o['heading']}**\n")
+        if o["header"]:
+            out.append("\n".join(f"- {h}" for h in o["header"]) + "\n")
+        if o["body"]:
+            out.append(o["body"] + "\n")
+    return "\n".join(out)
+
+
+def index_block(man: dict, c: Committed) -> str:
+    rows = ["| artifact | ours (first claim) | paper | verdict | seeds | wall time | files |",
+            "|---|---|---|---|---|---|---|"]
+    for paper, entry in man.items():
+        for name, _description, _kind in entry["artifacts"]:
+            o = artifact_outputs(c, paper, name)
+            if not o["tables"] and not o["figures"]:
+                continue
+            claims = _claims(o["header"])
+            first = claims[0] if claims else None
+            ours = f"{first['what']}: {first['ours']}" if first else "—"
+            seeds = _line(o["header"], "seeds").split(" (")[0] or "—"
+            wall = _line(o["header"], "wall time") or "—"
+            label = f"`{paper} {name}`"
+            page = f"[{label}](papers/{paper}.md)" if (DOCS / "papers" / f"{paper}.md").exists() else label
+            cells = [page, ours, (first["paper"] or "—") if first else "—",
+                     first["verdict"] if first else "—", seeds, wall, _links(o["tables"] + o["figures"], "../")]
+            rows.append("| " + " | ".join(map(_cell, cells)) + " |")
+    if len(rows) == 2:
+        return "No quick-scale result is committed yet.\n"
+    return "\n".join(rows) + "\n"
+
+
+def _value(v: str, unit: str) -> str:
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    s = f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.3f}"
+    return s + ("" if not unit else unit if unit in ("x", "%") else f" {unit}")
+
+
+def bench_block(c: Committed) -> str:
+    if not c.has("bench/results.csv"):
+        return "No bench/results.csv is committed yet: run `make bench`.\n"
+    rows = list(csv.DictReader(io.StringIO(c.text("bench/results.csv"))))
+    if not rows:
+        return "bench/results.csv is empty.\n"
+    m = rows[0]
+    sizes = "`--quick` sizes" if m.get("quick") == "True" else "full sizes"
+    head = (f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('logical_cpus', '?')} logical), "
+            f"{m.get('threads', '?')} torch threads, torch {m.get('torch', '?')}, device {m.get('device', '?')}, "
+            f"1-minute load average {m.get('load_avg_1min', '?')} at the start; {sizes}.\n")
+    table = ["| # | figure | value | target | result | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        passed = {"True": "pass", "False": "**FAIL**"}.get(r.get("passed", ""), "")
+        value = _value(r["value"], r.get("unit", "")) if r.get("value") else ""
+        cells = [r["item"], r["figure"], value, r.get("target", ""), passed, r.get("note", "")]
+        table.append("| " + " | ".join(map(_cell, cells)) + " |")
+    return head + "\n" + "\n".join(table) + "\n"
+
+
+# --------------------------------------------------------------------------- pages
+
+def render(page: Path, text: str, man: dict, c: Committed) -> str:
+    def body(m: re.Match) -> str:
+        name = m["name"]
+        paper = page.stem if page.parent.name == "papers" else None
+        if name in ("keys", "runs", "results") and paper not in man:
+            raise SystemExit(f"{page}: block '{name}' needs a paper page docs/papers/<paper>.md of a known paper")
+        if name == "keys":
+            return keys_block(paper, man)
+        if name == "runs":
+            return runs_block(paper)
+        if name == "results":
+            return results_block(paper, man, c)
+        if name == "index":
+            return index_block(man, c)
+        if name == "bench":
+            return bench_block(c)
+        raise SystemExit(f"{page}: unknown generated block '{name}'")
+
+    fenced = _fenced(text)
+    return BLOCK.sub(lambda m: m.group(0) if _inside(m.start(), fenced) else m.group(1) + body(m) + m.group(4),
+                     text)
+
+
+def _fenced(text: str) -> list[tuple[int, int]]:
+    """The character ranges of the page's fenced code blocks (markers shown there are examples)."""
+    spans, start, pos = [], None, 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("```"):
+            if start is None:
+                start = pos
+            else:
+                spans.append((start, pos + len(line)))
+                start = None
+        pos += len(line)
+    return spans
+
+
+def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
+    return any(a <= pos < b for a, b in spans)
+
+
+def blocks(text: str) -> list[re.Match]:
+    """The generated blocks of a page, outside its code blocks."""
+    fenced = _fenced(text)
+    return [m for m in BLOCK.finditer(text) if not _inside(m.start(), fenced)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python docs/gen.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("REPRO_THREADS", "1")
+    sys.path.insert(0, str(ROOT))
+    man, c = _registry(), Committed()
+    stale = []
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text()
+        new = render(page, text, man, c)
+        if new == text:
+            continue
+        rel = page.relative_to(ROOT)
+        names = [m["name"] for m, n in zip(blocks(text), blocks(new)) if m.group(0) != n.group(0)]
+        if args.check:
+            stale.append(f"{rel}: {', '.join(names)}")
+        else:
+            page.write_text(new)
+            print(f"wrote {rel} ({', '.join(names)})")
+    for paper in man:
+        if not (DOCS / "papers" / f"{paper}.md").exists():
+            print(f"note: paper '{paper}' has no page docs/papers/{paper}.md", file=sys.stderr)
+    if stale:
+        print("generated blocks out of date (run: python docs/gen.py):\n  " + "\n  ".join(stale), file=sys.stderr)
+        return 1
+    if args.check:
+        print("docs: every generated block is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The docs stay true: the README's quick-start commands parse, and docs/gen.py's blocks are current."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from repro.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_start_commands() -> list[str]:
+    """Every ``repro …`` line of the fenced code blocks in the README's "Quick start" section."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Quick start\n(.*?)(?=^## )", text, re.S | re.M)
+    assert m, "README.md has no '## Quick start' section"
+    commands, fenced = [], False
+    for line in m.group(1).splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        line = line.strip().removeprefix("$ ")
+        if fenced and line.startswith("repro "):
+            commands.append(line)
+    return commands
+
+
+def test_the_quick_start_shows_commands():
+    commands = quick_start_commands()
+    assert {"repro list", "repro imta table2 --dry-run", "repro imta table2"} <= {
+        " ".join(shlex.split(c, comments=True)) for c in commands}, commands
+
+
+@pytest.mark.parametrize("command", quick_start_commands())
+def test_quick_start_command_parses(command, tmp_path, capsys):
+    argv = shlex.split(command, comments=True)[1:]
+    argv += ["--runs-dir", str(tmp_path / "runs")]
+    if argv[0] != "list":
+        argv += ["--out-dir", str(tmp_path)] + ([] if "--dry-run" in argv else ["--dry-run"])
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    err = capsys.readouterr().err
+    assert code == 0, f"repro {' '.join(argv)} exited {code}: {err}"
+    assert not (tmp_path / "runs").exists() or argv[0] == "list"  # a dry run trains nothing
+
+
+def test_generated_docs_are_up_to_date(capsys):
+    spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    code = gen.main(["--check"])
+    assert code == 0, capsys.readouterr().err
