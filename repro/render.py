@@ -243,7 +243,183 @@ class Series:
     x: Sequence[float]
     y: Sequence[float]
     yerr: Sequence[float] | None = None
-    kind: str = "line"  # line | points | paper
+    kind: str = "line"  # line | points | paper | vline (a cost without an accuracy: a vertical line at x[0])
+    color: str | None = None  # None: the next colour of the axes' cycle
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset's printed name: ``cifar100`` -> ``CIFAR-100`` (other keys as they are)."""
+    return {key: name for name, key in _DATASET_NAMES.items()}.get(dataset, dataset)
+
+
+def paper_label(dataset: str, what: str = "") -> str:
+    """The label of the paper's numbers in a figure: ``paper, CIFAR-100`` (``: <what>`` after it);
+    ``dataset`` is the paper's dataset, a key (``cifar100``) or a printed name."""
+    return f"paper, {dataset_name(dataset)}" + (f": {what}" if what else "")
+
+
+def plot_series(ax, series: Sequence[Series], logx: bool = False) -> list[str]:
+    """Draw ``series`` on ``ax``: a line with its band (``yerr``; NaN entries leave a gap), our
+    points with error bars, the paper's points as stars (dashed through several), a cost alone as a
+    dotted vertical line (``vline``).  Returns the labels of the lines that collapse to one
+    point (every x and y equal)."""
+    collapsed = []
+    for s in series:
+        kw = {"color": s.color} if s.color else {}
+        if s.kind == "line":
+            (line,) = ax.plot(s.x, s.y, "-o", ms=3, label=s.label, **kw)
+            err = [math.nan if e is None else float(e) for e in s.yerr] if s.yerr is not None else []
+            if any(not math.isnan(e) for e in err):
+                ax.fill_between(s.x, [a - e for a, e in zip(s.y, err)], [a + e for a, e in zip(s.y, err)],
+                                alpha=0.2, color=line.get_color(), lw=0)
+            if len(s.x) > 1 and len(set(zip(s.x, s.y))) == 1:
+                collapsed.append(s.label)
+                if err and not math.isnan(err[0]):  # a band of zero width: its spread as an error bar
+                    ax.errorbar(s.x[:1], s.y[:1], yerr=err[:1], fmt="none", capsize=3, color=line.get_color())
+        elif s.kind == "points":
+            ax.errorbar(s.x, s.y, yerr=s.yerr, fmt="o", capsize=3, label=s.label, **kw)
+        elif s.kind == "vline":
+            ax.axvline(s.x[0], ls=":", lw=1.2, label=s.label, **({"color": "0.3"} | kw))
+        elif len(s.x) == 1:
+            ax.plot(s.x, s.y, "*", ms=11, label=s.label, **({"color": "k"} | kw))
+        else:
+            ax.plot(s.x, s.y, "--*", ms=8, lw=1, label=s.label, **kw)
+    if logx:
+        ax.set_xscale("log")
+    return collapsed
+
+
+def place_legend(ax, where: str = "best", fontsize: float = 7) -> None:
+    """A legend that does not cover the curves: ``best`` (matplotlib's least-covering spot inside
+    the axes), ``right`` (outside, right of the axes) or ``below`` (outside, under the x label)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if where == "right":  # labels wrapped: a long one must not push the panels off the figure
+        ax.legend(handles, [textwrap.fill(t, 30) for t in labels], fontsize=fontsize, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
+    elif where == "below":
+        ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, framealpha=0.8)
+    else:  # labels wrapped to the panel's width (less the handles)
+        chars = max(24, int(ax.get_position().width * ax.figure.get_size_inches()[0] * 72 / (0.6 * fontsize)) - 12)
+        ax.legend(handles, [textwrap.fill(t, chars) for t in labels], fontsize=fontsize, loc="best", framealpha=0.8)
+
+
+def note_on_axes(ax, text: str) -> None:
+    """A note the reader must see (a curve collapsed to one point, a paper curve not
+    transcribed): in the axes' title slot, above the data, so it never covers a curve."""
+    old = ax.get_title()
+    width = max(30, int(ax.get_position().width * ax.figure.get_size_inches()[0] * 15))
+    ax.set_title(textwrap.fill(text if not old else f"{old}\n{text}", width), fontsize=7.5, color="darkred")
+
+
+def label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], fontsize: float = 6) -> None:
+    """Label points so that no two labels overlap (adjustText-like, by hand): each label takes the
+    first of a ring of offsets around its point, nearest first, whose box overlaps no label placed
+    so far and no other point; a label set away from its point gets a thin leader line.  Placed
+    again after the final layout (:func:`save_figure`), when the axes have their final size."""
+    pts = [(float(x), float(y), str(t)) for x, y, t in zip(xs, ys, labels)]
+    made: list = []
+
+    def place() -> None:
+        from matplotlib.transforms import Bbox
+
+        for a in made:
+            a.remove()
+        made.clear()
+        fig = ax.figure
+        renderer = _renderer(fig)
+        scale = fig.dpi / 72  # points -> pixels
+        disp = ax.transData.transform([(x, y) for x, y, _ in pts]) if pts else []
+        taken = [Bbox.from_extents(px - 3 * scale, py - 3 * scale, px + 3 * scale, py + 3 * scale) for px, py in disp]
+        rings = [(dx * r, dy * r) for r in (1, 2.2, 3.6, 5.2)
+                 for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1.4), (0, -1.4), (1.5, 0), (-1.5, 0))]
+        for i, ((px, py), (x, y, text)) in enumerate(zip(disp, pts)):
+            probe = ax.text(0, 0, text, fontsize=fontsize)
+            ext = probe.get_window_extent(renderer)
+            probe.remove()
+            w, h = ext.width, ext.height
+            best = None
+            for inside in (True, False):  # inside the axes if it can be
+                for dx, dy in rings:
+                    ox, oy = dx * 4 * scale, dy * 4 * scale  # 4 pt steps
+                    x0 = px + ox if dx > 0 else (px + ox - w if dx < 0 else px - w / 2)
+                    y0 = py + oy if dy > 0 else (py + oy - h if dy < 0 else py - h / 2)
+                    box = Bbox.from_bounds(x0, y0, w, h)
+                    if inside and not (ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1
+                                       and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1):
+                        continue
+                    if not any(box.overlaps(b) for j, b in enumerate(taken) if j != i):
+                        best = (x0, y0, box, abs(dx) + abs(dy) > 2)
+                        break
+                if best is not None:
+                    break
+            if best is None:  # crowded everywhere: the nearest spot
+                dx, dy = rings[0]
+                best = (px + 4 * scale, py + 4 * scale, Bbox.from_bounds(px + 4 * scale, py + 4 * scale, w, h), False)
+            x0, y0, box, far = best
+            taken.append(box)
+            tx, ty = ax.transData.inverted().transform((x0, y0))
+            arrow = {"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2} if far else None
+            made.append(ax.annotate(text, (x, y), xytext=(tx, ty), textcoords="data", fontsize=fontsize,
+                                    ha="left", va="bottom", arrowprops=arrow, annotation_clip=False))
+
+    place()
+    _after_layout(ax.figure).append(place)
+
+
+def sweep_spread(sweeps: Sequence[pd.DataFrame], tests: Sequence[tuple], score) -> tuple[list[float], list[float], str]:
+    """Accuracy (%) along a budgeted sweep (:func:`repro.exits.budgeted_sweep`, one per seed) and its
+    band, by the one spread rule: one seed, the half-width of the 95 % bootstrap interval over test
+    samples at every budget; several, the half-width of the 95 % t-interval over seeds.  ``tests``:
+    one (test logits exits x N x C, test labels) per seed.  Returns (mean, spread, what the spread is)."""
+    import torch
+
+    from repro.exits import SCORES, bootstrap_ci, exit_index_batch, mean_and_spread
+
+    fn = SCORES[score] if isinstance(score, str) else score
+    accs = [s["acc"].tolist() for s in sweeps]
+    if len(sweeps) > 1:
+        pairs = [mean_and_spread(col) for col in zip(*accs)]
+        return [m for m, _ in pairs], [e for _, e in pairs], "half-width of the 95 % t-interval over seeds"
+    (logits, labels), sweep = tests[0], sweeps[0]
+    idx = exit_index_batch(fn(logits), torch.tensor(sweep["thresholds"].tolist(), dtype=torch.float64))
+    correct = logits.argmax(-1).gather(0, idx) == labels  # budgets x N: right where each sample exits
+    spread = [(hi - lo) / 2 for lo, hi in map(bootstrap_ci, correct)]
+    return accs[0], spread, "half-width of the 95 % bootstrap interval over test samples (one seed)"
+
+
+def _renderer(fig):
+    """The figure's Agg renderer (a figure made without pyplot gets an Agg canvas)."""
+    if not hasattr(fig.canvas, "get_renderer"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    return fig.canvas.get_renderer()
+
+
+def _after_layout(fig) -> list:
+    """Callbacks :func:`save_figure` runs once the figure has its final layout."""
+    if not hasattr(fig, "_repro_after_layout"):
+        fig._repro_after_layout = []
+    return fig._repro_after_layout
+
+
+def axes_lines(fig) -> list[str]:
+    """What every panel of ``fig`` plots, for the data CSV's header: ``axes <n> (<title>): x = ...;
+    y = ...; legend: a | b`` (colour bars and twin axes included)."""
+    flat = lambda t: " ".join(str(t).split())  # noqa: E731
+    out = []
+    for i, ax in enumerate(fig.get_axes()):
+        x, y = flat(ax.get_xlabel()), flat(ax.get_ylabel())
+        if not (x or y):
+            continue
+        title = flat(ax.get_title())
+        legend = ax.get_legend()
+        names = " | ".join(flat(t.get_text()) for t in legend.get_texts()) if legend is not None else ""
+        out.append(f"axes {i + 1}" + (f" ({title})" if title else "") + f": x = {x or '-'}; y = {y or '-'}"
+                   + (f"; legend: {names}" if names else ""))
+    return out
 
 
 def claim(name: str, ours: float, spread: float, paper: float | None) -> str:
@@ -263,58 +439,109 @@ def claim(name: str, ours: float, spread: float, paper: float | None) -> str:
     return f"{name}: ours {ours:+.2f} ± {spread:.2f}{p} ({verdict})"
 
 
+def _fit_text(artist, text: str, chars: int, max_px: float, renderer) -> str:
+    """Wrap ``text`` at ``chars`` characters, narrower until the drawn ``artist`` fits ``max_px``."""
+    while True:
+        wrapped = textwrap.fill(text, max(chars, 20))
+        artist.set_text(wrapped)
+        width = artist.get_window_extent(renderer).width
+        if width <= max_px or chars <= 20:
+            return wrapped
+        chars = min(chars - 1, int(chars * max_px / width))
+
+
 def save_figure(fig, meta: Meta, out_dir: Path, dpi: int = 150, data: pd.DataFrame | None = None,
                 titled: bool = True) -> list[Path]:
     """Finish and save a matplotlib figure as figures/<paper>_<artifact>.{png,pdf} (and ``data``
-    as .csv), atomically, and close it.  With ``titled`` the core writes the title (naming the
-    dataset and scale used) and a footer of the header lines wrapped to the figure's width."""
+    as .csv, its header naming what every panel's axes count), atomically, and close it.  With
+    ``titled`` the core writes the title (naming the dataset and scale used) and a footer of the
+    header lines, both wrapped until they fit the figure's width whatever its size."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
     if titled:
-        width_in = fig.get_size_inches()[0]
-        fig.suptitle(textwrap.fill(meta.heading(), int(width_in * 13)), fontsize=9)
-        footer = textwrap.fill(" | ".join(meta.lines()[:7]), int(width_in * 24))
-        fig.text(0.01, 0.005, footer, fontsize=5.5, color="0.35", va="bottom")
-        top = 1 - 0.035 * (1 + meta.heading().count("\n") + len(meta.heading()) // int(width_in * 13))
-        fig.tight_layout(rect=(0, 0.02 + 0.018 * (footer.count("\n") + 1), 1, max(top, 0.8)))
+        width_in, height_in = fig.get_size_inches()
+        renderer = _renderer(fig)
+        width_px = width_in * fig.dpi
+        title = fig.suptitle("", fontsize=9, y=1 - 0.04 / height_in, va="top")
+        _fit_text(title, meta.heading(), int(width_in * 13), 0.96 * width_px, renderer)
+        footer = fig.text(0.01, 0.005, "", fontsize=5.5, color="0.35", va="bottom")
+        _fit_text(footer, " | ".join(meta.lines()[:7]), int(width_in * 24), 0.97 * width_px, renderer)
+        bottom = (footer.get_window_extent(renderer).height / fig.dpi + 0.06) / height_in
+        fig.tight_layout(rect=(0, bottom, 1, 1))  # tight_layout leaves room for the suptitle itself
+    for again in _after_layout(fig):
+        again()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in paths:
         buf = io.BytesIO()
         fig.savefig(buf, dpi=dpi, format=p.suffix[1:])
         atomic_write_bytes(p, buf.getvalue())
+    axes = axes_lines(fig)
     plt.close(fig)
     if data is not None:
-        paths.append(write_csv(data, meta, stem.with_suffix(".csv")))
+        csv = stem.with_suffix(".csv")
+        head = "".join(f"# {line}\n" for line in [*meta.header_lines(), *axes])
+        atomic_write_text(csv, head + data.to_csv(index=False))
+        paths.append(csv)
     return paths
 
 
 def write_figure(series: Sequence[Series], meta: Meta, out_dir: Path, xlabel: str, ylabel: str,
-                 logx: bool = False, data: pd.DataFrame | None = None) -> list[Path]:
-    """Write figures/<paper>_<artifact>.{png,pdf}: curves, our points and the paper's points."""
+                 logx: bool = False, data: pd.DataFrame | None = None, *, paper: Sequence[Series] = (),
+                 paper_axes: tuple[str, str] | None = None, paper_title: str = "", legend: str = "best",
+                 note: str = "", integer_x: bool = False, title: str = "", paper_sharex: bool = False,
+                 collapsed: str = "{labels}: one point (every setting gives the same cost and accuracy "
+                                  "at this scale)") -> list[Path]:
+    """Write figures/<paper>_<artifact>.{png,pdf}: our curves (with their bands) and points, and
+    the paper's (``paper``): on our axes, or with ``paper_axes`` (x label, y label) in a panel of
+    their own, right of ours, when the paper counts in other units or on another dataset
+    (``paper_sharex``: its x axis is ours, when only the y values are of another kind).
+    ``legend``: see :func:`place_legend`; ``note`` and a line collapsed to one point
+    (``collapsed``, with ``{labels}`` and ``{n}`` filled in) are written above the data
+    (:func:`note_on_axes`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for s in series:
-        if s.kind == "line":
-            ax.plot(s.x, s.y, "-o", ms=3, label=s.label)
-            if s.yerr is not None:
-                ax.fill_between(s.x, [a - e for a, e in zip(s.y, s.yerr)], [a + e for a, e in zip(s.y, s.yerr)],
-                                alpha=0.2)
-        elif s.kind == "points":
-            ax.errorbar(s.x, s.y, yerr=s.yerr, fmt="o", capsize=3, label=s.label)
-        else:
-            ax.plot(s.x, s.y, "k*", ms=10, label=s.label)
-    if logx:
-        ax.set_xscale("log")
+    own = bool(paper) and paper_axes is not None
+    wide = 6.4 + (1.9 if legend == "right" else 0)
+    if own:
+        fig, (ax, pax) = plt.subplots(1, 2, figsize=(wide + 4.2, 4.6), sharex=paper_sharex,
+                                      gridspec_kw={"width_ratios": [wide - 1.2, 3.4]})
+    else:
+        fig, ax = plt.subplots(figsize=(wide, 4.6))
+    gone = plot_series(ax, [*series, *(() if own else paper)], logx)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    if integer_x:  # epochs and the like: whole-number ticks, at every value when there are few
+        xs = sorted({int(round(float(x))) for s in series for x in s.x})
+        if 0 < len(xs) <= 12:
+            ax.set_xticks(xs)
+            ax.set_xlim(xs[0] - 0.5, xs[-1] + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title, fontsize=9)
+    if gone:
+        note_on_axes(ax, collapsed.format(labels=", ".join(gone), n=len(gone)))
+    if note:
+        note_on_axes(ax, note)
+    place_legend(ax, legend)
+    if own:
+        plot_series(pax, paper)
+        pax.margins(0.12)  # a lone star off the frame
+        if paper_sharex:
+            pax.tick_params(labelbottom=True)
+        pax.set_xlabel(paper_axes[0])
+        pax.set_ylabel(paper_axes[1])
+        chars = int(3.4 * 72 / (0.55 * 9))  # the panel's width, 9 pt
+        pax.set_title(textwrap.fill(paper_title or "the paper's numbers (own axes: other units or dataset)", chars),
+                      fontsize=9)
+        pax.grid(alpha=0.3)
+        place_legend(pax, "best", fontsize=6.5)
     return save_figure(fig, meta, out_dir, data=data)

@@ -498,6 +498,10 @@ def test_table1_fig1_table2_smoke(smoke_dir):
     fig = pd.read_csv(smoke_dir / "figures" / "smoke" / "biasloss_fig1.csv", comment="#")
     assert set(fig["source"]) == {"ours", "paper"} and (fig["source"] == "ours").sum() == 8
     assert (smoke_dir / "figures" / "smoke" / "biasloss_fig1.png").stat().st_size > 10_000
+    axes = [line for line in open(smoke_dir / "figures" / "smoke" / "biasloss_fig1.csv") if line.startswith("# axes")]
+    assert "x = MMACs per image of the trained models (fvcore)" in axes[0]
+    assert axes[1].startswith("# axes 2 (paper, ImageNet: Table 1)")
+    assert "legend: paper, ImageNet: SkipblockNet" in axes[1]
     _cli("table2", smoke_dir)
     df = _table(smoke_dir, "table2")
     assert df["row"].tolist() == ["SkipblockNet-M", "GhostNet 1.3x", "MnasNet-A2", "MobileNetV3-Large 1.0x",

@@ -339,10 +339,18 @@ def test_e2e_imagenet(smoke_dir):
 def test_e2e_fig4(smoke_dir):
     _cli("fig4", smoke_dir)
     df = _table(smoke_dir / "figures" / "smoke" / "dgate_fig4.csv")
+    paper, df = df[df["source"] == "paper"], df[df["source"] == "ours"]
     assert set(df["method"]) == {"d-gates, hinge loss (max distance)", "gates, cross-entropy (max softmax)",
                                  "gates, cross-entropy (max logit)"}
     assert len(df) == 3 * len(dgate.FIG4_MARGINS) and df["acc"].between(0, 100).all()
-    assert (df["cost"] <= df["orig_cost"] * 1.05).all()
+    assert (df["cost"] <= df["orig_cost"] * 1.05).all() and (df["band"] > 0).all()
+    # the paper's Table 1 points (CIFAR-10, GFLOPs) in a panel of their own
+    assert len(paper) == 5 and paper["method"].str.startswith("paper, CIFAR-10: ").all()
+    assert paper.loc[paper["row"] == "original", "gflops_paper"].item() == 5.02
+    axes = [line for line in open(smoke_dir / "figures" / "smoke" / "dgate_fig4.csv") if line.startswith("# axes")]
+    assert len(axes) == 2 and "GFLOPs" in axes[1] and "MFLOPs per image" in axes[0]
+    if df.groupby("method")[["cost", "acc"]].nunique().eq(1).all().all():  # collapsed: said on the plot
+        assert "every threshold gives the same cost" in axes[0]
     assert (smoke_dir / "figures" / "smoke" / "dgate_fig4.png").stat().st_size > 0
 
 
@@ -366,3 +374,5 @@ def test_e2e_fig7(smoke_dir):
     assert (df["exits_correct_dg111"] <= df["correct_distance_ge_1"]).all()
     assert (df["correct_distance_ge_1"] <= df["class_total"]).all()
     assert df.groupby("gate")["class_total"].sum().eq(512).all()
+    axes = [line for line in open(smoke_dir / "figures" / "smoke" / "dgate_fig7.csv") if line.startswith("# axes")]
+    assert len(axes) == 3 and all("y = test samples (count) d-gate" in a for a in axes)

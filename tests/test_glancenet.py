@@ -323,7 +323,14 @@ def test_e2e_hem(smoke):
 
 def test_e2e_alpha(smoke):
     df = _read(smoke / "figures" / "smoke" / "glancenet_alpha.csv")
+    paper, df = df[df["source"] == "paper"], df[df["source"] == "ours"]
     assert [round(a, 1) for a in df["alpha"]] == list(ALPHAS)
+    # the paper's two alphas (table1 0.9, hem 0.5) with their CIFAR-10 numbers, from the reference CSV
+    assert paper.set_index("alpha")[["top1", "speedup"]].to_dict("index") == {0.9: {"top1": 92.36, "speedup": 1.43},
+                                                                             0.5: {"top1": 89.84, "speedup": 1.69}}
+    axes = [line for line in open(smoke / "figures" / "smoke" / "glancenet_alpha.csv") if line.startswith("# axes")]
+    assert any("grey: the paper's suggested alpha range (0.5-1)" in a for a in axes)  # the shading is labelled
+    assert any("paper, CIFAR-10: top-1 (%)" in a for a in axes)
     for c in ("H_bypass1", "H_bypass2"):
         assert df[c].is_monotonic_decreasing  # larger alpha, lower threshold (the paper's claim)
     assert df["top1"].between(0, 100).all() and (df["speedup"] > 0).all()
@@ -332,7 +339,12 @@ def test_e2e_alpha(smoke):
 
 def test_e2e_tradeoff(smoke):
     df = _read(smoke / "figures" / "smoke" / "glancenet_tradeoff.csv")
+    paper, df = df[df["source"] == "paper"], df[df["source"] == "ours"]
     assert set(df["method"]) == {"val-searched", "learned", "densenet", "glancenet-no-exit"}
+    assert (df.loc[df["method"] == "val-searched", "top1_spread"] > 0).all()  # a band at one seed too
+    assert paper["mflops"].tolist() == [186, 276] and paper["method"].str.startswith("paper, CIFAR-10: ").all()
+    axes = [line for line in open(smoke / "figures" / "smoke" / "glancenet_tradeoff.csv") if line.startswith("# axes")]
+    assert len(axes) == 2 and "MMACs, fvcore counter" in axes[0]
     assert (df["method"] == "learned").sum() == 10 and (df["method"] == "val-searched").sum() == 39
     assert df["top1"].between(0, 100).all() and (df["mflops"] > 0).all()
     assert (smoke / "figures" / "smoke" / "glancenet_tradeoff.png").stat().st_size > 10_000

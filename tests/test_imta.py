@@ -124,7 +124,12 @@ def test_table2_smoke_end_to_end(tmp_path):
     main(["imta", "fig4", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path)])
     assert mtimes == {r: (tmp_path / "runs" / "imta" / r / "results.json").stat().st_mtime for r in runs}
     fig = pd.read_csv(tmp_path / "figures" / "smoke" / "imta_fig4.csv", comment="#")
-    assert set(fig["method"]) == {"MSDNet (no GE/ISC/OFA)", "GE", "ISC", "OFA", "GE+ISC+OFA"}
+    ours = fig[fig["source"] == "ours"]
+    assert set(ours["method"]) == {"MSDNet (no GE/ISC/OFA)", "GE", "ISC", "OFA", "GE+ISC+OFA"}
+    assert (ours["acc_spread"] > 0).all()  # the band: bootstrap half-width at one seed
+    assert set(fig.loc[fig["source"] == "paper", "method"]) == {f"paper, CIFAR-100: {k}" for k in
+                                                                 ("MSDNet (no GE/ISC/OFA)", "GE", "ISC", "OFA",
+                                                                  "GE+ISC+OFA")}
     assert (tmp_path / "figures" / "smoke" / "imta_fig4.png").stat().st_size > 10_000
 
 
@@ -311,6 +316,77 @@ def test_cifar_budget_figures_train_the_papers_family(artifact, dataset, want):
     # reduced scales: two members, each a baseline and an IMTA curve
     for scale in ("quick", "smoke"):
         assert len(imta.PAPER.artifacts[artifact].runs(Request(scale=scale))) == 4
+
+
+def _fake_family_results(cfgs, seeds=1, n=120, classes=10):
+    """Stored outputs of ``cfgs`` as a finished run would have them (random logits, MSDNet-like costs)."""
+    from repro.papers import imta
+
+    results = _FakeResults()
+    for i, cfg in enumerate(cfgs):
+        exits = int(cfg.model.split("_")[-1].removesuffix("exit")) if cfg.model.endswith("exit") else 5
+        runs = []
+        for seed in range(seeds):
+            g = torch.Generator().manual_seed(100 * i + seed)
+            out = {f"{split}_{what}": (torch.randn(exits, n, classes, generator=g) if what == "logits"
+                                       else torch.randint(0, classes, (n,), generator=g))
+                   for split in ("val", "test") for what in ("logits", "labels")}
+            runs.append(_FakeRun({"costs": [1e6 * (k + 1) for k in range(exits)], "cost_convention": imta.COST}, out))
+        results[cfg.key] = runs
+    return results
+
+
+def _figure_csv(path):
+    axes = [line[2:].strip() for line in open(path) if line.startswith("# axes")]
+    return pd.read_csv(path, comment="#"), axes
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_budget_figures_draw_their_band_and_the_papers_points(tmp_path, seeds):
+    """fig3: a band on every curve (bootstrap at one seed, t-interval over seeds), Table 1's exits as
+    "paper, CIFAR-100" in a panel of their own, and axes that name the unit and the counter."""
+    from repro.papers import imta
+    from repro.reference_data import load_reference, reference_value
+    from repro.render import building
+    from repro.runner import Settings
+
+    request = Request(scale="smoke", seeds=seeds)
+    art = imta.PAPER.artifacts["fig3"]
+    results = _fake_family_results(art.runs(request), seeds)
+    with building(request):
+        art.build(request, results, Settings(out_dir=tmp_path))
+    df, axes = _figure_csv(next(tmp_path.rglob("imta_fig3.csv")))
+    ours = df[df["source"] == "ours"]
+    assert (ours["acc_spread"] > 0).all() and ours["spread"].str.contains(
+        "t-interval" if seeds > 1 else "bootstrap").all()
+    paper = df[df["source"] == "paper"]
+    assert set(paper["method"]) == {"paper, CIFAR-100: MSDNet", "paper, CIFAR-100: IMTA"} and len(paper) == 14
+    ref = load_reference("imta")
+    assert paper["acc"].tolist()[-1] == reference_value(ref, "table1", "imta", "exit7_top1")
+    assert "x = average cost per image (MMACs, MSDNet's counter)" in axes[0]
+    assert axes[1].startswith("axes 2 (paper, CIFAR-100") and "MMACs" in axes[1]
+
+
+def test_fig4_legend_is_outside_the_curves_and_fig6_ticks_whole_epochs(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from repro.papers import imta
+    from repro.render import building
+    from repro.runner import Settings
+
+    request = Request(scale="smoke")
+    cfgs = imta.fig4_runs(request)
+    results = _fake_family_results(cfgs)
+    figs = []
+    real = plt.subplots
+    with building(request), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt, "subplots", lambda *a, **k: figs.append(real(*a, **k)) or figs[-1])
+        imta.build_fig4(request, results, Settings(out_dir=tmp_path))
+    fig, (ax, pax) = figs[-1]
+    ours = ax.get_legend().get_window_extent()
+    assert ours.x0 >= ax.get_window_extent().x1  # right of the axes, over no curve
+    _, axes = _figure_csv(next(tmp_path.rglob("imta_fig4.csv")))
+    assert "paper, CIFAR-100: top-1 per exit (Table 2)" in axes[1]
 
 
 def test_imagenet_budget_figure_trains_steps_4_6_7():

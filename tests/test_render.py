@@ -84,3 +84,108 @@ def test_files_are_written_atomically_and_leave_no_temporaries(tmp_path):
     tex = (tmp_path / "imta_fig2.tex").read_text()
     caption = next(line for line in tex.splitlines() if line.startswith("\\caption"))
     assert len(caption) < 200 and "\\par" in tex  # a short caption; the header lines as notes below
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _figure_header(path) -> list[str]:
+    return [line[2:].rstrip("\n") for line in open(path) if line.startswith("# axes")]
+
+
+def test_the_papers_points_get_a_panel_of_their_own_and_the_csv_names_every_axis(tmp_path):
+    from repro.render import Series, paper_label, write_figure
+
+    ours = [Series("ours", [1.0, 2.0, 3.0], [10.0, 12.0, 13.0], [1.0, 1.0, 1.0])]
+    paper = [Series(paper_label("cifar100", "MSDNet"), [50.0, 100.0], [70.0, 74.0], kind="paper")]
+    assert paper[0].label == "paper, CIFAR-100: MSDNet"
+    data = pd.DataFrame({"source": ["ours", "paper"], "method": ["ours", paper[0].label]})
+    with building(Request(scale="smoke")):
+        write_figure(ours, _meta(), tmp_path, "cost (MMACs, MSDNet's counter)", "top-1 (%)", data=data, paper=paper,
+                     paper_axes=("cost (MMACs, the paper's)", "top-1 (%) on CIFAR-100"), paper_title="paper panel")
+    axes = _figure_header(tmp_path / "imta_fig2.csv")
+    assert len(axes) == 2 and "x = cost (MMACs, MSDNet's counter)" in axes[0] and "legend: ours" in axes[0]
+    assert axes[1].startswith("axes 2 (paper panel)") and "legend: paper, CIFAR-100: MSDNet" in axes[1]
+    assert read_table_csv(tmp_path / "imta_fig2.csv")["method"].tolist() == ["ours", "paper, CIFAR-100: MSDNet"]
+    with building(Request(scale="smoke")):  # without paper_axes: on our axes
+        write_figure(ours, _meta(), tmp_path, "x", "y", data=data, paper=paper)
+    assert len(_figure_header(tmp_path / "imta_fig2.csv")) == 1
+
+
+def test_a_curve_collapsed_to_one_point_says_so_on_the_plot(tmp_path):
+    from repro.render import Series, write_figure
+
+    flat = [Series("gates", [0.9, 0.9, 0.9], [24.8, 24.8, 24.8], [3.0, 3.0, 3.0]), Series("b", [1.0, 2.0], [1.0, 2.0])]
+    with building(Request(scale="smoke")):
+        write_figure(flat, _meta(), tmp_path, "x", "y", data=pd.DataFrame({"a": [1]}),
+                     collapsed="all thresholds give the same cost at this scale ({labels})")
+    (axes,) = _figure_header(tmp_path / "imta_fig2.csv")
+    assert "(all thresholds give the same cost at this scale (gates))" in axes
+
+
+def test_title_and_footer_fit_a_narrow_and_a_wide_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from repro.render import _renderer, save_figure
+
+    meta = _meta()
+    meta.notes = []
+    meta.flops = "MMACs, MSDNet's counter: " + "CONV MULTIPLY-ADDS WITHOUT BIAS + LINEAR WEIGHTS, WM " * 6  # wide
+    meta.title = "Budgeted batch, MSDNet vs IMTA, GE + ISC + OFA, MMACs WITH MSDNET'S COUNTER (CIFAR-100)"
+    for size in ((3.2, 3.0), (5.2, 5.0), (22.0, 4.0)):
+        fig, ax = plt.subplots(figsize=size)
+        ax.plot([0, 1], [0, 1])
+        with building(Request(scale="smoke")):
+            save_figure(fig, meta, tmp_path)
+        renderer = _renderer(fig)
+        width = fig.get_size_inches()[0] * fig.dpi
+        for text in [fig._suptitle, *fig.texts]:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= width, (size, text.get_text()[:40], box.x1, width)
+        assert fig.texts[-1].get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0  # under the axes
+
+
+def test_point_labels_do_not_overlap(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from repro.render import _renderer, label_points, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    xs, ys = [0.69, 0.70, 0.81, 0.82, 0.25, 0.48, 1.2, 1.3], [10.9] * 8  # the smoke fig1: one accuracy for all
+    ax.scatter(xs, ys)
+    label_points(ax, xs, ys, ["SBN-XS", "MV3-Large 1.0x", "SBN-S", "MV3-Large 1.25x", "MV3-Small", "MV3-L 0.75x",
+                              "SBN-M", "SBN-L"])
+    with building(Request(scale="smoke")):
+        save_figure(fig, _meta(), tmp_path)
+    renderer = _renderer(fig)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 8
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_a_budgeted_sweep_gets_its_band_by_the_one_spread_rule():
+    import pytest
+    import torch
+
+    from repro.exits import budgeted_sweep, mean_and_spread
+    from repro.render import sweep_spread
+
+    runs = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        val, test = torch.randn(3, 200, 10, generator=g), torch.randn(3, 200, 10, generator=g)
+        yv, yt = torch.randint(0, 10, (200,), generator=g), torch.randint(0, 10, (200,), generator=g)
+        runs.append((budgeted_sweep(val, yv, test, yt, [1.0, 2.0, 3.0]), (test, yt)))
+    acc, spread, what = sweep_spread([runs[0][0]], [runs[0][1]], "confidence")
+    assert acc == runs[0][0]["acc"].tolist() and "bootstrap" in what
+    assert all(3 < s < 12 for s in spread)  # 200 samples at ~10 %: a half-width of about 4 points
+    acc, spread, what = sweep_spread([r[0] for r in runs], [r[1] for r in runs], "confidence")
+    want = [mean_and_spread([r[0]["acc"].iloc[b] for r in runs]) for b in range(len(acc))]
+    assert acc == pytest.approx([m for m, _ in want]) and spread == pytest.approx([s for _, s in want])
+    assert "t-interval" in what

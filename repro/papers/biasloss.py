@@ -797,6 +797,8 @@ def _recipe_note(cfg: RunConfig) -> str:
 def build_fig1(request, results, settings) -> list[Path]:
     import matplotlib
 
+    from repro.render import dataset_name, label_points, paper_label, place_legend
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -816,33 +818,33 @@ def build_fig1(request, results, settings) -> list[Path]:
                                (mv3, "MobileNetV3 (ce)", "--s")):
         a1.errorbar([ours.loc[k, xcol] for k in keys], [accs[k][0] for k in keys],
                     yerr=[accs[k][1] for k in keys], fmt=style, capsize=3, label=f"ours: {label}")
-    for k in sbn + mv3:
-        a1.annotate(FAMILY[k].label.replace("SkipblockNet-", "").replace("MobileNetV3-", "MV3-"),
-                    (ours.loc[k, xcol], accs[k][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    a1.set_xlabel("MMACs of the trained models (fvcore)" if xcol == "run_mmacs" else "MMACs at 224x224 (fvcore)")
-    a1.set_ylabel(f"top-1 (%) on {cfg.dataset}")
-    a1.set_title(f"ours ({request.scale} scale, {cfg.dataset})", fontsize=9)
+    label_points(a1, [ours.loc[k, xcol] for k in sbn + mv3], [accs[k][0] for k in sbn + mv3],
+                 [FAMILY[k].label.replace("SkipblockNet-", "SBN-").replace("MobileNetV3-", "MV3-") for k in sbn + mv3])
+    a1.set_xlabel("MMACs per image of the trained models (fvcore)" if xcol == "run_mmacs"
+                  else "MMACs per image at 224x224 (fvcore)")
+    a1.set_ylabel(f"test top-1 (%) on {dataset_name(cfg.dataset)}")
+    a1.set_title(f"ours ({request.scale} scale, {dataset_name(cfg.dataset)})", fontsize=9)
     ref_sbn = [k for k in ref.index if k.startswith("skipblocknet")]
     ref_sbn = sorted(ref_sbn, key=lambda k: ref.loc[k, "mflops"])
     a2.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "-o",
-            color="tab:red", label="paper: SkipblockNet (bias loss)")
+            color="tab:red", label=paper_label("imagenet", "SkipblockNet (bias loss)"))
     others = [k for k in ref.index if k not in ref_sbn]
     a2.scatter([ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], marker="x",
-               color="0.3", label="paper: other networks (CE)")
-    for k in others:
-        a2.annotate(k, (ref.loc[k, "mflops"], ref.loc[k, "top1"]), fontsize=5, xytext=(2, 2),
-                    textcoords="offset points")
+               color="0.3", label=paper_label("imagenet", "other networks (CE)"))
+    label_points(a2, [ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], others,
+                 fontsize=5)
     a2.scatter([ours.loc[k, "mflops"] for k in sbn], [ref.loc[k, "top1"] for k in sbn], marker="+", s=60,
-               color="tab:blue", label="our count of the same architectures (paper top-1)")
+               color="tab:blue", label="SkipblockNet at our MMAC count (fvcore), the paper's top-1")
     if request.scale == "paper":
         a1.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "k*",
-                label="paper: SkipblockNet")
-    a2.set_xlabel("MFLOPs (multiply-adds) at 224x224")
-    a2.set_ylabel("ImageNet top-1 (%)")
-    a2.set_title("paper, Table 1 (ImageNet)", fontsize=9)
+                label=paper_label("imagenet", "SkipblockNet (bias loss)"))
+    a2.set_xlabel("MMACs per image at 224x224 (the paper's \"MFLOPs\" are multiply-adds)")
+    a2.set_ylabel(f"top-1 (%) on {dataset_name('imagenet')}")
+    a2.set_title(f"{paper_label('imagenet')}: Table 1", fontsize=9)
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    place_legend(a1, "best" if request.scale == "paper" else "below")  # smoke/quick: error bars fill a1
+    place_legend(a2, "best")
     meta = _meta(request, "fig1", "Top-1 vs FLOPs of the SkipblockNet family", cfg.dataset, CONVENTIONS[COST],
                  ["error bars: spread of top-1 (see seeds)", _family_data_note(request, cfg.dataset)])
     meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])

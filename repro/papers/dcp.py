@@ -1107,6 +1107,7 @@ def ratio_runs(request) -> list[RunConfig]:
 
 def build_fig_ratio(request, results, settings):
     from repro.reference_data import load_reference, reference_value
+    from repro.render import dataset_name, paper_label
 
     arch, chains = ratio_chains(request)
     label = ARCHS[arch].label
@@ -1121,25 +1122,34 @@ def build_fig_ratio(request, results, settings):
             xs.append(x)
             ys.append(y)
             es.append(e)
-            frames.append({"method": name, "pr": pr, "flops_reduction_pct": x, "flops_reduction_std": xs_,
+            frames.append({"method": name, "source": "ours", "pr": pr, "flops_reduction_pct": x,
+                           "flops_reduction_spread": xs_,
                            "params_reduction_pct": p, "top1": y, "top1_spread": e, "seeds": len(rr)})
         order = sorted(range(len(xs)), key=lambda i: xs[i])
         series.append(Series(name, [xs[i] for i in order], [ys[i] for i in order], [es[i] for i in order]))
     base = _runs(results, next(iter(chains.values()))["unpruned"])
     y, e = _acc_spread(base)
     series.append(Series(f"{label} unpruned", [0.0], [y], [e], kind="points"))
-    frames.append({"method": "unpruned", "pr": 0.0, "flops_reduction_pct": 0.0, "top1": y, "top1_spread": e,
-                   "seeds": len(base)})
+    frames.append({"method": "unpruned", "source": "ours", "pr": 0.0, "flops_reduction_pct": 0.0, "top1": y,
+                   "top1_spread": e, "seeds": len(base)})
     ref = load_reference(PAPER_NAME)
     pt, pf = reference_value(ref, "table1", arch, "top1"), reference_value(ref, "table1", arch, "flops_reduction_pct")
-    if pt is not None and pf is not None:
-        series.append(Series(f"paper: DCP {label} (authors' README, CIFAR-10)", [pf], [pt], kind="paper"))
-        frames.append({"method": "paper DCP", "pr": math.nan, "flops_reduction_pct": pf, "top1": pt})
+    paper = []
+    if pt is not None and pf is not None:  # the authors' README: CIFAR-10
+        name = paper_label("cifar10", f"DCP {label} (authors' README)")
+        paper.append(Series(name, [pf], [pt], kind="paper"))
+        frames.append({"method": name, "source": "paper", "pr": math.nan, "flops_reduction_pct": pf, "top1": pt})
+    dataset = next(iter(chains.values()))["unpruned"].dataset
     cfgs = [c for runs in chains.values() for c in runs.values()]
     meta = _meta(request, "fig-ratio", f"{label}: top-1 vs FLOPs reduction (pr swept), DCP vs L1-norm", cfgs,
-                 ["error bars: std over seeds, or the 95 % bootstrap half-width for one seed"])
-    return write_figure(series, meta, settings.figures_dir, f"FLOPs reduction (%, {COST} MACs)", "top-1 accuracy (%)",
-                        data=pd.DataFrame(frames))
+                 ["band and error bars: the 95 % t-interval over seeds, or the 95 % bootstrap half-width for one seed"])
+    xlabel = f"FLOPs reduction (% of the unpruned model's MMACs, {COST})"
+    same = dataset == "cifar10" and request.scale == "paper"  # the paper's dataset: one axis
+    return write_figure(series, meta, settings.figures_dir, xlabel, f"test top-1 (%) on {dataset_name(dataset)}",
+                        data=pd.DataFrame(frames), paper=paper,
+                        paper_axes=None if same else ("FLOPs reduction (%, the README's \"FLOPs pruned\")",
+                                                      f"top-1 (%) on {dataset_name('cifar10')}"),
+                        paper_title=paper_label("cifar10", "authors' README"), paper_sharex=True)
 
 
 def channels_runs(request) -> list[RunConfig]:
@@ -1174,6 +1184,8 @@ def _few_layers(n: int) -> list[int]:
 def build_fig_channels(request, results, settings):
     import matplotlib
 
+    from repro.render import place_legend
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -1191,10 +1203,10 @@ def build_fig_channels(request, results, settings):
         ax.bar(idx, r["channels"], color="0.85", label="channels")
         ax.bar(idx, r["kept"], color="tab:blue", label="kept after training")
         ax.set_xlabel("maskable layer (forward order)")
-        ax.set_ylabel("channels")
+        ax.set_ylabel("output channels of the layer (count)")
         ax.set_title(f"{label}: kept {sum(r['kept'])}/{sum(r['channels'])} (pr {cfg.method['pr']:g}), "
                      f"FLOPs −{r['flops_reduction_pct']:.1f} %", fontsize=9)
-        ax.legend(fontsize=7)
+        place_legend(ax, "best")
         warm = r["warmup_iters"] / max(r["total_iters"], 1)
         for li in _few_layers(len(r["channels"])):
             d = df[df["layer_index"] == li]
@@ -1206,7 +1218,7 @@ def build_fig_channels(request, results, settings):
         for ax in axes[row][1:]:
             ax.axvline(warm, color="0.5", ls=":", lw=1)
             ax.set_xlabel("fraction of training iterations (dotted: end of warm-up)")
-            ax.legend(fontsize=7)
+            place_legend(ax, "best")
             ax.grid(alpha=0.3)
         axes[row][1].set_title(f"{label}: active set over training", fontsize=9)
         axes[row][2].set_title(f"{label}: active-set changes over training", fontsize=9)

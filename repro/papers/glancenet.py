@@ -634,6 +634,8 @@ def build_alpha(request, results, settings):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from repro.render import dataset_name, paper_label
+
     cfg = glance_runs(request)["hem"]
     df = _alpha_frame(results, cfg)
     sweep = df[df["alpha"].isin(ALPHAS)]
@@ -651,26 +653,77 @@ def build_alpha(request, results, settings):
              f"top-1 along alpha: {_trend(sweep['top1'])} (paper: rises); "
              f"speed-up: {_trend(sweep['speedup'])} (paper: falls)",
              "one network: alpha only moves the thresholds (detached entropies), all alphas learned side by side",
-             "paper: no per-alpha numbers, only the trend and the suggested range 0.5-1.0 (shaded)"]
+             "paper: no per-alpha sweep, only the trend, the suggested range (shaded) and the two alphas of "
+             "table1 and hem (red stars, CIFAR-10, right axes)"]
     meta = _meta(request, "alpha", "Top-1, speed-up (FLOPs) and learned thresholds against alpha", cfg, notes)
+    paper, lo, hi = _alpha_paper()
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
     err = lambda c: sweep[f"{c}_spread"] if request.seeds > 1 or not c.startswith("H_") else None  # noqa: E731
-    axes[0].errorbar(sweep["alpha"], sweep["top1"], yerr=err("top1"), fmt="-o", capsize=3)
-    axes[0].set_ylabel("top-1 (%), learned thresholds")
-    axes[1].errorbar(sweep["alpha"], sweep["speedup"], yerr=err("speedup"), fmt="-o", capsize=3)
-    axes[1].set_ylabel("speed-up vs DenseNet (from FLOPs)")
+    axes[0].errorbar(sweep["alpha"], sweep["top1"], yerr=err("top1"), fmt="-o", capsize=3,
+                     label=f"ours: {dataset_name(cfg.dataset)}, learned thresholds")
+    axes[0].set_ylabel(f"test top-1 (%) on {dataset_name(cfg.dataset)}")
+    axes[1].errorbar(sweep["alpha"], sweep["speedup"], yerr=err("speedup"), fmt="-o", capsize=3,
+                     label=f"ours: {dataset_name(cfg.dataset)}")
+    axes[1].set_ylabel("speed-up vs DenseNet (x, from MMACs)")
     for c in hcols:
         axes[2].errorbar(sweep["alpha"], sweep[c], yerr=err(c), fmt="-o", capsize=3,
                          label=c.replace("H_bypass", "bypass "))
     axes[2].set_ylabel("learned entropy threshold H_T (nats)")
-    axes[2].legend(fontsize=8)
+    for ax, col, what in ((axes[0], "top1", "top-1 (%)"), (axes[1], "speedup", "speed-up (x)")):
+        # the paper's CIFAR-10 numbers on an axis of their own (right, red): another dataset
+        pts = paper.dropna(subset=[col])
+        if len(pts):
+            twin = ax.twinx()
+            twin.plot(pts["alpha"], pts[col], "*", ms=11, color="tab:red", label=paper_label("cifar10", what))
+            for _, p in pts.iterrows():
+                note = p["reference"].split("/")[0] + (f" ({p['note']})" if col == "speedup" else "")
+                left = p["alpha"] < 0.8
+                twin.annotate(note, (p["alpha"], p[col]), xytext=(7 if left else -7, -3), textcoords="offset points",
+                              fontsize=6.5, color="tab:red", ha="left" if left else "right")
+            twin.set_ylabel(f"{paper_label('cifar10', what)} (stars)", color="tab:red")
+            twin.tick_params(axis="y", colors="tab:red")
+            span = float(pts[col].max() - pts[col].min()) or 1.0
+            twin.set_ylim(float(pts[col].min()) - span, float(pts[col].max()) + span)
+            lines, names = ax.get_legend_handles_labels()
+            more, more_names = twin.get_legend_handles_labels()
+            ax.legend(lines + more, names + more_names, fontsize=7, loc="upper center",
+                      bbox_to_anchor=(0.5, -0.15), ncol=1)
     for ax in axes:
-        ax.axvspan(0.5, 1.0, color="0.9", zorder=0)
-        ax.axvline(_alpha(request, "alpha", 0.9), color="tab:red", lw=0.8, ls="--")
-        ax.set_xlabel("alpha")
+        if lo is not None and hi is not None:
+            ax.axvspan(lo, hi, color="0.9", zorder=0)
+        ax.axvline(_alpha(request, "alpha", 0.9), color="0.3", lw=0.8, ls="--")
+        ax.set_xlabel("alpha (threshold loss, eq. 4)")
         ax.grid(alpha=0.3)
-    return save_figure(fig, meta, settings.figures_dir, data=df)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    keys = [Line2D([], [], color="0.3", lw=0.8, ls="--", label=f"alpha of table1 ({_alpha(request, 'alpha', 0.9):g})")]
+    if lo is not None and hi is not None:
+        keys.insert(0, Patch(color="0.9", label=f"grey: the paper's suggested alpha range ({lo:g}-{hi:g})"))
+    lines, names = axes[2].get_legend_handles_labels()
+    axes[2].legend(lines + keys, names + [k.get_label() for k in keys], fontsize=7, loc="upper center",
+                   bbox_to_anchor=(0.5, -0.15), ncol=1)
+    data = pd.concat([df.assign(source="ours"), paper.drop(columns="note").assign(source="paper")], ignore_index=True)
+    return save_figure(fig, meta, settings.figures_dir, data=data)
+
+
+def _alpha_paper() -> tuple[pd.DataFrame, float | None, float | None]:
+    """The paper's numbers against alpha (repro/reference/glancenet.csv, CIFAR-10): top-1 and
+    speed-up at the alpha of table1 and of hem, and the suggested range (lo, hi)."""
+    from repro.reference_data import load_reference, reference_value
+
+    ref = load_reference(PAPER_NAME)
+    recs = []
+    for artifact, row, how in (("table1", "glancenet", "from FLOPs"), ("hem", "hem", "from time")):
+        a = reference_value(ref, "alpha", artifact, "alpha")
+        if a is None:
+            continue
+        recs.append({"alpha": a, "top1": reference_value(ref, artifact, row, "top1"),
+                     "speedup": reference_value(ref, artifact, row, "speedup"), "reference": f"{artifact}/{row}",
+                     "note": how})
+    lo, hi = (reference_value(ref, "alpha", "suggested", c) for c in ("alpha_min", "alpha_max"))
+    return pd.DataFrame(recs, columns=["alpha", "top1", "speedup", "reference", "note"]), lo, hi
 
 
 def tradeoff_runs(request):
@@ -679,6 +732,8 @@ def tradeoff_runs(request):
 
 
 def build_tradeoff(request, results, settings):
+    from repro.render import dataset_name, paper_label, sweep_spread
+
     runs = glance_runs(request)
     cfg = runs["hem"]
     rrs = results[cfg]
@@ -688,37 +743,61 @@ def build_tradeoff(request, results, settings):
         vl, vy = _val_io(rr)
         tl, ty = _test_io(rr)
         sweeps.append(budgeted_sweep(vl, vy, tl, ty, rr.results["costs"], "entropy"))
-    acc = np.array([s["acc"].to_numpy() for s in sweeps])
+    acc, acc_err, what = sweep_spread(sweeps, [_test_io(rr) for rr in rrs], "entropy")
     cost = np.array([s["cost"].to_numpy() for s in sweeps]).mean(0) / 1e6
-    acc_err = acc.std(0, ddof=1) if len(sweeps) > 1 else None
     base = [full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in results[runs["densenet"]]]
     b_acc, b_s = stat_spread(base, acc_stat)
     b_cost = results[runs["densenet"]][0].results["cost"] / 1e6
     full = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in rrs]
     f_acc, f_s = stat_spread(full, acc_stat)
-    series = [Series("thresholds searched on validation (budgeted sweep, entropy)", cost.tolist(),
-                     acc.mean(0).tolist(), acc_err.tolist() if acc_err is not None else None),
+    series = [Series("thresholds searched on validation (budgeted sweep, entropy)", cost.tolist(), acc, acc_err),
               Series("learned thresholds (one point per alpha 0.1..1.0)", df["mflops"].tolist(), df["top1"].tolist(),
                      df["top1_spread"].tolist(), kind="points"),
               Series("DenseNet baseline", [b_cost], [b_acc], [b_s], kind="points"),
               Series("GlanceNet, no early exit", [rrs[0].results["costs"][-1] / 1e6],
                      [f_acc], [f_s], kind="points")]
-    if request.scale == "paper" and cfg.dataset == "cifar10":
-        series.append(Series("paper: GlanceNet alpha=0.9", [186.0], [92.36], kind="paper"))
+    paper, precs = _tradeoff_paper()
     data = pd.concat([
         pd.DataFrame({"method": "val-searched", "budget": sweeps[0]["budget"], "mflops": cost,
-                      "top1": acc.mean(0), "top1_std": acc_err if acc_err is not None else math.nan}),
+                      "top1": acc, "top1_spread": acc_err, "spread": what}),
         pd.DataFrame({"method": "learned", "alpha": df["alpha"], "mflops": df["mflops"], "top1": df["top1"],
                       "top1_spread": df["top1_spread"]}),
         pd.DataFrame({"method": ["densenet", "glancenet-no-exit"],
                       "mflops": [b_cost, rrs[0].results["costs"][-1] / 1e6],
                       "top1": [b_acc, f_acc], "top1_spread": [b_s, f_s]}),
-    ], ignore_index=True)
+    ], ignore_index=True).assign(source="ours")
+    data = pd.concat([data, pd.DataFrame(precs)], ignore_index=True)
     notes = ["validation-searched thresholds: repro.exits.budgeted_sweep on the entropy score, fitted on the "
-             "held-out validation split, applied to test"]
+             "held-out validation split, applied to test; band: " + what]
     meta = _meta(request, "tradeoff", "Accuracy vs cost, learned vs val-searched thresholds", cfg, notes)
-    return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} MACs)",
-                        "top-1 accuracy (%)", data=data)
+    same = request.scale == "paper" and cfg.dataset == "cifar10"  # the paper's setting: one axis
+    return write_figure(series, meta, settings.figures_dir, f"average cost per image (MMACs, {COST} counter)",
+                        f"test top-1 (%) on {dataset_name(cfg.dataset)}", data=data, paper=paper,
+                        paper_axes=None if same else ("MMACs per image (the paper's \"MFLOPs\")",
+                                                      f"top-1 (%) on {dataset_name('cifar10')}"),
+                        paper_title=paper_label("cifar10", "results text"), legend="right")
+
+
+def _tradeoff_paper() -> tuple[list[Series], list[dict]]:
+    """The paper's accuracy-vs-cost numbers (repro/reference/glancenet.csv, CIFAR-10): GlanceNet at
+    the alpha of table1, and DenseNet's cost (its top-1 is not printed: a vertical line)."""
+    from repro.reference_data import load_reference, reference_value
+    from repro.render import paper_label
+
+    ref = load_reference(PAPER_NAME)
+    series, recs = [], []
+    a = reference_value(ref, "alpha", "table1", "alpha")
+    g_cost, g_acc = (reference_value(ref, "table1", "glancenet", c) for c in ("mflops", "top1"))
+    if g_cost is not None and g_acc is not None:
+        label = paper_label("cifar10", f"GlanceNet, alpha={a:g}" if a is not None else "GlanceNet")
+        series.append(Series(label, [g_cost], [g_acc], kind="paper", color="tab:red"))
+        recs.append({"method": label, "source": "paper", "alpha": a, "mflops": g_cost, "top1": g_acc})
+    d_cost = reference_value(ref, "table1", "densenet", "mflops")
+    if d_cost is not None:
+        label = paper_label("cifar10", f"DenseNet, {d_cost:g} MMACs (top-1 not printed)")
+        series.append(Series(label, [d_cost], [math.nan], kind="vline", color="tab:green"))
+        recs.append({"method": label, "source": "paper", "mflops": d_cost, "top1": math.nan})
+    return series, recs
 
 
 PAPER = Paper(

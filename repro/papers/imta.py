@@ -32,7 +32,8 @@ from repro.data import DataSpec, dataset_info
 from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, per_exit_accuracy
 from repro.flops import CONVENTIONS, count_exits
 from repro.models import msdnet
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
+from repro.render import (Meta, Series, beside_paper, claim, dataset_name, paper_label, save_figure,
+                          sweep_spread, write_figure, write_table)
 from repro.train import freeze_except
 
 PAPER_NAME = "imta"
@@ -367,21 +368,82 @@ def build_table1(request, results, settings):
     return write_table(df, meta, settings.tables_dir)
 
 
-def _curves(request, results, runs: dict[str, RunConfig]) -> tuple[list[Series], pd.DataFrame]:
+def _curves(request, results, runs: dict[str, RunConfig], colors: dict[str, str] | None = None
+            ) -> tuple[list[Series], pd.DataFrame]:
+    """One budgeted-batch curve per run, with its band (:func:`repro.render.sweep_spread`: the
+    bootstrap half-width at one seed, the 95 % t-interval over seeds otherwise)."""
     series, frames = [], []
     for label, cfg in runs.items():
-        sweeps = []
+        sweeps, tests = [], []
         for r in results[cfg]:
             o = r.outputs
             sweeps.append(budgeted_sweep(o["val_logits"], o["val_labels"], o["test_logits"], o["test_labels"],
                                          r.results["costs"], "confidence"))
-        acc = torch.tensor([s["acc"].tolist() for s in sweeps])
-        cost = torch.tensor([s["cost"].tolist() for s in sweeps]).mean(0)
-        err = acc.std(0) if len(sweeps) > 1 else None
-        series.append(Series(label, (cost / 1e6).tolist(), acc.mean(0).tolist(), err.tolist() if err is not None else None))
-        frames.append(pd.DataFrame({"method": label, "budget": sweeps[0]["budget"], "cost_m": (cost / 1e6).numpy(),
-                                    "acc": acc.mean(0).numpy(), "acc_std": err.numpy() if err is not None else math.nan}))
+            tests.append((o["test_logits"], o["test_labels"]))
+        acc, spread, what = sweep_spread(sweeps, tests, "confidence")
+        cost = torch.tensor([s["cost"].tolist() for s in sweeps]).mean(0) / 1e6
+        series.append(Series(label, cost.tolist(), acc, spread, color=(colors or {}).get(label)))
+        frames.append(pd.DataFrame({"source": "ours", "method": label, "budget": sweeps[0]["budget"],
+                                    "cost_m": cost.numpy(), "acc": acc, "acc_spread": spread, "spread": what,
+                                    "seeds": len(sweeps)}))
     return series, pd.concat(frames, ignore_index=True)
+
+
+COST_LABEL = "average cost per image (MMACs, MSDNet's counter)"
+# The paper's numbers beside each figure (repro/reference/imta.csv): Table 1 gives MSDNet's and
+# IMTA's individual exits with their cost (CIFAR-100, 7 exits); Tables 2 and 3 the ablation's
+# top-1 per exit, without costs (CIFAR-100 and ImageNet, 5 exits).  Fig. 2 (CIFAR-10) has none.
+PAPER_POINTS = {"fig3": ("table1", "cifar100"), "fig4": ("table2", "cifar100"), "fig5": ("table3", "imagenet")}
+ROW_COLORS = {"baseline": "tab:blue", "ge": "tab:orange", "isc": "tab:green", "ofa": "tab:purple",
+              "ge+isc+ofa": "tab:red"}
+
+
+def _paper_points(artifact: str, rows: dict[str, str]) -> tuple[list[Series], pd.DataFrame, tuple[str, str], str]:
+    """The paper's points for a budgeted-batch figure: (series, data rows, (x label, y label),
+    panel title); ``rows``: {reference row: label}.  No points: empty series."""
+    from repro.reference_data import load_reference, reference_value
+
+    if artifact not in PAPER_POINTS:
+        return [], pd.DataFrame(), ("", ""), ""
+    table, dataset = PAPER_POINTS[artifact]
+    ref = load_reference(PAPER_NAME)
+    series, recs = [], []
+    for row, label in rows.items():
+        key = {"baseline": "msdnet", "ge+isc+ofa": "imta"}.get(row, row) if table == "table1" else row
+        xs, ys = [], []
+        for k in range(1, 8 if table == "table1" else 6):
+            if table == "table1":
+                x, y = (reference_value(ref, table, key, f"exit{k}_{c}") for c in ("madds_m", "top1"))
+            else:
+                x, y = float(k), reference_value(ref, table, key, f"E-{k}")
+            if x is None or y is None:
+                continue
+            xs.append(x)
+            ys.append(y)
+            recs.append({"source": "paper", "method": paper_label(dataset, label), "exit": k,
+                         "cost_m": x if table == "table1" else math.nan, "acc": y, "reference": f"{table}/{key}"})
+        if xs:
+            series.append(Series(paper_label(dataset, label), xs, ys, kind="paper", color=ROW_COLORS.get(row)))
+    if table == "table1":
+        axes = ("cost of the exit (MMACs, MSDNet's counter)", f"top-1 (%) on {dataset_name(dataset)}")
+        title = f"{paper_label(dataset)}: Table 1, individual exits of the 7-exit MSDNet"
+    else:
+        axes = ("exit (E-1 … E-5; the paper prints no cost)", f"top-1 (%) on {dataset_name(dataset)}")
+        title = f"{paper_label(dataset)}: top-1 per exit ({table.replace('table', 'Table ')})"
+    return series, pd.DataFrame(recs), axes, title
+
+
+def _write_budget_figure(request, meta, settings, series, data, artifact: str, rows: dict[str, str],
+                         dataset: str, legend: str = "best"):
+    """Our curves, and the paper's points: on our axes in the paper's own setting (same dataset and
+    cost counter), else in a panel of their own."""
+    paper, pdata, axes, title = _paper_points(artifact, rows)
+    same = bool(paper) and PAPER_POINTS[artifact][0] == "table1" and request.scale == "paper" \
+        and dataset == PAPER_POINTS[artifact][1]
+    note = "" if paper else "the paper's curves: not transcribed (figure only; repro/reference/README.md)"
+    return write_figure(series, meta, settings.figures_dir, COST_LABEL, f"test top-1 (%) on {dataset_name(dataset)}",
+                        data=pd.concat([data, pdata], ignore_index=True), paper=paper,
+                        paper_axes=None if same else axes, paper_title=title, legend=legend, note=note)
 
 
 # The MSDNet families of Figures 2, 3 and 5 (Section 4.1: CIFAR-10 {6, 8} exits, depths {21, 36};
@@ -429,15 +491,20 @@ def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", i
     def build(request, results, settings):
         series, frames = [], []
         members = family_members(request, artifact, paper_dataset, imagenet)
-        for label, m in members:
-            s, d = _curves(request, results, {"MSDNet": m["baseline"], "IMTA (GE+ISC+OFA)": m["ge+isc+ofa"]})
+        shades = {"MSDNet": ("tab:blue", "navy", "deepskyblue", "slategray"),
+                  "IMTA (GE+ISC+OFA)": ("tab:red", "darkred", "orange", "hotpink")}
+        for i, (label, m) in enumerate(members):
+            s, d = _curves(request, results, {"MSDNet": m["baseline"], "IMTA (GE+ISC+OFA)": m["ge+isc+ofa"]},
+                           {k: v[i % len(v)] for k, v in shades.items()})
             series += [replace(x, label=f"{x.label}, {label}") for x in s]
             frames.append(d.assign(member=label, model=m["baseline"].model, model_args=str(m["baseline"].model_args)))
         notes = ["thresholds fitted on the held-out validation split",
-                 "one curve per family member and method: " + "; ".join(label for label, _ in members)]
-        meta = _meta(request, artifact, title, members[0][1]["baseline"], notes)
-        return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} counter)",
-                            "top-1 accuracy (%)", data=pd.concat(frames, ignore_index=True))
+                 "one curve per family member and method: " + "; ".join(label for label, _ in members),
+                 "band: " + frames[0]["spread"].iloc[0]]
+        cfg = members[0][1]["baseline"]
+        meta = _meta(request, artifact, title, cfg, notes)
+        return _write_budget_figure(request, meta, settings, series, pd.concat(frames, ignore_index=True), artifact,
+                                    {"baseline": "MSDNet", "ge+isc+ofa": "IMTA"}, cfg.dataset, legend="right")
     return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
 
 
@@ -447,11 +514,12 @@ def fig4_runs(request):
 
 def build_fig4(request, results, settings):
     runs = ablation_runs(request)
-    series, data = _curves(request, results, {LABELS[k]: v for k, v in runs.items()})
+    series, data = _curves(request, results, {LABELS[k]: v for k, v in runs.items()},
+                           {LABELS[k]: c for k, c in ROW_COLORS.items()})
     meta = _meta(request, "fig4", "Ablation of GE / ISC / OFA, budgeted batch", runs["baseline"],
-                 ["thresholds fitted on the held-out validation split"])
-    return write_figure(series, meta, settings.figures_dir, f"average cost per image (M, {COST} counter)",
-                        "top-1 accuracy (%)", data=data)
+                 ["thresholds fitted on the held-out validation split", "band: " + data["spread"].iloc[0]])
+    return _write_budget_figure(request, meta, settings, series, data, "fig4", LABELS, runs["baseline"].dataset,
+                                legend="right")
 
 
 def fig6_runs(request):
@@ -460,18 +528,27 @@ def fig6_runs(request):
 
 
 def build_fig6(request, results, settings):
+    from repro.exits import mean_and_spread
+
     base, ge = fig6_runs(request)
     series, frames = [], []
     for label, cfg in {"MSDNet": base, "MSDNet + GE": ge}.items():
         ms = [r.metrics() for r in results[cfg]]
         cols = [c for c in ms[0].columns if c.startswith("val_acc_exit")]
-        mean = torch.tensor([m[cols].mean(1).tolist() for m in ms])
-        epochs = ms[0]["epoch"].tolist()
-        series.append(Series(label, epochs, mean.mean(0).tolist(), mean.std(0).tolist() if len(ms) > 1 else None))
-        frames.append(pd.DataFrame({"method": label, "epoch": epochs, "val_acc_mean_over_exits": mean.mean(0).numpy()}))
-    meta = _meta(request, "fig6", "Validation accuracy (mean over exits) per epoch, with and without GE", base)
-    return write_figure(series, meta, settings.figures_dir, "epoch", "validation top-1 (%), mean over exits",
-                        data=pd.concat(frames, ignore_index=True))
+        per_seed = [m[cols].mean(1).tolist() for m in ms]  # seeds x epochs
+        pairs = [mean_and_spread(v) for v in zip(*per_seed)]
+        mean, spread = [m for m, _ in pairs], [e for _, e in pairs]
+        epochs = [int(e) for e in ms[0]["epoch"].tolist()]
+        series.append(Series(label, epochs, mean, spread if len(ms) > 1 else None))
+        frames.append(pd.DataFrame({"method": label, "epoch": epochs, "val_acc_mean_over_exits": mean,
+                                    "val_acc_spread": spread, "seeds": len(ms)}))
+    meta = _meta(request, "fig6", "Validation accuracy (mean over exits) per epoch, with and without GE", base,
+                 ["band: half-width of the 95 % t-interval over seeds (none for one seed)"])
+    epochs = frames[0]["epoch"]
+    note = (f"{len(epochs)} epoch at this scale: one point per curve" if len(epochs) == 1 else "")
+    return write_figure(series, meta, settings.figures_dir, "epoch (phase I)",
+                        "validation top-1 (%), mean over exits",
+                        data=pd.concat(frames, ignore_index=True), integer_x=True, note=note)
 
 
 def fig7_runs(request):
@@ -494,11 +571,12 @@ def build_fig7(request, results, settings):
         ranks = conf.argsort(1).argsort(1).float() / (conf.shape[1] - 1)
         rho = float(torch.corrcoef(ranks)[0, 1])
         ax.scatter(ranks[0], ranks[1], s=2, alpha=0.3, c=color, label=f"{label} (Spearman ρ = {rho:.3f})")
-        frames.append(pd.DataFrame({"method": label, "spearman_rho": [rho]}))
-    ax.set_xlabel("confidence rank at exit 1 (validation, normalised)")
-    ax.set_ylabel("confidence rank at exit 2")
+        frames.append(pd.DataFrame({"method": label, "spearman_rho": rho, "sample": range(ranks.shape[1]),
+                                    "rank_exit1": ranks[0].numpy(), "rank_exit2": ranks[1].numpy()}))
+    ax.set_xlabel("confidence rank at exit 1 (0 = least, 1 = most confident)")
+    ax.set_ylabel("confidence rank at exit 2 (validation samples)")
     meta = _meta(request, "fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", base)
-    ax.legend(fontsize=7, markerscale=4)
+    ax.legend(fontsize=7, markerscale=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
     return save_figure(fig, meta, settings.figures_dir, data=pd.concat(frames, ignore_index=True))
 
 
