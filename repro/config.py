@@ -93,8 +93,8 @@ class RunConfig:
             for k, default in _HASH_OMITS_AT_DEFAULT.items():
                 if k in node["train"] and node["train"][k] == default:
                     del node["train"][k]
-            if node["data"].get("image_size", 0) is None:  # added later; None: the dataset's own size
-                del node["data"]["image_size"]
+            if "image_size" in node["data"] and node["data"]["image_size"] in (None, _own_size(node["dataset"])):
+                del node["data"]["image_size"]  # added later; None or the dataset's fixed size: the same images
         return d
 
     @property
@@ -116,6 +116,14 @@ class RunConfig:
             out.append(p)
             p = p.parent
         return out
+
+
+def _own_size(dataset: str) -> int | None:
+    """The image size of a dataset that has its own (ImageNet: 224), else None (folder datasets)."""
+    from repro.data import DATASETS  # repro.data imports this module
+
+    info = DATASETS.get(dataset)
+    return info.image_size if info is not None else None
 
 
 def _parents(d: dict) -> list[dict]:

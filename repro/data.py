@@ -98,6 +98,55 @@ def dataset_info(name: str, image_size: int | None = None) -> DatasetInfo:
                       f"resized to {image_size}x{image_size} (use a dataset of that size, or folder:PATH)")
 
 
+def resizable(name: str) -> bool:
+    """Whether ``name`` is read at any image size (folder datasets, ImageNet); the others have one."""
+    return name.startswith(FOLDER_PREFIX) or name == "imagenet"
+
+
+# ILSVRC-2012's image counts: what a plan assumes of an ImageNet tree it has not scanned
+_IMAGENET_TRAIN, _IMAGENET_VAL = 1_281_167, 50_000
+
+
+def _images_used(n_train: int, n_val: int, spec: DataSpec) -> int:
+    """The images a folder-read run decodes: its training images, held-out split and test images."""
+    val = min(spec.val_size, _folder_val_cap(n_train))
+    train = n_train - val if not spec.train_limit else min(n_train - val, spec.train_limit)
+    return train + val + min(n_val, spec.test_limit or n_val)
+
+
+def held_in_memory(name: str, spec: DataSpec) -> bool:
+    """Whether :func:`load_data` will hold ``name`` read with ``spec`` in memory (TensorBatches)
+    rather than read it through a DataLoader, known before anything is loaded.  ImageNet below
+    224 px is not scanned: its tree is taken to hold ILSVRC's 1,281,167 + 50,000 images (a
+    smaller tree may then be held in memory after all)."""
+    info = dataset_info(name, spec.image_size)
+    if not resizable(name):
+        return info.in_memory
+    if name.startswith(FOLDER_PREFIX):
+        tree = _folder_tree(name)
+        n_train, n_val = len(tree.train), len(tree.val)
+    elif info.image_size == DATASETS["imagenet"].image_size:
+        return False
+    else:
+        n_train, n_val = _IMAGENET_TRAIN, _IMAGENET_VAL
+    size = info.image_size
+    return _images_used(n_train, n_val, spec) * info.in_channels * size * size <= IN_MEMORY_LIMIT_BYTES
+
+
+def run_info(name: str, image_size: int | None = None, root: Path | None = None) -> DatasetInfo:
+    """:func:`dataset_info`, with ImageNet below 224 px counting the class folders of its tree
+    under ``root`` (default: the data root) as :func:`load_data` does (dataset_info says 1000)."""
+    info = dataset_info(name, image_size)
+    if name == "imagenet" and info.image_size != DATASETS["imagenet"].image_size:
+        info = replace(info, num_classes=len(_imagenet_tree(Path(root) if root else default_data_root()).classes))
+    return info
+
+
+def class_names(name: str) -> tuple[str, ...] | None:
+    """A folder dataset's class names (its train/ folder names, in label order); None for the others."""
+    return _folder_tree(name).classes if name.startswith(FOLDER_PREFIX) else None
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("REPRO_DATA", Path.home() / ".cache" / "repro"))
 

@@ -71,9 +71,12 @@ class Request:
         if self.lr_scale is not None and not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
             raise ConfigError(f"--lr-scale must be a positive number, got {self.lr_scale}")
         if self.dataset is not None:
-            from repro.data import dataset_info
+            from repro.data import FOLDER_PREFIX, _folder_path, dataset_info
 
-            dataset_info(self.dataset)
+            if self.dataset.startswith(FOLDER_PREFIX):  # absolute: run hashes must not depend on the cwd
+                object.__setattr__(self, "dataset", f"{FOLDER_PREFIX}{_folder_path(self.dataset).resolve()}")
+            data = self.scale_preset.data
+            dataset_info(self.dataset, data.image_size if data is not None else None)  # paper scale: per artifact
 
     @property
     def scale_preset(self) -> Scale:
@@ -235,11 +238,14 @@ class RunContext:
     def collect_outputs(self, model: nn.Module, **extra) -> dict:
         """Per-exit logits on validation and test, saved once in outputs.pt."""
         from repro.exits import collect_logits
+        from repro.train import tracked  # a bar over the batches, on a terminal
 
         data = self.data()
         bare = D.unwrap(model)
-        out = {"val_logits": collect_logits(bare, data.val), "val_labels": data.val_labels,
-               "test_logits": collect_logits(bare, data.test), "test_labels": data.test_labels, **extra}
+        out = {"val_logits": collect_logits(bare, tracked(data.val, "outputs: validation")),
+               "val_labels": data.val_labels,
+               "test_logits": collect_logits(bare, tracked(data.test, "outputs: test")),
+               "test_labels": data.test_labels, **extra}
         self.save_outputs(**out)
         return out
 

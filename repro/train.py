@@ -30,7 +30,7 @@ Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, obj
 # (checkpoint path, phase, epoch, epochs) of the last checkpoint this process wrote or resumed
 # from: what an interrupt keeps (repro.runner.interrupted_message)
 LAST_CHECKPOINT: tuple[Path, str, int, int] | None = None
-CHECK_EVERY = 20  # batches between host syncs (non-finite check, progress display)
+CHECK_EVERY = 20  # batches between host syncs (non-finite check; the loss shown): the bar moves every batch
 _MALLOC_TUNED: bool | None = None
 
 
@@ -199,31 +199,164 @@ def cuda_amp_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
+def _on_terminal() -> bool:
+    """Progress is drawn only by the main process, and only when its stderr is a terminal; with
+    output redirected (CI, cluster logs) nothing but whole lines is written."""
+    return D.env().is_main and sys.stderr.isatty()
+
+
+def _clock(seconds: float | None) -> str:
+    """``H:MM:SS`` (``-:--:--`` when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--:--"
+    s = max(0, int(round(seconds)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _Display:
+    """This process's one rich Progress on stderr (a terminal holds one live display at a time):
+    an epoch bar and busy spinners are tasks of it; it starts with the first and stops, erased,
+    with the last.  Lines logged meanwhile are printed above it."""
+    bar = None
+    tasks = 0
+
+    @classmethod
+    def add(cls, description: str, total: int | None) -> int:
+        if cls.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            cls.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                               TextColumn("{task.fields[count]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                               TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=True)
+            cls.bar.start()
+        cls.tasks += 1
+        return cls.bar.add_task(description, total=total, count="", eta="", info="")
+
+    @classmethod
+    def remove(cls, task: int) -> None:
+        cls.bar.remove_task(task)
+        cls.tasks -= 1
+        if cls.tasks == 0:
+            cls.bar.stop()
+            cls.bar = None
+
+
+class _Busy:
+    """Work without an epoch bar (evaluation, collecting outputs): on a terminal a spinner with the
+    elapsed time, and a bar with its ETA when the number of batches is known; nothing otherwise."""
+
+    def __init__(self, what: str, total: int | None = None):
+        self.what, self.total, self.done, self.task = what, total, 0, None
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> _Busy:
+        if _on_terminal():
+            self.task = _Display.add(self.what, self.total)
+            self._draw()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            _Display.remove(self.task)
+            self.task = None
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.task is not None:
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self.total:  # the bar pulses, the elapsed time counts
+            return
+        eta = (time.perf_counter() - self.t0) / self.done * (self.total - self.done) if self.done else None
+        _Display.bar.update(self.task, completed=self.done, count=f"{self.done}/{self.total}", eta=f"ETA {_clock(eta)}")
+
+
+def busy(what: str, total: int | None = None) -> _Busy:
+    """``with busy("evaluating"):`` a spinner (terminal only) while the block runs."""
+    return _Busy(what, total)
+
+
+def tracked(batches, what: str):
+    """``batches`` as they are iterated, with a bar (terminal only) over their number."""
+    total = len(batches) if hasattr(batches, "__len__") else None
+    with busy(what, total) as b:
+        for item in batches:
+            yield item
+            b.advance()
+
+
 class _Progress:
-    """A rich progress bar on a terminal; one line per epoch otherwise."""
+    """Training progress.  On a terminal: a bar per epoch, redrawn every few batches from the
+    first on (a cheap batch counter, no host sync), its ETA from the epoch's own batches, loss,
+    learning rate and speed from the host syncs every CHECK_EVERY batches.  Always: one line per
+    epoch (its metrics, and the time left in the phase), logged; with output redirected, that line
+    is all that is written."""
 
-    def __init__(self, phase: str, total_batches: int, log: Callable[[str], None]):
-        self.log, self.phase, self.bar = log, phase, None
-        if D.env().is_main and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    REDRAW_SECONDS = 0.1  # at most this often, batches alone (without new loss figures) redraw the bar
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(phase, total=total_batches, info="")
+    def __init__(self, phase: str, total_batches: int, log: Callable[[str], None], epochs: int = 1):
+        self.log, self.phase, self.total, self.epochs = log, phase, total_batches, epochs
+        self.main = D.env().is_main
+        self.task = _Display.add(phase, total_batches) if _on_terminal() else None
+        self.epoch, self.done, self.t0, self.t1, self.drawn = 0, 0, time.perf_counter(), None, -math.inf
+        self.epoch_times: list[float] = []
 
-    def update(self, epoch: int, epochs: int, done: int, info: str) -> None:
-        if self.bar:
-            self.bar.update(self.task, completed=done, description=f"{self.phase} {epoch + 1}/{epochs}", info=info)
+    def epoch_start(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) begins: count and timing restart."""
+        self.epoch, self.done, self.t1, self.drawn = epoch, 0, None, -math.inf
+        self.t0 = time.perf_counter()
+        if self.task is not None:
+            _Display.bar.reset(self.task, total=self.total, completed=0, description=self._title(),
+                               count=f"0/{self.total}", eta="ETA -:--:--", info="")
+
+    def batch(self, done: int, info: str | None = None) -> None:
+        """``done`` batches of the epoch have been run; ``info`` (loss, lr, speed) when just synced."""
+        now = time.perf_counter()
+        if self.t1 is None:
+            self.t1 = now
+        self.done = done
+        if self.task is None or (info is None and now - self.drawn < self.REDRAW_SECONDS and done < self.total):
+            return
+        self.drawn = now
+        fields = dict(count=f"{done}/{self.total}", eta=f"ETA {_clock(self.eta(now))}")
+        if info is not None:
+            fields["info"] = info
+        _Display.bar.update(self.task, completed=done, **fields)
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left in this epoch: the mean time per batch since the first batch (whose time
+        includes warm-up: data workers, kernel selection) times the batches left; from the first
+        batch alone until a second has run; None before."""
+        now = time.perf_counter() if now is None else now
+        if self.done == 0:
+            return None
+        per = (now - self.t1) / (self.done - 1) if self.done >= 2 else now - self.t0
+        return per * (self.total - self.done)
+
+    def busy(self, what: str) -> _Busy:
+        """Work inside an epoch (its evaluation): a spinner under the epoch bar."""
+        return busy(f"{self._title()}: {what}")
 
     def epoch_end(self, row: dict) -> None:
-        if D.env().is_main:
-            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
-            self.log(" ".join(f"{k}={v}" for k, v in shown.items()))
+        self.epoch_times.append(time.perf_counter() - self.t0)
+        if not self.main:
+            return
+        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
+        shown["epoch"] = f"{row['epoch']}/{self.epochs}"
+        left = self.epochs - row["epoch"]
+        if left > 0:  # the mean epoch of this process (evaluation included) times the epochs left
+            shown["phase_eta"] = _clock(sum(self.epoch_times) / len(self.epoch_times) * left)
+        self.log(" ".join(f"{k}={v}" for k, v in shown.items()))
+
+    def _title(self) -> str:
+        return f"{self.phase} {self.epoch + 1}/{self.epochs}"
 
     def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
+        if self.task is not None:
+            _Display.remove(self.task)
+            self.task = None
 
 
 def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Path, phase: str,
@@ -282,11 +415,12 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
     else:
         torch.manual_seed(seed)
 
-    progress = _Progress(phase, steps_per_epoch, log)
+    progress = _Progress(phase, steps_per_epoch, log, spec.epochs)
     try:
         for epoch in range(start, spec.epochs):
             model.train()
             batches.set_epoch(epoch)
+            progress.epoch_start(epoch)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             correct = torch.zeros((), device=device, dtype=torch.float64)
@@ -313,17 +447,19 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
                         bad = D.all_reduce_max(bad)
                     if bad.item() >= 0:
                         raise NonFiniteLoss(phase, epoch, int(bad.item()))
-                    progress.update(epoch, spec.epochs, b + 1,
-                                    f"loss {loss_sum.item() / max(seen.item(), 1):.3f} "
-                                    f"lr {opt.param_groups[0]['lr']:.3g} "
-                                    f"{seen.item() / (time.perf_counter() - t0):.0f} img/s")
+                    progress.batch(b + 1, f"loss {loss_sum.item() / max(seen.item(), 1):.3f} "
+                                          f"lr {opt.param_groups[0]['lr']:.3g} "
+                                          f"{seen.item() / (time.perf_counter() - t0):.0f} img/s")
+                else:
+                    progress.batch(b + 1)  # a counter: no host sync
             stats = D.all_reduce_sum(torch.stack([loss_sum, correct, seen]))
             seconds = time.perf_counter() - t0
             row = {"phase": phase, "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                    "train_loss": (stats[0] / stats[2]).item(), "train_acc": (100 * stats[1] / stats[2]).item(),
                    "seconds": seconds, "img_per_s": stats[2].item() / seconds}
             if eval_fn is not None:
-                row.update(eval_fn(model if ema is None else ema.module))
+                with progress.busy("evaluating"):
+                    row.update(eval_fn(model if ema is None else ema.module))
             history.append(row)
             progress.epoch_end(row)
             finished = epoch + 1 == spec.epochs

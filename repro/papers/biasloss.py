@@ -24,13 +24,15 @@ from torch import nn
 
 from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
-from repro.data import dataset_info
+from repro.data import dataset_info, run_info
 from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, time_call, topk_accuracy
 from repro.exits import cpu_model as cpu_name
 from repro.flops import CONVENTIONS, count_model
 from repro.models import compact, skipblocknet
 from repro.nn import threads as num_threads  # n intra-op threads inside a block, restored after
 from repro.render import Meta, beside_paper, claim, write_table, save_figure
+from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
+from repro.train import tracked
 
 PAPER_NAME = "biasloss"
 COST = "fvcore"  # the paper's "FLOPs" are multiply-adds (MobileNetV3 convention); fvcore's MACs, BN included
@@ -405,12 +407,13 @@ def _reduced_spec(scale: str) -> TrainSpec:
 # ============================================================================ runs
 
 
-def _data_spec(request, dataset: str, augment: str) -> DataSpec:
+def _data_spec(request, dataset: str, augment: str, paper_size: int = CIFAR_SIZE) -> DataSpec:
+    """At ``paper_size`` at paper scale (224 for the ImageNet families); every model takes any size."""
     if request.scale == "paper":
-        return DataSpec(val_size=dataset_info(dataset).default_val_size, augment=augment)
+        return run_data(request, dataset, paper_size, augment=augment)
     # one epoch sees every image once: augmentation only slows convergence (measured on MobileNetV3-L
     # x0.5, 20k images: 82.2 % without, 74.4 % with crop + flip)
-    return replace(request.scale_preset.data, augment="none")
+    return run_data(request, dataset, paper_size, augment="none")
 
 
 def compact_run(request, key: str, loss: str) -> RunConfig:
@@ -429,7 +432,7 @@ def family_run(request, key: str, loss: str) -> RunConfig:
     arch = FAMILY[key]
     return RunConfig(paper=PAPER_NAME, name=f"{key}-{loss}", kind="train", dataset=dataset, model=arch.model,
                      model_args=family_args(arch, request.scale, request), method=method_for(loss, request),
-                     train=imagenet_spec(request), data=_data_spec(request, dataset, "crop_flip"))
+                     train=imagenet_spec(request), data=_data_spec(request, dataset, "crop_flip", IMAGENET_SIZE))
 
 
 def family_loss(request, key: str) -> str:
@@ -548,8 +551,9 @@ def train(ctx) -> dict:
     probe = torch.zeros(2, info.in_channels, info.image_size, info.image_size, device=ctx.device)
     convs = conv_layers(net, probe)
     idx = variance_layer_indices(len(convs))
-    val_logits = collect_logits(net, data.val)
-    test_logits, test_var = collect_with_variances(net, data.test, [convs[i - 1] for i in idx])
+    val_logits = collect_logits(net, tracked(data.val, "outputs: validation"))
+    test_logits, test_var = collect_with_variances(net, tracked(data.test, "outputs: test"),
+                                                   [convs[i - 1] for i in idx])
     ctx.save_outputs(val_logits=val_logits, val_labels=data.val_labels, test_logits=test_logits,
                      test_labels=data.test_labels, test_variance=test_var)
     with torch.no_grad():
@@ -648,8 +652,9 @@ def _ref_gap(artifact: str, a: str, b: str, column: str = "top1") -> float | Non
     return None if pa is None or pb is None else pa - pb
 
 
-def _family_data_note(request, dataset: str) -> str:
-    info = dataset_info(dataset)
+def _family_data_note(request, cfg: RunConfig, settings) -> str:
+    dataset = cfg.dataset
+    info = run_info(dataset, cfg.data.image_size, settings.data_root)  # the size and classes the runs had
     w = FAMILY_WIDTH[request.scale]
     width = "" if w == 1 else f", every width x {w}"
     return (f"trained models: {dataset} {info.image_size}x{info.image_size}x{info.in_channels}, "
@@ -689,7 +694,7 @@ def build_table4(request, results, settings) -> list[Path]:
                                  [(compact_run(request, k, "bias"), compact_run(request, k, other)) for k in COMPACT],
                                  sum(pg) / len(pg)))
     cfg = compact_run(request, "shufflenetv2-0.5x", "ce")
-    info = dataset_info(cfg.dataset)
+    info = run_info(cfg.dataset, cfg.data.image_size, settings.data_root)
     opts = [f"{k}={v}" for k, v in request.options]
     notes += [
         GAP_NOTE,
@@ -751,14 +756,14 @@ def build_table1(request, results, settings) -> list[Path]:
     cfg = family_run(request, "skipblocknet-m", loss_of("skipblocknet-m"))
     notes += ["mflops, params_m: the paper's architectures at 224x224x3, 1000 classes (built and counted here); "
               "run_mmacs, run_params_m: the models trained at this scale",
-              _family_data_note(request, cfg.dataset),
+              _family_data_note(request, cfg, settings),
               "SkipblockNet rows trained with the loss in brackets (paper: bias loss), MobileNetV3 rows with CE",
               _small_note(), _architecture_note(request), GAP_NOTE,
               "paper rows for other networks (MUXNet, GhostNet, ...) are in the reference CSV and in fig1",
               _recipe_note(cfg)]
     meta = _meta(request, "table1", "SkipblockNet family vs MobileNetV3: FLOPs, params, top-1", cfg.dataset,
                  CONVENTIONS[COST], notes)
-    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
     return write_table(beside_paper_fix(df), meta, settings.tables_dir)
 
 
@@ -846,8 +851,8 @@ def build_fig1(request, results, settings) -> list[Path]:
     place_legend(a1, "best" if request.scale == "paper" else "below")  # smoke/quick: error bars fill a1
     place_legend(a2, "best")
     meta = _meta(request, "fig1", "Top-1 vs FLOPs of the SkipblockNet family", cfg.dataset, CONVENTIONS[COST],
-                 ["error bars: spread of top-1 (see seeds)", _family_data_note(request, cfg.dataset)])
-    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+                 ["error bars: spread of top-1 (see seeds)", _family_data_note(request, cfg, settings)])
+    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
     data = [{"source": "ours", "row": k, "loss": loss_of(k), "mmacs_trained": ours.loc[k, "run_mmacs"],
              "mflops_224": ours.loc[k, "mflops"], "params_m_224": ours.loc[k, "params_m"], "top1": accs[k][0],
              "top1_spread": accs[k][1], "dataset": cfg.dataset} for k in TABLE1_ROWS]
@@ -884,11 +889,11 @@ def build_table3(request, results, settings) -> list[Path]:
     notes = [_gap_claims(n, results, [(cfgs[a], cfgs[b])], _ref_gap("table3", a, b)) for n, a, b in pairs]
     cfg = family_run(request, s, "bias")
     notes += ["mflops, params_m: the architectures at 224x224x3, 1000 classes (counted here)",
-              _family_data_note(request, cfg.dataset), f"bias loss: {cfg.method}", _recipe_note(cfg),
+              _family_data_note(request, cfg, settings), f"bias loss: {cfg.method}", _recipe_note(cfg),
               _architecture_note(request), GAP_NOTE]
     meta = _meta(request, "table3", "Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss", cfg.dataset,
                  CONVENTIONS[COST], notes)
-    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
     return write_table(beside_paper_fix(df), meta, settings.tables_dir)
 
 
@@ -999,7 +1004,7 @@ def build_table2(request, results, settings) -> list[Path]:
              "CPU timings on a shared machine vary between calls; compare rows of one table only"]
     meta = _meta(request, "table2", "Top-1 and batch-1 latency (ms): ours on this machine, paper on Pixel phones",
                  cfg.dataset, "wall-clock latency (ms)", notes)
-    meta.scale = _scale_note(request, _family_data_note(request, cfg.dataset).split(": ", 1)[1])
+    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
     return write_table(df, meta, settings.tables_dir)
 
 

@@ -33,7 +33,9 @@ from repro.flops import CONVENTIONS, count_by_module
 from repro.models import resnet, resnet50_dcp, vgg
 from repro.models.staged import MaskSlot, prune_channels
 from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
+from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.store import Run, load_checkpoint
+from repro.train import tracked
 
 PAPER_NAME = "dcp"
 COST = "fvcore"  # the paper prints a percentage ("FLOPs pruned"): the convention hardly matters
@@ -614,10 +616,10 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
         arch = RESNET50_SUPERSEDED
     scale = request.scale
     dataset = request.dataset_for(arch.paper_dataset)
-    if scale == "paper":
-        data = DataSpec(val_size=dataset_info(dataset).default_val_size)
-    else:
-        data = replace(request.scale_preset.data, augment="none")
+    data = run_data(request, dataset, IMAGENET_SIZE if arch.paper_dataset == "imagenet" else CIFAR_SIZE,
+                    **({} if scale == "paper" else {"augment": "none"}))
+    if arch.model == "vgg16_cifar":  # its classifier flattens the last 1x1 map of a 32-px image
+        need_size(PAPER_NAME, f"{arch.label} ({arch.model})", data, dataset, CIFAR_SIZE)
     args = _model_args(arch, scale)
     pr = float(request.option("pr", arch.pr, type=float)) if pr is None else float(pr)
     init = arch.dcp_init if arch.paper_dataset == "imagenet" else request.option(
@@ -809,8 +811,8 @@ def train_dcp(ctx) -> dict:
         from repro.store import atomic_torch_save
 
         atomic_torch_save(ctrl.state_dict(), ctx.run.dir / "dcp_state.pt")
-    masked_val = collect_logits(bare, data.val)
-    masked_test = collect_logits(bare, data.test)
+    masked_val = collect_logits(bare, tracked(data.val, "masked outputs: validation"))
+    masked_test = collect_logits(bare, tracked(data.test, "masked outputs: test"))
     keep = ctrl.keep_indices()
     kept = [int(k.numel()) for k in keep]
     pruned = export_pruned(bare, slots_fn, keep)

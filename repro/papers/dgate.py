@@ -27,7 +27,7 @@ from torch import nn
 from repro import distributed as D
 from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
-from repro.data import TensorBatches, dataset_info
+from repro.data import TensorBatches, class_names, dataset_info, held_in_memory, run_info
 from repro.exits import bootstrap_ci, early_exit, time_call
 from repro.flops import count_exits, count_model
 from repro.models.densenet import densenet201_cifar
@@ -35,8 +35,10 @@ from repro.models.resnet import resnet_cifar_imagenet_style
 from repro.models.staged import GatedBackbone, init_weights
 from repro.nn import threads
 from repro.runner import first_test_images
+from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
 from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.store import load_checkpoint
+from repro.train import tracked
 
 PAPER_NAME = "dgate"
 COST = "flops2x"  # the paper's "FLOPs (G)" are 2 x multiply-adds
@@ -320,7 +322,7 @@ def _save_split_outputs(ctx, net) -> dict:
     data = ctx.data()
     out = {}
     for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
-        for k, v in collect_compact(D.unwrap(net), batches).items():
+        for k, v in collect_compact(D.unwrap(net), tracked(batches, f"outputs: {split}")).items():
             out[f"{split}_{k}"] = v
         out[f"{split}_labels"] = labels.cpu()
     ctx.save_outputs(**out)
@@ -581,13 +583,12 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
     """The backbone run and its two gate runs (hinge, CE) for ``arch`` in resnet101 | densenet201 | imagenet."""
     scale = request.scale
     dataset = request.dataset_for("imagenet" if arch == "imagenet" else "cifar10")
-    info = dataset_info(dataset)
-    big = info.image_size >= 64
+    data = run_data(request, dataset, IMAGENET_SIZE if arch == "imagenet" else CIFAR_SIZE)  # any size
+    big = data.image_size >= 64  # the size the run reads, not the dataset's own
     if arch == "densenet201":
         model = "densenet201"
     else:
         model = "resnet101_imagenet" if big and scale == "paper" else "resnet101"
-    data = DataSpec(val_size=info.default_val_size) if scale == "paper" else request.scale_preset.data
     args = _scale_args(scale, model)
     bmethod: dict = {}
     ckpt = request.option("backbone_checkpoint")
@@ -597,9 +598,11 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
     backbone = RunConfig(paper=PAPER_NAME, name=f"{model}-{'loaded' if ckpt else 'backbone'}", kind="backbone",
                          dataset=dataset, model=model, model_args=args, method=bmethod,
                          train=_backbone_spec(scale, big), data=data)
-    features = request.option("features", "cached" if info.in_memory else "online", ("cached", "online"))
-    if features == "cached" and not info.in_memory:
-        raise ConfigError(f"--set features=cached needs an in-memory dataset, not {dataset}; use features=online")
+    in_memory = held_in_memory(dataset, data)  # as load_data will read it, at this size and split
+    features = request.option("features", "cached" if in_memory else "online", ("cached", "online"))
+    if features == "cached" and not in_memory:
+        raise ConfigError(f"--set features=cached needs a dataset held in memory, but {dataset} at "
+                          f"{data.image_size}x{data.image_size} is read through a DataLoader; use features=online")
     common = {"gates_after": list(GATES_AFTER), "l2": request.option("l2", 1e-4, type=float),
               "standardize": request.option("standardize", True, type=bool), "features": features}
     hinge = request.option("hinge", "ovr", HINGES)
@@ -674,10 +677,8 @@ def _device(settings) -> torch.device:
 
 
 def _load_gated(run_result, settings, device) -> GatedBackbone:
-    from repro.data import dataset_info as _info
-
     cfg = run_result.cfg
-    net = build_gated(cfg, _info(cfg.dataset))
+    net = build_gated(cfg, run_info(cfg.dataset, cfg.data.image_size, settings.data_root))
     net.load_state_dict(load_checkpoint(run_result.run.dir / "model.pt"))
     return net.to(device).eval()
 
@@ -1141,7 +1142,7 @@ def build_fig7(request, results, settings):
     import matplotlib.pyplot as plt
 
     (cfg,) = fig7_runs(request)
-    info = dataset_info(cfg.dataset)
+    info = run_info(cfg.dataset, cfg.data.image_size, settings.data_root)  # ImageNet below 224: its tree's classes
     C = info.num_classes
     indep = np.zeros((3, C))
     casc = np.zeros((3, C))
@@ -1159,7 +1160,8 @@ def build_fig7(request, results, settings):
             casc[i] += torch.bincount(y[good & (e == i)], minlength=C).numpy()
     n = len(runs)
     indep, casc, totals = indep / n, casc / n, totals / n
-    names = CLASS_NAMES.get(cfg.dataset, [str(c) for c in range(C)])
+    names = CLASS_NAMES.get(cfg.dataset) or list(class_names(cfg.dataset) or range(C))
+    names = [str(c) for c in names]
     meta = _meta(request, "fig7", "Per class: test samples each d-gate classifies correctly with distance ≥ 1", cfg,
                  [_gate_note(cfg), "bars: each gate on its own (every test sample); dark: under the cascade "
                   "dg(1.0,1.0,1.0), the samples that actually exit there correctly", f"mean over {n} seed(s)"])

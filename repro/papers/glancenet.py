@@ -15,6 +15,7 @@ released: every open choice is ours, listed with its reason in docs/papers/glanc
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +34,7 @@ from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exi
 from repro.flops import CONVENTIONS, count_exits, count_model
 from repro.models.densenet import densenet_cifar, glance_densenet
 from repro.runner import first_test_images
+from repro.scales import CIFAR_SIZE, run_data
 from repro.render import Meta, Series, beside_paper, claim, save_figure, write_figure, write_table
 from repro.store import load_checkpoint
 
@@ -222,7 +224,7 @@ def glance_runs(request) -> dict[str, RunConfig]:
     """{"densenet", "hem", "no-hem"}: the three trainings every artifact draws from."""
     scale = request.scale
     dataset = request.dataset_for("cifar10")
-    data = DataSpec(val_size=dataset_info(dataset).default_val_size) if scale == "paper" else request.scale_preset.data
+    data = run_data(request, dataset, CIFAR_SIZE)  # any size: the DenseNet pools adaptively
     arch = _arch(request)
     alphas = sorted(set(ALPHAS) | {_alpha(request, "alpha", 0.9), _alpha(request, "hem_alpha", 0.5)})
     tnorm = request.option("tnorm", "sq", choices=("sq", "abs"))
@@ -388,7 +390,9 @@ def searched_at_cost(rr, target_val_cost: float) -> tuple[list[float], dict]:
 
 
 def load_glancenet(rr, device: torch.device) -> nn.Module:
-    info = dataset_info(rr.cfg.dataset)
+    # the class count of the trained model (ImageNet below 224 px: its tree's, not 1000)
+    info = replace(dataset_info(rr.cfg.dataset, rr.cfg.data.image_size),
+                   num_classes=int(rr.outputs["test_logits"].shape[-1]))
     net = build_model(rr.cfg, info)
     net.load_state_dict(load_checkpoint(rr.run.dir / "model.pt", map_location=device))
     return net.to(device).eval()

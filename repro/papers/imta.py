@@ -34,6 +34,7 @@ from repro.flops import CONVENTIONS, count_exits
 from repro.models import msdnet
 from repro.render import (Meta, Series, beside_paper, claim, dataset_name, paper_label, save_figure,
                           sweep_spread, write_figure, write_table)
+from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.train import freeze_except
 
 PAPER_NAME = "imta"
@@ -181,11 +182,11 @@ def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset
     if model is None:
         model = "msdnet_imagenet" if imagenet and scale == "paper" else f"msdnet_cifar_{exits}exit"
     args = dict(args or {})
-    if scale == "paper":
-        data = DataSpec(val_size=dataset_info(dataset).default_val_size)
-    else:
+    if scale != "paper":
         args = {**(QUICK_ARGS if scale == "quick" else SMOKE_ARGS), **args}
-        data = request.scale_preset.data
+    data = run_data(request, dataset, IMAGENET_SIZE if imagenet else CIFAR_SIZE)
+    # the ImageNet MSDNet's pooling plan needs 224 px, the CIFAR one's exactly 32
+    need_size(PAPER_NAME, model, data, dataset, IMAGENET_SIZE if model == "msdnet_imagenet" else CIFAR_SIZE)
     p1, p2 = _phase_specs(scale, imagenet and scale == "paper")
     stem = f"{model}{tag}"
     base = RunConfig(paper=PAPER_NAME, name=f"{stem}-phase1", kind="phase1", dataset=dataset, model=model,
