@@ -7,7 +7,7 @@ SCALE  ?= quick
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo smoke all-tables all-figures bench clean
+.PHONY: install test demo smoke all-tables all-figures results bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3, or run make PYTHON=/path/to/python3"; exit 1; }
@@ -42,13 +42,23 @@ demo: install
 smoke: install
 	REPRO_THREADS=$${REPRO_THREADS:-1} $(BIN)/repro all --scale smoke
 
+# Each prints how many runs it trains and the estimated time first (quick scale: hours on 2 cores).
 all-tables: install
-	$(BIN)/repro list --names | awk '$$3 == "table" {print $$1, $$2}' | while read p a; do \
-		$(BIN)/repro $$p $$a --scale $(SCALE) || exit 1; done
+	$(BIN)/repro all --only table --scale $(SCALE) --dry-run | tail -1
+	$(BIN)/repro all --only table --scale $(SCALE)
 
 all-figures: install
-	$(BIN)/repro list --names | awk '$$3 == "figure" {print $$1, $$2}' | while read p a; do \
-		$(BIN)/repro $$p $$a --scale $(SCALE) || exit 1; done
+	$(BIN)/repro all --only figure --scale $(SCALE) --dry-run | tail -1
+	$(BIN)/repro all --only figure --scale $(SCALE)
+
+# The committed quick-scale results: every artifact into tables/quick/ and figures/quick/ from a clean
+# commit (each output names the commit that made it), then the generated docs (docs/results.md, pages).
+results: install
+	@test -z "$$(git status --porcelain --untracked-files=no)" || \
+		{ echo "error: commit or stash your changes first: results name the commit that produced them"; exit 1; }
+	$(BIN)/repro all --scale quick --dry-run | tail -1
+	$(BIN)/repro all --scale quick
+	$(BIN)/python docs/gen.py
 
 bench: install
 	$(BIN)/python -m benchmarks $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from repro import distributed as D
+from repro import manifest
 from repro.artifacts import get_paper, papers
 from repro.config import ConfigError
 from repro.scales import SCALES
@@ -26,6 +26,8 @@ _THREADS_NOTE = ""  # said when runs start, if the thread count was lowered for 
 
 
 def _log(msg: str) -> None:
+    from repro import distributed as D
+
     if D.env().is_main:
         print(msg, file=sys.stderr, flush=True)
 
@@ -39,21 +41,39 @@ def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, s
 
 
 def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
-         no_wait: bool, cluster: dict) -> None:
+         no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False) -> None:
+    import time
+
+    from repro.train import keep_freed_memory
+
+    keep_freed_memory()  # large activations reuse heap memory instead of fresh pages (docs/performance.md)
+    _set_threads()
     from repro.launch import make_launcher
-    from repro.runner import plan, preflight, run_artifact
+    from repro.runner import estimate_seconds, plan, preflight, run_artifact
     from repro.store import Run
 
     launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
     plans = preflight(targets, request, settings, local=launcher == "local",
                       gpus_per_run=cluster.get("gpus_per_run", 1), check_runs=not dry_run)
+    todo = {c.key: c for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
     if dry_run:
         for (p, a), cfgs in plans.items():
             print(f"{p} {a}: {len(cfgs)} run(s)")
             for c in cfgs:
                 print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
                       f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
+        print(_estimate_line(list(todo.values()), settings.runs_dir, estimate_seconds))
         return
+    if no_train:
+        if todo:
+            for c in todo.values():
+                print(f"missing: {c.paper}/{c.dirname} [{c.kind}, {c.train.epochs} ep]", file=sys.stderr)
+            raise ConfigError(f"{len(todo)} run(s) missing (listed above); run the command without --no-train "
+                              f"to train them")
+        launch = lambda cfgs, s: True  # noqa: E731  (everything is done: render only)
+    elif todo:
+        _log(_estimate_line(list(todo.values()), settings.runs_dir, estimate_seconds))
+    t0 = time.time()
     if _THREADS_NOTE:
         _log(_THREADS_NOTE)  # once the input is known to be good: an error stays one line
     if launch is not None:
@@ -63,16 +83,35 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         if not launch(ordered, settings):
             _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
             return
+    written = []
     for p, a in targets:
-        paths = run_artifact(p, a, request, settings)
+        paths = run_artifact(p, a, request, settings, launch=launch if no_train else None)
+        written += paths
+        _log(f"{p} {a}: wrote {', '.join(str(x) for x in paths)}")
         for path in paths:
-            _log(f"wrote {path}")
-        for path in paths:
-            if path.suffix == ".md":
+            if show and path.suffix == ".md":
                 print(path.read_text())
+    trained = sum(Run(settings.runs_dir, c).done for c in todo.values())
+    _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
+         f"{sum(len(v) for v in plans.values()) - len(todo)} reused, {len(written)} file(s) written"
+         f"{'' if show else '; --show prints the tables'}")
 
 
-def _make_command(targets_fn):
+def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
+    if not todo:
+        return "nothing to train: every run is done"
+    known = [estimate_seconds(c, runs_dir) for c in todo]
+    have = [s for s in known if s is not None]
+    if not have:
+        return (f"{len(todo)} run(s) to train; no time estimate (no finished run of the same kind in "
+                f"{runs_dir} to scale from)")
+    approx = sum(have) / 60
+    part = "" if len(have) == len(todo) else f" for {len(have)} of them"
+    return (f"{len(todo)} run(s) to train, about {approx:.0f} min{part} on this machine (from the wall time of "
+            f"finished runs of the same kind, scaled by epochs and training images)")
+
+
+def _make_command(targets_fn, multi: bool = False):
     def command(
         scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
         dataset: Optional[str] = typer.Option(None, help="Override the dataset (cifar10, cifar100, imagenet, fashion-mnist)."),
@@ -98,8 +137,13 @@ def _make_command(targets_fn):
         channels_last: bool = typer.Option(False, help="channels_last memory format on CUDA."),
         sync_bn: bool = typer.Option(False, help="SyncBatchNorm under torchrun."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model for training: "
-                                     "minutes of compiling first, then faster steps (README, Performance)."),
+                                     "minutes of compiling first, then faster steps (docs/performance.md)."),
         workers: int = typer.Option(8, help="DataLoader workers (ImageNet only)."),
+        no_train: bool = typer.Option(False, "--no-train", help="Render from the runs that exist; list the "
+                                      "missing ones and exit 1 if any are."),
+        show: bool = typer.Option(False, "--show", help="Print the tables (Markdown) after writing them."),
+        only: Optional[str] = typer.Option(None, "--only", help="table or figure: only the artifacts of that kind "
+                                           "(repro all, repro <paper> all)."),
         set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); the "
                                        "paper's keys are listed by `repro <paper> --help`."),
     ):
@@ -123,17 +167,26 @@ def _make_command(targets_fn):
                              compile)
         cluster = dict(partition=partition, gpus_per_run=gpus_per_run, time_limit=time_limit,
                        array_parallelism=array_parallelism, request=request)
-        _run(targets_fn(), request, settings, dry_run, launcher, jobs, no_wait, cluster)
+        targets = targets_fn()
+        if only is not None:
+            if only not in ("table", "figure"):
+                raise ConfigError(f"--only {only}: choose one of: table, figure")
+            if len(targets) == 1 and not multi:
+                raise ConfigError("--only applies to `repro all` and `repro <paper> all`")
+            kinds = {(p, a[0]): a[2] for p, m in manifest.load().items() for a in m["artifacts"]}
+            targets = [t for t in targets if kinds.get(t) == only]
+        _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show)
 
     return command
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="Reproduce tables and accuracy-vs-FLOPs figures of efficient-CNN papers.")
 
     @app.command("list")
-    def list_cmd(scale: str = typer.Option("quick", help="Show run states at this scale."),
+    def list_cmd(scale: Optional[str] = typer.Option(None, help="Count runs at this scale only (default: "
+                                                     "each scale)."),
                  runs_dir: str = typer.Option("runs"),
                  names: bool = typer.Option(False, help="Only 'paper artifact table|figure' lines (for scripts).")):
         """Every paper and artifact, with a description and whether its runs are done."""
@@ -145,19 +198,26 @@ def build_app() -> typer.Typer:
                 for a in p.artifacts.values():
                     print(p.name, a.name, a.output_kind)
             return
-        request = Request(scale=scale)
+        scales = [scale] if scale else list(SCALES)
+        requests = [Request(scale=s) for s in scales]
+        print(f"runs done in {runs_dir}/, per scale: {' / '.join(scales)}")
         for p in papers().values():
             print(f"{p.name}: {p.title}")
             for a in p.artifacts.values():
-                cfgs = plan(a, request)
-                done = sum(Run(Path(runs_dir), c).done for c in cfgs)
-                print(f"  {a.name:12s} {done}/{len(cfgs)} runs done ({scale})  {a.description}")
+                counts = []
+                for r in requests:
+                    try:
+                        cfgs = plan(a, r)
+                        counts.append(f"{sum(Run(Path(runs_dir), c).done for c in cfgs)}/{len(cfgs)}")
+                    except ConfigError:  # e.g. an artifact that needs data this machine lacks
+                        counts.append("-")
+                print(f"  {a.name:12s} {' / '.join(counts):>14s}  {a.description}")
 
     @app.command("bench")
     def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),
                   out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False),
                   items: str = typer.Option("1,2,3,4,5,6", help="Which items to run, e.g. 3,4.")):
-        """Speed and memory benchmarks against their targets (a checkout's benchmarks/; README, Performance)."""
+        """Speed and memory benchmarks against their targets (a checkout's benchmarks/; docs/performance.md)."""
         root = Path(__file__).resolve().parents[1]  # the checkout, when repro is not an installed wheel
         if not (root / "benchmarks" / "run.py").is_file():
             raise ConfigError("repro bench: the benchmarks are not installed with the package; run `make bench` "
@@ -168,18 +228,19 @@ def build_app() -> typer.Typer:
 
         bench.main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick, items=bench.check_args(items, ref_msdnet))
 
-    all_targets = lambda: [(p.name, a) for p in papers().values() for a in p.artifacts]  # noqa: E731
-    app.command("all", help="Every artifact of every paper.")(_make_command(all_targets))
-    for paper in papers().values():
-        keys = "\n\n".join(f"{k}: {o.describe()}" if hasattr(o, "describe") else f"{k}: {o}"
-                             for k, o in paper.options.items())
-        sub = typer.Typer(no_args_is_help=True, help=paper.title, rich_markup_mode=None,
-                          epilog=f"--set keys of {paper.name}:\n\n{keys}" if keys else None)
-        for name, art in paper.artifacts.items():
-            sub.command(name, help=art.description)(_make_command(lambda p=paper.name, a=name: [(p, a)]))
-        sub.command("all", help=f"Every artifact of {paper.name}.")(
-            _make_command(lambda p=paper: [(p.name, a) for a in p.artifacts]))
-        app.add_typer(sub, name=paper.name)
+    # the papers' names and help from the manifest: building the app imports no paper (nor torch)
+    known = manifest.load()
+    all_targets = lambda: [(p, a[0]) for p, m in known.items() for a in m["artifacts"]]  # noqa: E731
+    app.command("all", help="Every artifact of every paper.")(_make_command(all_targets, multi=True))
+    for name, m in known.items():
+        keys = "\n\n".join(f"{k}: {text}" for k, text in m["options"].items())
+        sub = typer.Typer(no_args_is_help=True, help=m["title"], rich_markup_mode=None,
+                          epilog=f"--set keys of {name}:\n\n{keys}" if keys else None)
+        for art, description, _ in m["artifacts"]:
+            sub.command(art, help=description)(_make_command(lambda p=name, a=art: [(p, a)]))
+        sub.command("all", help=f"Every artifact of {name}.")(
+            _make_command(lambda p=name, arts=[a[0] for a in m["artifacts"]]: [(p, a) for a in arts], multi=True))
+        app.add_typer(sub, name=name)
     return app
 
 
@@ -188,9 +249,12 @@ def _check_names(argv: list[str]) -> None:
     words = [a for a in argv if not a.startswith("-")]
     if not words or words[0] in ("list", "bench", "all") or argv[0].startswith("-"):
         return
-    paper = get_paper(words[0])
-    if len(words) > 1 and argv.index(words[1]) == argv.index(words[0]) + 1 and words[1] != "all":
-        paper.artifact(words[1])
+    known = manifest.load()
+    if words[0] not in known:
+        raise ConfigError(f"unknown paper '{words[0]}'; choose one of: {', '.join(known)}")
+    arts = [a[0] for a in known[words[0]]["artifacts"]]
+    if len(words) > 1 and argv.index(words[1]) == argv.index(words[0]) + 1 and words[1] not in (*arts, "all"):
+        raise ConfigError(f"unknown artifact '{words[1]}' for {words[0]}; choose one of: {', '.join(arts)}, all")
 
 
 def choose_threads(env: str | None, current: int, cores: int, machine_cores: int,
@@ -249,22 +313,25 @@ def _device_arg(argv: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
+def _failures() -> tuple[type, tuple[type, ...]]:
+    """(runs failed, bad input or data) exception classes; imported only when something failed."""
     from repro.data import DataUnavailable
     from repro.launch import RunsFailed
     from repro.store import CheckpointError, RunLocked
     from repro.train import NonFiniteLoss
 
+    return RunsFailed, (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss)
+
+
+def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _device_arg(argv) == "cpu":  # under torchrun: NCCL has no CPU tensors
         os.environ.setdefault("REPRO_DIST_BACKEND", "gloo")
-    D.init_from_env()
-    from repro.train import keep_freed_memory
+    if os.environ.get("WORLD_SIZE") and os.environ.get("RANK"):  # started by torchrun: join the group
+        from repro import distributed as D
 
-    keep_freed_memory()  # large activations reuse heap memory instead of fresh pages (README, Performance)
+        D.init_from_env()
     try:
-        if argv[:1] != ["bench"]:  # the benchmark times each thread setting itself
-            _set_threads()
         _check_names(argv)
         rv = build_app()(argv, standalone_mode=False)
     except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument
@@ -275,10 +342,13 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted()
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    except RunsFailed as e:  # runs failed (details logged above): not a usage error
-        _fail(str(e), 1)
-    except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss) as e:
-        _fail(str(e))
+    except Exception as e:
+        runs_failed, bad = _failures()
+        if isinstance(e, runs_failed):  # runs failed (details logged above): not a usage error
+            _fail(str(e), 1)
+        if isinstance(e, bad):
+            _fail(str(e))
+        raise
     if rv == 130:  # typer turns Ctrl-C inside a command into a return value of 130
         _interrupted()
     if isinstance(rv, int) and rv:

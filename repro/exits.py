@@ -224,10 +224,28 @@ def bootstrap_ci(correct: torch.Tensor, n_boot: int = 1000, level: float = 0.95,
     return float(lo), float(hi)
 
 
-def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over seeds (0 for one seed)."""
+# Student's t quantile t_{0.975, df} for df = 1..30 (beyond: 1.96)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_halfwidth(values: Sequence[float]) -> float:
+    """Half-width of the 95 % t-interval of the mean over seeds: t_{0.975, n-1} · s / √n, with
+    s the sample standard deviation (n − 1); NaN for one value (a seed is not a spread)."""
     a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+    if a.size < 2:
+        return math.nan
+    t = _T975[a.size - 2] if a.size - 1 <= len(_T975) else 1.96
+    return float(t * a.std(ddof=1) / math.sqrt(a.size))
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """The one rule for a spread over seeds: the mean and the half-width of its 95 % t-interval
+    (:func:`t_halfwidth`; with two seeds t = 12.7, so two seeds never read as certainty).
+    One seed: the value and NaN (the callers then use a paired bootstrap over test samples)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), t_halfwidth(a)
 
 
 # --------------------------------------------------------------------------- real early exit
@@ -348,12 +366,13 @@ def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> t
     """Per-exit test accuracy (%) over seeds, and its spread.
 
     ``runs``: one (logits exits x N x C, labels) per seed. With several seeds the
-    spread is the standard deviation over seeds; with one, the half-width of the 95 %
-    bootstrap interval over test samples.
+    spread is the 95 % t-interval over seeds (:func:`mean_and_spread`); with one, the
+    half-width of the 95 % bootstrap interval over test samples.
     """
     accs = torch.stack([per_exit_accuracy(lg, lb) for lg, lb in runs])  # seeds x exits
     if len(runs) > 1:
-        return accs.mean(0).tolist(), accs.std(0, unbiased=True).tolist()
+        pairs = [mean_and_spread(accs[:, k].tolist()) for k in range(accs.shape[1])]
+        return [m for m, _ in pairs], [s for _, s in pairs]
     logits, labels = runs[0]
     correct = logits.argmax(-1) == labels
     spreads = []

@@ -37,6 +37,9 @@ class BuildContext:
     scale: str
     seeds: int
     overrides: tuple[str, ...] = ()
+    runs: int = 0                 # runs the artifact is built from
+    wall_seconds: float = 0.0     # their training wall time in all (meta.json)
+    threads: tuple[int, ...] = ()  # torch threads they trained with
 
     @property
     def paper_setting(self) -> bool:
@@ -49,9 +52,10 @@ _CONTEXT: ContextVar[BuildContext | None] = ContextVar("repro_build_context", de
 
 
 @contextlib.contextmanager
-def building(request):
+def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = ()):
     """Set the :class:`BuildContext` of ``request`` while an artifact builds."""
-    token = _CONTEXT.set(BuildContext(request.scale, request.seeds, tuple(request.overrides())))
+    token = _CONTEXT.set(BuildContext(request.scale, request.seeds, tuple(request.overrides()), runs, wall_seconds,
+                                      tuple(sorted(set(threads)))))
     try:
         yield
     finally:
@@ -97,15 +101,17 @@ class Meta:
 
     def lines(self) -> list[str]:
         seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
-        spread = ("mean ± std over seeds" if self.seeds > 1
+        spread = ("mean ± half-width of the 95 % t-interval over seeds" if self.seeds > 1
                   else "± is the 95 % bootstrap interval over test samples (half-width)")
         ctx = context()
         overrides = ", ".join(ctx.overrides) if ctx and ctx.overrides else "none"
         setting = ("the paper's setting: Δ = ours − paper" if ctx is None or ctx.paper_setting else
                    "not the paper's setting: the paper's numbers are shown for reference, no Δ")
+        wall = ([f"wall time: {ctx.wall_seconds / 60:.1f} min of training over {ctx.runs} run(s) "
+                 f"({'/'.join(map(str, ctx.threads)) or '?'} torch thread(s))"] if ctx and ctx.runs else [])
         return [f"scale: {self.scale}", f"dataset: {self.dataset}", f"seeds: {seeds} ({spread})",
                 f"overrides: {overrides}", f"comparison: {setting}", f"cost: {self.flops}",
-                f"commit: {git_commit()}", *self.notes]
+                f"commit: {git_commit()}", *wall, *self.notes]
 
     def header_lines(self) -> list[str]:
         return [self.heading(), *self.lines()]

@@ -391,6 +391,31 @@ def _ddp_lock(run: Run, on_wait, poll: float = 2.0):
         yield
 
 
+def estimate_seconds(cfg: RunConfig, runs_dir: Path) -> float | None:
+    """Wall time to train ``cfg`` on this machine, from finished runs of the same paper, name, model
+    and method (any seed, schedule or data size) in the store: the median of their ``meta.json``
+    seconds per epoch and training image, times this run's; None when there is no such run."""
+    import json
+
+    want = json.loads(json.dumps({k: cfg.to_dict()[k] for k in ("model", "model_args", "method")}, default=str))
+    rates = []
+    for meta in Path(runs_dir, cfg.paper).glob(f"{cfg.name}-s*/meta.json"):
+        try:
+            m = json.loads(meta.read_text())
+            c = json.loads((meta.parent / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if "seconds" not in m or not (meta.parent / "results.json").exists():
+            continue
+        if any(c.get(k) != v for k, v in want.items()):  # another architecture costs otherwise
+            continue
+        work = c["train"]["epochs"] * (c["data"].get("train_limit") or 50_000)
+        rates.append(m["seconds"] / max(work, 1))
+    if not rates:
+        return None
+    return sorted(rates)[len(rates) // 2] * cfg.train.epochs * (cfg.data.train_limit or 50_000)
+
+
 # --------------------------------------------------------------------------- pre-flight
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -445,11 +470,28 @@ def preflight(targets: Sequence[tuple[str, str]], request: Request, settings: Se
         for cfgs in plans.values():
             for c in cfgs:
                 Run(settings.runs_dir, c).check_done()
+        todo = {c.dataset for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
+        for name in sorted(todo):
+            check_data(name, settings.data_root)
     return plans
 
 
+def check_data(name: str, root: Path | None) -> None:
+    """The dataset is present and readable (corrupt files named), before anything trains: an
+    in-memory dataset is read once (Fashion-MNIST: under a second); a folder or ImageNet tree
+    is scanned.  Downloads happen here too, where the dataset allows them."""
+    from repro.data import dataset_info, load_arrays
+
+    if name in ("cifar10", "cifar100", "fashion-mnist"):
+        load_arrays(name, root)
+    elif name != "synthetic":
+        dataset_info(name)
+
+
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
-    for cfg in cfgs:
+    todo = [c for c in cfgs if not Run(settings.runs_dir, c).done or settings.force]
+    for i, cfg in enumerate(todo, 1):
+        settings.log(f"run {i} of {len(todo)}: {cfg.paper}/{cfg.dirname}")
         execute(cfg, settings)
 
 
@@ -471,5 +513,14 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
     from repro.render import building
 
     settings = replace(settings, scale=request.scale)
-    with building(request):
+    import json
+
+    metas = []
+    for c in cfgs:
+        try:
+            metas.append(json.loads((Run(settings.runs_dir, c).dir / "meta.json").read_text()))
+        except (OSError, ValueError):
+            pass
+    with building(request, runs=len(cfgs), wall_seconds=sum(m.get("seconds", 0.0) for m in metas),
+                  threads=[m["threads"] for m in metas if "threads" in m]):
         return artifact.build(request, Results(request, settings), settings)

@@ -77,7 +77,8 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
             why = (f"it holds the Python global {found.group(1)}, which is not a tensor or plain "
                    f"value; repro never writes such files")
             raise CheckpointError(f"refused to load {path}: {why}; delete it and rerun the command", why) from None
-        why = f"{type(e).__name__}: {(text.strip().splitlines() or [''])[0][:160]}"
+        why = ("not a file written by torch.save (its pickle cannot be read)" if "Weights only load failed" in text
+               else f"{type(e).__name__}: {(text.strip().splitlines() or [''])[0][:160]}")
         raise CheckpointError(f"cannot read {path} (corrupt: {why}); delete it and rerun the command "
                               f"(its run is retrained)", why) from None
 

@@ -41,7 +41,7 @@ def keep_freed_memory() -> bool:
     most 32 MiB) fresh from the OS and unmaps it when freed, so every large activation
     tensor costs its page faults again, each time it is allocated: a 1x1 convolution at
     batch 256 ran 18x slower than it computes, and evaluating a quick-scale MSDNet at
-    batch 500 1.5x slower (README, Performance).  Idempotent; a no-op (False) where the C
+    batch 500 1.5x slower (docs/performance.md).  Idempotent; a no-op (False) where the C
     library is not glibc.  The price: the process never returns freed memory to the OS, so
     its resident size stays at its peak.
     """

@@ -253,3 +253,15 @@ def test_lr_scale_multiplies_every_runs_learning_rate_and_its_parents():
         assert half[name].key != c.key
         if c.parent is not None:
             assert half[name].parent.train.lr == c.parent.train.lr * 0.5
+
+
+def test_corrupt_data_is_named_before_anything_trains(tmp_path, capsys):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte"):
+        (raw / f).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 12)  # a header claiming nothing, no data
+    code, line = _run(["imta", "fig7", *SMOKE, "--data-root", str(tmp_path / "data"), "--runs-dir",
+                       str(tmp_path / "runs"), "--out-dir", str(tmp_path)], capsys)
+    assert code == 2 and "is corrupt" in line and str(raw) in line, line
+    assert not (tmp_path / "runs").exists()  # the pre-flight check ran before any run folder was made

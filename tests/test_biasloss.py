@@ -368,11 +368,12 @@ def test_gap_spreads_are_paired():
     res.update(c=[_Run([1, 1, 1, 1, 0, 0, 0, 0])], d=[_Run([1, 1, 0, 0, 1, 0, 0, 0])])
     lo, hi = bootstrap_ci(torch.tensor([0, 0, 1, 1, -1, 0, 0, 0], dtype=torch.float64))
     assert _claimed(bl._gap_claims("g", res, [("c", "d")], None)) == pytest.approx((12.5, (hi - lo) / 2), abs=5e-3)
-    # three seeds, 50 images: a beats b by 1, 2, 3 images (2, 4, 6 pp) -> 4 ± std(2, 4, 6) = 2
+    # three seeds, 50 images: a beats b by 1, 2, 3 images (2, 4, 6 pp) -> 4 ± t(0.975, 2) · std / √3
+    # = 4.303 · 2 / √3 (the core's one rule over seeds)
     a_runs = [_Run([1] * (25 + k) + [0] * (25 - k)) for k in (1, 2, 3)]
     b_runs = [_Run([1] * 25 + [0] * 25) for _ in range(3)]
     line = bl._gap_claims("bias - ce", {"a": a_runs, "b": b_runs}, [("a", "b")], 1.0)
-    assert _claimed(line) == pytest.approx((4.0, 2.0)) and "paper +1.00" in line
+    assert _claimed(line) == pytest.approx((4.0, 4.303 * 2 / math.sqrt(3)), abs=5e-3) and "paper +1.00" in line
     with pytest.raises(ValueError):  # different test images cannot be paired
         bl._gap_claims("g", {"a": [_Run([1] * 8)], "b": [_Run([1] * 9)]}, [("a", "b")], None)
 

@@ -148,12 +148,22 @@ def test_real_early_exit_agrees_with_stored_logits_and_skips_work():
         assert (p1.item(), e1.item()) == (preds[i].item(), exits[i].item())
 
 
-def test_spread_is_std_over_seeds_or_bootstrap_for_one():
+def test_t_halfwidth_by_hand():
+    from repro.exits import mean_and_spread, t_halfwidth
+
+    assert t_halfwidth([1.0, 2.0, 3.0]) == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)  # s = 1, n = 3
+    assert t_halfwidth([80.0, 90.0]) == pytest.approx(12.706 * math.sqrt(50) / math.sqrt(2), rel=1e-4)
+    assert math.isnan(t_halfwidth([5.0]))  # one seed is not a spread
+    assert mean_and_spread([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.303 / math.sqrt(3)), rel=1e-4)
+
+
+def test_spread_is_a_t_interval_over_seeds_or_bootstrap_for_one():
     labels = torch.zeros(100, dtype=torch.long)
     a = torch.zeros(1, 100, 2); a[0, :80, 0] = 1; a[0, 80:, 1] = 1   # 80 % right
     b = torch.zeros(1, 100, 2); b[0, :90, 0] = 1; b[0, 90:, 1] = 1   # 90 % right
     mean, spread = accuracy_with_spread([(a, labels), (b, labels)])
-    assert mean == pytest.approx([85.0]) and spread == pytest.approx([math.sqrt(50)])
+    # two seeds: t(0.975, 1) = 12.706 times the standard error sqrt(50) / sqrt(2)
+    assert mean == pytest.approx([85.0]) and spread == pytest.approx([12.706 * math.sqrt(50) / math.sqrt(2)], rel=1e-4)
     mean1, half = accuracy_with_spread([(a, labels)])
     # binomial standard error sqrt(.8*.2/100) = 4 %, so the 95 % half-width is about 7.8
     assert mean1 == pytest.approx([80.0]) and 6.0 < half[0] < 9.5

@@ -232,7 +232,8 @@ def test_stat_spread_one_seed_is_the_shared_bootstrap_and_seeds_give_std():
     two = [{"correct": correct}, {"correct": 1 - correct}]
     v2, s2 = stat_spread(two, acc_stat)
     a, b = float(correct.mean() * 100), float((1 - correct).mean() * 100)
-    assert v2 == pytest.approx((a + b) / 2) and s2 == pytest.approx(abs(a - b) / math.sqrt(2))
+    # two seeds: t(0.975, 1) · s / √2 with s = |a − b| / √2
+    assert v2 == pytest.approx((a + b) / 2) and s2 == pytest.approx(12.706 * abs(a - b) / 2, rel=1e-4)
 
 
 # ---------------------------------------------------------------------------- configs

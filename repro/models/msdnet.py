@@ -49,7 +49,7 @@ class MSDNetConfig:
     isc_hidden: int | None = None
     # Speed only (numbers identical up to float rounding): activations and conv weights in
     # channels_last (NHWC). On CPU, oneDNN's convolutions skip their layout reorders: an IMTA
-    # Table 1 training step ran about 1.15x faster with one thread (README, Performance).
+    # Table 1 training step ran about 1.15x faster with one thread (docs/performance.md).
     channels_last: bool = True
 
     def block_layers(self) -> list[int]:
@@ -406,7 +406,7 @@ def msdnet_cifar_5exit(num_classes: int = 100, in_channels: int = 3, **overrides
 
 def msdnet_cifar_anytime(num_classes: int = 100, in_channels: int = 3, **overrides) -> MSDNet:
     """Anytime CIFAR config: 7 blocks, even, base 4, step 2 (16 layers); 7 blocks is
-    the block count whose cost at the last exit is the 75.94 M of ANCHORS.md."""
+    the block count whose cost at the last exit is the 75.94 M of the authors' op counter on that config."""
     return _make(dict(_CIFAR, nBlocks=7, base=4, step=2, stepmode="even",
                       num_classes=num_classes, in_channels=in_channels), overrides)
 

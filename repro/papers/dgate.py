@@ -28,7 +28,7 @@ from repro import distributed as D
 from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
 from repro.data import TensorBatches, class_names, dataset_info, held_in_memory, run_info
-from repro.exits import bootstrap_ci, early_exit, time_call
+from repro.exits import bootstrap_ci, early_exit, mean_and_spread, time_call
 from repro.flops import count_exits, count_model
 from repro.models.densenet import densenet201_cifar
 from repro.models.resnet import resnet_cifar_imagenet_style
@@ -579,6 +579,11 @@ def _gate_spec(scale: str, online: bool) -> TrainSpec:
     return TrainSpec(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=0.0, schedule="cosine")
 
 
+def gate_train_spec(scale: str, online: bool = False) -> TrainSpec:
+    """The d-gates' training schedule at ``scale`` (for gates trained on other frozen networks)."""
+    return _gate_spec(scale, online)
+
+
 def arch_runs(request, arch: str) -> dict[str, RunConfig]:
     """The backbone run and its two gate runs (hinge, CE) for ``arch`` in resnet101 | densenet201 | imagenet."""
     scale = request.scale
@@ -647,7 +652,7 @@ def _spread(values: list[float], correct: list[torch.Tensor] | None = None) -> t
     """Mean over seeds and spread: std over seeds, or (one seed) the 95 % bootstrap half-width."""
     mean = float(np.mean(values))
     if len(values) > 1:
-        return mean, float(np.std(values, ddof=1))
+        return mean_and_spread(values)
     if correct is None:
         return mean, math.nan
     lo, hi = bootstrap_ci(correct[0].double())

@@ -30,7 +30,7 @@ from repro.artifacts import Artifact, Option, Paper
 from repro.config import ConfigError, RunConfig, TrainSpec
 from repro.data import DataSpec, dataset_info, load_data
 from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, per_exit_accuracy,
-                         time_call)
+                         mean_and_spread, time_call)
 from repro.flops import CONVENTIONS, count_exits, count_model
 from repro.models.densenet import densenet_cifar, glance_densenet
 from repro.runner import first_test_images
@@ -191,6 +191,13 @@ OPTIONS = {
 }
 
 
+def _ref(artifact: str, row: str, column: str) -> float:
+    """A number the paper prints, from repro/reference/glancenet.csv."""
+    from repro.reference_data import load_reference, reference_value
+
+    return float(reference_value(load_reference(PAPER_NAME), artifact, row, column))
+
+
 def _alpha(request, key: str, default: float) -> float:
     a = request.option(key, default, type=float)
     if not 0 <= a <= 1:
@@ -342,14 +349,13 @@ def stat_spread(per_seed: Sequence[dict[str, torch.Tensor]], stat: Stat, n_boot:
                 ) -> tuple[float, float]:
     """A statistic of per-sample outcomes (reduced over the last dimension) and its spread.
 
-    Several seeds: mean and standard deviation over seeds.  One seed: the value and the
+    Several seeds: the mean and its 95 % t-interval over seeds (mean_and_spread).  One seed: the value and the
     half-width of the 95 % percentile bootstrap interval over test samples (paired: the
     same resampled samples for every tensor in the dict), as repro.exits.bootstrap_ci.
     """
     values = [float(stat(d)) for d in per_seed]
     if len(values) > 1:
-        a = np.asarray(values)
-        return float(a.mean()), float(a.std(ddof=1))
+        return mean_and_spread(values)
     d = per_seed[0]
     n = next(iter(d.values())).shape[-1]
     g = torch.Generator().manual_seed(seed)
@@ -525,8 +531,9 @@ def build_table1(request, results, settings):
     vs = [prefixed(g=g, s=s) for g, s in zip(learn, searched)]
     lg, s_lg = stat_spread(vs, lambda d: 100 * (d["g/correct"].mean(-1) - d["s/correct"].mean(-1)))
     notes = [claim(f"top-1 of GlanceNet (alpha={alpha:g}) minus DenseNet (points)", gap, s_gap, None),
-             claim("FLOPs reduction of GlanceNet vs DenseNet (%)", red, s_red, 30.18),
-             claim("speed-up from FLOPs minus 1", sp_gap, s_sp_gap, 0.43),
+             claim("FLOPs reduction of GlanceNet vs DenseNet (%)", red, s_red,
+                   _ref("table1", "glancenet", "flops_reduction_pct")),
+             claim("speed-up from FLOPs minus 1", sp_gap, s_sp_gap, _ref("table1", "glancenet", "speedup") - 1),
              claim("top-1 of learned minus validation-searched thresholds at the same validation cost (points)",
                    lg, s_lg, None),
              f"learned entropy thresholds (alpha={alpha:g}, seed 0): "
@@ -588,9 +595,12 @@ def build_hem(request, results, settings):
     acc_gap, s_acc = stat_spread(paired, lambda d: 100 * (d["h/correct"].mean(-1) - d["n/correct"].mean(-1)))
     sp_gap, s_sp = stat_spread(paired, lambda d: base_cost / d["h/cost"].mean(-1) - base_cost / d["n/cost"].mean(-1))
     thr = {k: learned(results[runs[k]][0].results, alpha) for k in outs}
-    notes = [claim("top-1 with HEM minus without (points)", acc_gap, s_acc, 89.84 - 89.12),
-             claim("speed-up with HEM minus without (FLOPs-derived)", sp_gap, s_sp, 1.69 - 1.54),
-             claim("samples at the first bypass, with HEM minus without (points)", extra, s_extra, 15.0),
+    notes = [claim("top-1 with HEM minus without (points)", acc_gap, s_acc,
+                   _ref("hem", "hem", "top1") - _ref("hem", "no-hem", "top1")),
+             claim("speed-up with HEM minus without (FLOPs-derived)", sp_gap, s_sp,
+                   _ref("hem", "hem", "speedup") - _ref("hem", "no-hem", "speedup")),
+             claim("samples at the first bypass, with HEM minus without (points)", extra, s_extra,
+                   _ref("hem", "hem", "first_bypass_extra_pct")),
              "learned thresholds (seed 0): " + "; ".join(f"{k}: " + ", ".join(f"{h:.3f}" for h in v)
                                                          for k, v in thr.items()),
              "the paper's speed-ups here are from inference time on its GPU; 'speedup' is ours from FLOPs, "

@@ -208,6 +208,11 @@ def _build(cfg: RunConfig, info) -> msdnet.MSDNet:
                              isc_detach=m.get("isc_detach", True))
 
 
+def build_model(cfg: RunConfig, info) -> msdnet.MSDNet:
+    """The untrained MSDNet of a phase-I or phase-II run (what its ``model.pt`` loads into)."""
+    return _build(cfg, info)
+
+
 def _val_eval(data):
     def evaluate(model) -> dict:
         from repro.exits import collect_logits

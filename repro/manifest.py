@@ -1,0 +1,37 @@
+"""The papers' names, artifacts and ``--set`` keys as plain data, for a command line that starts
+without importing torch (``repro --help``, completion, name checks).
+
+``repro/papers/manifest.json`` is generated from the registry (``python -m repro.manifest``);
+``tests/test_cli.py`` fails when it no longer equals what the paper modules declare.
+:func:`build` is also what ``docs/gen.py`` lists the ``--set`` keys of each paper's page
+from (docs/adding-a-paper.md).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PATH = Path(__file__).resolve().parent / "papers" / "manifest.json"
+
+
+def build() -> dict:
+    """The manifest from the live registry (imports every paper module)."""
+    from repro.artifacts import Option, papers
+
+    return {p.name: {"title": p.title,
+                     "artifacts": [[a.name, a.description, a.output_kind] for a in p.artifacts.values()],
+                     "options": {k: (o.describe() if isinstance(o, Option) else str(o)) for k, o in p.options.items()}}
+            for p in papers().values()}
+
+
+def load() -> dict:
+    return json.loads(PATH.read_text())
+
+
+def write() -> Path:
+    PATH.write_text(json.dumps(build(), indent=1, ensure_ascii=False) + "\n")
+    return PATH
+
+
+if __name__ == "__main__":
+    print(f"wrote {write()}")
