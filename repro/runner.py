@@ -293,6 +293,7 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
         meta = dict(device=str(ctx.device), processes=D.env().world, commit=git_commit(), torch=torch.__version__,
                     threads=torch.get_num_threads())
         if main:
+            _note_thread_change(run, meta["threads"], settings.log)
             data = ctx.data()
             atomic_torch_save({"train": data.train_idx, "val": data.val_idx}, run.dir / "split.pt")
             run.write_meta(**meta)
@@ -306,6 +307,21 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
             run.write_results(results)
         D.barrier()
     return "trained"
+
+
+def _note_thread_change(run: Run, threads: int, log) -> None:
+    """Say so when a run resumes with another torch thread count than it started with: CPU kernels
+    round differently with another count, so the resumed run is no longer bit-identical."""
+    import json
+
+    try:
+        before = json.loads((run.dir / "meta.json").read_text()).get("threads")
+    except (OSError, ValueError):
+        return
+    if before is not None and before != threads and any((run.dir / "ckpt").glob("*.pt")):
+        log(f"note: {run.cfg.paper}/{run.cfg.dirname} started with {before} torch thread(s) and resumes with "
+            f"{threads}: its numbers will differ in the last bits from an uninterrupted run; "
+            f"REPRO_THREADS={before} resumes it exactly")
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
