@@ -190,28 +190,25 @@ def build_app() -> typer.Typer:
                  runs_dir: str = typer.Option("runs"),
                  names: bool = typer.Option(False, help="Only 'paper artifact table|figure' lines (for scripts).")):
         """Every paper and artifact, with a description and whether its runs are done."""
-        from repro.runner import Request, plan
-        from repro.store import Run
-
+        known = manifest.load()  # the runs of every artifact at each scale, as planned: no torch import
         if names:
-            for p in papers().values():
-                for a in p.artifacts.values():
-                    print(p.name, a.name, a.output_kind)
+            for p, m in known.items():
+                for a, _, kind in m["artifacts"]:
+                    print(p, a, kind)
             return
+        if scale is not None and scale not in SCALES:
+            raise ConfigError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
         scales = [scale] if scale else list(SCALES)
-        requests = [Request(scale=s) for s in scales]
         print(f"runs done in {runs_dir}/, per scale: {' / '.join(scales)}")
-        for p in papers().values():
-            print(f"{p.name}: {p.title}")
-            for a in p.artifacts.values():
+        for p, m in known.items():
+            print(f"{p}: {m['title']}")
+            for a, description, _ in m["artifacts"]:
                 counts = []
-                for r in requests:
-                    try:
-                        cfgs = plan(a, r)
-                        counts.append(f"{sum(Run(Path(runs_dir), c).done for c in cfgs)}/{len(cfgs)}")
-                    except ConfigError:  # e.g. an artifact that needs data this machine lacks
-                        counts.append("-")
-                print(f"  {a.name:12s} {' / '.join(counts):>14s}  {a.description}")
+                for s in scales:
+                    dirs = m["runs"][a].get(s)
+                    done = None if dirs is None else sum((Path(runs_dir) / d / "results.json").exists() for d in dirs)
+                    counts.append("-" if dirs is None else f"{done}/{len(dirs)}")
+                print(f"  {a:12s} {' / '.join(counts):>14s}  {description}")
 
     @app.command("bench")
     def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),

@@ -20,8 +20,25 @@ def build() -> dict:
 
     return {p.name: {"title": p.title,
                      "artifacts": [[a.name, a.description, a.output_kind] for a in p.artifacts.values()],
-                     "options": {k: (o.describe() if isinstance(o, Option) else str(o)) for k, o in p.options.items()}}
+                     "options": {k: (o.describe() if isinstance(o, Option) else str(o)) for k, o in p.options.items()},
+                     "runs": {a.name: _planned(a) for a in p.artifacts.values()}}
             for p in papers().values()}
+
+
+def _planned(artifact) -> dict[str, list[str]]:
+    """``paper/dirname`` of every run the artifact needs at each scale (default request), for
+    ``repro list``; a scale the artifact refuses without options is left out."""
+    from repro.config import ConfigError
+    from repro.runner import Request, plan
+    from repro.scales import SCALES
+
+    out = {}
+    for s in SCALES:
+        try:
+            out[s] = [f"{c.paper}/{c.dirname}" for c in plan(artifact, Request(scale=s))]
+        except ConfigError:
+            pass
+    return out
 
 
 def load() -> dict:

@@ -85,8 +85,8 @@ def test_the_manifest_equals_what_the_paper_modules_declare():
     assert manifest.load() == manifest.build(), "run `python -m repro.manifest` after changing a paper's artifacts"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["imta", "--help"], ["imta", "table2", "--help"]])
-def test_help_imports_no_torch(argv):
+@pytest.mark.parametrize("argv", [["--help"], ["imta", "--help"], ["imta", "table2", "--help"], ["list"]])
+def test_help_and_list_import_no_torch(argv):
     import subprocess
     import sys
 
