@@ -191,8 +191,12 @@ def test_a_killed_write_leaves_no_temporary_behind(tmp_path):
 def _popen(tmp_path: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "repro", "imta", "fig7", "--scale", "smoke", "--epochs", "3",
            "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path), *extra]
+    # a shell that starts a job in the background (CI scripts, nohup ... &) hands it SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt: the child gets the default handling back, as
+    # a command typed at a terminal has it
     return subprocess.Popen(cmd, env={**os.environ, "REPRO_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.slow
