@@ -34,9 +34,11 @@ def _memory_child(batches: int, eval_limit: int | None, workdir: str) -> None:
     except DataUnavailable:
         dataset = "synthetic"
         data = load_data(dataset, DataSpec(val_size=200), batch_size=64)
+    from repro.models import create_model
+
     p1, _ = imta.phase_specs("quick")
-    model = imta.MODELS["msdnet_cifar_7exit"](num_classes=data.info.num_classes, in_channels=data.info.in_channels,
-                                              gradient_equilibrium=True, **imta.QUICK_ARGS)
+    model = create_model("msdnet_cifar_7exit", num_classes=data.info.num_classes, in_channels=data.info.in_channels,
+                         gradient_equilibrium=True, **imta.MODEL_ARGS["quick"])
 
     class Limited:
         def __init__(self, b, n):

@@ -41,7 +41,7 @@ def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, s
 
 
 def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
-         no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False) -> None:
+         no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False, show_config: bool = False) -> None:
     import time
 
     from repro.train import keep_freed_memory
@@ -56,6 +56,22 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     plans = preflight(targets, request, settings, local=launcher == "local",
                       gpus_per_run=cluster.get("gpus_per_run", 1), check_runs=not dry_run)
     todo = {c.key: c for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
+    if show_config and not dry_run:
+        raise ConfigError("--show-config goes with --dry-run (it prints the resolved run configs and trains nothing)")
+    if dry_run and show_config:
+        import json
+
+        from repro.runner import named_runs, resolve
+
+        out = {}
+        for (p, a), cfgs in plans.items():
+            names = {r.key: n for n, c in named_runs(get_paper(p).artifact(a), request).items()
+                     for r in resolve(c, request)}  # a parent the artifact does not name has no name
+            out[f"{p} {a}"] = [{"dir": f"{c.paper}/{c.dirname}", "state": Run(settings.runs_dir, c).state(),
+                                **({"name": names[c.key]} if c.key in names else {}),
+                                "config": c.to_dict()} for c in cfgs]
+        print(json.dumps(out, indent=1, default=str))
+        return
     if dry_run:
         for (p, a), cfgs in plans.items():
             print(f"{p} {a}: {len(cfgs)} run(s)")
@@ -142,6 +158,8 @@ def _make_command(targets_fn, multi: bool = False):
         no_train: bool = typer.Option(False, "--no-train", help="Render from the runs that exist; list the "
                                       "missing ones and exit 1 if any are."),
         show: bool = typer.Option(False, "--show", help="Print the tables (Markdown) after writing them."),
+        show_config: bool = typer.Option(False, "--show-config", help="With --dry-run: print every planned run's "
+                                         "resolved config as JSON (what its hash is computed from)."),
         only: Optional[str] = typer.Option(None, "--only", help="table or figure: only the artifacts of that kind "
                                            "(repro all, repro <paper> all)."),
         set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); the "
@@ -175,7 +193,7 @@ def _make_command(targets_fn, multi: bool = False):
                 raise ConfigError("--only applies to `repro all` and `repro <paper> all`")
             kinds = {(p, a[0]): a[2] for p, m in manifest.load().items() for a in m["artifacts"]}
             targets = [t for t in targets if kinds.get(t) == only]
-        _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show)
+        _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config)
 
     return command
 

@@ -976,3 +976,17 @@ def load_data(dataset: str, spec: DataSpec, *, batch_size: int, root: Path | Non
     val = TensorBatches(put(arrays.train_x[val_idx]), put(arrays.train_y[val_idx]), eval_batch_size, **common)
     test = TensorBatches(put(arrays.test_x[:test_n]), put(arrays.test_y[:test_n]), eval_batch_size, **common)
     return Data(info, train, val, test, arrays.train_y[val_idx], arrays.test_y[:test_n], train_idx, val_idx)
+
+
+def first_test_images(cfg, n: int, device, root: Path | None = None, workers: int = 0) -> torch.Tensor:
+    """The first ``n`` test images of a run's dataset (``cfg``: its :class:`~repro.config.RunConfig`),
+    normalised as the run saw them, on ``device``: the input of the timing measurements."""
+    data = load_data(cfg.dataset, cfg.data, batch_size=cfg.train.batch_size, root=root, device=str(device),
+                     seed=cfg.seed, workers=workers)
+    chunks, got = [], 0
+    for x, _ in data.test:
+        chunks.append(x)
+        got += x.shape[0]
+        if got >= n:
+            break
+    return torch.cat(chunks)[:n]

@@ -382,6 +382,25 @@ def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> t
     return accs[0].tolist(), spreads
 
 
+def gap_with_spread(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """The one rule for the spread of a gap between two methods (pp): ``a`` and ``b`` hold, per seed,
+    each test sample's correctness (0/1, the same samples in the same order).  One seed: the gap
+    and the half-width of the 95 % paired bootstrap interval of the per-sample difference (both
+    methods scored on the same resampled samples); N ≥ 2 seeds: the mean of the per-seed gaps and
+    the half-width of their 95 % t-interval (:func:`mean_and_spread`)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a gap needs the same seeds on both sides, got {len(a)} and {len(b)}")
+    diffs = []
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            raise ValueError("the methods compared are not scored on the same test samples")
+        diffs.append(x.double().flatten() - y.double().flatten())
+    if len(diffs) > 1:
+        return mean_and_spread([float(d.mean() * 100) for d in diffs])
+    lo, hi = bootstrap_ci(diffs[0])  # the "accuracy" of a difference: its mean, in %
+    return float(diffs[0].mean() * 100), (hi - lo) / 2
+
+
 def cpu_model() -> str:
     """The CPU's model name (for the machine line of timed tables)."""
     import platform

@@ -74,3 +74,15 @@ def reference_table(df: pd.DataFrame, artifact: str) -> pd.DataFrame:
     rows = list(dict.fromkeys(sub["row"]))
     cols = list(dict.fromkeys(sub["column"]))
     return wide.reindex(index=rows, columns=cols)
+
+
+def paper_value(paper: str, artifact: str, row: str, column: str) -> float | None:
+    """The paper's number at (artifact, row, column) of its reference CSV, or None."""
+    return reference_value(load_reference(paper), artifact, row, column)
+
+
+def paper_gap(paper: str, artifact: str, a: str, b: str, column: str) -> float | None:
+    """The paper's gap a − b at ``column`` (for a :class:`~repro.render.Claim`), or None when
+    the paper gives either number."""
+    pa, pb = paper_value(paper, artifact, a, column), paper_value(paper, artifact, b, column)
+    return None if pa is None or pb is None else pa - pb

@@ -92,6 +92,7 @@ class Meta:
     seeds: int
     flops: str
     notes: list[str] = field(default_factory=list)
+    model: str = ""  # the model(s) the numbers come from
 
     def heading(self) -> str:
         """``<paper> <artifact>: <title> — ours: <dataset>, <scale> scale``."""
@@ -109,7 +110,8 @@ class Meta:
                    "not the paper's setting: the paper's numbers are shown for reference, no Δ")
         wall = ([f"wall time: {ctx.wall_seconds / 60:.1f} min of training over {ctx.runs} run(s) "
                  f"({'/'.join(map(str, ctx.threads)) or '?'} torch thread(s))"] if ctx and ctx.runs else [])
-        return [f"scale: {self.scale}", f"dataset: {self.dataset}", f"seeds: {seeds} ({spread})",
+        model = [f"model: {self.model}"] if self.model else []
+        return [f"scale: {self.scale}", f"dataset: {self.dataset}", *model, f"seeds: {seeds} ({spread})",
                 f"overrides: {overrides}", f"comparison: {setting}", f"cost: {self.flops}",
                 f"commit: {git_commit()}", *wall, *self.notes]
 
@@ -474,7 +476,7 @@ def save_figure(fig, meta: Meta, out_dir: Path, dpi: int = 150, data: pd.DataFra
         title = fig.suptitle("", fontsize=9, y=1 - 0.04 / height_in, va="top")
         _fit_text(title, meta.heading(), int(width_in * 13), 0.96 * width_px, renderer)
         footer = fig.text(0.01, 0.005, "", fontsize=5.5, color="0.35", va="bottom")
-        _fit_text(footer, " | ".join(meta.lines()[:7]), int(width_in * 24), 0.97 * width_px, renderer)
+        _fit_text(footer, " | ".join(meta.lines()[:8 if meta.model else 7]), int(width_in * 24), 0.97 * width_px, renderer)
         bottom = (footer.get_window_extent(renderer).height / fig.dpi + 0.06) / height_in
         fig.tight_layout(rect=(0, bottom, 1, 1))  # tight_layout leaves room for the suptitle itself
     for again in _after_layout(fig):
@@ -551,3 +553,128 @@ def write_figure(series: Sequence[Series], meta: Meta, out_dir: Path, xlabel: st
         pax.grid(alpha=0.3)
         place_legend(pax, "best", fontsize=6.5)
     return save_figure(fig, meta, out_dir, data=data)
+
+
+# --------------------------------------------------------------------------- what a build returns
+
+
+@dataclass
+class Claim:
+    """A gain the paper claims and ours measured (a gap between two of our rows, with its spread by
+    the one rule: :func:`gap_with_spread`); the core renders it as one verdict line (:func:`claim`)."""
+    name: str
+    ours: float
+    spread: float
+    paper: float | None = None  # the paper's gap, from its reference CSV; None: the paper gives none
+
+    def line(self) -> str:
+        return claim(self.name, self.ours, self.spread, self.paper)
+
+
+@dataclass
+class Table:
+    """A table as data; the core adds the header, the paper's numbers, Δ where allowed, the claims'
+    verdicts, and writes .md/.csv/.tex (:func:`write_outputs`).
+
+    ``ours`` is long (row, column, value and optionally spread); the core sets the paper's numbers
+    beside it from ``repro/reference/<paper>.csv`` at (``reference`` or the artifact's name, row,
+    column), or from ``reference`` itself when it is a long DataFrame (a paper table keyed
+    otherwise).  ``frame`` is a finished wide table instead (no paper columns are added).
+    """
+    title: str                       # what it shows; a paper dataset named here is relabelled "paper: ..."
+    dataset: str                     # the dataset our numbers come from
+    model: str                       # the model(s) they come from
+    cost: str                        # the cost convention (FLOPs counter) of every cost column
+    ours: pd.DataFrame | Sequence[dict] | None = None
+    rows: Sequence[str] | None = None
+    columns: Sequence[str] | None = None
+    labels: dict[str, str] | None = None
+    reference: str | pd.DataFrame | None = None
+    frame: pd.DataFrame | None = None
+    notes: Sequence[str] = ()
+    claims: Sequence[Claim] = ()
+    digits: int = 2
+    name: str = ""                   # several tables of one artifact: <paper>_<artifact>_<name>
+
+
+@dataclass
+class Figure:
+    """A figure as data: our ``series`` (with their bands) and the paper's (``paper``), which the
+    core draws (:func:`write_figure`), or ``draw``, a function returning a matplotlib figure of the
+    build's own making; either way the core titles it, adds the footer and writes .png/.pdf and
+    ``data`` as .csv."""
+    title: str
+    dataset: str
+    model: str
+    cost: str
+    series: Sequence[Series] = ()
+    xlabel: str = ""
+    ylabel: str = ""
+    data: pd.DataFrame | None = None
+    paper: Sequence[Series] = ()
+    paper_axes: tuple[str, str] | None = None
+    paper_title: str = ""
+    paper_sharex: bool = False
+    legend: str = "best"
+    note: str = ""
+    integer_x: bool = False
+    logx: bool = False
+    panel_title: str = ""
+    draw: object = None              # Callable[[], matplotlib.figure.Figure]
+    dpi: int = 150
+    notes: Sequence[str] = ()
+    claims: Sequence[Claim] = ()
+    name: str = ""
+
+
+SCALE_NOTES = {"paper": "paper scale",
+               "quick": "quick scale (small models, a few epochs on a CPU: not the paper's setting)",
+               "smoke": "smoke scale (a few hundred images, 1 epoch: a pipeline check, the numbers mean nothing)"}
+
+
+def scale_note(scale: str) -> str:
+    """The header's scale line; at paper scale with an override that changes numbers it says so."""
+    ctx = context()
+    if scale == "paper" and ctx is not None and not ctx.paper_setting:
+        return "paper scale, with overrides (not the paper's setting)"
+    return SCALE_NOTES.get(scale, f"{scale} scale")
+
+
+def meta_for(out: Table | Figure, paper: str, artifact: str, scale: str, seeds: int) -> Meta:
+    """The header of a build's output: the core's lines (scale, seeds, overrides, commit, ...) and
+    the output's own (dataset, model, cost, notes, claim verdicts)."""
+    name = f"{artifact}_{out.name}" if out.name else artifact
+    notes = [*out.notes, *(c.line() for c in out.claims)]
+    return Meta(paper, name, out.title, scale_note(scale), out.dataset, seeds, out.cost, notes, model=out.model)
+
+
+def write_outputs(built, paper: str, artifact: str, request, settings) -> list[Path]:
+    """Write what an artifact's build returned (a :class:`Table` or :class:`Figure`, or a list of
+    them) under ``settings.tables_dir`` / ``settings.figures_dir``; returns the paths written."""
+    items = built if isinstance(built, (list, tuple)) else [built]
+    paths: list[Path] = []
+    for out in items:
+        if isinstance(out, Path):  # a build that wrote its own files (none should)
+            paths.append(out)
+            continue
+        meta = meta_for(out, paper, artifact, request.scale, request.seeds)
+        if isinstance(out, Table):
+            if out.frame is not None:
+                df = out.frame
+            else:
+                ours = out.ours if isinstance(out.ours, pd.DataFrame) else pd.DataFrame(list(out.ours or []))
+                ref = out.reference if isinstance(out.reference, pd.DataFrame) else None
+                key = out.reference if isinstance(out.reference, str) and out.reference else artifact
+                df = beside_paper(ours, paper, key, out.rows, out.columns, out.labels, reference=ref)
+            paths += write_table(df, meta, settings.tables_dir, digits=out.digits)
+        elif isinstance(out, Figure):
+            if out.draw is not None:
+                paths += save_figure(out.draw(), meta, settings.figures_dir, dpi=out.dpi, data=out.data)
+            else:
+                paths += write_figure(out.series, meta, settings.figures_dir, out.xlabel, out.ylabel, out.logx,
+                                      out.data, paper=out.paper, paper_axes=out.paper_axes,
+                                      paper_title=out.paper_title, legend=out.legend, note=out.note,
+                                      integer_x=out.integer_x, title=out.panel_title, paper_sharex=out.paper_sharex)
+        else:
+            raise TypeError(f"{paper} {artifact}: a build returns Table or Figure objects, got {type(out).__name__}")
+    return paths

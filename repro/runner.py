@@ -1,12 +1,13 @@
 """From a request to finished runs: plan, lock, train (or reuse), and hand results to an artifact.
 
-    request (scale, seeds, overrides) --artifact.runs--> run configs (seed 0)
+    request (scale, seeds, overrides) --artifact.runs--> {name: run config} (seed 0)
       --resolve--> one config per seed, ancestors first --execute--> run folders
-      --Results--> artifact.build --> tables/<scale>/ and figures/<scale>/
+      --Runs (by name)--> artifact.build --> Table / Figure data
+      --render.write_outputs--> tables/<scale>/ and figures/<scale>/
 
-:class:`Request` is what changes numbers (scale, seeds, overrides, ``--set``);
-:class:`Settings` is where and how runs execute (none of it enters a run's hash).  A
-trainer gets a :class:`RunContext` (data, the training loop, outputs).  Before anything
+The contract types (:class:`~repro.api.Request`, :class:`~repro.api.Settings`,
+:class:`~repro.api.RunContext`, :class:`~repro.api.Runs`) live in :mod:`repro.api`, which
+paper modules import; no paper module imports the runner.  Before anything
 trains, :func:`preflight` checks every input in one pass.  The runner seeds every
 generator right before a trainer builds anything, so a run's numbers are a function of its
 config (docs/run-store.md).
@@ -14,253 +15,42 @@ config (docs/run-store.md).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch import nn
 
 from repro import distributed as D
+from repro.api import (Request, Results, RunContext, RunResult, Runs, Settings, first_test_images,  # noqa: F401
+                       resolve)
 from repro.artifacts import Artifact, get_paper, trainer
-from repro.config import ConfigError, RunConfig, TrainSpec, check_positive, override
-from repro.data import Data, load_data
+from repro.config import ConfigError, RunConfig
 from repro.render import git_commit
-from repro.scales import Scale, get_scale
-from repro.store import LockUnsupported, Run, RunLocked, atomic_torch_save, load_checkpoint
+from repro.store import LockUnsupported, Run, RunLocked, atomic_torch_save
 
 
-@dataclass(frozen=True)
-class Request:
-    """What the user asked for: the scale, seeds and overrides that change numbers."""
-    scale: str = "quick"
-    seeds: int = 1
-    dataset: str | None = None
-    epochs: int | None = None
-    train_limit: int | None = None
-    batch_size: int | None = None
-    lr_scale: float | None = None  # multiplies every run's learning rate
-    # Paper-specific options from `--set KEY=VALUE` (e.g. dgate's hinge variant); each paper
-    # declares the keys it takes in Paper.options.
-    options: tuple[tuple[str, str], ...] = ()
-
-    def option(self, key: str, default=None, choices=None, type=str):
-        """The value of ``--set key=...`` converted with ``type``, else ``default``."""
-        raw = dict(self.options).get(key)
-        if raw is None:
-            return default
-        try:
-            from repro.artifacts import parse_bool
-
-            value = parse_bool(raw) if type is bool else type(raw)
-        except ValueError:
-            raise ConfigError(f"--set {key}={raw}: expected a {type.__name__}") from None
-        if choices is not None and value not in choices:
-            raise ConfigError(f"--set {key}={raw}: choose one of: {', '.join(map(str, choices))}")
-        return value
-
-    def __post_init__(self):
-        get_scale(self.scale)
-        for name in ("seeds", "epochs", "train_limit", "batch_size"):
-            check_positive(name.replace("_", "-"), getattr(self, name))
-        if self.lr_scale is not None and not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
-            raise ConfigError(f"--lr-scale must be a positive number, got {self.lr_scale}")
-        if self.dataset is not None:
-            from repro.data import FOLDER_PREFIX, _folder_path, dataset_info
-
-            if self.dataset.startswith(FOLDER_PREFIX):  # absolute: run hashes must not depend on the cwd
-                object.__setattr__(self, "dataset", f"{FOLDER_PREFIX}{_folder_path(self.dataset).resolve()}")
-            data = self.scale_preset.data
-            dataset_info(self.dataset, data.image_size if data is not None else None)  # paper scale: per artifact
-
-    @property
-    def scale_preset(self) -> Scale:
-        return get_scale(self.scale)
-
-    def overrides(self) -> list[str]:
-        """The command-line settings that change numbers, as ``--flag value`` words (empty: none)."""
-        out = [f"--{k.replace('_', '-')} {v}" for k in ("dataset", "epochs", "train_limit", "batch_size", "lr_scale")
-               if (v := getattr(self, k)) is not None]
-        return out + [f"--set {k}={v}" for k, v in self.options]
-
-    def dataset_for(self, paper_default: str) -> str:
-        """The dataset a run uses: --dataset, else the scale's, else the paper's."""
-        return self.dataset or self.scale_preset.dataset or paper_default
-
-
-@dataclass
-class Settings:
-    """Where and how runs execute; none of this changes a run's identity (hash)."""
-    runs_dir: Path = Path("runs")
-    out_dir: Path = Path(".")
-    data_root: Path | None = None
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model for its training steps (repro.train.compiled)
-    sync_bn: bool = False
-    force: bool = False
-    workers: int = 8
-    log: Callable[[str], None] = print
-    forced: set = field(default_factory=set)
-    scale: str = ""  # set by run_artifact: outputs are laid out by scale
-
-    @property
-    def tables_dir(self) -> Path:
-        """``<out-dir>/tables/<scale>``: smoke outputs never land beside committed quick ones."""
-        return Path(self.out_dir) / "tables" / self.scale
-
-    @property
-    def figures_dir(self) -> Path:
-        return Path(self.out_dir) / "figures" / self.scale
-
-
-def resolve(cfg: RunConfig, request: Request) -> list[RunConfig]:
-    """A paper's run config with the request's overrides, once per seed."""
-    cfg = override(cfg, dataset=request.dataset, epochs=request.epochs, train_limit=request.train_limit,
-                   batch_size=request.batch_size, lr_scale=request.lr_scale)
-    return [cfg.with_seed(s) for s in range(request.seeds)]
+def named_runs(artifact: Artifact, request: Request) -> dict[str, RunConfig]:
+    """The artifact's runs by name, as its ``runs(request)`` declares them (seed 0, no overrides)."""
+    runs = artifact.runs(request)
+    if isinstance(runs, dict):
+        return runs
+    named: dict[str, RunConfig] = {}  # a list (older declarations): named by the runs' names
+    for i, c in enumerate(runs):
+        named[c.name if c.name not in named else f"{c.name}#{i}"] = c
+    return named
 
 
 def plan(artifact: Artifact, request: Request) -> list[RunConfig]:
     """Every run an artifact needs, ancestors before descendants, each once."""
     out: dict[str, RunConfig] = {}
-    for cfg in artifact.runs(request):
+    for cfg in named_runs(artifact, request).values():
         for seeded in resolve(cfg, request):
             for c in [*reversed(seeded.ancestors()), seeded]:
                 out.setdefault(c.key, c)
     return sorted(out.values(), key=lambda c: len(c.ancestors()))
-
-
-class RunResult:
-    def __init__(self, run: Run):
-        self.run, self.cfg = run, run.cfg
-        self._results: dict | None = None
-        self._outputs: dict | None = None
-
-    @property
-    def results(self) -> dict:
-        if self._results is None:
-            self._results = self.run.results()
-        return self._results
-
-    @property
-    def outputs(self) -> dict:
-        if self._outputs is None:
-            self._outputs = self.run.outputs()
-        return self._outputs
-
-    def metrics(self):
-        return self.run.metrics()
-
-
-class Results:
-    """Finished runs of an artifact, looked up by the paper's (seed-0, un-overridden) config."""
-
-    def __init__(self, request: Request, settings: Settings):
-        self.request, self.settings = request, settings
-
-    def __getitem__(self, cfg: RunConfig) -> list[RunResult]:
-        runs = [Run(self.settings.runs_dir, c) for c in resolve(cfg, self.request)]
-        missing = [r.dir for r in runs if not r.done]
-        if missing:
-            raise ConfigError(f"run {missing[0]} has no results yet; run the artifact without --no-wait first")
-        return [RunResult(r) for r in runs]
-
-
-# --------------------------------------------------------------------------- training one run
-
-
-@lru_cache(maxsize=4)
-def _cached_data(dataset: str, spec, batch_size: int, root, device: str, seed: int, rank: int, world: int,
-                 drop_last: bool, channels_last: bool, workers: int) -> Data:
-    return load_data(dataset, spec, batch_size=batch_size, root=root, device=device, seed=seed, rank=rank,
-                     world=world, drop_last=drop_last, channels_last=channels_last, workers=workers)
-
-
-class RunContext:
-    """What a paper's trainer gets: its config, its folder, data, and the training engine."""
-
-    def __init__(self, cfg: RunConfig, run: Run, settings: Settings):
-        self.cfg, self.run, self.settings = cfg, run, settings
-        self.device = D.resolve_device(settings.device)
-        self.log = settings.log
-
-    # data
-    def data(self, batch_size: int | None = None) -> Data:
-        e = D.env()
-        D.per_rank_batch(batch_size or self.cfg.train.batch_size)  # the global batch must split evenly
-        return _cached_data(self.cfg.dataset, self.cfg.data, batch_size or self.cfg.train.batch_size,
-                            self.settings.data_root, str(self.device), self.cfg.seed, e.rank, e.world,
-                            self.cfg.train.drop_last, self.settings.channels_last and self.device.type == "cuda",
-                            self.settings.workers)
-
-    def to_device(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        if self.settings.channels_last and self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-    # training
-    def fit(self, model: nn.Module, step, phase: str, spec: TrainSpec | None = None,
-            params: Sequence[nn.Parameter] | None = None, eval_fn=None, stateful: Sequence[nn.Module] = (),
-            batches=None) -> list[dict]:
-        from repro.train import fit
-
-        spec = spec or self.cfg.train
-        wrapped = D.wrap_ddp(model, self.device, self.settings.sync_bn)
-        return fit(wrapped, step, batches if batches is not None else self.data().train, spec,
-                   ckpt_path=self.run.ckpt_path(phase), phase=phase, device=self.device, seed=self.cfg.seed,
-                   params=params, metrics_path=self.run.metrics_path, amp=self.settings.amp,
-                   stateful=stateful, eval_fn=eval_fn, log=self.log, compile=self.settings.compile)
-
-    # files
-    def save_model(self, model: nn.Module, name: str = "model") -> None:
-        if D.env().is_main:
-            atomic_torch_save(D.unwrap(model).state_dict(), self.run.dir / f"{name}.pt")
-
-    def parent_state(self, name: str = "model") -> dict:
-        if self.cfg.parent is None:
-            raise ConfigError(f"run {self.cfg.name} has no parent run")
-        parent = Run(self.settings.runs_dir, self.cfg.parent)
-        return load_checkpoint(parent.dir / f"{name}.pt", map_location=self.device)
-
-    def save_outputs(self, **tensors: torch.Tensor) -> None:
-        if D.env().is_main:
-            atomic_torch_save({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
-                              self.run.outputs_path)
-
-    def collect_outputs(self, model: nn.Module, **extra) -> dict:
-        """Per-exit logits on validation and test, saved once in outputs.pt."""
-        from repro.exits import collect_logits
-        from repro.train import tracked  # a bar over the batches, on a terminal
-
-        data = self.data()
-        bare = D.unwrap(model)
-        out = {"val_logits": collect_logits(bare, tracked(data.val, "outputs: validation")),
-               "val_labels": data.val_labels,
-               "test_logits": collect_logits(bare, tracked(data.test, "outputs: test")),
-               "test_labels": data.test_labels, **extra}
-        self.save_outputs(**out)
-        return out
-
-
-def first_test_images(cfg: RunConfig, settings: Settings, n: int, device: torch.device) -> torch.Tensor:
-    """The first ``n`` test images of a run's dataset, normalised, on ``device`` (for timing)."""
-    data = load_data(cfg.dataset, cfg.data, batch_size=cfg.train.batch_size, root=settings.data_root,
-                     device=str(device), seed=cfg.seed, workers=settings.workers)
-    chunks, got = [], 0
-    for x, _ in data.test:
-        chunks.append(x)
-        got += x.shape[0]
-        if got >= n:
-            break
-    return torch.cat(chunks)[:n]
 
 
 def execute(cfg: RunConfig, settings: Settings) -> str:
@@ -526,7 +316,7 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         return []
     from dataclasses import replace
 
-    from repro.render import building
+    from repro.render import building, write_outputs
 
     settings = replace(settings, scale=request.scale)
     import json
@@ -539,4 +329,19 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
             pass
     with building(request, runs=len(cfgs), wall_seconds=sum(m.get("seconds", 0.0) for m in metas),
                   threads=[m["threads"] for m in metas if "threads" in m]):
-        return artifact.build(request, Results(request, settings), settings)
+        built = artifact.build(request, Runs(request, settings, named_runs(artifact, request)), settings)
+        return write_outputs(built, paper_name, artifact_name, request, settings)
+
+
+def build_and_write(paper_name: str, artifact_name: str, request: Request, runs: Runs, settings: Settings
+                    ) -> list[Path]:
+    """Build an artifact from ``runs`` (finished, or :meth:`Runs.fixed` ones) and write its files:
+    what :func:`run_artifact` does once its runs are done (tests call it with synthetic runs)."""
+    from dataclasses import replace
+
+    from repro.render import building, write_outputs
+
+    settings = replace(settings, scale=request.scale)
+    with building(request):
+        built = get_paper(paper_name).artifact(artifact_name).build(request, runs, settings)
+        return write_outputs(built, paper_name, artifact_name, request, settings)

@@ -251,13 +251,6 @@ class _FakeRun:
         self.results, self.outputs = results, outputs
 
 
-class _FakeResults(dict):
-    """Finished runs by config, as ``runner.Results`` hands them to an artifact's build."""
-
-    def __getitem__(self, cfg):
-        return super().__getitem__(cfg.key)
-
-
 def test_table1_sizes_are_msdnets_at_paper_scale():
     """Table 1's params/MADDs columns describe MSDNet (the baseline run), not the ISC model."""
     from repro.data import dataset_info
@@ -267,19 +260,23 @@ def test_table1_sizes_are_msdnets_at_paper_scale():
 
     request = Request(scale="paper")
     info = dataset_info("cifar100")
-    base, full = imta.table1_runs(request)
+    from repro.api import Runs
+    from repro.runner import build_and_write
+
+    named = imta.table1_runs(request)
+    base, full = named["msdnet"], named["imta"]
     assert base.method == {"ge": False} and full.method["isc"]
-    results = _FakeResults()
-    for i, cfg in enumerate((base, full)):
+    given = {}
+    for i, (name, cfg) in enumerate(named.items()):
         torch.manual_seed(i)
         outputs = {"test_logits": torch.randn(7, 50, 100), "test_labels": torch.randint(0, 100, (50,))}
-        results[cfg.key] = [_FakeRun(imta.exit_sizes(imta._build(cfg, info), info), outputs)]
+        given[name] = [_FakeRun(imta.exit_sizes(imta._build(cfg, info), info), outputs)]
 
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        imta.build_table1(request, results, Settings(out_dir=Path(d)))
-        df = read_table_csv(Path(d) / "tables" / "imta_table1.csv")
+        build_and_write("imta", "table1", request, Runs.fixed(given, named, request), Settings(out_dir=Path(d)))
+        df = read_table_csv(Path(d) / "tables" / "paper" / "imta_table1.csv")
     assert (df["params_m Δ"].abs() / df["params_m paper"] <= 0.03).all(), df[["params_m", "params_m paper"]]
     assert (df["madds_m Δ"].abs() / df["madds_m paper"] <= 0.01).all(), df[["madds_m", "madds_m paper"]]
     # the ISC overhead has its own columns: more params from exit 2 on
@@ -290,7 +287,9 @@ def test_table1_sizes_are_msdnets_at_paper_scale():
 def _depth(cfg):
     from repro.papers import imta
 
-    net_cfg = imta.MODELS[cfg.model](num_classes=10, **cfg.model_args).cfg
+    from repro.models import create_model
+
+    net_cfg = create_model(cfg.model, num_classes=10, **cfg.model_args).cfg
     return net_cfg, sum(net_cfg.block_layers())
 
 
@@ -301,7 +300,7 @@ def _depth(cfg):
 def test_cifar_budget_figures_train_the_papers_family(artifact, dataset, want):
     from repro.papers import imta
 
-    runs = imta.PAPER.artifacts[artifact].runs(Request(scale="paper"))
+    runs = list(imta.PAPER.artifacts[artifact].runs(Request(scale="paper")).values())
     base = [r for r in runs if r.kind == "phase1"]
     full = [r for r in runs if r.kind == "phase2"]
     assert all(r.method == {"ge": False} for r in base) and all(r.parent.method == {"ge": True} for r in full)
@@ -318,12 +317,14 @@ def test_cifar_budget_figures_train_the_papers_family(artifact, dataset, want):
         assert len(imta.PAPER.artifacts[artifact].runs(Request(scale=scale))) == 4
 
 
-def _fake_family_results(cfgs, seeds=1, n=120, classes=10):
-    """Stored outputs of ``cfgs`` as a finished run would have them (random logits, MSDNet-like costs)."""
+def _fake_family_results(named, seeds=1, n=120, classes=10):
+    """Stored outputs of the runs ``named`` ({name: config}) as finished runs would have them (random
+    logits, MSDNet-like costs)."""
+    from repro.api import Runs
     from repro.papers import imta
 
-    results = _FakeResults()
-    for i, cfg in enumerate(cfgs):
+    results = {}
+    for i, (name, cfg) in enumerate(named.items()):
         exits = int(cfg.model.split("_")[-1].removesuffix("exit")) if cfg.model.endswith("exit") else 5
         runs = []
         for seed in range(seeds):
@@ -332,8 +333,8 @@ def _fake_family_results(cfgs, seeds=1, n=120, classes=10):
                                        else torch.randint(0, classes, (n,), generator=g))
                    for split in ("val", "test") for what in ("logits", "labels")}
             runs.append(_FakeRun({"costs": [1e6 * (k + 1) for k in range(exits)], "cost_convention": imta.COST}, out))
-        results[cfg.key] = runs
-    return results
+        results[name] = runs
+    return Runs.fixed(results, named)
 
 
 def _figure_csv(path):
@@ -347,14 +348,12 @@ def test_budget_figures_draw_their_band_and_the_papers_points(tmp_path, seeds):
     "paper, CIFAR-100" in a panel of their own, and axes that name the unit and the counter."""
     from repro.papers import imta
     from repro.reference_data import load_reference, reference_value
-    from repro.render import building
-    from repro.runner import Settings
+    from repro.runner import Settings, build_and_write
 
     request = Request(scale="smoke", seeds=seeds)
     art = imta.PAPER.artifacts["fig3"]
     results = _fake_family_results(art.runs(request), seeds)
-    with building(request):
-        art.build(request, results, Settings(out_dir=tmp_path))
+    build_and_write("imta", "fig3", request, results, Settings(out_dir=tmp_path))
     df, axes = _figure_csv(next(tmp_path.rglob("imta_fig3.csv")))
     ours = df[df["source"] == "ours"]
     assert (ours["acc_spread"] > 0).all() and ours["spread"].str.contains(
@@ -371,17 +370,15 @@ def test_fig4_legend_is_outside_the_curves_and_fig6_ticks_whole_epochs(tmp_path)
     import matplotlib.pyplot as plt
 
     from repro.papers import imta
-    from repro.render import building
-    from repro.runner import Settings
+    from repro.runner import Settings, build_and_write
 
     request = Request(scale="smoke")
-    cfgs = imta.fig4_runs(request)
-    results = _fake_family_results(cfgs)
+    results = _fake_family_results(imta.fig4_runs(request))
     figs = []
     real = plt.subplots
-    with building(request), pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plt, "subplots", lambda *a, **k: figs.append(real(*a, **k)) or figs[-1])
-        imta.build_fig4(request, results, Settings(out_dir=tmp_path))
+        build_and_write("imta", "fig4", request, results, Settings(out_dir=tmp_path))
     fig, (ax, pax) = figs[-1]
     ours = ax.get_legend().get_window_extent()
     assert ours.x0 >= ax.get_window_extent().x1  # right of the axes, over no curve
@@ -390,14 +387,15 @@ def test_fig4_legend_is_outside_the_curves_and_fig6_ticks_whole_epochs(tmp_path)
 
 
 def test_imagenet_budget_figure_trains_steps_4_6_7():
+    from repro.models import create_model
     from repro.papers import imta
 
-    runs = imta.PAPER.artifacts["fig5"].runs(Request(scale="paper"))
+    runs = list(imta.PAPER.artifacts["fig5"].runs(Request(scale="paper")).values())
     base = [r for r in runs if r.kind == "phase1"]
     assert {r.dataset for r in runs} == {"imagenet"} and all(r.model == "msdnet_imagenet" for r in runs)
     got = []
     for r in base:
-        c = imta.MODELS[r.model](num_classes=10, **r.model_args).cfg
+        c = create_model(r.model, num_classes=10, **r.model_args).cfg
         assert (c.nBlocks, c.stepmode, c.nScales, c.stem) == (5, "even", 4, "imagenet")
         got.append((c.step, c.base))
     assert got == [(4, 4), (6, 6), (7, 7)]

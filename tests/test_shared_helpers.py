@@ -111,11 +111,17 @@ def test_dcp_counts_are_unchanged(name, total, modules, module_sum):
     assert isinstance(got, int) and count_macs(net(), shape) == total
 
 
-def test_imta_phase_specs_is_public():
+def test_imta_recipes_are_the_papers_at_paper_scale():
+    """Section 4.1: 300 epochs (/10 at 150, 225) then 180 (/10 at 90, 135), batch 64, lr 0.1;
+    ImageNet 90 + 90 epochs, batch 256, /10 at 30 and 60."""
     from repro.papers import imta
 
-    assert imta.phase_specs("quick") == imta._phase_specs("quick", False)
-    assert imta.phase_specs("quick")[0].epochs == 2
+    one, two = imta.phase_specs("paper")
+    assert (one.epochs, two.epochs, one.batch_size, one.lr) == (300, 180, 64, 0.1)
+    assert [m * one.epochs for m in one.milestones] == [150, 225] and [m * two.epochs for m in two.milestones] == [90, 135]
+    one, two = imta.phase_specs("paper", imagenet=True)
+    assert (one.epochs, one.batch_size) == (90, 256) and [round(m * 90) for m in one.milestones] == [30, 60]
+    assert imta.phase_specs("quick", imagenet=True) == imta.phase_specs("quick")
 
 
 def test_a_launched_job_runs_with_its_share_of_threads_then_restores(monkeypatch):

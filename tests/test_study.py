@@ -192,8 +192,10 @@ def test_cheapest_reaching_picks_what_tune_thresholds_picks(gates):
 
 @pytest.mark.parametrize("isc", [False, True])
 def test_gated_msdnet_keeps_the_last_exit_and_exits_like_its_stored_outputs(isc):
+    from repro.models import create_model
+
     torch.manual_seed(0)
-    msd = imta.MODELS["msdnet_cifar_5exit"](num_classes=10, in_channels=1, **imta.SMOKE_ARGS, isc=isc).eval()
+    msd = create_model("msdnet_cifar_5exit", num_classes=10, in_channels=1, **imta.MODEL_ARGS["smoke"], isc=isc).eval()
     gated = study.gated_net(msd).eval()
     x = torch.randn(12, 1, 32, 32)
     with torch.no_grad():

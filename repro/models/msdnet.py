@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from repro.models import register_model
 from repro.models.base import MultiExitNet, State
 from repro.nn import grad_rescale
 
@@ -384,6 +385,7 @@ _CIFAR = dict(nChannels=16, growthRate=6, grFactor=(1, 2, 4), bnFactor=(1, 2, 4)
               prune="max", bottleneck=True, reduction=0.5, stem="cifar", head_channels=128)
 
 
+@register_model
 def msdnet_cifar(num_classes: int = 100, in_channels: int = 3, nBlocks: int = 5, **overrides) -> MSDNet:
     """The CIFAR lin_grow family of IMTA Section 4.1 (base 1, step 1): ``nBlocks`` exits and
     nBlocks(nBlocks+1)/2 layers, i.e. 4/5/6/7/8 exits = depth 10/15/21/28/36."""
@@ -391,12 +393,14 @@ def msdnet_cifar(num_classes: int = 100, in_channels: int = 3, nBlocks: int = 5,
                       num_classes=num_classes, in_channels=in_channels), overrides)
 
 
+@register_model
 def msdnet_cifar_7exit(num_classes: int = 100, in_channels: int = 3, **overrides) -> MSDNet:
     """IMTA Table 1: 7 blocks, lin_grow, base 1, step 1 (1+2+...+7 = 28 layers)."""
     return _make(dict(_CIFAR, nBlocks=7, base=1, step=1, stepmode="lin_grow",
                       num_classes=num_classes, in_channels=in_channels), overrides)
 
 
+@register_model
 def msdnet_cifar_5exit(num_classes: int = 100, in_channels: int = 3, **overrides) -> MSDNet:
     """Budgeted-batch CIFAR config of the MSDNet-PyTorch README: 5 blocks, lin_grow,
     base 1, step 1 (15 layers)."""
@@ -404,6 +408,7 @@ def msdnet_cifar_5exit(num_classes: int = 100, in_channels: int = 3, **overrides
                       num_classes=num_classes, in_channels=in_channels), overrides)
 
 
+@register_model
 def msdnet_cifar_anytime(num_classes: int = 100, in_channels: int = 3, **overrides) -> MSDNet:
     """Anytime CIFAR config: 7 blocks, even, base 4, step 2 (16 layers); 7 blocks is
     the block count whose cost at the last exit is the 75.94 M of the authors' op counter on that config."""
@@ -411,6 +416,7 @@ def msdnet_cifar_anytime(num_classes: int = 100, in_channels: int = 3, **overrid
                       num_classes=num_classes, in_channels=in_channels), overrides)
 
 
+@register_model
 def msdnet_imagenet(num_classes: int = 1000, in_channels: int = 3, **overrides) -> MSDNet:
     """ImageNet config: 4 scales, 5 blocks, even, base 4, step 4 (the authors' run_GE.sh).
     IMTA Figure 5's other members are step 6 and 7, with base = step (``step=6, base=6``):
@@ -421,9 +427,21 @@ def msdnet_imagenet(num_classes: int = 1000, in_channels: int = 3, **overrides) 
                       num_classes=num_classes, in_channels=in_channels), overrides)
 
 
+@register_model
 def msdnet_cifar_small(num_classes: int = 10, in_channels: int = 3, **overrides) -> MSDNet:
     """A CPU-sized CIFAR MSDNet for quick runs: 4 exits, 8 base channels,
     growth 4, 32-channel heads."""
     return _make(dict(_CIFAR, nBlocks=4, base=1, step=1, stepmode="lin_grow", nChannels=8,
                       growthRate=4, head_channels=32,
                       num_classes=num_classes, in_channels=in_channels), overrides)
+
+
+def _n_exits(n: int):
+    def factory(num_classes: int = 100, in_channels: int = 3, **overrides) -> MSDNet:
+        return msdnet_cifar(num_classes, in_channels, nBlocks=n, **overrides)
+    factory.__doc__ = f"The CIFAR lin_grow MSDNet with {n} exits (depth {n * (n + 1) // 2}): :func:`msdnet_cifar`."
+    return factory
+
+
+for _n in (2, 3, 4, 6, 8):  # 5 and 7 exits have their own factories above (the same networks)
+    register_model(f"msdnet_cifar_{_n}exit", _n_exits(_n))

@@ -19,21 +19,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
-from functools import partial
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.artifacts import Artifact, Option, Paper
-from repro.config import RunConfig, TrainSpec
-from repro.data import DataSpec, dataset_info
-from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, per_exit_accuracy
+from repro.api import Artifact, Claim, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec
+from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, gap_with_spread, per_exit_accuracy
 from repro.flops import CONVENTIONS, count_exits
-from repro.models import msdnet
-from repro.render import (Meta, Series, beside_paper, claim, dataset_name, paper_label, save_figure,
-                          sweep_spread, write_figure, write_table)
+from repro.models import create_model, msdnet
+from repro.reference_data import paper_gap
+from repro.render import dataset_name, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.train import freeze_except
 
@@ -118,10 +115,6 @@ def make_step(method: dict, teacher: PhaseOneTeacher | None = None):
 
 # ---------------------------------------------------------------------------- runs
 
-MODELS = {**{f"msdnet_cifar_{n}exit": partial(msdnet.msdnet_cifar, nBlocks=n) for n in range(2, 9)},
-          "msdnet_cifar_7exit": msdnet.msdnet_cifar_7exit, "msdnet_cifar_5exit": msdnet.msdnet_cifar_5exit,
-          "msdnet_cifar": msdnet.msdnet_cifar, "msdnet_imagenet": msdnet.msdnet_imagenet}
-
 # `--set KEY=VALUE` keys of this paper: key -> (choices, default, one-line help).  The first
 # choice is the default.
 OPTION_SPECS = {
@@ -139,29 +132,27 @@ def _option(request, key: str) -> str:
     return request.option(key, choices[0], choices)
 
 # Reduced MSDNets for CPU scales: the same layout as the paper's configs, narrower.
-QUICK_ARGS = {"nChannels": 8, "growthRate": 4, "head_channels": 32}
-SMOKE_ARGS = {"nChannels": 4, "growthRate": 2, "head_channels": 16}
+MODEL_ARGS = {"paper": {}, "quick": {"nChannels": 8, "growthRate": 4, "head_channels": 32},
+              "smoke": {"nChannels": 4, "growthRate": 2, "head_channels": 16}}
+
+
+def _sgd(epochs: int, batch: int = 64, lr: float = 0.1, milestones: tuple = (0.5, 0.75)) -> TrainSpec:
+    return TrainSpec(epochs=epochs, batch_size=batch, lr=lr, nesterov=True, weight_decay=1e-4, milestones=milestones)
+
+
+# (phase I, phase II) per scale: the paper's CIFAR recipe (300 epochs, /10 at 150 and 225; then 180,
+# /10 at 90 and 135; batch 64), its ImageNet one (90 + 90 epochs, batch 256, /10 at 30 and 60) and
+# the CPU scales' few epochs.
+RECIPES = {"paper": (_sgd(300), _sgd(180)),
+           "paper-imagenet": (_sgd(90, 256, milestones=(1 / 3, 2 / 3)),) * 2,
+           "quick": (_sgd(2, milestones=(0.5,)), _sgd(1, milestones=())),
+           "smoke": (_sgd(1, lr=0.05, milestones=()), _sgd(1, lr=0.05, milestones=()))}
 
 
 def phase_specs(scale: str, imagenet: bool = False) -> tuple[TrainSpec, TrainSpec]:
     """The (phase I, phase II) training recipes at ``scale`` (``imagenet``: the paper's ImageNet
     recipe, at paper scale only)."""
-    if scale == "paper":
-        if imagenet:  # 90 + 90 epochs, batch 256, drops at 30 and 60
-            one = TrainSpec(epochs=90, batch_size=256, lr=0.1, nesterov=True, weight_decay=1e-4,
-                            milestones=(1 / 3, 2 / 3))
-            return one, one
-        # CIFAR: 300 epochs (/10 at 150, 225), then 180 epochs (/10 at 90, 135); batch 64
-        return (TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)),
-                TrainSpec(epochs=180, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)))
-    if scale == "quick":
-        return (TrainSpec(epochs=2, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5,)),
-                TrainSpec(epochs=1, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=()))
-    return (TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()),
-            TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=1e-4, milestones=()))
-
-
-_phase_specs = phase_specs  # the name ablation_runs calls
+    return RECIPES["paper-imagenet" if imagenet and scale == "paper" else scale]
 
 
 def phase2_method(request, isc: bool, ofa: bool) -> dict:
@@ -181,13 +172,11 @@ def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset
     dataset = request.dataset_for("imagenet" if imagenet else paper_dataset)
     if model is None:
         model = "msdnet_imagenet" if imagenet and scale == "paper" else f"msdnet_cifar_{exits}exit"
-    args = dict(args or {})
-    if scale != "paper":
-        args = {**(QUICK_ARGS if scale == "quick" else SMOKE_ARGS), **args}
+    args = {**MODEL_ARGS[scale], **(args or {})}
     data = run_data(request, dataset, IMAGENET_SIZE if imagenet else CIFAR_SIZE)
     # the ImageNet MSDNet's pooling plan needs 224 px, the CIFAR one's exactly 32
     need_size(PAPER_NAME, model, data, dataset, IMAGENET_SIZE if model == "msdnet_imagenet" else CIFAR_SIZE)
-    p1, p2 = _phase_specs(scale, imagenet and scale == "paper")
+    p1, p2 = phase_specs(scale, imagenet)
     stem = f"{model}{tag}"
     base = RunConfig(paper=PAPER_NAME, name=f"{stem}-phase1", kind="phase1", dataset=dataset, model=model,
                      model_args=args, method={"ge": False}, train=p1, data=data)
@@ -203,9 +192,9 @@ def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset
 
 def _build(cfg: RunConfig, info) -> msdnet.MSDNet:
     m = cfg.method
-    return MODELS[cfg.model](num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args,
-                             gradient_equilibrium=bool(m.get("ge")), isc=bool(m.get("isc")),
-                             isc_detach=m.get("isc_detach", True))
+    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args,
+                        gradient_equilibrium=bool(m.get("ge")), isc=bool(m.get("isc")),
+                        isc_detach=m.get("isc_detach", True))
 
 
 def build_model(cfg: RunConfig, info) -> msdnet.MSDNet:
@@ -280,81 +269,74 @@ def train_phase2(ctx) -> dict:
 
 ROWS = ["baseline", "ge", "isc", "ofa", "ge+isc+ofa"]
 LABELS = {"baseline": "MSDNet (no GE/ISC/OFA)", "ge": "GE", "isc": "ISC", "ofa": "OFA", "ge+isc+ofa": "GE+ISC+OFA"}
+COST_LABEL = "average cost per image (MMACs, MSDNet's counter)"
 
 
-def _meta(request, artifact: str, title: str, cfg: RunConfig, notes=()) -> Meta:
-    scale_note = {"paper": "paper scale", "quick": "quick scale (reduced MSDNet, few epochs: NOT the paper's setting)",
-                  "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
-    return Meta(PAPER_NAME, artifact, title, scale_note[request.scale], cfg.dataset, request.seeds,
-                f"{CONVENTIONS[COST]}; model {cfg.model} {cfg.model_args or ''}".strip(), list(notes))
+def _model(cfg: RunConfig) -> str:
+    return f"{cfg.model} {cfg.model_args or ''}".strip()
 
 
-def _runs_outputs(results, cfg) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in results[cfg]]
+def _tests(runs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One (test logits exits x N x C, test labels) per seed."""
+    return [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs]
 
 
-def _ablation_table(request, results, settings, artifact: str, imagenet: bool) -> list:
-    runs = ablation_runs(request, imagenet=imagenet)
-    cols = [f"E-{i + 1}" for i in range(5)]
-    rows, acc = [], {}
-    for key, cfg in runs.items():
-        mean, spread = accuracy_with_spread(_runs_outputs(results, cfg))
-        acc[key] = (mean, spread)
-        rows += [{"row": key, "column": c, "value": v, "spread": s} for c, v, s in zip(cols, mean, spread)]
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, artifact, ROWS, cols, LABELS)
-    from repro.reference_data import load_reference, reference_value
-
-    ref = load_reference(PAPER_NAME)
-    notes = []
-    for k, c in enumerate(cols):
-        gap = acc["ge+isc+ofa"][0][k] - acc["baseline"][0][k]
-        spread = math.hypot(acc["ge+isc+ofa"][1][k], acc["baseline"][1][k])
-        p_full, p_base = (reference_value(ref, artifact, r, c) for r in ("ge+isc+ofa", "baseline"))
-        pgap = p_full - p_base if p_full is not None and p_base is not None else None
-        notes.append(claim(f"gain of GE+ISC+OFA over MSDNet at {c}", gap, spread, pgap))
-    meta = _meta(request, artifact, f"Top-1 (%) at every exit, ablation of GE / ISC / OFA", runs["baseline"], notes)
-    return write_table(df, meta, settings.tables_dir)
+def _correct(runs, k: int) -> list[torch.Tensor]:
+    """Per seed, each test image's correctness at exit ``k``."""
+    return [lg[k].argmax(-1) == lb for lg, lb in _tests(runs)]
 
 
 def table2_runs(request):
-    return list(ablation_runs(request).values())
-
-
-def build_table2(request, results, settings):
-    return _ablation_table(request, results, settings, "table2", imagenet=False)
+    return ablation_runs(request)
 
 
 def table3_runs(request):
-    return list(ablation_runs(request, imagenet=True).values())
+    return ablation_runs(request, imagenet=True)
 
 
-def build_table3(request, results, settings):
-    return _ablation_table(request, results, settings, "table3", imagenet=True)
+def _ablation_table(artifact: str):
+    """Tables 2 and 3: top-1 at every exit of the five ablation rows; the claim is the gain of
+    GE+ISC+OFA over MSDNet at each exit (a paired gap, :func:`repro.exits.gap_with_spread`)."""
+    def build(request, runs, settings):
+        cols = [f"E-{i + 1}" for i in range(5)]
+        ours = []
+        for key in ROWS:
+            mean, spread = accuracy_with_spread(_tests(runs[key]))
+            ours += [{"row": key, "column": c, "value": v, "spread": s} for c, v, s in zip(cols, mean, spread)]
+        claims = [Claim(f"gain of GE+ISC+OFA over MSDNet at {c}",
+                        *gap_with_spread(_correct(runs["ge+isc+ofa"], k), _correct(runs["baseline"], k)),
+                        paper_gap(PAPER_NAME, artifact, "ge+isc+ofa", "baseline", c))
+                  for k, c in enumerate(cols)]
+        base = runs.config("baseline")
+        return Table("Top-1 (%) at every exit, ablation of GE / ISC / OFA", base.dataset, _model(base),
+                     CONVENTIONS[COST], ours, ROWS, cols, LABELS, claims=claims)
+    return build
 
 
 def table1_runs(request):
     r = ablation_runs(request, exits=7)
-    return [r["baseline"], r["ge+isc+ofa"]]
+    return {"msdnet": r["baseline"], "imta": r["ge+isc+ofa"]}
 
 
-def build_table1(request, results, settings):
+def build_table1(request, runs, settings):
+    import pandas as pd
+
     from repro.reference_data import load_reference
 
-    base, full = table1_runs(request)
-    mb, sb = accuracy_with_spread(_runs_outputs(results, base))
-    mf, sf = accuracy_with_spread(_runs_outputs(results, full))
+    (mb, sb), (mf, sf) = (accuracy_with_spread(_tests(runs[k])) for k in ("msdnet", "imta"))
     # params_m / madds_m: the network the paper's columns describe, MSDNet (the baseline run);
     # imta_params_m / imta_madds_m: the IMTA model, whose ISC modules add to both.
-    res, res_isc = results[base][0].results, results[full][0].results
-    rows = []
+    res, res_isc = runs["msdnet"][0].results, runs["imta"][0].results
+    ours = []
     for i in range(len(mb)):
         r = f"exit{i + 1}"
-        rows += [{"row": r, "column": "params_m", "value": res["params"][i] / 1e6},
+        ours += [{"row": r, "column": "params_m", "value": res["params"][i] / 1e6},
                  {"row": r, "column": "madds_m", "value": res["costs"][i] / 1e6},
                  {"row": r, "column": "msdnet_top1", "value": mb[i], "spread": sb[i]},
                  {"row": r, "column": "imta_params_m", "value": res_isc["params"][i] / 1e6},
                  {"row": r, "column": "imta_madds_m", "value": res_isc["costs"][i] / 1e6},
                  {"row": r, "column": "imta_top1", "value": mf[i], "spread": sf[i]}]
+    # the paper's Table 1 is keyed (row msdnet|imta, column exitK_metric): read it as (exitK, column)
     ref = load_reference(PAPER_NAME)
     ref = ref[(ref["artifact"] == "table1") & ref["row"].isin(["msdnet", "imta"])]
     remap = []
@@ -363,25 +345,24 @@ def build_table1(request, results, settings):
         prefix = "" if x["row"] == "msdnet" else "imta_"
         col = f"{prefix}{metric}" if metric in ("params_m", "madds_m") else f"{x['row']}_top1"
         remap.append({"row": exit_no, "column": col, "value": x["value"]})
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", [f"exit{i + 1}" for i in range(len(mb))],
-                      ["params_m", "madds_m", "msdnet_top1", "imta_params_m", "imta_madds_m", "imta_top1"],
-                      reference=pd.DataFrame(remap))
+    base = runs.config("msdnet")
     notes = ["params_m, madds_m: MSDNet (the baseline run), the network the paper's columns describe; "
              "imta_params_m, imta_madds_m: the GE+ISC+OFA model, ISC modules included (the paper prints "
              "MSDNet's numbers for its rows too)"]
-    meta = _meta(request, "table1", "Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base,
-                 notes)
-    return write_table(df, meta, settings.tables_dir)
+    return Table("Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base.dataset,
+                 _model(base), CONVENTIONS[COST], ours, [f"exit{i + 1}" for i in range(len(mb))],
+                 ["params_m", "madds_m", "msdnet_top1", "imta_params_m", "imta_madds_m", "imta_top1"],
+                 reference=pd.DataFrame(remap), notes=notes)
 
 
-def _curves(request, results, runs: dict[str, RunConfig], colors: dict[str, str] | None = None
-            ) -> tuple[list[Series], pd.DataFrame]:
-    """One budgeted-batch curve per run, with its band (:func:`repro.render.sweep_spread`: the
-    bootstrap half-width at one seed, the 95 % t-interval over seeds otherwise)."""
+def _curves(runs, names: dict[str, str], colors: dict[str, str] | None = None) -> tuple[list[Series], pd.DataFrame]:
+    """One budgeted-batch curve per run ({run name: label}), with its band
+    (:func:`repro.render.sweep_spread`: the bootstrap half-width at one seed, the 95 % t-interval
+    over seeds otherwise)."""
     series, frames = [], []
-    for label, cfg in runs.items():
+    for name, label in names.items():
         sweeps, tests = [], []
-        for r in results[cfg]:
+        for r in runs[name]:
             o = r.outputs
             sweeps.append(budgeted_sweep(o["val_logits"], o["val_labels"], o["test_logits"], o["test_labels"],
                                          r.results["costs"], "confidence"))
@@ -395,7 +376,6 @@ def _curves(request, results, runs: dict[str, RunConfig], colors: dict[str, str]
     return series, pd.concat(frames, ignore_index=True)
 
 
-COST_LABEL = "average cost per image (MMACs, MSDNet's counter)"
 # The paper's numbers beside each figure (repro/reference/imta.csv): Table 1 gives MSDNet's and
 # IMTA's individual exits with their cost (CIFAR-100, 7 exits); Tables 2 and 3 the ablation's
 # top-1 per exit, without costs (CIFAR-100 and ImageNet, 5 exits).  Fig. 2 (CIFAR-10) has none.
@@ -439,17 +419,18 @@ def _paper_points(artifact: str, rows: dict[str, str]) -> tuple[list[Series], pd
     return series, pd.DataFrame(recs), axes, title
 
 
-def _write_budget_figure(request, meta, settings, series, data, artifact: str, rows: dict[str, str],
-                         dataset: str, legend: str = "best"):
+def _budget_figure_out(request, artifact: str, title: str, cfg: RunConfig, series, data, rows: dict[str, str],
+                       notes) -> Figure:
     """Our curves, and the paper's points: on our axes in the paper's own setting (same dataset and
     cost counter), else in a panel of their own."""
-    paper, pdata, axes, title = _paper_points(artifact, rows)
+    paper, pdata, axes, ptitle = _paper_points(artifact, rows)
     same = bool(paper) and PAPER_POINTS[artifact][0] == "table1" and request.scale == "paper" \
-        and dataset == PAPER_POINTS[artifact][1]
+        and cfg.dataset == PAPER_POINTS[artifact][1]
     note = "" if paper else "the paper's curves: not transcribed (figure only; repro/reference/README.md)"
-    return write_figure(series, meta, settings.figures_dir, COST_LABEL, f"test top-1 (%) on {dataset_name(dataset)}",
-                        data=pd.concat([data, pdata], ignore_index=True), paper=paper,
-                        paper_axes=None if same else axes, paper_title=title, legend=legend, note=note)
+    return Figure(title, cfg.dataset, _model(cfg), CONVENTIONS[COST], series, COST_LABEL,
+                  f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.concat([data, pdata], ignore_index=True),
+                  paper=paper, paper_axes=None if same else axes, paper_title=ptitle, legend="right", note=note,
+                  notes=notes)
 
 
 # The MSDNet families of Figures 2, 3 and 5 (Section 4.1: CIFAR-10 {6, 8} exits, depths {21, 36};
@@ -486,60 +467,57 @@ def family_members(request, artifact: str, paper_dataset: str = "cifar100", imag
     return out
 
 
-def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", imagenet: bool = False,
-                   exits: int | None = None):
-    """A budgeted-batch figure over the artifact's MSDNet family (``FAMILIES``); ``exits`` is
-    ignored (the family fixes the sizes)."""
-    def runs(request):
-        return [r for _, m in family_members(request, artifact, paper_dataset, imagenet)
-                for r in (m["baseline"], m["ge+isc+ofa"])]
+def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", imagenet: bool = False):
+    """A budgeted-batch figure over the artifact's MSDNet family (``FAMILIES``): MSDNet and
+    GE+ISC+OFA per member, runs named ``<member label>/<row>``."""
+    methods = {"baseline": "MSDNet", "ge+isc+ofa": "IMTA (GE+ISC+OFA)"}
 
-    def build(request, results, settings):
+    def runs(request):
+        return {f"{label}/{row}": m[row] for label, m in family_members(request, artifact, paper_dataset, imagenet)
+                for row in methods}
+
+    def build(request, runs, settings):
         series, frames = [], []
-        members = family_members(request, artifact, paper_dataset, imagenet)
+        members = [label for label, _ in family_members(request, artifact, paper_dataset, imagenet)]
         shades = {"MSDNet": ("tab:blue", "navy", "deepskyblue", "slategray"),
                   "IMTA (GE+ISC+OFA)": ("tab:red", "darkred", "orange", "hotpink")}
-        for i, (label, m) in enumerate(members):
-            s, d = _curves(request, results, {"MSDNet": m["baseline"], "IMTA (GE+ISC+OFA)": m["ge+isc+ofa"]},
+        for i, label in enumerate(members):
+            s, d = _curves(runs, {f"{label}/{row}": name for row, name in methods.items()},
                            {k: v[i % len(v)] for k, v in shades.items()})
             series += [replace(x, label=f"{x.label}, {label}") for x in s]
-            frames.append(d.assign(member=label, model=m["baseline"].model, model_args=str(m["baseline"].model_args)))
+            base = runs.config(f"{label}/baseline")
+            frames.append(d.assign(member=label, model=base.model, model_args=str(base.model_args)))
         notes = ["thresholds fitted on the held-out validation split",
-                 "one curve per family member and method: " + "; ".join(label for label, _ in members),
+                 "one curve per family member and method: " + "; ".join(members),
                  "band: " + frames[0]["spread"].iloc[0]]
-        cfg = members[0][1]["baseline"]
-        meta = _meta(request, artifact, title, cfg, notes)
-        return _write_budget_figure(request, meta, settings, series, pd.concat(frames, ignore_index=True), artifact,
-                                    {"baseline": "MSDNet", "ge+isc+ofa": "IMTA"}, cfg.dataset, legend="right")
+        return _budget_figure_out(request, artifact, title, runs.config(f"{members[0]}/baseline"), series,
+                                  pd.concat(frames, ignore_index=True), {"baseline": "MSDNet", "ge+isc+ofa": "IMTA"},
+                                  notes)
     return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
 
 
 def fig4_runs(request):
-    return table2_runs(request)
+    return ablation_runs(request)
 
 
-def build_fig4(request, results, settings):
-    runs = ablation_runs(request)
-    series, data = _curves(request, results, {LABELS[k]: v for k, v in runs.items()},
-                           {LABELS[k]: c for k, c in ROW_COLORS.items()})
-    meta = _meta(request, "fig4", "Ablation of GE / ISC / OFA, budgeted batch", runs["baseline"],
-                 ["thresholds fitted on the held-out validation split", "band: " + data["spread"].iloc[0]])
-    return _write_budget_figure(request, meta, settings, series, data, "fig4", LABELS, runs["baseline"].dataset,
-                                legend="right")
+def build_fig4(request, runs, settings):
+    series, data = _curves(runs, LABELS, {LABELS[k]: c for k, c in ROW_COLORS.items()})
+    notes = ["thresholds fitted on the held-out validation split", "band: " + data["spread"].iloc[0]]
+    return _budget_figure_out(request, "fig4", "Ablation of GE / ISC / OFA, budgeted batch", runs.config("baseline"),
+                              series, data, LABELS, notes)
 
 
 def fig6_runs(request):
     r = ablation_runs(request)
-    return [r["baseline"], r["ge"]]
+    return {"baseline": r["baseline"], "ge": r["ge"]}
 
 
-def build_fig6(request, results, settings):
+def build_fig6(request, runs, settings):
     from repro.exits import mean_and_spread
 
-    base, ge = fig6_runs(request)
     series, frames = [], []
-    for label, cfg in {"MSDNet": base, "MSDNet + GE": ge}.items():
-        ms = [r.metrics() for r in results[cfg]]
+    for label, name in {"MSDNet": "baseline", "MSDNet + GE": "ge"}.items():
+        ms = [r.metrics() for r in runs[name]]
         cols = [c for c in ms[0].columns if c.startswith("val_acc_exit")]
         per_seed = [m[cols].mean(1).tolist() for m in ms]  # seeds x epochs
         pairs = [mean_and_spread(v) for v in zip(*per_seed)]
@@ -548,42 +526,49 @@ def build_fig6(request, results, settings):
         series.append(Series(label, epochs, mean, spread if len(ms) > 1 else None))
         frames.append(pd.DataFrame({"method": label, "epoch": epochs, "val_acc_mean_over_exits": mean,
                                     "val_acc_spread": spread, "seeds": len(ms)}))
-    meta = _meta(request, "fig6", "Validation accuracy (mean over exits) per epoch, with and without GE", base,
-                 ["band: half-width of the 95 % t-interval over seeds (none for one seed)"])
+    base = runs.config("baseline")
     epochs = frames[0]["epoch"]
     note = (f"{len(epochs)} epoch at this scale: one point per curve" if len(epochs) == 1 else "")
-    return write_figure(series, meta, settings.figures_dir, "epoch (phase I)",
-                        "validation top-1 (%), mean over exits",
-                        data=pd.concat(frames, ignore_index=True), integer_x=True, note=note)
+    return Figure("Validation accuracy (mean over exits) per epoch, with and without GE", base.dataset, _model(base),
+                  CONVENTIONS[COST], series, "epoch (phase I)", "validation top-1 (%), mean over exits",
+                  pd.concat(frames, ignore_index=True), integer_x=True, note=note,
+                  notes=["band: half-width of the 95 % t-interval over seeds (none for one seed)"])
 
 
 def fig7_runs(request):
     r = ablation_runs(request)
-    return [r["baseline"], r["isc"]]
+    return {"baseline": r["baseline"], "isc": r["isc"]}
 
 
-def build_fig7(request, results, settings):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    base, isc = fig7_runs(request)
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+def build_fig7(request, runs, settings):
     frames = []
-    for label, cfg, color in (("without ISC", base, "tab:blue"), ("with ISC", isc, "tab:red")):
-        o = results[cfg][0].outputs
+    for label, name in (("without ISC", "baseline"), ("with ISC", "isc")):
+        o = runs[name][0].outputs
         conf = SCORES["confidence"](o["val_logits"][:2])
         ranks = conf.argsort(1).argsort(1).float() / (conf.shape[1] - 1)
         rho = float(torch.corrcoef(ranks)[0, 1])
-        ax.scatter(ranks[0], ranks[1], s=2, alpha=0.3, c=color, label=f"{label} (Spearman ρ = {rho:.3f})")
         frames.append(pd.DataFrame({"method": label, "spearman_rho": rho, "sample": range(ranks.shape[1]),
                                     "rank_exit1": ranks[0].numpy(), "rank_exit2": ranks[1].numpy()}))
-    ax.set_xlabel("confidence rank at exit 1 (0 = least, 1 = most confident)")
-    ax.set_ylabel("confidence rank at exit 2 (validation samples)")
-    meta = _meta(request, "fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", base)
-    ax.legend(fontsize=7, markerscale=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
-    return save_figure(fig, meta, settings.figures_dir, data=pd.concat(frames, ignore_index=True))
+    data = pd.concat(frames, ignore_index=True)
+
+    def draw():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.2, 5))
+        for (label, d), color in zip(data.groupby("method", sort=False), ("tab:blue", "tab:red")):
+            ax.scatter(d["rank_exit1"], d["rank_exit2"], s=2, alpha=0.3, c=color,
+                       label=f"{label} (Spearman ρ = {d['spearman_rho'].iloc[0]:.3f})")
+        ax.set_xlabel("confidence rank at exit 1 (0 = least, 1 = most confident)")
+        ax.set_ylabel("confidence rank at exit 2 (validation samples)")
+        ax.legend(fontsize=7, markerscale=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
+        return fig
+
+    base = runs.config("baseline")
+    return Figure("Confidence rank at exit 1 vs exit 2, with and without ISC", base.dataset, _model(base),
+                  CONVENTIONS[COST], data=data, draw=draw)
 
 
 PAPER = Paper(
@@ -592,12 +577,13 @@ PAPER = Paper(
     artifacts={a.name: a for a in [
         Artifact("table1", "Per-exit params, MADDs and top-1 of MSDNet vs IMTA (7 exits, CIFAR-100)",
                  table1_runs, build_table1),
-        Artifact("table2", "Ablation GE / ISC / OFA x exits E-1..E-5 (CIFAR-100)", table2_runs, build_table2),
+        Artifact("table2", "Ablation GE / ISC / OFA x exits E-1..E-5 (CIFAR-100)", table2_runs,
+                 _ablation_table("table2")),
         Artifact("table3", "Ablation GE / ISC / OFA on ImageNet (smaller scales: their own dataset)",
-                 table3_runs, build_table3),
+                 table3_runs, _ablation_table("table3")),
         _budget_figure("fig2", "Budgeted batch, MSDNet vs IMTA (CIFAR-10)", "cifar10"),
         _budget_figure("fig3", "Budgeted batch, MSDNet vs IMTA (CIFAR-100)", "cifar100"),
-        _budget_figure("fig5", "Budgeted batch, MSDNet vs IMTA (ImageNet)", "cifar100", imagenet=True, exits=5),
+        _budget_figure("fig5", "Budgeted batch, MSDNet vs IMTA (ImageNet)", "cifar100", imagenet=True),
         Artifact("fig4", "Ablation as budgeted-batch curves (CIFAR-100)", fig4_runs, build_fig4),
         Artifact("fig6", "Validation accuracy per epoch with and without GE", fig6_runs, build_fig6),
         Artifact("fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", fig7_runs, build_fig7),
