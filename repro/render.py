@@ -589,7 +589,7 @@ class Table:
     rows: Sequence[str] | None = None
     columns: Sequence[str] | None = None
     labels: dict[str, str] | None = None
-    reference: str | pd.DataFrame | None = None
+    reference: str | pd.DataFrame | bool | None = None  # False: the paper prints nothing to set beside ours
     frame: pd.DataFrame | None = None
     notes: Sequence[str] = ()
     claims: Sequence[Claim] = ()
@@ -657,15 +657,23 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
         if isinstance(out, Path):  # a build that wrote its own files (none should)
             paths.append(out)
             continue
+        if not isinstance(out, (Table, Figure)):
+            raise TypeError(f"{paper} {artifact}: a build returns Table or Figure objects, got {type(out).__name__}")
         meta = meta_for(out, paper, artifact, request.scale, request.seeds)
         if isinstance(out, Table):
             if out.frame is not None:
                 df = out.frame
             else:
+                from repro.reference_data import available
+
                 ours = out.ours if isinstance(out.ours, pd.DataFrame) else pd.DataFrame(list(out.ours or []))
-                ref = out.reference if isinstance(out.reference, pd.DataFrame) else None
+                none = out.reference is False or (out.reference is None and paper not in available())
+                ref = (pd.DataFrame(columns=["row", "column", "value"]) if none else
+                       out.reference if isinstance(out.reference, pd.DataFrame) else None)
                 key = out.reference if isinstance(out.reference, str) and out.reference else artifact
                 df = beside_paper(ours, paper, key, out.rows, out.columns, out.labels, reference=ref)
+                if none:  # no paper columns at all, rather than empty ones
+                    df = df[[c for c in df.columns if not str(c).endswith((" paper", " Δ"))]]
             paths += write_table(df, meta, settings.tables_dir, digits=out.digits)
         elif isinstance(out, Figure):
             if out.draw is not None:
@@ -675,6 +683,4 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
                                       out.data, paper=out.paper, paper_axes=out.paper_axes,
                                       paper_title=out.paper_title, legend=out.legend, note=out.note,
                                       integer_x=out.integer_x, title=out.panel_title, paper_sharex=out.paper_sharex)
-        else:
-            raise TypeError(f"{paper} {artifact}: a build returns Table or Figure objects, got {type(out).__name__}")
     return paths
