@@ -77,7 +77,10 @@ def reference_table(df: pd.DataFrame, artifact: str) -> pd.DataFrame:
 
 
 def paper_value(paper: str, artifact: str, row: str, column: str) -> float | None:
-    """The paper's number at (artifact, row, column) of its reference CSV, or None."""
+    """The paper's number at (artifact, row, column) of its reference CSV, or None (also for a
+    paper that ships no reference CSV yet)."""
+    if paper not in available():
+        return None
     return reference_value(load_reference(paper), artifact, row, column)
 
 
