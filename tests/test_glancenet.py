@@ -3,6 +3,7 @@ entropy early exit against the shared evaluator, paper-scale configs, and the fo
 end to end at smoke scale."""
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -11,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from repro.config import ConfigError
-from repro.exits import bootstrap_ci, early_exit, exit_index, neg_entropy
+from repro.exits import bootstrap_ci, early_exit, exit_index, gap_with_spread, neg_entropy
 from repro.models.densenet import glance_densenet
 from repro.papers.glancenet import (ALPHAS, GlanceTraining, ThresholdBank, acc_stat, entropy, entropy_targets,
-                                    glance_exit_index, glance_runs, hem_loss, hem_weights, policy, score_thresholds,
-                                    stat_spread)
-from repro.runner import Request
+                                    glance_exit_index, glance_runs, hem_loss, hem_weights, outcomes, policy,
+                                    score_thresholds, stat_spread)
+from repro.api import Request, Runs, Settings
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -236,6 +237,45 @@ def test_stat_spread_one_seed_is_the_shared_bootstrap_and_seeds_give_std():
     assert v2 == pytest.approx((a + b) / 2) and s2 == pytest.approx(12.706 * abs(a - b) / 2, rel=1e-4)
 
 
+def _synthetic_hem_run(seed: int, n: int = 400):
+    """A result-like GlanceNet run: 3 exits whose entropy falls and accuracy rises with depth, and a
+    threshold bank whose thresholds fall as alpha rises (so alpha 1.0 exits later and is right more often)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    logits = torch.randn(3, n, 10, generator=g)
+    for k, sharp in enumerate((1.0, 2.5, 5.0)):
+        logits[k, torch.arange(n), labels] += sharp * (torch.rand(n, generator=g) < 0.3 + 0.25 * k)
+    ent = entropy(logits[:2])
+    thresholds = [[float(ent[b].quantile(0.9 - 0.8 * a)) for b in range(2)] for a in ALPHAS]
+    results = {"alphas": list(ALPHAS), "thresholds": thresholds, "costs": [1e6, 2e6, 3e6], "backbone_cost": 2.9e6}
+    return SimpleNamespace(results=results, outputs={"test_logits": logits, "test_labels": labels})
+
+
+def test_alpha_build_from_fixed_runs_claims_paired_gaps(tmp_path):
+    """The alpha artifact built from synthetic runs (no training): its claim is the paired gap of
+    repro.exits.gap_with_spread, with a verdict at quick scale, and every alpha of the bank is drawn."""
+    from repro.runner import build_and_write
+
+    request = Request(scale="quick")
+    rrs = [_synthetic_hem_run(0)]
+    runs = Runs.fixed({"hem": rrs}, {"hem": glance_runs(request)["hem"]}, request)
+    paths = build_and_write("glancenet", "alpha", request, runs, Settings(out_dir=tmp_path))
+    csv = next(p for p in paths if p.suffix == ".csv")
+    head = [line for line in csv.read_text().splitlines() if line.startswith("# ")]
+    gap, spread = gap_with_spread([o["correct"] for o in outcomes(rrs, 1.0)],
+                                  [o["correct"] for o in outcomes(rrs, 0.1)])
+    assert gap > spread > 0  # the synthetic bank: alpha 1.0 is more accurate, beyond the spread
+    line = next(h for h in head if h.startswith("# top-1 at alpha=1.0 minus alpha=0.1"))
+    assert f"ours {gap:+.2f} ± {spread:.2f}" in line and "beyond the spread" in line
+    assert any("model: DenseNet L=10 k=12, bypasses after dense blocks 1, 2" in h for h in head)
+    df = _read(csv)
+    ours = df[df["source"] == "ours"]
+    assert [round(a, 1) for a in ours["alpha"]] == list(ALPHAS)
+    assert ours["H_bypass1"].is_monotonic_decreasing and ours["H_bypass1_spread"].isna().all()  # one seed: none
+    assert ours["top1"].iloc[-1] > ours["top1"].iloc[0]
+    assert any(p.suffix == ".png" and p.stat().st_size > 10_000 for p in paths)
+
+
 # ---------------------------------------------------------------------------- configs
 
 
@@ -309,6 +349,7 @@ def test_e2e_table1(smoke):
     assert (df["wall_speedup_b1"] > 0).all() and (df["wall_speedup_batched"] > 0).all()
     fr = df.loc[1:, ["exit1_pct", "exit2_pct", "exit3_pct"]].sum(axis=1)
     assert (fr - 100).abs().max() < 1e-6 and df.loc[1, "exit3_pct"] == 100
+    assert (df.loc[1:, "exit1_pct ±"] >= 0).all()  # every cell has a spread
 
 
 def test_e2e_hem(smoke):

@@ -10,7 +10,8 @@
 
 Stage i is the transition before dense block i followed by the block, so an exit after
 stage i reads dense block i's output.  Sizes: docs/flops.md; the choice of L=40 for
-GlanceNets: docs/papers/glancenet.md.
+GlanceNets: docs/papers/glancenet.md.  ``densenet_cifar`` and ``glance_densenet`` are registered
+models (:func:`repro.models.create_model`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.densenet import _DenseBlock, _Transition
 
+from repro.models import register_model
 from repro.models.staged import BypassHead, GatedBackbone, StagedBackbone, init_weights
 
 __all__ = ["CifarDenseNet", "GlanceDenseNet", "densenet_cifar", "densenet201_cifar", "glance_densenet"]
@@ -126,6 +128,7 @@ class CifarDenseNet(StagedBackbone):
         return self.stages
 
 
+@register_model
 def densenet_cifar(
     depth: int = 100,
     growth: int = 12,
@@ -219,6 +222,7 @@ class GlanceDenseNet(GatedBackbone):
         return self.exits_after
 
 
+@register_model
 def glance_densenet(
     depth: int = 40,
     growth: int = 12,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,16 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Option, Paper
-from repro.config import ConfigError, RunConfig, TrainSpec
-from repro.data import DataSpec, dataset_info, load_data
-from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, per_exit_accuracy,
-                         mean_and_spread, time_call)
+from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec,
+                       first_test_images)
+from repro.data import dataset_info
+from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, gap_with_spread,
+                         mean_and_spread, per_exit_accuracy, time_call)
 from repro.flops import CONVENTIONS, count_exits, count_model
-from repro.models.densenet import densenet_cifar, glance_densenet
-from repro.runner import first_test_images
+from repro.models import create_model
+from repro.reference_data import paper_gap, paper_value
+from repro.render import dataset_name, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, run_data
-from repro.render import Meta, Series, beside_paper, claim, save_figure, write_figure, write_table
 from repro.store import load_checkpoint
 
 PAPER_NAME = "glancenet"
@@ -158,17 +157,20 @@ def score_thresholds(H: Sequence[float]) -> list[float]:
 
 # ---------------------------------------------------------------------------- runs
 
+
+def _sgd(epochs: int, milestones: tuple) -> TrainSpec:
+    return TrainSpec(epochs=epochs, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=milestones)
+
+
 # Paper scale: Huang et al.'s CIFAR recipe (the letter states none): SGD Nesterov 0.9,
 # wd 1e-4, batch 64, lr 0.1 / 10 at 50 % and 75 % of 300 epochs.
-ARCH = {"paper": dict(depth=40, growth=12, bottleneck=False),
-        "quick": dict(depth=10, growth=12, bottleneck=False),
-        "smoke": dict(depth=7, growth=4, bottleneck=False)}
-TRAIN = {"paper": TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4,
-                            milestones=(0.5, 0.75)),
-         "quick": TrainSpec(epochs=3, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(2 / 3,)),
-         "smoke": TrainSpec(epochs=1, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=())}
+MODEL_ARGS = {"paper": dict(depth=40, growth=12, bottleneck=False),
+              "quick": dict(depth=10, growth=12, bottleneck=False),
+              "smoke": dict(depth=7, growth=4, bottleneck=False)}
+RECIPES = {"paper": _sgd(300, (0.5, 0.75)), "quick": _sgd(3, (2 / 3,)), "smoke": _sgd(1, ())}
 # real early-exit timing: images timed one at a time, images timed in batches, that batch size
 TIMING = {"paper": (500, 10000, 500), "quick": (200, 2000, 250), "smoke": (24, 256, 128)}
+
 
 def _block_list(raw: str) -> tuple[int, ...]:
     return tuple(sorted({int(v) for v in raw.split(",") if v.strip()}))
@@ -191,35 +193,29 @@ OPTIONS = {
 }
 
 
-def _ref(artifact: str, row: str, column: str) -> float:
-    """A number the paper prints, from repro/reference/glancenet.csv."""
-    from repro.reference_data import load_reference, reference_value
-
-    return float(reference_value(load_reference(PAPER_NAME), artifact, row, column))
-
-
-def _alpha(request, key: str, default: float) -> float:
-    a = request.option(key, default, type=float)
+def _alpha(request, key: str) -> float:
+    """The alpha of table1 (``alpha``) or of the hem table (``hem_alpha``)."""
+    a = request.option(key, OPTIONS[key].default, type=float)
     if not 0 <= a <= 1:
         raise ConfigError(f"--set {key}={a}: alpha must be in [0, 1]")
     return round(a, 4)
 
 
 def _arch(request) -> dict:
-    base = ARCH[request.scale]
+    base = MODEL_ARGS[request.scale]
     depth = request.option("depth", base["depth"], type=int)
     growth = request.option("growth", base["growth"], type=int)
     bottleneck = request.option("bottleneck", base["bottleneck"], type=bool)
-    raw = request.option("bypass_after", "0,1")
+    raw = request.option("bypass_after", OPTIONS["bypass_after"].default)
     try:
-        after = tuple(sorted({int(v) for v in raw.split(",") if v.strip()}))
+        after = _block_list(raw)
     except ValueError:
         raise ConfigError(f"--set bypass_after={raw}: expected comma-separated block indices such as 0,1") from None
     if not after or min(after) < 0 or max(after) > 1:
         raise ConfigError(f"--set bypass_after={raw}: choose one or more of 0, 1 (the last dense block, 2, "
                           f"feeds the backbone's own classifier)")
     try:
-        densenet_cifar(depth, growth, bottleneck)  # validates depth
+        create_model("densenet_cifar", depth=depth, growth=growth, bottleneck=bottleneck)  # validates depth
     except ValueError as e:
         raise ConfigError(f"--set depth={depth}: {e}") from None
     if growth < 1:
@@ -233,29 +229,23 @@ def glance_runs(request) -> dict[str, RunConfig]:
     dataset = request.dataset_for("cifar10")
     data = run_data(request, dataset, CIFAR_SIZE)  # any size: the DenseNet pools adaptively
     arch = _arch(request)
-    alphas = sorted(set(ALPHAS) | {_alpha(request, "alpha", 0.9), _alpha(request, "hem_alpha", 0.5)})
+    alphas = sorted(set(ALPHAS) | {_alpha(request, "alpha"), _alpha(request, "hem_alpha")})
     tnorm = request.option("tnorm", "sq", choices=("sq", "abs"))
     hem_last = request.option("hem_last", True, type=bool)
     backbone = {k: arch[k] for k in ("depth", "growth", "bottleneck")}
     base = RunConfig(paper=PAPER_NAME, name="densenet", kind="densenet", dataset=dataset, model="densenet_cifar",
-                     model_args=backbone, method={}, train=TRAIN[scale], data=data)
+                     model_args=backbone, method={}, train=RECIPES[scale], data=data)
     method = {"hem": True, "hem_last": hem_last, "alphas": alphas, "tnorm": tnorm, "threshold_init": "ln(C)/2",
               "empty_batch": "drop the missing half of J_T"}
     hem = RunConfig(paper=PAPER_NAME, name="glancenet-hem", kind="glancenet", dataset=dataset,
-                    model="glance_densenet", model_args=arch, method=method, train=TRAIN[scale], data=data)
-    nohem = RunConfig(paper=PAPER_NAME, name="glancenet-nohem", kind="glancenet", dataset=dataset,
-                      model="glance_densenet", model_args=arch, method={**method, "hem": False, "hem_last": False},
-                      train=TRAIN[scale], data=data)
+                    model="glance_densenet", model_args=arch, method=method, train=RECIPES[scale], data=data)
+    nohem = replace(hem, name="glancenet-nohem", method={**method, "hem": False, "hem_last": False})
     return {"densenet": base, "hem": hem, "no-hem": nohem}
 
 
 def build_model(cfg: RunConfig, info) -> nn.Module:
-    a = cfg.model_args
-    if cfg.model == "densenet_cifar":
-        return densenet_cifar(a["depth"], a["growth"], a["bottleneck"], num_classes=info.num_classes,
-                              in_channels=info.in_channels)
-    return glance_densenet(a["depth"], a["growth"], a["bottleneck"], num_classes=info.num_classes,
-                           in_channels=info.in_channels, bypass_after=tuple(a["bypass_after"]))
+    """The untrained DenseNet or GlanceNet of a run (what its ``model.pt`` loads into)."""
+    return create_model(cfg.model, **cfg.model_args, num_classes=info.num_classes, in_channels=info.in_channels)
 
 
 def _val_eval(data, unwrap: Callable[[nn.Module], nn.Module], bank_alphas: Sequence[float] = ()):
@@ -296,7 +286,8 @@ def train_glancenet(ctx) -> dict:
     net = build_model(ctx.cfg, info)
     bank = ThresholdBank(m["alphas"], net.num_exits - 1, info.num_classes, norm=m["tnorm"])
     trainer = ctx.to_device(GlanceTraining(net, bank, hem=m["hem"], hem_last=m["hem_last"]))
-    shown = [a for a in (0.5, 0.9) if any(abs(a - b) < 1e-9 for b in m["alphas"])]
+    shown = [a for a in (OPTIONS["hem_alpha"].default, OPTIONS["alpha"].default)
+             if any(abs(a - b) < 1e-9 for b in m["alphas"])]
     ctx.fit(trainer, lambda mod, x, y: mod(x, y), "train", eval_fn=_val_eval(data, lambda t: t.net, shown))
     net = trainer.net
     ctx.save_model(net)
@@ -347,11 +338,13 @@ Stat = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 def stat_spread(per_seed: Sequence[dict[str, torch.Tensor]], stat: Stat, n_boot: int = 1000, seed: int = 0
                 ) -> tuple[float, float]:
-    """A statistic of per-sample outcomes (reduced over the last dimension) and its spread.
+    """A statistic of per-sample outcomes (reduced over the last dimension) and its spread, by the
+    core's rule (:func:`repro.exits.gap_with_spread`) carried over to statistics that are not a mean
+    of per-sample values (average cost, FLOPs reduction, speed-up = baseline cost / average cost).
 
-    Several seeds: the mean and its 95 % t-interval over seeds (mean_and_spread).  One seed: the value and the
-    half-width of the 95 % percentile bootstrap interval over test samples (paired: the
-    same resampled samples for every tensor in the dict), as repro.exits.bootstrap_ci.
+    Several seeds: the mean and its 95 % t-interval over seeds (mean_and_spread).  One seed: the
+    value and the half-width of the 95 % percentile bootstrap interval over test samples (paired:
+    the same resampled samples for every tensor in the dict), the resampling of bootstrap_ci.
     """
     values = [float(stat(d)) for d in per_seed]
     if len(values) > 1:
@@ -369,8 +362,33 @@ def acc_stat(d): return d["correct"].mean(-1) * 100  # noqa: E704
 def cost_stat(d): return d["cost"].mean(-1) / 1e6  # noqa: E704
 
 
-def prefixed(**outcomes: dict) -> dict[str, torch.Tensor]:
-    return {f"{p}/{k}": v for p, o in outcomes.items() for k, v in o.items()}
+def cost_stats(base_cost: float) -> dict[str, Stat]:
+    """The table columns of an exit policy's outcomes, against the DenseNet's cost ``base_cost``."""
+    return {"top1": acc_stat, "mflops": cost_stat,
+            "flops_reduction_pct": lambda d: 100 * (1 - d["cost"].mean(-1) / base_cost),
+            "speedup": lambda d: base_cost / d["cost"].mean(-1)}
+
+
+def cells(row: str, outs: Sequence[dict], stats: dict[str, Stat]) -> list[dict]:
+    """Long table rows {row, column, value, spread} of ``stats`` on one policy's outcomes."""
+    return [{"row": row, "column": c, **dict(zip(("value", "spread"), stat_spread(outs, f)))}
+            for c, f in stats.items()]
+
+
+def exit_shares(row: str, outs: Sequence[dict], k_exits: int) -> list[dict]:
+    """% of the test samples leaving at each classifier."""
+    return cells(row, outs, {f"exit{k + 1}_pct": (lambda d, k=k: (d["exit"] == k).double().mean(-1) * 100)
+                             for k in range(k_exits)})
+
+
+def speedup_gap(a: Sequence[dict], b: Sequence[dict], base_cost: float) -> tuple[float, float]:
+    """Speed-up (from FLOPs) of policy ``a`` minus policy ``b``, paired over the same test samples."""
+    pairs = [{"a": x["cost"], "b": y["cost"]} for x, y in zip(a, b)]
+    return stat_spread(pairs, lambda d: base_cost / d["a"].mean(-1) - base_cost / d["b"].mean(-1))
+
+
+def _right(outs: Sequence[dict]) -> list[torch.Tensor]:
+    return [o["correct"] for o in outs]
 
 
 def _test_io(rr) -> tuple[torch.Tensor, torch.Tensor]:
@@ -379,6 +397,12 @@ def _test_io(rr) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _val_io(rr) -> tuple[torch.Tensor, torch.Tensor]:
     return rr.outputs["val_logits"], rr.outputs["val_labels"]
+
+
+def outcomes(rrs, alpha: float, split: str = "test") -> list[dict]:
+    """Per seed, the outcome of the learned thresholds of ``alpha`` on the ``split`` logits."""
+    return [policy(*(_test_io if split == "test" else _val_io)(rr), score_thresholds(learned(rr.results, alpha)),
+                   rr.results["costs"]) for rr in rrs]
 
 
 def searched_at_cost(rr, target_val_cost: float) -> tuple[list[float], dict]:
@@ -392,7 +416,6 @@ def searched_at_cost(rr, target_val_cost: float) -> tuple[list[float], dict]:
 
 
 # ---------------------------------------------------------------------------- wall clock
-
 
 
 def load_glancenet(rr, device: torch.device) -> nn.Module:
@@ -441,196 +464,161 @@ def timing_note(settings, request) -> str:
 # ---------------------------------------------------------------------------- artifacts
 
 
-def _meta(request, artifact: str, title: str, cfg: RunConfig, notes=()) -> Meta:
-    scale_note = {"paper": "paper scale",
-                  "quick": "quick scale (reduced DenseNet, few epochs: NOT the paper's setting)",
-                  "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
+def _paper(artifact: str, row: str, column: str) -> float | None:
+    return paper_value(PAPER_NAME, artifact, row, column)
+
+
+def _model(cfg: RunConfig) -> str:
     a = cfg.model_args
-    arch = (f"DenseNet{'-BC' if a['bottleneck'] else ''} L={a['depth']} k={a['growth']}, "
+    return (f"DenseNet{'-BC' if a['bottleneck'] else ''} L={a['depth']} k={a['growth']}, "
             f"bypasses after dense blocks {', '.join(str(b + 1) for b in a['bypass_after'])}")
+
+
+def _method_note(cfg: RunConfig) -> str:
     m = cfg.method
-    how = (f"thresholds: eq. 4 with {'squared' if m['tnorm'] == 'sq' else 'absolute'} distances; "
-           f"hard example weight on the last classifier: {'yes' if m['hem_last'] else 'no'}")
-    return Meta(PAPER_NAME, artifact, title, scale_note[request.scale], cfg.dataset, request.seeds,
-                f"{CONVENTIONS[COST]}; {arch}", [how, *notes])
+    return (f"thresholds: eq. 4 with {'squared' if m['tnorm'] == 'sq' else 'absolute'} distances; "
+            f"hard example weight on the last classifier: {'yes' if m['hem_last'] else 'no'}")
 
 
-def _outcomes(results, cfg, thresholds_of: Callable, split: str = "test") -> list[dict]:
-    out = []
-    for rr in results[cfg]:
-        logits, labels = (_test_io if split == "test" else _val_io)(rr)
-        out.append(policy(logits, labels, score_thresholds(thresholds_of(rr)), rr.results["costs"]))
-    return out
+def _table(title: str, cfg: RunConfig, ours: list[dict], labels: dict, columns: list[str], notes, claims) -> Table:
+    return Table(title, cfg.dataset, _model(cfg), CONVENTIONS[COST], ours, list(labels), columns, labels,
+                 notes=[_method_note(cfg), *notes], claims=claims)
+
+
+def _thresholds(h: Sequence[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in h)
 
 
 def table1_runs(request):
     r = glance_runs(request)
-    return [r["densenet"], r["hem"]]
+    return {"densenet": r["densenet"], "hem": r["hem"]}
 
 
-def build_table1(request, results, settings):
-    runs = glance_runs(request)
-    alpha = _alpha(request, "alpha", 0.9)
-    base_rr, glance_rr = results[runs["densenet"]], results[runs["hem"]]
-    base_cost = base_rr[0].results["cost"]
+def build_table1(request, runs, settings):
+    """DenseNet against GlanceNet at table1's alpha, three ways: the learned thresholds, no early
+    exit, and entropy thresholds searched on validation at the learned ones' validation cost."""
+    alpha = _alpha(request, "alpha")
+    dense_rr, glance_rr = runs["densenet"], runs["hem"]
+    base_cost = dense_rr[0].results["cost"]
     assert abs(glance_rr[0].results["backbone_cost"] - base_cost) < 1e-6 * base_cost, "backbones differ"
+    k_exits = len(glance_rr[0].results["costs"])
 
-    dense = [full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in base_rr]
-    full = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in glance_rr]
-    learn = _outcomes(results, runs["hem"], lambda rr: learned(rr.results, alpha))
-    learn_val = _outcomes(results, runs["hem"], lambda rr: learned(rr.results, alpha), "val")
-    searched, search_rows = [], []
-    for rr, v in zip(glance_rr, learn_val):
-        t, row = searched_at_cost(rr, float(v["cost"].mean()))
-        searched.append(policy(*_test_io(rr), t, rr.results["costs"]))
-        search_rows.append((t, row))
-
-    rows_spec = {"densenet": dense, "glancenet-full": full, "glancenet": learn, "glancenet-valsearch": searched}
+    learn, learn_val = outcomes(glance_rr, alpha), outcomes(glance_rr, alpha, "val")
+    search = [searched_at_cost(rr, float(v["cost"].mean())) for rr, v in zip(glance_rr, learn_val)]
+    policies = {"densenet": [full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in dense_rr],
+                "glancenet-full": [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in glance_rr],
+                "glancenet": learn,
+                "glancenet-valsearch": [policy(*_test_io(rr), t, rr.results["costs"])
+                                        for rr, (t, _) in zip(glance_rr, search)]}
+    timed = {"glancenet-full": None, "glancenet": score_thresholds(learned(glance_rr[0].results, alpha)),
+             "glancenet-valsearch": search[0][0]}  # seed 0's thresholds, timed by real early exit
     device = D.resolve_device(settings.device)
     net = load_glancenet(glance_rr[0], device)
     n1, nb, bs = TIMING[request.scale]
     x = first_test_images(glance_rr[0].cfg, settings, max(n1, nb), device)
-    thr = {"densenet": "base", "glancenet-full": None,
-           "glancenet": score_thresholds(learned(glance_rr[0].results, alpha)),
-           "glancenet-valsearch": search_rows[0][0]}
-    rows = []
-    for key, outs in rows_spec.items():
-        top1, s_top1 = stat_spread(outs, acc_stat)
-        mflops, s_mflops = stat_spread(outs, cost_stat)
-        red, s_red = stat_spread(outs, lambda d: 100 * (1 - d["cost"].mean(-1) / base_cost))
-        sp, s_sp = stat_spread(outs, lambda d: base_cost / d["cost"].mean(-1))
-        if thr[key] == "base":
-            w1 = wb = 1.0
-        else:
-            w1 = wall_speedup(net, x[:n1], thr[key], 1)
-            wb = wall_speedup(net, x[:nb], thr[key], bs)
-        rows += [{"row": key, "column": "top1", "value": top1, "spread": s_top1},
-                 {"row": key, "column": "mflops", "value": mflops, "spread": s_mflops},
-                 {"row": key, "column": "flops_reduction_pct", "value": red, "spread": s_red},
-                 {"row": key, "column": "speedup", "value": sp, "spread": s_sp},
-                 {"row": key, "column": "wall_speedup_b1", "value": w1},
-                 {"row": key, "column": "wall_speedup_batched", "value": wb}]
-        if key == "densenet":
-            continue
-        fr = torch.stack([torch.bincount(o["exit"], minlength=len(glance_rr[0].results["costs"])).double()
-                          / o["exit"].numel() for o in outs]).mean(0) * 100
-        for k, f in enumerate(fr.tolist()):
-            rows.append({"row": key, "column": f"exit{k + 1}_pct", "value": f})
-    k_exits = len(glance_rr[0].results["costs"])
-    cols = ["top1", "mflops", "flops_reduction_pct", "speedup", "wall_speedup_b1", "wall_speedup_batched",
-            *[f"exit{k + 1}_pct" for k in range(k_exits)]]
+    stats = cost_stats(base_cost)
+    ours = []
+    for key, outs in policies.items():
+        wall = (1.0, 1.0) if key == "densenet" else (wall_speedup(net, x[:n1], timed[key], 1),
+                                                     wall_speedup(net, x[:nb], timed[key], bs))
+        ours += [*cells(key, outs, stats), {"row": key, "column": "wall_speedup_b1", "value": wall[0]},
+                 {"row": key, "column": "wall_speedup_batched", "value": wall[1]},
+                 *(exit_shares(key, outs, k_exits) if key != "densenet" else [])]
+
+    paper_speedup = _paper("table1", "glancenet", "speedup")
+    claims = [Claim(f"top-1 of GlanceNet (alpha={alpha:g}) minus DenseNet (points)",
+                    *gap_with_spread(_right(learn), _right(policies["densenet"])),
+                    paper_gap(PAPER_NAME, "table1", "glancenet", "densenet", "top1")),
+              Claim("FLOPs reduction of GlanceNet vs DenseNet (%)", *stat_spread(learn, stats["flops_reduction_pct"]),
+                    _paper("table1", "glancenet", "flops_reduction_pct")),
+              Claim("speed-up from FLOPs minus 1", *stat_spread(learn, lambda d: stats["speedup"](d) - 1),
+                    None if paper_speedup is None else paper_speedup - 1),
+              Claim("top-1 of learned minus validation-searched thresholds at the same validation cost (points)",
+                    *gap_with_spread(_right(learn), _right(policies["glancenet-valsearch"])), None)]
+    (t0, row0), d_mf, g_mf = search[0], _paper("table1", "densenet", "mflops"), _paper("table1", "glancenet", "mflops")
+    notes = [f"learned entropy thresholds (alpha={alpha:g}, seed 0): "
+             f"{_thresholds(learned(glance_rr[0].results, alpha))}; searched on validation (seed 0): "
+             f"{_thresholds([-t for t in t0])} (validation cost {float(learn_val[0]['cost'].mean()) / 1e6:.3f} "
+             f"vs {row0['val_cost'] / 1e6:.3f} MMACs, budget {int(row0['budget'])})",
+             f"the paper prints {d_mf:g} -> {g_mf:g} MFLOPs as "
+             f"'{_paper('table1', 'glancenet', 'flops_reduction_pct'):g} % reduced, {paper_speedup:g}x'; "
+             f"{g_mf:g}/{d_mf:g} is {100 * (1 - g_mf / d_mf):.1f} %, {d_mf / g_mf:.2f}x (repro/reference/README.md)",
+             "paper 'speedup' is FLOPs-derived in table1; ours in 'speedup' too; wall-clock columns beside",
+             timing_note(settings, request)]
     labels = {"densenet": "DenseNet (baseline)", "glancenet-full": "GlanceNet, no early exit",
               "glancenet": f"GlanceNet, learned thresholds (alpha={alpha:g})",
               "glancenet-valsearch": "GlanceNet, thresholds searched on val at the same val cost"}
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", list(rows_spec), cols, labels)
-
-    paired = [prefixed(g=g, d=d) for g, d in zip(learn, dense)]
-    gap, s_gap = stat_spread(paired, lambda d: 100 * (d["g/correct"].mean(-1) - d["d/correct"].mean(-1)))
-    red, s_red = stat_spread(learn, lambda d: 100 * (1 - d["cost"].mean(-1) / base_cost))
-    sp_gap, s_sp_gap = stat_spread(learn, lambda d: base_cost / d["cost"].mean(-1) - 1)
-    vs = [prefixed(g=g, s=s) for g, s in zip(learn, searched)]
-    lg, s_lg = stat_spread(vs, lambda d: 100 * (d["g/correct"].mean(-1) - d["s/correct"].mean(-1)))
-    notes = [claim(f"top-1 of GlanceNet (alpha={alpha:g}) minus DenseNet (points)", gap, s_gap, None),
-             claim("FLOPs reduction of GlanceNet vs DenseNet (%)", red, s_red,
-                   _ref("table1", "glancenet", "flops_reduction_pct")),
-             claim("speed-up from FLOPs minus 1", sp_gap, s_sp_gap, _ref("table1", "glancenet", "speedup") - 1),
-             claim("top-1 of learned minus validation-searched thresholds at the same validation cost (points)",
-                   lg, s_lg, None),
-             f"learned entropy thresholds (alpha={alpha:g}, seed 0): "
-             + ", ".join(f"{h:.3f}" for h in learned(glance_rr[0].results, alpha))
-             + "; searched on validation (seed 0): "
-             + ", ".join(f"{-t:.3f}" for t in search_rows[0][0])
-             + f" (validation cost {float(learn_val[0]['cost'].mean()) / 1e6:.3f} vs "
-             f"{search_rows[0][1]['val_cost'] / 1e6:.3f} MMACs, budget {int(search_rows[0][1]['budget'])})",
-             "the paper prints 276 -> 186 MFLOPs as '30.18 % reduced, 1.43x'; 186/276 is 32.6 %, 1.48x "
-             "(repro/reference/README.md)",
-             "paper 'speedup' is FLOPs-derived in table1; ours in 'speedup' too; wall-clock columns beside",
-             timing_note(settings, request)]
-    meta = _meta(request, "table1", "DenseNet vs GlanceNet: top-1 (%), average cost and speed-up", runs["hem"], notes)
-    return write_table(df, meta, settings.tables_dir)
+    cols = [*stats, "wall_speedup_b1", "wall_speedup_batched", *[f"exit{k + 1}_pct" for k in range(k_exits)]]
+    return _table("DenseNet vs GlanceNet: top-1 (%), average cost and speed-up", runs.config("hem"), ours, labels,
+                  cols, notes, claims)
 
 
 def hem_runs(request):
     r = glance_runs(request)
-    return [r["no-hem"], r["hem"]]
+    return {"no-hem": r["no-hem"], "hem": r["hem"]}
 
 
-def build_hem(request, results, settings):
-    runs = glance_runs(request)
-    alpha = _alpha(request, "hem_alpha", 0.5)
-    outs = {key: _outcomes(results, runs[key], lambda rr: learned(rr.results, alpha)) for key in ("no-hem", "hem")}
-    base_cost = results[runs["hem"]][0].results["backbone_cost"]
-    k_exits = len(results[runs["hem"]][0].results["costs"])
+def build_hem(request, runs, settings):
+    """The hem table's alpha with and without the hard example weight; the claim is HEM's gain
+    in top-1 and speed-up, and the extra share of samples that leave at the first bypass."""
+    alpha = _alpha(request, "hem_alpha")
+    base_cost = runs["hem"][0].results["backbone_cost"]
+    k_exits = len(runs["hem"][0].results["costs"])
+    outs = {key: outcomes(runs[key], alpha) for key in ("no-hem", "hem")}
+    stats = {c: f for c, f in cost_stats(base_cost).items() if c != "flops_reduction_pct"}
     device = D.resolve_device(settings.device)
     n1, nb, bs = TIMING[request.scale]
-    x = None
-    rows = []
+    x = first_test_images(runs["no-hem"][0].cfg, settings, nb, device)
+    ours = []
     for key, o in outs.items():
-        rr0 = results[runs[key]][0]
-        net = load_glancenet(rr0, device)
-        if x is None:
-            x = first_test_images(rr0.cfg, settings, nb, device)
-        wb = wall_speedup(net, x[:nb], score_thresholds(learned(rr0.results, alpha)), bs)
-        top1, s1 = stat_spread(o, acc_stat)
-        mf, smf = stat_spread(o, cost_stat)
-        sp, ssp = stat_spread(o, lambda d: base_cost / d["cost"].mean(-1))
-        last = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in results[runs[key]]]
-        tl, stl = stat_spread(last, acc_stat)
-        rows += [{"row": key, "column": "top1", "value": top1, "spread": s1},
-                 {"row": key, "column": "top1_last_classifier", "value": tl, "spread": stl},
-                 {"row": key, "column": "mflops", "value": mf, "spread": smf},
-                 {"row": key, "column": "speedup", "value": sp, "spread": ssp},
-                 {"row": key, "column": "wall_speedup_batched", "value": wb}]
-        for k in range(k_exits):
-            f, sf = stat_spread(o, lambda d, k=k: (d["exit"] == k).double().mean(-1) * 100)
-            rows.append({"row": key, "column": f"exit{k + 1}_pct", "value": f, "spread": sf})
-    paired = [prefixed(h=h, n=n) for h, n in zip(outs["hem"], outs["no-hem"])]
-    extra, s_extra = stat_spread(paired, lambda d: 100 * ((d["h/exit"] == 0).double().mean(-1)
-                                                          - (d["n/exit"] == 0).double().mean(-1)))
-    rows.append({"row": "hem", "column": "first_bypass_extra_pct", "value": extra, "spread": s_extra})
+        rr0 = runs[key][0]
+        wb = wall_speedup(load_glancenet(rr0, device), x[:nb], score_thresholds(learned(rr0.results, alpha)), bs)
+        last = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in runs[key]]
+        ours += [*cells(key, o, stats), *cells(key, last, {"top1_last_classifier": acc_stat}),
+                 {"row": key, "column": "wall_speedup_batched", "value": wb}, *exit_shares(key, o, k_exits)]
+    at_first = {key: [(d["exit"] == 0).double() for d in o] for key, o in outs.items()}
+    extra = gap_with_spread(at_first["hem"], at_first["no-hem"])
+    ours.append({"row": "hem", "column": "first_bypass_extra_pct", "value": extra[0], "spread": extra[1]})
+
+    claims = [Claim("top-1 with HEM minus without (points)",
+                    *gap_with_spread(_right(outs["hem"]), _right(outs["no-hem"])),
+                    paper_gap(PAPER_NAME, "hem", "hem", "no-hem", "top1")),
+              Claim("speed-up with HEM minus without (FLOPs-derived)",
+                    *speedup_gap(outs["hem"], outs["no-hem"], base_cost),
+                    paper_gap(PAPER_NAME, "hem", "hem", "no-hem", "speedup")),
+              Claim("samples at the first bypass, with HEM minus without (points)", *extra,
+                    _paper("hem", "hem", "first_bypass_extra_pct"))]
+    notes = ["learned thresholds (seed 0): " + "; ".join(f"{k}: {_thresholds(learned(runs[k][0].results, alpha))}"
+                                                         for k in outs),
+             "the paper's speed-ups here are from inference time on its GPU; 'speedup' is ours from FLOPs, "
+             f"'wall_speedup_batched' ours from wall-clock; the paper's "
+             f"'{_paper('hem', 'hem', 'first_bypass_extra_pct'):g} %' is read as percentage points",
+             timing_note(settings, request)]
+    labels = {"no-hem": f"GlanceNet without HEM (alpha={alpha:g})", "hem": f"GlanceNet with HEM (alpha={alpha:g})"}
     cols = ["top1", "top1_last_classifier", "mflops", "speedup", "wall_speedup_batched",
             *[f"exit{k + 1}_pct" for k in range(k_exits)], "first_bypass_extra_pct"]
-    labels = {"no-hem": f"GlanceNet without HEM (alpha={alpha:g})", "hem": f"GlanceNet with HEM (alpha={alpha:g})"}
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "hem", ["no-hem", "hem"], cols, labels)
-    acc_gap, s_acc = stat_spread(paired, lambda d: 100 * (d["h/correct"].mean(-1) - d["n/correct"].mean(-1)))
-    sp_gap, s_sp = stat_spread(paired, lambda d: base_cost / d["h/cost"].mean(-1) - base_cost / d["n/cost"].mean(-1))
-    thr = {k: learned(results[runs[k]][0].results, alpha) for k in outs}
-    notes = [claim("top-1 with HEM minus without (points)", acc_gap, s_acc,
-                   _ref("hem", "hem", "top1") - _ref("hem", "no-hem", "top1")),
-             claim("speed-up with HEM minus without (FLOPs-derived)", sp_gap, s_sp,
-                   _ref("hem", "hem", "speedup") - _ref("hem", "no-hem", "speedup")),
-             claim("samples at the first bypass, with HEM minus without (points)", extra, s_extra,
-                   _ref("hem", "hem", "first_bypass_extra_pct")),
-             "learned thresholds (seed 0): " + "; ".join(f"{k}: " + ", ".join(f"{h:.3f}" for h in v)
-                                                         for k, v in thr.items()),
-             "the paper's speed-ups here are from inference time on its GPU; 'speedup' is ours from FLOPs, "
-             "'wall_speedup_batched' ours from wall-clock; the paper's '15 %' is read as percentage points",
-             timing_note(settings, request)]
-    meta = _meta(request, "hem", "Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%)",
-                 runs["hem"], notes)
-    return write_table(df, meta, settings.tables_dir)
+    return _table("Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%)", runs.config("hem"),
+                  ours, labels, cols, notes, claims)
 
 
 def alpha_runs(request):
-    return [glance_runs(request)["hem"]]
+    return {"hem": glance_runs(request)["hem"]}
 
 
-def _alpha_frame(results, cfg) -> pd.DataFrame:
-    rrs = results[cfg]
+def alpha_frame(rrs) -> pd.DataFrame:
+    """Per alpha of the bank: top-1, MMACs and speed-up of its learned thresholds, the thresholds
+    themselves (mean over seeds) and the exit shares; ``<column>_spread`` beside each."""
     res0 = rrs[0].results
-    base_cost = res0["backbone_cost"]
+    stats = {c: f for c, f in cost_stats(res0["backbone_cost"]).items() if c != "flops_reduction_pct"}
     recs = []
     for alpha in res0["alphas"]:
-        outs = _outcomes(results, cfg, lambda rr: learned(rr.results, alpha))
-        top1, s1 = stat_spread(outs, acc_stat)
-        mf, smf = stat_spread(outs, cost_stat)
-        sp, ssp = stat_spread(outs, lambda d: base_cost / d["cost"].mean(-1))
-        H = np.array([learned(rr.results, alpha) for rr in rrs])
-        rec = {"alpha": alpha, "top1": top1, "top1_spread": s1, "mflops": mf, "mflops_spread": smf,
-               "speedup": sp, "speedup_spread": ssp}
+        outs = outcomes(rrs, alpha)
+        rec = {"alpha": alpha}
+        for c, f in stats.items():
+            rec[c], rec[f"{c}_spread"] = stat_spread(outs, f)
+        H = np.array([learned(rr.results, alpha) for rr in rrs])  # seeds x bypasses
         for i in range(H.shape[1]):
-            rec[f"H_bypass{i + 1}"] = H[:, i].mean()
-            rec[f"H_bypass{i + 1}_spread"] = H[:, i].std(ddof=1) if len(rrs) > 1 else 0.0
+            rec[f"H_bypass{i + 1}"], rec[f"H_bypass{i + 1}_spread"] = mean_and_spread(H[:, i])
         for k in range(len(res0["costs"])):
             rec[f"exit{k + 1}_pct"] = float(np.mean([(o["exit"] == k).double().mean() * 100 for o in outs]))
         recs.append(rec)
@@ -642,171 +630,153 @@ def _trend(values: Sequence[float]) -> str:
     return f"{int((d > 0).sum())} rises, {int((d < 0).sum())} falls, {int((d == 0).sum())} ties"
 
 
-def build_alpha(request, results, settings):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from repro.render import dataset_name, paper_label
-
-    cfg = glance_runs(request)["hem"]
-    df = _alpha_frame(results, cfg)
+def build_alpha(request, runs, settings):
+    """Top-1, speed-up and the learned thresholds against alpha; the paper's claim, alpha 0.1 vs
+    1.0: thresholds fall, accuracy rises, speed falls."""
+    cfg, rrs = runs.config("hem"), runs["hem"]
+    df = alpha_frame(rrs)
     sweep = df[df["alpha"].isin(ALPHAS)]
     hcols = [c for c in df.columns if c.startswith("H_bypass") and not c.endswith("_spread")]
-    # the paper's claim, 0.1 vs 1.0: thresholds fall, accuracy rises, speed falls
-    outs = {a: _outcomes(results, cfg, lambda rr, a=a: learned(rr.results, a)) for a in (min(ALPHAS), max(ALPHAS))}
-    paired = [prefixed(hi=h, lo=lo) for h, lo in zip(outs[max(ALPHAS)], outs[min(ALPHAS)])]
-    acc_gap, s_acc = stat_spread(paired, lambda d: 100 * (d["hi/correct"].mean(-1) - d["lo/correct"].mean(-1)))
-    base_cost = results[cfg][0].results["backbone_cost"]
-    sp_gap, s_sp = stat_spread(paired, lambda d: base_cost / d["hi/cost"].mean(-1) - base_cost / d["lo/cost"].mean(-1))
-    notes = [claim("top-1 at alpha=1.0 minus alpha=0.1 (points; paper: larger alpha, higher accuracy)",
-                   acc_gap, s_acc, None),
-             claim("speed-up at alpha=1.0 minus alpha=0.1 (paper: larger alpha, slower)", sp_gap, s_sp, None),
-             *[f"{c} along alpha 0.1 -> 1.0: {_trend(sweep[c])} (paper: falls)" for c in hcols],
+    lo_a, hi_a = outcomes(rrs, min(ALPHAS)), outcomes(rrs, max(ALPHAS))
+    claims = [Claim("top-1 at alpha=1.0 minus alpha=0.1 (points; paper: larger alpha, higher accuracy)",
+                    *gap_with_spread(_right(hi_a), _right(lo_a)), None),
+              Claim("speed-up at alpha=1.0 minus alpha=0.1 (paper: larger alpha, slower)",
+                    *speedup_gap(hi_a, lo_a, rrs[0].results["backbone_cost"]), None)]
+    notes = [_method_note(cfg), *[f"{c} along alpha 0.1 -> 1.0: {_trend(sweep[c])} (paper: falls)" for c in hcols],
              f"top-1 along alpha: {_trend(sweep['top1'])} (paper: rises); "
              f"speed-up: {_trend(sweep['speedup'])} (paper: falls)",
              "one network: alpha only moves the thresholds (detached entropies), all alphas learned side by side",
              "paper: no per-alpha sweep, only the trend, the suggested range (shaded) and the two alphas of "
              "table1 and hem (red stars, CIFAR-10, right axes)"]
-    meta = _meta(request, "alpha", "Top-1, speed-up (FLOPs) and learned thresholds against alpha", cfg, notes)
     paper, lo, hi = _alpha_paper()
+    table1_alpha = _alpha(request, "alpha")
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
-    err = lambda c: sweep[f"{c}_spread"] if request.seeds > 1 or not c.startswith("H_") else None  # noqa: E731
-    axes[0].errorbar(sweep["alpha"], sweep["top1"], yerr=err("top1"), fmt="-o", capsize=3,
-                     label=f"ours: {dataset_name(cfg.dataset)}, learned thresholds")
-    axes[0].set_ylabel(f"test top-1 (%) on {dataset_name(cfg.dataset)}")
-    axes[1].errorbar(sweep["alpha"], sweep["speedup"], yerr=err("speedup"), fmt="-o", capsize=3,
-                     label=f"ours: {dataset_name(cfg.dataset)}")
-    axes[1].set_ylabel("speed-up vs DenseNet (x, from MMACs)")
-    for c in hcols:
-        axes[2].errorbar(sweep["alpha"], sweep[c], yerr=err(c), fmt="-o", capsize=3,
-                         label=c.replace("H_bypass", "bypass "))
-    axes[2].set_ylabel("learned entropy threshold H_T (nats)")
-    for ax, col, what in ((axes[0], "top1", "top-1 (%)"), (axes[1], "speedup", "speed-up (x)")):
-        # the paper's CIFAR-10 numbers on an axis of their own (right, red): another dataset
-        pts = paper.dropna(subset=[col])
-        if len(pts):
-            twin = ax.twinx()
-            twin.plot(pts["alpha"], pts[col], "*", ms=11, color="tab:red", label=paper_label("cifar10", what))
-            for _, p in pts.iterrows():
-                note = p["reference"].split("/")[0] + (f" ({p['note']})" if col == "speedup" else "")
-                left = p["alpha"] < 0.8
-                twin.annotate(note, (p["alpha"], p[col]), xytext=(7 if left else -7, -3), textcoords="offset points",
-                              fontsize=6.5, color="tab:red", ha="left" if left else "right")
-            twin.set_ylabel(f"{paper_label('cifar10', what)} (stars)", color="tab:red")
-            twin.tick_params(axis="y", colors="tab:red")
-            span = float(pts[col].max() - pts[col].min()) or 1.0
-            twin.set_ylim(float(pts[col].min()) - span, float(pts[col].max()) + span)
-            lines, names = ax.get_legend_handles_labels()
-            more, more_names = twin.get_legend_handles_labels()
-            ax.legend(lines + more, names + more_names, fontsize=7, loc="upper center",
-                      bbox_to_anchor=(0.5, -0.15), ncol=1)
-    for ax in axes:
+    def draw():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+        err = lambda c: sweep[f"{c}_spread"] if request.seeds > 1 or not c.startswith("H_") else None  # noqa: E731
+        axes[0].errorbar(sweep["alpha"], sweep["top1"], yerr=err("top1"), fmt="-o", capsize=3,
+                         label=f"ours: {dataset_name(cfg.dataset)}, learned thresholds")
+        axes[0].set_ylabel(f"test top-1 (%) on {dataset_name(cfg.dataset)}")
+        axes[1].errorbar(sweep["alpha"], sweep["speedup"], yerr=err("speedup"), fmt="-o", capsize=3,
+                         label=f"ours: {dataset_name(cfg.dataset)}")
+        axes[1].set_ylabel("speed-up vs DenseNet (x, from MMACs)")
+        for c in hcols:
+            axes[2].errorbar(sweep["alpha"], sweep[c], yerr=err(c), fmt="-o", capsize=3,
+                             label=c.replace("H_bypass", "bypass "))
+        axes[2].set_ylabel("learned entropy threshold H_T (nats)")
+        for ax, col, what in ((axes[0], "top1", "top-1 (%)"), (axes[1], "speedup", "speed-up (x)")):
+            # the paper's CIFAR-10 numbers on an axis of their own (right, red): another dataset
+            pts = paper.dropna(subset=[col])
+            if len(pts):
+                twin = ax.twinx()
+                twin.plot(pts["alpha"], pts[col], "*", ms=11, color="tab:red", label=paper_label("cifar10", what))
+                for _, p in pts.iterrows():
+                    note = p["reference"].split("/")[0] + (f" ({p['note']})" if col == "speedup" else "")
+                    left = p["alpha"] < 0.8
+                    twin.annotate(note, (p["alpha"], p[col]), xytext=(7 if left else -7, -3),
+                                  textcoords="offset points", fontsize=6.5, color="tab:red",
+                                  ha="left" if left else "right")
+                twin.set_ylabel(f"{paper_label('cifar10', what)} (stars)", color="tab:red")
+                twin.tick_params(axis="y", colors="tab:red")
+                span = float(pts[col].max() - pts[col].min()) or 1.0
+                twin.set_ylim(float(pts[col].min()) - span, float(pts[col].max()) + span)
+                lines, names = ax.get_legend_handles_labels()
+                more, more_names = twin.get_legend_handles_labels()
+                ax.legend(lines + more, names + more_names, fontsize=7, loc="upper center",
+                          bbox_to_anchor=(0.5, -0.15), ncol=1)
+        for ax in axes:
+            if lo is not None and hi is not None:
+                ax.axvspan(lo, hi, color="0.9", zorder=0)
+            ax.axvline(table1_alpha, color="0.3", lw=0.8, ls="--")
+            ax.set_xlabel("alpha (threshold loss, eq. 4)")
+            ax.grid(alpha=0.3)
+        keys = [Line2D([], [], color="0.3", lw=0.8, ls="--", label=f"alpha of table1 ({table1_alpha:g})")]
         if lo is not None and hi is not None:
-            ax.axvspan(lo, hi, color="0.9", zorder=0)
-        ax.axvline(_alpha(request, "alpha", 0.9), color="0.3", lw=0.8, ls="--")
-        ax.set_xlabel("alpha (threshold loss, eq. 4)")
-        ax.grid(alpha=0.3)
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
+            keys.insert(0, Patch(color="0.9", label=f"grey: the paper's suggested alpha range ({lo:g}-{hi:g})"))
+        lines, names = axes[2].get_legend_handles_labels()
+        axes[2].legend(lines + keys, names + [k.get_label() for k in keys], fontsize=7, loc="upper center",
+                       bbox_to_anchor=(0.5, -0.15), ncol=1)
+        return fig
 
-    keys = [Line2D([], [], color="0.3", lw=0.8, ls="--", label=f"alpha of table1 ({_alpha(request, 'alpha', 0.9):g})")]
-    if lo is not None and hi is not None:
-        keys.insert(0, Patch(color="0.9", label=f"grey: the paper's suggested alpha range ({lo:g}-{hi:g})"))
-    lines, names = axes[2].get_legend_handles_labels()
-    axes[2].legend(lines + keys, names + [k.get_label() for k in keys], fontsize=7, loc="upper center",
-                   bbox_to_anchor=(0.5, -0.15), ncol=1)
     data = pd.concat([df.assign(source="ours"), paper.drop(columns="note").assign(source="paper")], ignore_index=True)
-    return save_figure(fig, meta, settings.figures_dir, data=data)
+    return Figure("Top-1, speed-up (FLOPs) and learned thresholds against alpha", cfg.dataset, _model(cfg),
+                  CONVENTIONS[COST], data=data, draw=draw, notes=notes, claims=claims)
 
 
 def _alpha_paper() -> tuple[pd.DataFrame, float | None, float | None]:
     """The paper's numbers against alpha (repro/reference/glancenet.csv, CIFAR-10): top-1 and
     speed-up at the alpha of table1 and of hem, and the suggested range (lo, hi)."""
-    from repro.reference_data import load_reference, reference_value
-
-    ref = load_reference(PAPER_NAME)
     recs = []
     for artifact, row, how in (("table1", "glancenet", "from FLOPs"), ("hem", "hem", "from time")):
-        a = reference_value(ref, "alpha", artifact, "alpha")
-        if a is None:
-            continue
-        recs.append({"alpha": a, "top1": reference_value(ref, artifact, row, "top1"),
-                     "speedup": reference_value(ref, artifact, row, "speedup"), "reference": f"{artifact}/{row}",
-                     "note": how})
-    lo, hi = (reference_value(ref, "alpha", "suggested", c) for c in ("alpha_min", "alpha_max"))
+        a = _paper("alpha", artifact, "alpha")
+        if a is not None:
+            recs.append({"alpha": a, "top1": _paper(artifact, row, "top1"), "speedup": _paper(artifact, row, "speedup"),
+                         "reference": f"{artifact}/{row}", "note": how})
+    lo, hi = (_paper("alpha", "suggested", c) for c in ("alpha_min", "alpha_max"))
     return pd.DataFrame(recs, columns=["alpha", "top1", "speedup", "reference", "note"]), lo, hi
 
 
 def tradeoff_runs(request):
     r = glance_runs(request)
-    return [r["densenet"], r["hem"]]
+    return {"densenet": r["densenet"], "hem": r["hem"]}
 
 
-def build_tradeoff(request, results, settings):
-    from repro.render import dataset_name, paper_label, sweep_spread
-
-    runs = glance_runs(request)
-    cfg = runs["hem"]
-    rrs = results[cfg]
-    df = _alpha_frame(results, cfg)
-    sweeps = []
-    for rr in rrs:
-        vl, vy = _val_io(rr)
-        tl, ty = _test_io(rr)
-        sweeps.append(budgeted_sweep(vl, vy, tl, ty, rr.results["costs"], "entropy"))
+def build_tradeoff(request, runs, settings):
+    """Accuracy against cost: the learned thresholds of every alpha, entropy thresholds searched on
+    validation along the budgeted sweep, the DenseNet, and GlanceNet without early exit."""
+    cfg, rrs = runs.config("hem"), runs["hem"]
+    df = alpha_frame(rrs)
+    sweeps = [budgeted_sweep(*_val_io(rr), *_test_io(rr), rr.results["costs"], "entropy") for rr in rrs]
     acc, acc_err, what = sweep_spread(sweeps, [_test_io(rr) for rr in rrs], "entropy")
     cost = np.array([s["cost"].to_numpy() for s in sweeps]).mean(0) / 1e6
-    base = [full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in results[runs["densenet"]]]
-    b_acc, b_s = stat_spread(base, acc_stat)
-    b_cost = results[runs["densenet"]][0].results["cost"] / 1e6
-    full = [full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in rrs]
-    f_acc, f_s = stat_spread(full, acc_stat)
+    b_acc, b_s = stat_spread([full_outcome(*_test_io(rr), rr.results["cost"], 0) for rr in runs["densenet"]], acc_stat)
+    b_cost = runs["densenet"][0].results["cost"] / 1e6
+    f_acc, f_s = stat_spread([full_outcome(*_test_io(rr), rr.results["costs"][-1]) for rr in rrs], acc_stat)
+    f_cost = rrs[0].results["costs"][-1] / 1e6
     series = [Series("thresholds searched on validation (budgeted sweep, entropy)", cost.tolist(), acc, acc_err),
               Series("learned thresholds (one point per alpha 0.1..1.0)", df["mflops"].tolist(), df["top1"].tolist(),
                      df["top1_spread"].tolist(), kind="points"),
               Series("DenseNet baseline", [b_cost], [b_acc], [b_s], kind="points"),
-              Series("GlanceNet, no early exit", [rrs[0].results["costs"][-1] / 1e6],
-                     [f_acc], [f_s], kind="points")]
+              Series("GlanceNet, no early exit", [f_cost], [f_acc], [f_s], kind="points")]
     paper, precs = _tradeoff_paper()
     data = pd.concat([
         pd.DataFrame({"method": "val-searched", "budget": sweeps[0]["budget"], "mflops": cost,
                       "top1": acc, "top1_spread": acc_err, "spread": what}),
         pd.DataFrame({"method": "learned", "alpha": df["alpha"], "mflops": df["mflops"], "top1": df["top1"],
                       "top1_spread": df["top1_spread"]}),
-        pd.DataFrame({"method": ["densenet", "glancenet-no-exit"],
-                      "mflops": [b_cost, rrs[0].results["costs"][-1] / 1e6],
+        pd.DataFrame({"method": ["densenet", "glancenet-no-exit"], "mflops": [b_cost, f_cost],
                       "top1": [b_acc, f_acc], "top1_spread": [b_s, f_s]}),
     ], ignore_index=True).assign(source="ours")
     data = pd.concat([data, pd.DataFrame(precs)], ignore_index=True)
-    notes = ["validation-searched thresholds: repro.exits.budgeted_sweep on the entropy score, fitted on the "
-             "held-out validation split, applied to test; band: " + what]
-    meta = _meta(request, "tradeoff", "Accuracy vs cost, learned vs val-searched thresholds", cfg, notes)
     same = request.scale == "paper" and cfg.dataset == "cifar10"  # the paper's setting: one axis
-    return write_figure(series, meta, settings.figures_dir, f"average cost per image (MMACs, {COST} counter)",
-                        f"test top-1 (%) on {dataset_name(cfg.dataset)}", data=data, paper=paper,
-                        paper_axes=None if same else ("MMACs per image (the paper's \"MFLOPs\")",
-                                                      f"top-1 (%) on {dataset_name('cifar10')}"),
-                        paper_title=paper_label("cifar10", "results text"), legend="right")
+    return Figure("Accuracy vs cost, learned vs val-searched thresholds", cfg.dataset, _model(cfg), CONVENTIONS[COST],
+                  series, f"average cost per image (MMACs, {COST} counter)",
+                  f"test top-1 (%) on {dataset_name(cfg.dataset)}", data=data, paper=paper,
+                  paper_axes=None if same else ("MMACs per image (the paper's \"MFLOPs\")",
+                                                f"top-1 (%) on {dataset_name('cifar10')}"),
+                  paper_title=paper_label("cifar10", "results text"), legend="right",
+                  notes=[_method_note(cfg), "validation-searched thresholds: repro.exits.budgeted_sweep on the "
+                         "entropy score, fitted on the held-out validation split, applied to test; band: " + what])
 
 
 def _tradeoff_paper() -> tuple[list[Series], list[dict]]:
     """The paper's accuracy-vs-cost numbers (repro/reference/glancenet.csv, CIFAR-10): GlanceNet at
     the alpha of table1, and DenseNet's cost (its top-1 is not printed: a vertical line)."""
-    from repro.reference_data import load_reference, reference_value
-    from repro.render import paper_label
-
-    ref = load_reference(PAPER_NAME)
     series, recs = [], []
-    a = reference_value(ref, "alpha", "table1", "alpha")
-    g_cost, g_acc = (reference_value(ref, "table1", "glancenet", c) for c in ("mflops", "top1"))
+    a = _paper("alpha", "table1", "alpha")
+    g_cost, g_acc = (_paper("table1", "glancenet", c) for c in ("mflops", "top1"))
     if g_cost is not None and g_acc is not None:
         label = paper_label("cifar10", f"GlanceNet, alpha={a:g}" if a is not None else "GlanceNet")
         series.append(Series(label, [g_cost], [g_acc], kind="paper", color="tab:red"))
         recs.append({"method": label, "source": "paper", "alpha": a, "mflops": g_cost, "top1": g_acc})
-    d_cost = reference_value(ref, "table1", "densenet", "mflops")
+    d_cost = _paper("table1", "densenet", "mflops")
     if d_cost is not None:
         label = paper_label("cifar10", f"DenseNet, {d_cost:g} MMACs (top-1 not printed)")
         series.append(Series(label, [d_cost], [math.nan], kind="vline", color="tab:green"))
