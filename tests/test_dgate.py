@@ -6,19 +6,21 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from repro.api import Request, Runs, Settings
 from repro.config import ConfigError, DataSpec, TrainSpec
 from repro.data import FASHION_MNIST_SYSTEM_DIR, dataset_info, default_data_root
 from repro.exits import early_exit
 from repro.flops import count_exits, count_model
 from repro.models.staged import GatedBackbone
 from repro.papers import dgate
-from repro.runner import Request, Settings, execute
+from repro.runner import build_and_write, execute
 from repro.store import Run, load_checkpoint
 
 # ---------------------------------------------------------------------------- losses
@@ -278,6 +280,62 @@ def test_backbone_checkpoint_is_loaded_not_trained(tmp_path):
     assert not Run(tmp_path, backbone).metrics_path.exists()  # no training epoch ran
 
 
+# ---------------------------------------------------------------------------- builds from synthetic runs
+
+
+class _FakeRun:
+    """A finished gates run as a build reads it: per-exit outputs and costs (3 gates + the classifier)."""
+
+    def __init__(self, seed: int, n: int = 400, classes: int = 10):
+        g = torch.Generator().manual_seed(seed)
+        self.outputs = {}
+        for split in ("val", "test"):
+            y = torch.randint(0, classes, (n,), generator=g)
+            scores = torch.randn(4, n, generator=g) + torch.tensor([[0.0], [0.4], [0.8], [1.2]])
+            # later exits and confident gates are more often right
+            p = torch.sigmoid(scores * 1.5 + torch.tensor([[-0.5], [0.2], [0.9], [2.5]]))
+            right = torch.rand(4, n, generator=g) < p
+            preds = torch.where(right, y, (y + 1) % classes)
+            self.outputs.update({f"{split}_scores": scores, f"{split}_conf": torch.sigmoid(scores),
+                                 f"{split}_preds": preds, f"{split}_labels": y})
+        heads = [0.05e6] * 3
+        self.results = {"costs": [1.05e6, 2.1e6, 3.15e6, 4.15e6], "head_costs": heads, "backbone_cost": 4.0e6}
+
+
+def test_interpolated_correctness_averages_to_the_interpolated_accuracy():
+    g = torch.Generator().manual_seed(0)
+    xs = np.array([3.0, 1.0, 2.0, 2.0, 4.0])  # unsorted, with a tie
+    ok = torch.rand(5, 50, generator=g) < 0.7
+    accs = ok.double().mean(1).numpy() * 100
+    order = np.argsort(xs, kind="stable")
+    for x in (1.0, 1.7, 2.0, 3.5, 4.0):
+        (soft,) = dgate._correct_at_cost([(xs, ok)], x)
+        assert float(soft.mean() * 100) == pytest.approx(np.interp(x, xs[order], accs[order]))
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_fig4_and_imagenet_build_from_given_runs(tmp_path, seeds):
+    request = Request(scale="quick", seeds=seeds)
+    named = {**dgate.arch_runs(request, "resnet101"), **{f"in-{k}": v for k, v in
+                                                          dgate.arch_runs(request, "imagenet").items()}}
+    given = {"hinge": [_FakeRun(s) for s in range(seeds)], "ce": [_FakeRun(100 + s) for s in range(seeds)]}
+    settings = Settings(out_dir=tmp_path)
+    build_and_write("dgate", "fig4", request, Runs.fixed(given, {k: named[k] for k in given}, request), settings)
+    head = [line for line in open(tmp_path / "figures" / "quick" / "dgate_fig4.csv") if line.startswith("#")]
+    gaps = [line for line in head if "hinge gates minus CE gates" in line]
+    outside = [line for line in head if "outside both curves' range" in line]
+    assert len(gaps) + len(outside) == 3 and gaps, head
+    assert all(" ± " in line and "paper" not in line.split(":", 1)[1] for line in gaps)
+    build_and_write("dgate", "imagenet", request, Runs.fixed({"hinge": given["hinge"]},
+                                                             {"hinge": named["in-hinge"]}, request), settings)
+    df = pd.read_csv(tmp_path / "tables" / "quick" / "dgate_imagenet.csv", comment="#")
+    assert df["top1 paper"].tolist()[:2] == [76.4, 76.8] and df["top1"].iloc[:3].between(0, 100).all()
+    md = (tmp_path / "tables" / "quick" / "dgate_imagenet.md").read_text()
+    assert "- top-1 change of d-gates vs ResNet-101: ours " in md and "; paper +0.40 (" in md
+    assert "model: resnet101 {'width': 8, 'blocks': [1, 1, 2, 1]}" in md
+    assert f"seeds: {seeds} seed" in md
+
+
 # ---------------------------------------------------------------------------- artifacts, end to end
 
 def _have_fashion_mnist() -> bool:
@@ -350,7 +408,7 @@ def test_e2e_fig4(smoke_dir):
     axes = [line for line in open(smoke_dir / "figures" / "smoke" / "dgate_fig4.csv") if line.startswith("# axes")]
     assert len(axes) == 2 and "GFLOPs" in axes[1] and "MFLOPs per image" in axes[0]
     if df.groupby("method")[["cost", "acc"]].nunique().eq(1).all().all():  # collapsed: said on the plot
-        assert "every threshold gives the same cost" in axes[0]
+        assert "every setting gives the same cost" in axes[0]
     assert (smoke_dir / "figures" / "smoke" / "dgate_fig4.png").stat().st_size > 0
 
 

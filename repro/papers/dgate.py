@@ -25,18 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Option, Paper
-from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
-from repro.data import TensorBatches, class_names, dataset_info, held_in_memory, run_info
-from repro.exits import bootstrap_ci, early_exit, mean_and_spread, time_call
+from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec,
+                       first_test_images)
+from repro.data import TensorBatches, class_names, held_in_memory, run_info
+from repro.exits import bootstrap_ci, early_exit, gap_with_spread, mean_and_spread, time_call
 from repro.flops import count_exits, count_model
+from repro.models import create_model, register_model
 from repro.models.densenet import densenet201_cifar
 from repro.models.resnet import resnet_cifar_imagenet_style
 from repro.models.staged import GatedBackbone, init_weights
 from repro.nn import threads
-from repro.runner import first_test_images
+from repro.reference_data import load_reference, paper_gap, paper_value
+from repro.render import beside_paper, dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
 from repro.store import load_checkpoint
 from repro.train import tracked
 
@@ -127,17 +128,21 @@ def densenet201(num_classes: int = 10, in_channels: int = 3, growth: int = 32,
     return densenet201_cifar(num_classes, in_channels, growth, tuple(blocks), init_features)
 
 
-MODELS = {"resnet101": resnet101_cifar, "resnet101_imagenet": resnet101_imagenet, "densenet201": densenet201}
+register_model("resnet101", resnet101_cifar)
+register_model("resnet101_imagenet", resnet101_imagenet)
+register_model("densenet201", densenet201)
 
-# Reduced look-alikes for CPU scales: same block types and stage layout, narrower and shallower.
-QUICK_ARGS = {"resnet101": {"width": 8, "blocks": [1, 1, 2, 1]},
-              "densenet201": {"growth": 8, "blocks": [1, 2, 8, 5], "init_features": 16}}
-SMOKE_ARGS = {"resnet101": {"width": 4, "blocks": [1, 1, 1, 1]},
-              "densenet201": {"growth": 4, "blocks": [1, 1, 1, 1], "init_features": 8}}
+# Reduced look-alikes for CPU scales: same block types and stage layout, narrower and shallower
+# (per scale, by family: "resnet101" sizes both ResNet-101s).
+MODEL_ARGS = {"paper": {"resnet101": {}, "densenet201": {}},
+              "quick": {"resnet101": {"width": 8, "blocks": [1, 1, 2, 1]},
+                        "densenet201": {"growth": 8, "blocks": [1, 2, 8, 5], "init_features": 16}},
+              "smoke": {"resnet101": {"width": 4, "blocks": [1, 1, 1, 1]},
+                        "densenet201": {"growth": 4, "blocks": [1, 1, 1, 1], "init_features": 8}}}
 
 
 def build_backbone(cfg: RunConfig, info):
-    return MODELS[cfg.model](num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
+    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
 
 
 def build_gated(cfg: RunConfig, info) -> GatedBackbone:
@@ -552,36 +557,25 @@ def tune_thresholds(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence
 
 # ---------------------------------------------------------------------------- runs
 
-
-def _scale_args(scale: str, model: str) -> dict:
-    if scale == "paper":
-        return {}
-    key = "resnet101" if model.startswith("resnet") else model
-    return dict((QUICK_ARGS if scale == "quick" else SMOKE_ARGS)[key])
-
-
-def _backbone_spec(scale: str, imagenet: bool) -> TrainSpec:
-    if scale == "paper":
-        if imagenet:  # He et al.: 90 epochs, batch 256, lr 0.1 /10 at 30 and 60, wd 1e-4
-            return TrainSpec(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, milestones=(1 / 3, 2 / 3))
-        # not in the paper: the usual CIFAR recipe of Huang et al. (also fine for ResNet-101)
-        return TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4,
-                         milestones=(0.5, 0.75))
-    if scale == "quick":
-        return TrainSpec(epochs=3, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine")
-    return TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=5e-4, schedule="cosine")
-
-
-def _gate_spec(scale: str, online: bool) -> TrainSpec:
-    # a convex problem on fixed features: SGD with momentum, cosine decay, no weight decay
-    # (the L2 penalty is in the loss, on W only)
-    epochs = {"paper": 5 if online else 30, "quick": 15, "smoke": 3}[scale]
-    return TrainSpec(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=0.0, schedule="cosine")
+# The backbones' recipes: He et al.'s ImageNet one (90 epochs, batch 256, lr 0.1 /10 at 30 and 60,
+# wd 1e-4); on CIFAR, not in the paper, the usual recipe of Huang et al. (also fine for ResNet-101);
+# a few cosine epochs on the CPU scales.
+BACKBONE_RECIPES = {
+    "paper": TrainSpec(epochs=300, batch_size=64, lr=0.1, nesterov=True, weight_decay=1e-4, milestones=(0.5, 0.75)),
+    "paper-imagenet": TrainSpec(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, milestones=(1 / 3, 2 / 3)),
+    "quick": TrainSpec(epochs=3, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine"),
+    "smoke": TrainSpec(epochs=1, batch_size=64, lr=0.05, nesterov=True, weight_decay=5e-4, schedule="cosine"),
+}
+# The gates' epochs ("paper-online": frozen backbone on every augmented ImageNet batch).
+GATE_EPOCHS = {"paper": 30, "paper-online": 5, "quick": 15, "smoke": 3}
 
 
 def gate_train_spec(scale: str, online: bool = False) -> TrainSpec:
-    """The d-gates' training schedule at ``scale`` (for gates trained on other frozen networks)."""
-    return _gate_spec(scale, online)
+    """The d-gates' training schedule at ``scale`` (also for gates trained on other frozen networks):
+    a convex problem on fixed features, so SGD with momentum, cosine decay and no weight decay
+    (the L2 penalty is in the loss, on W only)."""
+    epochs = GATE_EPOCHS["paper-online" if online and scale == "paper" else scale]
+    return TrainSpec(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=0.0, schedule="cosine")
 
 
 def arch_runs(request, arch: str) -> dict[str, RunConfig]:
@@ -594,7 +588,7 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
         model = "densenet201"
     else:
         model = "resnet101_imagenet" if big and scale == "paper" else "resnet101"
-    args = _scale_args(scale, model)
+    args = dict(MODEL_ARGS[scale]["densenet201" if arch == "densenet201" else "resnet101"])
     bmethod: dict = {}
     ckpt = request.option("backbone_checkpoint")
     if ckpt:
@@ -602,7 +596,7 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
         bmethod = {"checkpoint": path, "checkpoint_sha256": digest}
     backbone = RunConfig(paper=PAPER_NAME, name=f"{model}-{'loaded' if ckpt else 'backbone'}", kind="backbone",
                          dataset=dataset, model=model, model_args=args, method=bmethod,
-                         train=_backbone_spec(scale, big), data=data)
+                         train=BACKBONE_RECIPES["paper-imagenet" if big and scale == "paper" else scale], data=data)
     in_memory = held_in_memory(dataset, data)  # as load_data will read it, at this size and split
     features = request.option("features", "cached" if in_memory else "online", ("cached", "online"))
     if features == "cached" and not in_memory:
@@ -611,7 +605,7 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
     common = {"gates_after": list(GATES_AFTER), "l2": request.option("l2", 1e-4, type=float),
               "standardize": request.option("standardize", True, type=bool), "features": features}
     hinge = request.option("hinge", "ovr", HINGES)
-    gspec = _gate_spec(scale, features == "online")
+    gspec = gate_train_spec(scale, features == "online")
     mk = lambda tag, method: RunConfig(  # noqa: E731
         paper=PAPER_NAME, name=f"{model}-gates-{tag}", kind="gates", dataset=dataset, model=model, model_args=args,
         method=method, train=gspec, data=data, parent=backbone)
@@ -619,17 +613,29 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
             "ce": mk("ce", {"loss": "ce", **common})}
 
 
+def _arch_runs(arch: str, *names: str):
+    """An artifact's runs: those ``names`` of :func:`arch_runs`."""
+    def runs(request):
+        r = arch_runs(request, arch)
+        return {n: r[n] for n in names}
+    return runs
+
+
 # ---------------------------------------------------------------------------- shared artifact pieces
 
 
-def _meta(request, artifact: str, title: str, cfg: RunConfig, notes=()) -> Meta:
-    scale_note = {"paper": "paper scale",
-                  "quick": "quick scale (reduced backbone, few epochs: NOT the paper's setting)",
-                  "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
-    return Meta(PAPER_NAME, artifact, title, scale_note[request.scale], cfg.dataset, request.seeds,
-                f"{cost_unit(request)[0][0].upper()}FLOPs = 2 x fvcore multiply-adds (the paper's \"FLOPs\"; "
-                f"fvcore counts BatchNorm and pooling too), gate heads included; "
-                f"model {cfg.model} {cfg.model_args or ''}".strip(), list(notes))
+def cost_unit(request) -> tuple[str, float]:
+    """The cost column: GFLOPs at paper scale (the paper's unit), MFLOPs for the reduced CPU-scale nets."""
+    return ("gflops", 1e9) if request.scale == "paper" else ("mflops", 1e6)
+
+
+def _cost(request) -> str:
+    return (f"{cost_unit(request)[0][0].upper()}FLOPs = 2 x fvcore multiply-adds (the paper's \"FLOPs\"; "
+            "fvcore counts BatchNorm and pooling too), gate heads included")
+
+
+def _model(cfg: RunConfig) -> str:
+    return f"{cfg.model} {cfg.model_args or ''}".strip()
 
 
 def _gate_note(cfg: RunConfig) -> str:
@@ -648,24 +654,21 @@ def _split(out: dict, split: str, score: str = "scores", gates: Sequence[int] = 
     return out[f"{split}_{score}"][idx], correct[idx + [k]]
 
 
-def _spread(values: list[float], correct: list[torch.Tensor] | None = None) -> tuple[float, float]:
-    """Mean over seeds and spread: std over seeds, or (one seed) the 95 % bootstrap half-width."""
-    mean = float(np.mean(values))
-    if len(values) > 1:
-        return mean_and_spread(values)
-    if correct is None:
-        return mean, math.nan
-    lo, hi = bootstrap_ci(correct[0].double())
-    return mean, (hi - lo) / 2
+def _accuracy(correct: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """Top-1 (%) from each seed's per-sample correctness, with the core's spread of an accuracy
+    (:func:`repro.exits.accuracy_with_spread`'s rule, which takes logits): the 95 % t-interval over
+    seeds, or at one seed the half-width of the 95 % bootstrap interval over test samples."""
+    if len(correct) > 1:
+        return mean_and_spread([float(c.double().mean() * 100) for c in correct])
+    lo, hi = bootstrap_ci(correct[0])
+    return float(correct[0].double().mean() * 100), (hi - lo) / 2
 
 
 def _paper_triples(artifact: str) -> tuple[list[str], dict[str, float]]:
-    from repro.reference_data import load_reference, reference_value
-
+    """The paper's threshold rows dg(t1,t2,t3) of a table, and each one's top-1 drop from the original."""
     ref = load_reference(PAPER_NAME)
     rows = [r for r in dict.fromkeys(ref[ref["artifact"] == artifact]["row"]) if r.startswith("dg(")]
-    orig = reference_value(ref, artifact, "original", "top1")
-    return rows, {r: orig - reference_value(ref, artifact, r, "top1") for r in rows}
+    return rows, {r: paper_gap(PAPER_NAME, artifact, "original", r, "top1") for r in rows}
 
 
 def parse_triple(row: str) -> list[float]:
@@ -674,11 +677,6 @@ def parse_triple(row: str) -> list[float]:
 
 def _fmt_t(t: Sequence[float]) -> str:
     return "dg(" + ",".join("inf" if math.isinf(v) else f"{v:.2f}" for v in t) + ")"
-
-
-def _device(settings) -> torch.device:
-    return D.resolve_device(settings.device)
-
 
 
 def _load_gated(run_result, settings, device) -> GatedBackbone:
@@ -715,15 +713,29 @@ def _time_configs(net, chunks, n, configs, device, repeats) -> dict[str, dict]:
     return out
 
 
-def _timing_note(device, batch: int, images: int, repeats: int = 3) -> str:
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu, 1 thread"
-    return (f"time: measured here ({where}), batch {batch}, first {images} test images, median of {repeats} after "
-            f"1 warm-up; real early exit (later stages skipped for exited samples); seed 0's model")
-
-
-def _time_defaults(request) -> tuple[int, int]:
+def _timed(request, settings, runs, rows: dict[str, list[dict]]) -> tuple[dict[str, dict], list[str]]:
+    """Real early exit of seed 0's model at every row's thresholds, on the machine that builds the
+    table: ms per image per row, and the notes saying how it was timed and that it agrees with the
+    stored outputs."""
+    device = D.resolve_device(settings.device)
+    batch = request.option("time_batch", 1, type=int)
     images = request.option("time_images", {"paper": 1000, "quick": 256, "smoke": 32}[request.scale], type=int)
-    return request.option("time_batch", 1, type=int), images
+    r0 = runs[0]
+    net = _load_gated(r0, settings, device)
+    x = first_test_images(r0.cfg, settings, images, device)
+    n = x.shape[0]
+    timing = time_configs(net, x, {k: v[0]["thresholds"] for k, v in rows.items() if k != "original"}, batch, device)
+    stored = r0.outputs
+    agree = []
+    for k, v in timing.items():
+        if k != "original":
+            e = cascade_exit(stored["test_scores"][:3, :n], rows[k][0]["thresholds"])
+            agree.append(int((v["preds"] == stored["test_preds"][e, torch.arange(n)]).sum()))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu, 1 thread"
+    return timing, [f"time: measured here ({where}), batch {batch}, first {n} test images, median of 3 after "
+                    "1 warm-up; real early exit (later stages skipped for exited samples); seed 0's model",
+                    f"real early exit agrees with the stored outputs on {min(agree)}/{n} timed images "
+                    "(worst row; batch-size-dependent rounding can flip a borderline gate decision)"]
 
 
 def _drop_empty_paper_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -736,15 +748,9 @@ def _drop_empty_paper_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- table1 / table2
 
-def cost_unit(request) -> tuple[str, float]:
-    """The cost column: GFLOPs at paper scale (the paper's unit), MFLOPs for the reduced CPU-scale nets."""
-    return ("gflops", 1e9) if request.scale == "paper" else ("mflops", 1e6)
-
 
 def _reference_in(request, artifact: str) -> pd.DataFrame:
     """The paper's numbers of one artifact, GFLOPs columns converted to this scale's cost unit."""
-    from repro.reference_data import load_reference
-
     key, div = cost_unit(request)
     ref = load_reference(PAPER_NAME)
     ref = ref[ref["artifact"] == artifact].copy()
@@ -759,19 +765,12 @@ def table_columns(request) -> list[str]:
             "t1", "t2", "t3", "exit1_pct", "exit2_pct", "exit3_pct"]
 
 
-def _table_runs(arch: str):
-    def runs(request):
-        r = arch_runs(request, arch)
-        return [r["backbone"], r["hinge"]]
-    return runs
-
-
-def _dg_rows(request, results, cfg: RunConfig, margins: dict[str, float], fixed: dict[str, list[float]]):
+def _dg_rows(request, runs, margins: dict[str, float], fixed: dict[str, list[float]]):
     """Per row key: per-seed dicts of acc, cost, fractions, thresholds, correct; and the original's."""
     method = request.option("tune", "grid", ("grid", "greedy"))
     points = request.option("grid_points", 40, type=int)
     rows: dict[str, list[dict]] = {}
-    for r in results[cfg]:
+    for r in runs:
         o, res = r.outputs, r.results
         costs = subset_costs(res, GATES_AFTER)
         ts, tc = _split(o, "test")
@@ -790,165 +789,117 @@ def _dg_rows(request, results, cfg: RunConfig, margins: dict[str, float], fixed:
     return rows
 
 
-def _dg_table(request, results, settings, artifact: str, arch: str) -> list[Path]:
-    from repro.reference_data import load_reference, reference_value
-
-    runs = arch_runs(request, arch)
-    cfg = runs["hinge"]
-    unit, div = cost_unit(request)
-    paper_rows, margins = _paper_triples(artifact)
-    tuned_keys = {f"tuned(-{margins[r]:.2f})": r for r in paper_rows}
-    rows = _dg_rows(request, results, cfg, {k: margins[r] for k, r in tuned_keys.items()},
-                    {r: parse_triple(r) for r in paper_rows})
-    # timing: seed 0's model on the machine that builds the table
-    device = _device(settings)
-    batch, images = _time_defaults(request)
-    r0 = results[cfg][0]
-    net = _load_gated(r0, settings, device)
-    x = first_test_images(cfg, settings, images, device)
-    timing = time_configs(net, x, {k: v[0]["thresholds"] for k, v in rows.items() if k != "original"}, batch, device)
-    stored = r0.outputs
-    agree = []
-    for k, v in timing.items():
-        if k == "original":
-            continue
-        e = cascade_exit(stored["test_scores"][:3, : x.shape[0]], rows[k][0]["thresholds"])
-        want = stored["test_preds"][e, torch.arange(x.shape[0])]
-        agree.append(int((v["preds"] == want).sum()))
-    t_orig = timing["original"]["ms"]
-
-    long = []
-    orig_acc = [s["acc"] for s in rows["original"]]
-    orig_cost = float(np.mean([s["cost"] for s in rows["original"]]))
-    claims = []
-    for key, seeds in rows.items():
-        acc, spread = _spread([s["acc"] for s in seeds], [s["correct"] for s in seeds])
-        drop = [s["acc"] - a for s, a in zip(seeds, orig_acc)]
-        if key == "original":
-            dmean, dspread = 0.0, math.nan
-        elif len(seeds) > 1:
-            dmean, dspread = _spread(drop)
-        else:
-            lo, hi = bootstrap_ci(seeds[0]["correct"].double() - rows["original"][0]["correct"].double())
-            dmean, dspread = drop[0], (hi - lo) / 2
-        gf, gf_s = _spread([s["cost"] / div for s in seeds])
-        vals = {"top1": (acc, spread), "acc_drop": (dmean, dspread), unit: (gf, gf_s),
-                "time_ms": (timing[key]["ms"], math.nan)}
-        if key != "original":
-            vals["flops_reduction_pct"] = (100 * (1 - gf * div / orig_cost), math.nan)
-            vals["speedup_pct"] = (100 * (1 - timing[key]["ms"] / t_orig), math.nan)
-            for i in range(3):
-                vals[f"t{i + 1}"] = _spread([s["thresholds"][i] for s in seeds])
-                vals[f"exit{i + 1}_pct"] = _spread([s["fractions"][i] for s in seeds])
-        long += [{"row": key, "column": c, "value": v, "spread": s} for c, (v, s) in vals.items()]
-        if key.startswith("dg("):
-            claims.append(claim(f"top-1 change of {key} vs original", dmean, dspread,
-                                -margins[key]))
-
-    # the paper's numbers: its own rows, and for our tuned rows those of its row at the same margin
-    ref = load_reference(PAPER_NAME)
-    scaled = _reference_in(request, artifact)
-    ref_rows = []
-    for key in ["original", *paper_rows, *tuned_keys]:
-        src = tuned_keys.get(key, key)
-        for c in ("top1", unit, "flops_reduction_pct", "time_ms", "speedup_pct"):
-            v = scaled[(scaled["row"] == src) & (scaled["column"] == c)]["value"]
-            if len(v):
-                ref_rows.append({"row": key, "column": c, "value": float(v.iloc[0])})
-        if src.startswith("dg("):
-            ref_rows.append({"row": key, "column": "acc_drop", "value": -margins[src]})
-            if key in tuned_keys:
-                ref_rows += [{"row": key, "column": f"t{i + 1}", "value": v}
-                             for i, v in enumerate(parse_triple(src))]
-    labels = {"original": "original (backbone alone)"}
-    labels.update({r: f"{r}: the paper's thresholds" for r in paper_rows})
-    for k in tuned_keys:
-        t = rows[k][0]["thresholds"]
-        labels[k] = f"tuned on val, target original − {margins[tuned_keys[k]]:.2f}: {_fmt_t(t)}"
-    order = ["original", *paper_rows, *tuned_keys]
-    df = beside_paper(pd.DataFrame(long), PAPER_NAME, artifact, order, table_columns(request), labels,
-                      reference=pd.DataFrame(ref_rows))
-    df = _drop_empty_paper_columns(df)
-    for key in tuned_keys:
-        ours = float(np.mean([s["cost"] for s in rows[key]]))
-        p = reference_value(ref, artifact, tuned_keys[key], "flops_reduction_pct")
-        claims.append(f"{labels[key]}: FLOPs −{100 * (1 - ours / orig_cost):.1f} % at top-1 "
-                      f"{np.mean([s['acc'] for s in rows[key]]):.2f} % (paper, same margin: −{p:.2f} %)")
-    arch_name = "ResNet-101" if arch == "resnet101" else "DenseNet-201"
-    notes = [_gate_note(cfg),
-             "thresholds of the tuned rows: fitted on the held-out validation split for the target "
-             "(our backbone's validation top-1 minus the paper's accuracy margin of the row); "
-             f"tune={request.option('tune', 'grid')}, {request.option('grid_points', 40, type=int)} "
-             "quantile candidates per gate + inf",
-             "paper columns of a tuned row: the paper's row at the same accuracy margin; "
-             "acc_drop = top-1 minus the original's; exitN_pct = test samples leaving at gate N",
-             _timing_note(device, batch, x.shape[0]),
-             f"real early exit agrees with the stored outputs on {min(agree)}/{x.shape[0]} timed images "
-             "(worst row; batch-size-dependent rounding can flip a borderline gate decision)",
-             *claims]
-    title = f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image"
-    return write_table(df, _meta(request, artifact, title, cfg, notes), settings.tables_dir)
+def _vs_original(rows: dict[str, list[dict]], key: str, original: str = "original") -> tuple[float, float]:
+    """The top-1 change of row ``key`` against the original, paired over the same test samples."""
+    return gap_with_spread([s["correct"] for s in rows[key]], [s["correct"] for s in rows[original]])
 
 
-def build_table1(request, results, settings):
-    return _dg_table(request, results, settings, "table1", "resnet101")
+def _dg_table(artifact: str, arch_name: str):
+    """Tables 1 and 2: the original backbone; the paper's threshold triples dg(t1,t2,t3); and per
+    triple, thresholds tuned on validation for the same accuracy margin below the original.  Top-1,
+    its change, average FLOPs, measured time per image, thresholds and exit fractions."""
+    def build(request, runs, settings):
+        cfg = runs.config("hinge")
+        unit, div = cost_unit(request)
+        paper_rows, margins = _paper_triples(artifact)
+        tuned_keys = {f"tuned(-{margins[r]:.2f})": r for r in paper_rows}
+        rows = _dg_rows(request, runs["hinge"], {k: margins[r] for k, r in tuned_keys.items()},
+                        {r: parse_triple(r) for r in paper_rows})
+        timing, time_notes = _timed(request, settings, runs["hinge"], rows)
+        t_orig = timing["original"]["ms"]
+        orig_cost = float(np.mean([s["cost"] for s in rows["original"]]))
+        long, claims = [], []
+        for key, seeds in rows.items():
+            drop = (0.0, math.nan) if key == "original" else _vs_original(rows, key)
+            gf, gf_s = mean_and_spread([s["cost"] / div for s in seeds])
+            vals = {"top1": _accuracy([s["correct"] for s in seeds]), "acc_drop": drop, unit: (gf, gf_s),
+                    "time_ms": (timing[key]["ms"], math.nan)}
+            if key != "original":
+                vals["flops_reduction_pct"] = (100 * (1 - gf * div / orig_cost), math.nan)
+                vals["speedup_pct"] = (100 * (1 - timing[key]["ms"] / t_orig), math.nan)
+                for i in range(3):
+                    vals[f"t{i + 1}"] = mean_and_spread([s["thresholds"][i] for s in seeds])
+                    vals[f"exit{i + 1}_pct"] = mean_and_spread([s["fractions"][i] for s in seeds])
+            long += [{"row": key, "column": c, "value": v, "spread": s} for c, (v, s) in vals.items()]
+            if key.startswith("dg("):
+                claims.append(Claim(f"top-1 change of {key} vs original", *drop,
+                                    paper_gap(PAPER_NAME, artifact, key, "original", "top1")))
 
-
-def build_table2(request, results, settings):
-    return _dg_table(request, results, settings, "table2", "densenet201")
+        # the paper's numbers: its own rows, and for our tuned rows those of its row at the same margin
+        scaled = _reference_in(request, artifact)
+        ref_rows = []
+        for key in ["original", *paper_rows, *tuned_keys]:
+            src = tuned_keys.get(key, key)
+            for c in ("top1", unit, "flops_reduction_pct", "time_ms", "speedup_pct"):
+                v = scaled[(scaled["row"] == src) & (scaled["column"] == c)]["value"]
+                if len(v):
+                    ref_rows.append({"row": key, "column": c, "value": float(v.iloc[0])})
+            if src.startswith("dg("):
+                ref_rows.append({"row": key, "column": "acc_drop", "value": -margins[src]})
+                if key in tuned_keys:
+                    ref_rows += [{"row": key, "column": f"t{i + 1}", "value": v}
+                                 for i, v in enumerate(parse_triple(src))]
+        labels = {"original": "original (backbone alone)"}
+        labels.update({r: f"{r}: the paper's thresholds" for r in paper_rows})
+        for k in tuned_keys:
+            labels[k] = f"tuned on val, target original − {margins[tuned_keys[k]]:.2f}: {_fmt_t(rows[k][0]['thresholds'])}"
+        tuned_notes = [f"{labels[k]}: FLOPs −{100 * (1 - np.mean([s['cost'] for s in rows[k]]) / orig_cost):.1f} % "
+                       f"at top-1 {np.mean([s['acc'] for s in rows[k]]):.2f} % (paper, same margin: "
+                       f"−{paper_value(PAPER_NAME, artifact, tuned_keys[k], 'flops_reduction_pct'):.2f} %)"
+                       for k in tuned_keys]
+        notes = [_gate_note(cfg),
+                 "thresholds of the tuned rows: fitted on the held-out validation split for the target "
+                 "(our backbone's validation top-1 minus the paper's accuracy margin of the row); "
+                 f"tune={request.option('tune', 'grid')}, {request.option('grid_points', 40, type=int)} "
+                 "quantile candidates per gate + inf",
+                 "paper columns of a tuned row: the paper's row at the same accuracy margin; "
+                 "acc_drop = top-1 minus the original's; exitN_pct = test samples leaving at gate N",
+                 *time_notes, *tuned_notes]
+        # frame=, not ours=: the paper gives no exit fractions, and beside_paper's all-empty paper
+        # columns of those (and their Δ) would only widen a twelve-column table
+        df = beside_paper(pd.DataFrame(long), PAPER_NAME, artifact, ["original", *paper_rows, *tuned_keys],
+                          table_columns(request), labels, reference=pd.DataFrame(ref_rows))
+        return Table(f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image", cfg.dataset,
+                     _model(cfg), _cost(request), frame=_drop_empty_paper_columns(df), notes=notes, claims=claims)
+    return build
 
 
 # ---------------------------------------------------------------------------- imagenet
 
 IMAGENET_ROWS = ["resnet-101", "dgate", "dg(1.0,1.0,1.0)", "act", "sact", "blockdrop"]
+IMAGENET_LABELS = {"resnet-101": "ResNet-101 (original)", "dgate": "d-gates tuned on val, no drop in top-1",
+                   "dg(1.0,1.0,1.0)": "dg(1.0,1.0,1.0) (Figure 7's configuration)", "act": "ACT (paper only)",
+                   "sact": "SACT (paper only)", "blockdrop": "BlockDrop (paper only)"}
 
 
-def imagenet_runs(request):
-    r = arch_runs(request, "imagenet")
-    return [r["backbone"], r["hinge"]]
-
-
-def build_imagenet(request, results, settings):
-    from repro.reference_data import load_reference, reference_value
-
-    cfg = arch_runs(request, "imagenet")["hinge"]
-    rows = _dg_rows(request, results, cfg, {"dgate": 0.0}, {"dg(1.0,1.0,1.0)": [1.0, 1.0, 1.0]})
+def build_imagenet(request, runs, settings):
+    """Sec. 3.4: ResNet-101 on ImageNet with d-gates tuned for no drop in top-1, beside the paper's
+    quotes of ACT, SACT and BlockDrop."""
+    cfg = runs.config("hinge")
+    rows = _dg_rows(request, runs["hinge"], {"dgate": 0.0}, {"dg(1.0,1.0,1.0)": [1.0, 1.0, 1.0]})
     rows["resnet-101"] = rows.pop("original")
     unit, div = cost_unit(request)
     orig_cost = float(np.mean([s["cost"] for s in rows["resnet-101"]]))
     long = []
     for key, seeds in rows.items():
-        acc, spread = _spread([s["acc"] for s in seeds], [s["correct"] for s in seeds])
+        acc, spread = _accuracy([s["correct"] for s in seeds])
         gf = float(np.mean([s["cost"] for s in seeds]))
         long += [{"row": key, "column": "top1", "value": acc, "spread": spread},
                  {"row": key, "column": unit, "value": gf / div}]
         if key != "resnet-101":
             long += [{"row": key, "column": "flops_reduction_pct", "value": 100 * (1 - gf / orig_cost)},
                      {"row": key, "column": f"{unit}_saved", "value": (orig_cost - gf) / div}]
-    labels = {"resnet-101": "ResNet-101 (original)", "dgate": "d-gates tuned on val, no drop in top-1",
-              "dg(1.0,1.0,1.0)": "dg(1.0,1.0,1.0) (Figure 7's configuration)", "act": "ACT (paper only)",
-              "sact": "SACT (paper only)", "blockdrop": "BlockDrop (paper only)"}
-    df = beside_paper(pd.DataFrame(long), PAPER_NAME, "imagenet", IMAGENET_ROWS,
-                      ["top1", unit, "flops_reduction_pct", f"{unit}_saved"], labels,
-                      reference=_reference_in(request, "imagenet"))
-    ref = load_reference(PAPER_NAME)
-    d = [s["acc"] - o["acc"] for s, o in zip(rows["dgate"], rows["resnet-101"])]
-    if len(d) > 1:
-        gap, sp = _spread(d)
-    else:
-        lo, hi = bootstrap_ci(rows["dgate"][0]["correct"].double() - rows["resnet-101"][0]["correct"].double())
-        gap, sp = d[0], (hi - lo) / 2
-    pgap = reference_value(ref, "imagenet", "dgate", "top1") - reference_value(ref, "imagenet", "resnet-101", "top1")
-    t = rows["dgate"][0]["thresholds"]
     notes = [_gate_note(cfg),
-             f"d-gates row: thresholds {_fmt_t(t)} fitted on the held-out validation split for a target of "
-             "the backbone's validation top-1 (no drop)",
-             "the paper's ResNet-101 row is quoted from BlockDrop; ACT/SACT/BlockDrop are the paper's quotes only",
-             claim("top-1 change of d-gates vs ResNet-101", gap, sp, pgap)]
+             f"d-gates row: thresholds {_fmt_t(rows['dgate'][0]['thresholds'])} fitted on the held-out validation "
+             "split for a target of the backbone's validation top-1 (no drop)",
+             "the paper's ResNet-101 row is quoted from BlockDrop; ACT/SACT/BlockDrop are the paper's quotes only"]
     if request.scale != "paper":
         notes.insert(0, "smaller scales: the same runs as table1 (the scale's dataset), not ImageNet")
-    meta = _meta(request, "imagenet", "ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg, notes)
-    return write_table(df, meta, settings.tables_dir)
+    claims = [Claim("top-1 change of d-gates vs ResNet-101", *_vs_original(rows, "dgate", "resnet-101"),
+                    paper_gap(PAPER_NAME, "imagenet", "dgate", "resnet-101", "top1"))]
+    return Table("ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg.dataset, _model(cfg),
+                 _cost(request), long, IMAGENET_ROWS, ["top1", unit, "flops_reduction_pct", f"{unit}_saved"],
+                 IMAGENET_LABELS, reference=_reference_in(request, "imagenet"), notes=notes, claims=claims)
 
 
 # ---------------------------------------------------------------------------- fig4: hinge vs CE
@@ -956,23 +907,22 @@ def build_imagenet(request, results, settings):
 FIG4_MARGINS = np.round(np.arange(0.0, 15.01, 0.5), 2)
 
 
-def fig4_runs(request):
-    r = arch_runs(request, "resnet101")
-    return [r["hinge"], r["ce"]]
-
-
-def _curve(results, cfg: RunConfig, score: str, request, active=(0, 1)) -> pd.DataFrame:
+def _curve(request, runs, score: str, active=(0, 1)) -> tuple[pd.DataFrame, list[tuple[np.ndarray, torch.Tensor]]]:
+    """One point per accuracy target (the original's validation top-1 minus each of FIG4_MARGINS):
+    thresholds tuned on validation, cost and top-1 on test.  Also, per seed, the points' costs and
+    per-sample test correctness (points x N), to compare two curves on the same samples."""
     div = cost_unit(request)[1]
     method = request.option("tune", "grid", ("grid", "greedy"))
     points = request.option("grid_points", 40, type=int)
-    frames = []
-    for seed, r in enumerate(results[cfg]):
+    frames, per_seed = [], []
+    for seed, r in enumerate(runs):
         o, res = r.outputs, r.results
         costs = subset_costs(res, active)
         vs, vc = _split(o, "val", score, active)
         ts, tc = _split(o, "test", score, active)
         grids = [threshold_grid(s, points) for s in vs]
         val_orig = float(vc[-1].double().mean() * 100)
+        xs, oks = [], []
         for m in FIG4_MARGINS:
             tuned = tune_thresholds(vs, vc, costs, val_orig - m, points, method, grids)
             ev = cascade_eval(ts, tc, costs, tuned["thresholds"])
@@ -980,24 +930,33 @@ def _curve(results, cfg: RunConfig, score: str, request, active=(0, 1)) -> pd.Da
             frames.append({"seed": seed, "margin": float(m), "cost": ev["cost"] / div, "acc": ev["acc"],
                            "half_width": (hi - lo) / 2, "thresholds": [round(v, 4) for v in tuned["thresholds"]],
                            "orig_acc": float(tc[-1].double().mean() * 100), "orig_cost": res["backbone_cost"] / div})
-    return pd.DataFrame(frames)
+            xs.append(ev["cost"] / div)
+            oks.append(ev["correct"])
+        per_seed.append((np.array(xs), torch.stack(oks)))
+    return pd.DataFrame(frames), per_seed
 
 
-def _interp(df: pd.DataFrame, x: float) -> float:
-    d = df.sort_values("cost")
-    return float(np.interp(x, d["cost"], d["acc"]))
+def _correct_at_cost(per_seed: list[tuple[np.ndarray, torch.Tensor]], x: float) -> list[torch.Tensor]:
+    """Per seed, each test sample's correctness on the curve linearly interpolated at cost ``x``:
+    np.interp's weights of the curve's points applied to their per-sample correctness, so its mean is
+    the interpolated top-1, and two curves' gap pairs the same samples (:func:`gap_with_spread`)."""
+    out = []
+    for xs, ok in per_seed:
+        order = np.argsort(xs, kind="stable")
+        w = np.array([np.interp(x, xs[order], e) for e in np.eye(len(xs))])
+        out.append(torch.as_tensor(w) @ ok[order].double())
+    return out
 
 
-def build_fig4(request, results, settings):
-    from repro.exits import mean_and_spread
-    from repro.render import dataset_name, paper_label
-
-    hinge, ce = fig4_runs(request)
-    curves = {"d-gates, hinge loss (max distance)": _curve(results, hinge, "scores", request),
-              "gates, cross-entropy (max softmax)": _curve(results, ce, "conf", request),
-              "gates, cross-entropy (max logit)": _curve(results, ce, "scores", request)}
+def build_fig4(request, runs, settings):
+    """Figure 4: accuracy vs FLOPs of two gates trained with the hinge loss (exit on max distance)
+    and with cross-entropy (max softmax, max logit)."""
+    hinge, ce = runs.config("hinge"), runs.config("ce")
+    curves = {"d-gates, hinge loss (max distance)": _curve(request, runs["hinge"], "scores"),
+              "gates, cross-entropy (max softmax)": _curve(request, runs["ce"], "conf"),
+              "gates, cross-entropy (max logit)": _curve(request, runs["ce"], "scores")}
     series, frames = [], []
-    for label, df in curves.items():
+    for label, (df, _) in curves.items():
         g = df.groupby("margin", sort=True)
         mean = g[["cost", "acc", "half_width"]].mean()
         several = df["seed"].nunique() > 1  # the 95 % t-interval over seeds, else the bootstrap half-width
@@ -1005,54 +964,45 @@ def build_fig4(request, results, settings):
         mean = mean.sort_values("cost")
         series.append(Series(label, mean["cost"].tolist(), mean["acc"].tolist(), err.loc[mean.index].tolist()))
         frames.append(df.assign(method=label, source="ours", band=df["margin"].map(err)))
-    base = curves["d-gates, hinge loss (max distance)"]
-    series.append(Series("original ResNet-101", [float(base["orig_cost"].mean())], [float(base["orig_acc"].mean())],
-                         kind="points"))
-    paper, precs = _fig4_paper(request)
-    data = pd.concat([*frames, pd.DataFrame(precs)], ignore_index=True)
+    base, base_pts = curves["d-gates, hinge loss (max distance)"]
     orig = float(base["orig_cost"].mean())
+    series.append(Series("original ResNet-101", [orig], [float(base["orig_acc"].mean())], kind="points"))
+    paper, precs = _fig4_paper()
     notes = [_gate_note(hinge), _gate_note(ce),
              "two gates (after stages 1 and 2), as the paper's Figure 4; one point per accuracy target "
              "(original − 0 … 15 points), thresholds fitted on the held-out validation split, shown on test",
              "band: the 95 % t-interval over seeds, or (one seed) the 95 % bootstrap half-width over test samples",
              "paper: Table 1's d-gate points (three gates, hinge) and the original, on CIFAR-10; Figure 4's curves "
              "are not transcribed"]
-    ce_soft = curves["gates, cross-entropy (max softmax)"]
+    soft, soft_pts = curves["gates, cross-entropy (max softmax)"]
+    lo = max(xs.min() for xs, _ in [*base_pts, *soft_pts])
+    hi = min(xs.max() for xs, _ in [*base_pts, *soft_pts])
+    claims = []
     for frac in (0.4, 0.6, 0.8):
         x = frac * orig
-        lo = max(base["cost"].min(), ce_soft["cost"].min())
-        hi = min(base["cost"].max(), ce_soft["cost"].max())
         if not lo <= x <= hi:
             notes.append(f"hinge vs CE at {100 * frac:.0f} % of the original's FLOPs: outside both curves' range")
             continue
-        gap = _interp(base, x) - _interp(ce_soft, x)
-        sp = math.hypot(float(base["half_width"].mean()), float(ce_soft["half_width"].mean()))
-        notes.append(claim(f"top-1 of hinge gates minus CE gates (max softmax) at {100 * frac:.0f} % of the "
-                           "original's FLOPs (interpolated)", gap, sp, None))
-    meta = _meta(request, "fig4", "Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge, notes)
+        claims.append(Claim(f"top-1 of hinge gates minus CE gates (max softmax) at {100 * frac:.0f} % of the "
+                            "original's FLOPs (interpolated)",
+                            *gap_with_spread(_correct_at_cost(base_pts, x), _correct_at_cost(soft_pts, x))))
     xlabel = f"average {'GFLOPs' if request.scale == 'paper' else 'MFLOPs'} per image (2 x multiply-adds, fvcore)"
     same = request.scale == "paper" and hinge.dataset == "cifar10"  # the paper's dataset and unit: one axis
-    return write_figure(series, meta, settings.figures_dir, xlabel, f"test top-1 (%) on {dataset_name(hinge.dataset)}",
-                        data=data, paper=paper,
-                        paper_axes=None if same else ("GFLOPs per image (the paper's: 2 x multiply-adds)",
-                                                      f"top-1 (%) on {dataset_name('cifar10')}"),
-                        paper_title=paper_label("cifar10", "ResNet-101 + d-gates, Table 1"),
-                        collapsed="one point: every threshold gives the same cost and accuracy at this scale "
-                                  "(the {n} gate curves lie on top of each other)")
+    return Figure("Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge.dataset, _model(hinge),
+                  _cost(request), series, xlabel, f"test top-1 (%) on {dataset_name(hinge.dataset)}",
+                  pd.concat([*frames, pd.DataFrame(precs)], ignore_index=True), paper=paper,
+                  paper_axes=None if same else ("GFLOPs per image (the paper's: 2 x multiply-adds)",
+                                                f"top-1 (%) on {dataset_name('cifar10')}"),
+                  paper_title=paper_label("cifar10", "ResNet-101 + d-gates, Table 1"), notes=notes, claims=claims)
 
 
-def _fig4_paper(request) -> tuple[list[Series], list[dict]]:
+def _fig4_paper() -> tuple[list[Series], list[dict]]:
     """The paper's accuracy-vs-FLOPs points beside Figure 4 (repro/reference/dgate.csv, Table 1:
     ResNet-101 on CIFAR-10, its d-gate triples and the original), in GFLOPs as printed."""
-    from repro.reference_data import load_reference, reference_value
-    from repro.render import paper_label
-
-    ref = load_reference(PAPER_NAME)
-    rows = [r for r in dict.fromkeys(ref.loc[ref["artifact"] == "table1", "row"]) if r.startswith("dg(")]
-    pts = sorted((reference_value(ref, "table1", r, "gflops"), reference_value(ref, "table1", r, "top1"), r)
-                 for r in rows)
+    value = lambda row, col: paper_value(PAPER_NAME, "table1", row, col)  # noqa: E731
+    pts = sorted((value(r, "gflops"), value(r, "top1"), r) for r in _paper_triples("table1")[0])
     label = paper_label("cifar10", "d-gates dg(t1,t2,t3), three gates (Table 1)")
-    orig = (reference_value(ref, "table1", "original", "gflops"), reference_value(ref, "table1", "original", "top1"))
+    orig = (value("original", "gflops"), value("original", "top1"))
     series = [Series(label, [p[0] for p in pts], [p[1] for p in pts], kind="paper", color="tab:blue"),
               Series(paper_label("cifar10", "original ResNet-101 (Table 1)"), [orig[0]], [orig[1]], kind="paper",
                      color="tab:red")]
@@ -1067,12 +1017,7 @@ def _fig4_paper(request) -> tuple[list[Series], list[dict]]:
 FIG5_GRID = np.round(np.arange(-0.5, 3.0001, 0.1), 2)
 
 
-def fig5_runs(request):
-    return [arch_runs(request, "resnet101")["hinge"]]
-
-
-def _heatmap_figure(meta: Meta, out_dir: Path, panels: list[tuple[str, np.ndarray, str]], ticks: np.ndarray,
-                    data: pd.DataFrame) -> list[Path]:
+def _heatmaps(panels: list[tuple[str, np.ndarray, str]], ticks: np.ndarray):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1088,18 +1033,18 @@ def _heatmap_figure(meta: Meta, out_dir: Path, panels: list[tuple[str, np.ndarra
         ax.set_ylabel("t2 (d-gate 2 threshold)")
         ax.set_title(name, fontsize=9)
         fig.colorbar(im, ax=ax).set_label(name.split(") ", 1)[-1], fontsize=8)
-    return save_figure(fig, meta, out_dir, data=data)
+    return fig
 
 
-def build_fig5(request, results, settings):
-    (cfg,) = fig5_runs(request)
+def build_fig5(request, runs, settings):
+    """Figure 5: average FLOPs and test top-1 of two d-gates over a grid of fixed (t1, t2)."""
+    cfg = runs.config("hinge")
     grid = torch.tensor(FIG5_GRID, dtype=torch.float64)
     accs, costs, origs, orig_costs = [], [], [], []
-    for r in results[cfg]:
+    for r in runs["hinge"]:
         o, res = r.outputs, r.results
-        c = subset_costs(res, (0, 1))
         ts, tc = _split(o, "test", "scores", (0, 1))
-        g = cascade_grid(ts, tc, c, [grid, grid])
+        g = cascade_grid(ts, tc, subset_costs(res, (0, 1)), [grid, grid])
         accs.append(g["acc"])
         costs.append(g["cost"])
         origs.append(float(tc[-1].double().mean() * 100))
@@ -1113,18 +1058,18 @@ def build_fig5(request, results, settings):
     data = pd.DataFrame({"t1": t1.ravel(), "t2": t2.ravel(), unit: cost.ravel() / div,
                          "cost_pct_of_original": rel.ravel(), "acc": acc.ravel(), "acc_drop": acc.ravel() - orig})
     i0 = int(np.argmin(np.abs(FIG5_GRID)))
-    at0 = (orig_cost / cost[i0, i0], acc[i0, i0] - orig)
-    ok = acc >= orig - 0.1
     notes = [_gate_note(cfg), "two gates (after stages 1 and 2) as the paper's Figure 5; test split, "
              "fixed thresholds (no fitting involved)",
-             f"at (t1, t2) = (0, 0): {at0[0]:.2f}x fewer FLOPs than the original, top-1 {at0[1]:+.2f} points"]
+             f"at (t1, t2) = (0, 0): {orig_cost / cost[i0, i0]:.2f}x fewer FLOPs than the original, "
+             f"top-1 {acc[i0, i0] - orig:+.2f} points"]
+    ok = acc >= orig - 0.1
     if ok.any():
         j = np.unravel_index(int(np.argmin(np.where(ok, cost, np.inf))), cost.shape)
         notes.append(f"cheapest grid point within 0.1 point of the original's top-1: (t1, t2) = "
                      f"({FIG5_GRID[j[0]]:.1f}, {FIG5_GRID[j[1]]:.1f}), FLOPs −{100 - rel[j]:.1f} %")
-    meta = _meta(request, "fig5", "Cost and accuracy over the (t1, t2) grid of two d-gates", cfg, notes)
-    return _heatmap_figure(meta, settings.figures_dir, [("(a) average FLOPs, % of the original", rel, "viridis"),
-                                                        ("(b) test top-1 (%)", acc, "magma")], FIG5_GRID, data)
+    panels = [("(a) average FLOPs, % of the original", rel, "viridis"), ("(b) test top-1 (%)", acc, "magma")]
+    return Figure("Cost and accuracy over the (t1, t2) grid of two d-gates", cfg.dataset, _model(cfg),
+                  _cost(request), data=data, draw=lambda: _heatmaps(panels, FIG5_GRID), notes=notes)
 
 
 # ---------------------------------------------------------------------------- fig7: per-class statistics
@@ -1136,57 +1081,55 @@ CLASS_NAMES = {
 }
 
 
-def fig7_runs(request):
-    return [arch_runs(request, "imagenet")["hinge"]]
-
-
-def build_fig7(request, results, settings):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (cfg,) = fig7_runs(request)
+def build_fig7(request, runs, settings):
+    """Figure 7: per class, the test samples each d-gate classifies correctly with distance >= 1,
+    on its own and under the cascade dg(1,1,1)."""
+    cfg = runs.config("hinge")
     info = run_info(cfg.dataset, cfg.data.image_size, settings.data_root)  # ImageNet below 224: its tree's classes
     C = info.num_classes
-    indep = np.zeros((3, C))
-    casc = np.zeros((3, C))
-    totals = np.zeros(C)
-    runs = results[cfg]
-    for r in runs:
+    indep, casc, totals = np.zeros((3, C)), np.zeros((3, C)), np.zeros(C)
+    seeds = runs["hinge"]
+    for r in seeds:
         o = r.outputs
-        y = o["test_labels"]
-        s, p = o["test_scores"], o["test_preds"]
+        y, s, p = o["test_labels"], o["test_scores"], o["test_preds"]
         e = cascade_exit(s[:3], [1.0, 1.0, 1.0])
         totals += torch.bincount(y, minlength=C).numpy()
         for i in range(3):
             good = (p[i] == y) & (s[i] >= 1.0)
             indep[i] += torch.bincount(y[good], minlength=C).numpy()
             casc[i] += torch.bincount(y[good & (e == i)], minlength=C).numpy()
-    n = len(runs)
+    n = len(seeds)
     indep, casc, totals = indep / n, casc / n, totals / n
-    names = CLASS_NAMES.get(cfg.dataset) or list(class_names(cfg.dataset) or range(C))
-    names = [str(c) for c in names]
-    meta = _meta(request, "fig7", "Per class: test samples each d-gate classifies correctly with distance ≥ 1", cfg,
-                 [_gate_note(cfg), "bars: each gate on its own (every test sample); dark: under the cascade "
-                  "dg(1.0,1.0,1.0), the samples that actually exit there correctly", f"mean over {n} seed(s)"])
-    # 0.12 in a class up to 16 in (ImageNet's 1000 classes: bars without tick labels)
-    fig, axes = plt.subplots(3, 1, figsize=(min(max(6.4, 0.12 * C), 16), 7.5), sharex=True)
-    x = np.arange(C)
-    for i, ax in enumerate(axes):
-        ax.bar(x, indep[i], color="tab:blue", alpha=0.45, label="gate alone: correct, max d ≥ 1")
-        ax.bar(x, casc[i], color="tab:blue", label="exits here correctly under dg(1,1,1)")
-        ax.plot(x, totals, "k_", ms=8, label="test samples of the class")
-        ax.set_ylabel(f"test samples (count)\nd-gate {i + 1}", fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, fontsize=7)
-    if C <= 20:
-        axes[-1].set_xticks(x, names, rotation=30, fontsize=7)
-    axes[-1].set_xlabel("class")
+    names = [str(c) for c in (CLASS_NAMES.get(cfg.dataset) or list(class_names(cfg.dataset) or range(C)))]
     data = pd.DataFrame([{"class": c, "name": names[c] if c < len(names) else str(c), "gate": i + 1,
                           "correct_distance_ge_1": indep[i, c], "exits_correct_dg111": casc[i, c],
                           "class_total": totals[c]} for i in range(3) for c in range(C)])
-    return save_figure(fig, meta, settings.figures_dir, data=data)
+
+    def draw():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        # 0.12 in a class up to 16 in (ImageNet's 1000 classes: bars without tick labels)
+        fig, axes = plt.subplots(3, 1, figsize=(min(max(6.4, 0.12 * C), 16), 7.5), sharex=True)
+        x = np.arange(C)
+        for i, ax in enumerate(axes):
+            ax.bar(x, indep[i], color="tab:blue", alpha=0.45, label="gate alone: correct, max d ≥ 1")
+            ax.bar(x, casc[i], color="tab:blue", label="exits here correctly under dg(1,1,1)")
+            ax.plot(x, totals, "k_", ms=8, label="test samples of the class")
+            ax.set_ylabel(f"test samples (count)\nd-gate {i + 1}", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, fontsize=7)
+        if C <= 20:
+            axes[-1].set_xticks(x, names, rotation=30, fontsize=7)
+        axes[-1].set_xlabel("class")
+        return fig
+
+    return Figure("Per class: test samples each d-gate classifies correctly with distance ≥ 1", cfg.dataset,
+                  _model(cfg), _cost(request), data=data, draw=draw,
+                  notes=[_gate_note(cfg), "bars: each gate on its own (every test sample); dark: under the cascade "
+                         "dg(1.0,1.0,1.0), the samples that actually exit there correctly", f"mean over {n} seed(s)"])
 
 
 # ---------------------------------------------------------------------------- the paper
@@ -1197,16 +1140,17 @@ PAPER = Paper(
            "by Decision Gates (CVPRW 2019)"),
     artifacts={a.name: a for a in [
         Artifact("table1", "ResNet-101 + d-gates on CIFAR-10: top-1, GFLOPs, time (paper and tuned thresholds)",
-                 _table_runs("resnet101"), build_table1),
+                 _arch_runs("resnet101", "backbone", "hinge"), _dg_table("table1", "ResNet-101")),
         Artifact("table2", "DenseNet-201 + d-gates on CIFAR-10: top-1, GFLOPs, time (paper and tuned thresholds)",
-                 _table_runs("densenet201"), build_table2),
+                 _arch_runs("densenet201", "backbone", "hinge"), _dg_table("table2", "DenseNet-201")),
         Artifact("fig4", "Accuracy vs FLOPs, hinge-trained vs cross-entropy-trained gates (ResNet-101)",
-                 fig4_runs, build_fig4),
-        Artifact("fig5", "FLOPs and accuracy over a (t1, t2) grid of two d-gates (ResNet-101)", fig5_runs, build_fig5),
+                 _arch_runs("resnet101", "hinge", "ce"), build_fig4),
+        Artifact("fig5", "FLOPs and accuracy over a (t1, t2) grid of two d-gates (ResNet-101)",
+                 _arch_runs("resnet101", "hinge"), build_fig5),
         Artifact("fig7", "Per class, test samples each d-gate classifies correctly with distance >= 1",
-                 fig7_runs, build_fig7),
+                 _arch_runs("imagenet", "hinge"), build_fig7),
         Artifact("imagenet", "ResNet-101 + d-gates on ImageNet (smaller scales: table1's runs)",
-                 imagenet_runs, build_imagenet),
+                 _arch_runs("imagenet", "backbone", "hinge"), build_imagenet),
     ]},
     trainers={"backbone": train_backbone, "gates": train_gates},
     options=OPTIONS,
