@@ -382,6 +382,16 @@ def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> t
     return accs[0].tolist(), spreads
 
 
+def rate_with_spread(correct: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """The share (%) of test samples that are right (``correct``: per seed, each sample's 0/1) and
+    its spread by the one rule: one seed, the half-width of the 95 % bootstrap interval over the
+    samples; N ≥ 2 seeds, the half-width of the 95 % t-interval over seeds."""
+    if len(correct) > 1:
+        return mean_and_spread([float(c.double().mean() * 100) for c in correct])
+    lo, hi = bootstrap_ci(correct[0])
+    return float(correct[0].double().mean() * 100), (hi - lo) / 2
+
+
 def gap_with_spread(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> tuple[float, float]:
     """The one rule for the spread of a gap between two methods (pp): ``a`` and ``b`` hold, per seed,
     each test sample's correctness (0/1, the same samples in the same order).  One seed: the gap

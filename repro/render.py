@@ -620,6 +620,7 @@ class Figure:
     integer_x: bool = False
     logx: bool = False
     panel_title: str = ""
+    collapsed: str = ""              # the note for curves collapsed to one point ({labels}, {n}); "" the core's
     draw: object = None              # Callable[[], matplotlib.figure.Figure]
     dpi: int = 150
     notes: Sequence[str] = ()
@@ -672,8 +673,10 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
                        out.reference if isinstance(out.reference, pd.DataFrame) else None)
                 key = out.reference if isinstance(out.reference, str) and out.reference else artifact
                 df = beside_paper(ours, paper, key, out.rows, out.columns, out.labels, reference=ref)
-                if none:  # no paper columns at all, rather than empty ones
-                    df = df[[c for c in df.columns if not str(c).endswith((" paper", " Δ"))]]
+                # a column the paper gives no number for (in any row) gets no paper or Δ column
+                empty = {c for c in out.columns or dict.fromkeys(ours["column"])
+                         if none or df[f"{c} paper"].isna().all()}
+                df = df[[c for c in df.columns if not any(str(c) in (f"{e} paper", f"{e} Δ") for e in empty)]]
             paths += write_table(df, meta, settings.tables_dir, digits=out.digits)
         elif isinstance(out, Figure):
             if out.draw is not None:
@@ -682,5 +685,6 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
                 paths += write_figure(out.series, meta, settings.figures_dir, out.xlabel, out.ylabel, out.logx,
                                       out.data, paper=out.paper, paper_axes=out.paper_axes,
                                       paper_title=out.paper_title, legend=out.legend, note=out.note,
-                                      integer_x=out.integer_x, title=out.panel_title, paper_sharex=out.paper_sharex)
+                                      integer_x=out.integer_x, title=out.panel_title, paper_sharex=out.paper_sharex,
+                                      **({"collapsed": out.collapsed} if out.collapsed else {}))
     return paths

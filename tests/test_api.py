@@ -136,3 +136,24 @@ def test_show_config_prints_every_planned_runs_resolved_config_as_json(tmp_path)
                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--show-config goes with --dry-run" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_column_the_paper_gives_nothing_for_gets_no_paper_column(tmp_path):
+    from repro.render import building
+
+    ours = [{"row": "baseline", "column": c, "value": 80.0} for c in ("E-1", "exit1_pct")]
+    table = Table("t", "fashion-mnist", "m", "MMACs", ours, ["baseline"], ["E-1", "exit1_pct"])
+    request = Request(scale="quick")
+    with building(request):
+        write_outputs(table, "imta", "table2", request, _settings(tmp_path))
+    cols = list(read_table_csv(tmp_path / "tables" / "quick" / "imta_table2.csv").columns)
+    assert "E-1 paper" in cols and "exit1_pct" in cols and "exit1_pct paper" not in cols
+
+
+def test_rate_spread_is_the_bootstrap_at_one_seed_and_the_t_interval_over_seeds():
+    from repro.exits import rate_with_spread
+
+    c = torch.tensor([1, 0, 1, 1] * 25, dtype=torch.bool)
+    lo, hi = bootstrap_ci(c)
+    assert rate_with_spread([c]) == pytest.approx((75.0, (hi - lo) / 2))
+    assert rate_with_spread([c, torch.ones(100, dtype=torch.bool)]) == pytest.approx((87.5, 12.706 * 12.5 * 2 ** 0.5 / 2 ** 0.5))
