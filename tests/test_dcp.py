@@ -1,6 +1,5 @@
 """DCP: utility update by hand, gradients of masked channels, the global top-k, export
 equality and its fvcore cost, L1-norm pruning, resume, and every artifact at smoke scale."""
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,7 +7,6 @@ import pandas as pd
 import pytest
 from conftest import run_smoke
 import torch
-import torch.nn.functional as F
 
 from repro.config import DataSpec, TrainSpec
 from repro.data import load_data
@@ -299,7 +297,7 @@ def test_resumed_dcp_run_is_identical(tmp_path):
 
 def test_paper_scale_configs_follow_the_authors_recipes():
     from repro.papers.dcp import chain
-    from repro.runner import Request
+    from repro.api import Request
 
     r = Request(scale="paper")
     vgg = chain(r, "vgg16")
@@ -350,7 +348,7 @@ def test_imagenet_dcp_schedule_follows_main2_at_head():
     """main2.py at HEAD: lr 0.01 in epoch 0, then 0.1, x0.1 from epochs 36, 48, 54 (MultiStepLR stepped at
     each epoch's end); net.epoch_step raises the decay 0.6 -> 0.7 (36) -> 0.8 (48) -> 1.0 (54)."""
     from repro.papers.dcp import chain
-    from repro.runner import Request
+    from repro.api import Request
 
     cfg = chain(Request(scale="paper"), "resnet50")["dcp"]
     lrs, decays = _per_epoch(cfg, steps=7)
@@ -397,7 +395,8 @@ def test_imagenet_recipe_trains_in_two_phases_and_resumes(tmp_path, monkeypatch)
     interrupted in the second phase resumes to the same network."""
     import repro.train
     from repro.papers.dcp import chain
-    from repro.runner import Request, Settings, execute
+    from repro.api import Request, Settings
+    from repro.runner import execute
     from repro.store import Run
 
     runs = chain(Request(scale="paper", dataset="synthetic"), "resnet50")
@@ -443,7 +442,8 @@ def test_imagenet_recipe_trains_in_two_phases_and_resumes(tmp_path, monkeypatch)
 def test_paper_scale_chain_runs_a_few_batches_on_synthetic_data(tmp_path):
     """ResNet-32 at full width through the real trainers: unpruned -> dcp -> l1 (a few batches)."""
     from repro.papers.dcp import chain
-    from repro.runner import Request, Settings, execute
+    from repro.api import Request, Settings
+    from repro.runner import execute
     from repro.store import Run
 
     runs = chain(Request(scale="paper", dataset="synthetic"), "resnet32")
@@ -461,6 +461,51 @@ def test_paper_scale_chain_runs_a_few_batches_on_synthetic_data(tmp_path):
     assert res["macs_full"] == pytest.approx(69.8e6, rel=2e-3)
     l1r = Run(tmp_path, l1).results()
     assert abs(l1r["flops_reduction_pct"] - res["flops_reduction_pct"]) < 2.0
+
+
+def test_table1_from_synthetic_runs_pairs_the_gaps_and_shows_only_the_papers_columns(tmp_path):
+    """table1 built from given runs (two seeds): top1_change and the claims are the paired gaps of
+    repro.exits.gap_with_spread, the paper's columns appear only where the README gives a number."""
+    from repro.api import Request, Runs, Settings
+    from repro.exits import gap_with_spread
+    from repro.papers import dcp
+    from repro.render import read_table_csv
+    from repro.runner import build_and_write
+
+    class FakeRun:
+        def __init__(self, results, outputs):
+            self.results, self.outputs = results, outputs
+
+    request = Request(scale="smoke", seeds=2)
+    named = dcp.PAPER.artifacts["table1"].runs(request)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (200,), generator=g)
+    given = {}
+    for i, name in enumerate(named):
+        runs = []
+        for seed in range(2):
+            logits = torch.randn(1, 200, 10, generator=g)
+            k = 100 + 20 * (i % 3) + seed  # the first k images are right
+            logits[0, :k].scatter_(1, labels[:k, None], 9.0)
+            top1 = float((logits[0].argmax(-1) == labels).double().mean() * 100)
+            macs = 1e6 * (3 - i % 3)
+            res = {"top1": top1, "top5": top1, "macs": macs, "params": 1e5, "macs_predicted": macs,
+                   "params_predicted": 1e5, "flops_reduction_pct": 10.0 * (i % 3), "params_reduction_pct": 5.0,
+                   "masked_top1": top1, "guard_hits": 0, "warmup_iters": 1, "total_iters": 8, "keep_fraction": 0.5,
+                   "finetune_batches": 2}
+            runs.append(FakeRun(res, {"test_logits": logits, "test_labels": labels}))
+        given[name] = runs
+    build_and_write("dcp", "table1", request, Runs.fixed(given, named, request), Settings(out_dir=tmp_path))
+    df = read_table_csv(tmp_path / "tables" / "smoke" / "dcp_table1.csv")
+    assert [c for c in df.columns if c.endswith(" paper")] == ["top1 paper", "flops_reduction_pct paper"]
+    correct = lambda n: [r.outputs["test_logits"][0].argmax(-1) == labels for r in given[n]]  # noqa: E731
+    gap, spread = gap_with_spread(correct("resnet32/dcp"), correct("resnet32/unpruned"))
+    assert df.loc[4, "top1_change"] == pytest.approx(gap) and df.loc[4, "top1_change ±"] == pytest.approx(spread)
+    md = (tmp_path / "tables" / "smoke" / "dcp_table1.md").read_text()
+    gap, _ = gap_with_spread(correct("vgg16/dcp"), correct("vgg16/l1"))
+    assert f"VGG-16: DCP − L1-norm top-1 at the same FLOPs (paper: DCP is superior, no L1 number): ours {gap:+.2f}" \
+        in md
+    assert "model: vgg16_cifar {'width': 0.0625}; resnet_cifar {'depth': 32, 'width': 4}" in md
 
 
 # ---------------------------------------------------------------- every artifact at smoke scale

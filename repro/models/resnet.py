@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from repro.models import register_model
 from repro.models.staged import MaskSlot, StagedBackbone, init_weights
 
 __all__ = [
@@ -213,6 +214,7 @@ class CifarResNet(StagedBackbone):
         init_weights(self)
 
 
+@register_model
 def resnet_cifar(
     depth: int = 32,
     num_classes: int = 10,

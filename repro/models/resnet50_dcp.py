@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from repro.models import register_model
 from repro.models.staged import MaskSlot
 
 __all__ = ["MaskableBottleneck", "ResNet50DCP", "maskable_layers", "resnet50_dcp"]
@@ -94,6 +95,7 @@ class ResNet50DCP(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+@register_model
 def resnet50_dcp(num_classes: int = 1000, in_channels: int = 3, width: int = 64, stem: str = "imagenet",
                  blocks: Sequence[int] = (3, 4, 6, 3)) -> ResNet50DCP:
     """ResNet-50 (torchvision layout) with DCP mask slots; see the module docstring."""

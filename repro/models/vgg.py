@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs
 
+from repro.models import register_model
 from repro.models.staged import MaskSlot, init_weights, scaled
 
 __all__ = ["ConvBNMask", "VGGCifar", "maskable_layers", "vgg16_cifar"]
@@ -62,6 +63,7 @@ class VGGCifar(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+@register_model
 def vgg16_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> VGGCifar:
     """VGG-16-BN (torchvision cfg "D") for 32x32 inputs; ``width`` scales every conv's channels.
 

@@ -25,16 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Option, Paper
-from repro.config import ConfigError, RunConfig, TrainSpec
-from repro.data import DataSpec, dataset_info
-from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, topk_accuracy
+from repro.api import Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec
+from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, topk_accuracy
 from repro.flops import CONVENTIONS, count_by_module
-from repro.models import resnet, resnet50_dcp, vgg
+from repro.models import create_model, resnet, resnet50_dcp, vgg
 from repro.models.staged import MaskSlot, prune_channels
-from repro.render import Meta, Series, beside_paper, claim, write_figure, write_table, save_figure
+from repro.reference_data import load_reference, paper_value
+from repro.render import beside_paper, dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
-from repro.store import Run, load_checkpoint
+from repro.store import Run, atomic_torch_save, load_checkpoint
 from repro.train import tracked
 
 PAPER_NAME = "dcp"
@@ -442,11 +441,10 @@ def match_uniform_fraction(cost: CostModel, target_reduction: float, grid: int =
 
 # ============================================================================ models and runs
 
-MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], list[MaskSlot]]]] = {
-    "vgg16_cifar": (vgg.vgg16_cifar, vgg.maskable_layers),
-    "resnet_cifar": (resnet.resnet_cifar, resnet.maskable_layers),
-    "resnet50_dcp": (resnet50_dcp.resnet50_dcp, resnet50_dcp.maskable_layers),
-}
+# The registered models DCP prunes (repro.models), and where each one's mask slots are
+SLOTS: dict[str, Callable[[nn.Module], list[MaskSlot]]] = {
+    "vgg16_cifar": vgg.maskable_layers, "resnet_cifar": resnet.maskable_layers,
+    "resnet50_dcp": resnet50_dcp.maskable_layers}
 
 
 @dataclass(frozen=True)
@@ -455,9 +453,7 @@ class Arch:
     key: str
     label: str
     model: str
-    args: dict
-    quick_args: dict
-    smoke_args: dict
+    args: dict[str, dict]           # model arguments per scale (CPU scales: narrower)
     pr: float                       # default pruning rate
     u_init: str                     # initial utility (authors: VGG zeros, ResNets 1/C)
     paper_dataset: str
@@ -481,23 +477,26 @@ _SGD = dict(batch_size=64, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e
 _CIFAR_PRETRAINED = TrainSpec(epochs=200, **{**_SGD, "lr": 0.01}, milestones=(100 / 200, 150 / 200, 190 / 200))
 
 ARCHS: dict[str, Arch] = {
-    "vgg16": Arch("vgg16", "VGG-16", "vgg16_cifar", {}, {"width": 0.25}, {"width": 0.0625}, 0.42, "zero", "cifar10",
+    "vgg16": Arch("vgg16", "VGG-16", "vgg16_cifar", {"paper": {}, "quick": {"width": 0.25}, "smoke": {"width": 0.0625}},
+                  0.42, "zero", "cifar10",
                   TrainSpec(epochs=200, **_SGD, milestones=(100 / 200, 150 / 200, 190 / 200)), 10,
                   pretrained_train=_CIFAR_PRETRAINED, quick_lr=0.02),
-    "resnet32": Arch("resnet32", "ResNet-32", "resnet_cifar", {"depth": 32}, {"depth": 32, "width": 8},
-                     {"depth": 32, "width": 4}, 0.5, "inv_channels", "cifar10",
+    "resnet32": Arch("resnet32", "ResNet-32", "resnet_cifar",
+                     {"paper": {"depth": 32}, "quick": {"depth": 32, "width": 8}, "smoke": {"depth": 32, "width": 4}},
+                     0.5, "inv_channels", "cifar10",
                      TrainSpec(epochs=300, **_SGD, milestones=(150 / 300, 200 / 300, 250 / 300, 290 / 300)), 10,
                      pretrained_train=_CIFAR_PRETRAINED),
-    "resnet56": Arch("resnet56", "ResNet-56", "resnet_cifar", {"depth": 56}, {"depth": 56, "width": 8},
-                     {"depth": 56, "width": 4}, 0.5, "inv_channels", "cifar10",
+    "resnet56": Arch("resnet56", "ResNet-56", "resnet_cifar",
+                     {"paper": {"depth": 56}, "quick": {"depth": 56, "width": 8}, "smoke": {"depth": 56, "width": 4}},
+                     0.5, "inv_channels", "cifar10",
                      TrainSpec(epochs=300, **_SGD, milestones=(150 / 300, 200 / 300, 250 / 300, 290 / 300)), 10,
                      pretrained_train=_CIFAR_PRETRAINED),
     # ImageNet: the authors start from torchvision's pretrained ResNet-50 (main2.py at HEAD, b7845f7):
     # 60 epochs, batch 64, lr 0.01 for the first epoch then 0.1, x0.1 at epochs 36/48/54 (scheduler
     # stepped at each epoch's end), warm-up 5 epochs, pr 0.3, decay 0.6 raised by net.epoch_step to
     # 0.7 (epoch 36), 0.8 (48) and 1.0 (54).
-    "resnet50": Arch("resnet50", "ResNet-50", "resnet50_dcp", {}, {"width": 16}, {"width": 4}, 0.3, "inv_channels",
-                     "imagenet",
+    "resnet50": Arch("resnet50", "ResNet-50", "resnet50_dcp",
+                     {"paper": {}, "quick": {"width": 16}, "smoke": {"width": 4}}, 0.3, "inv_channels", "imagenet",
                      TrainSpec(epochs=90, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,
                                milestones=(30 / 90, 60 / 90)), 5,
                      dcp_init="pretrained",
@@ -539,20 +538,35 @@ def dcp_phases(cfg: RunConfig) -> list[tuple[str, TrainSpec]]:
     milestones = tuple(max(e - k, 0) / rest for e in t.milestone_epochs())
     return [("dcp-start", first), ("dcp", replace(t, epochs=rest, milestones=milestones))]
 
-# CPU scales: one epoch, cosine decay (a step schedule needs several epochs), no augmentation
-# (nothing to overfit in one epoch; VGG-16 w0.25 on 20 k images at lr 0.05: 77.9 % with
-# crop+flip, 85.3 % without), a peak learning
-# rate per architecture (Arch.quick_lr); starting from the unpruned run and fine-tuning use a tenth
-# of it (the authors' 0.01 vs 0.1), and L1 fine-tuning lasts a fifth of an epoch (Li et al.'s 40
-# epochs are a fifth of a 200-epoch schedule).
-SMALL_FINETUNE_FRACTION = 0.2
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training of one chain: the unpruned run (and DCP from scratch), DCP started from the
+    unpruned run, and L1's fine-tuning on a fraction of each epoch's batches; data options."""
+    base: TrainSpec
+    pretrained: TrainSpec
+    finetune: TrainSpec
+    finetune_fraction: float = 1.0
+    data: tuple[tuple[str, str], ...] = ()
 
 
-def _small_specs(arch: Arch) -> tuple[TrainSpec, TrainSpec, TrainSpec]:
+def _paper_recipe(arch: Arch) -> Recipe:
+    return Recipe(arch.train, arch.pretrained_train, arch.finetune)
+
+
+def _cpu_recipe(arch: Arch) -> Recipe:
+    """CPU scales: one epoch, cosine decay (a step schedule needs several epochs), no augmentation
+    (nothing to overfit in one epoch; VGG-16 w0.25 on 20 k images at lr 0.05: 77.9 % with crop+flip,
+    85.3 % without), a peak learning rate per architecture (Arch.quick_lr); starting from the
+    unpruned run and fine-tuning use a tenth of it (the authors' 0.01 vs 0.1), and L1 fine-tuning
+    lasts a fifth of an epoch (Li et al.'s 40 epochs are a fifth of a 200-epoch schedule)."""
     base = TrainSpec(epochs=1, batch_size=64, lr=arch.quick_lr, momentum=0.9, weight_decay=1e-4, schedule="cosine",
                      milestones=())
-    return (base, replace(base, lr=arch.quick_lr / 10),
-            replace(base, lr=arch.quick_lr / 10, schedule="constant"))
+    return Recipe(base, replace(base, lr=arch.quick_lr / 10), replace(base, lr=arch.quick_lr / 10, schedule="constant"),
+                  0.2, (("augment", "none"),))
+
+
+RECIPES: dict[str, Callable[[Arch], Recipe]] = {"paper": _paper_recipe, "quick": _cpu_recipe, "smoke": _cpu_recipe}
 
 
 TABLE1_ARCHS = ("vgg16", "resnet32", "resnet56")
@@ -605,36 +619,27 @@ def _parse_prs(raw: str) -> tuple[float, ...]:
     return prs
 
 
-def _model_args(arch: Arch, scale: str) -> dict:
-    return dict(arch.args if scale == "paper" else arch.quick_args if scale == "quick" else arch.smoke_args)
-
-
 def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfig]:
     """The three runs of one (architecture, pr): {"unpruned", "dcp", "l1"} (l1 ← dcp ← unpruned)."""
     arch = ARCHS[arch_key]
     if arch.paper_dataset == "imagenet" and request.option("imagenet_recipe", "head", IMAGENET_RECIPES) == "superseded":
         arch = RESNET50_SUPERSEDED
     scale = request.scale
+    recipe = RECIPES[scale](arch)
     dataset = request.dataset_for(arch.paper_dataset)
     data = run_data(request, dataset, IMAGENET_SIZE if arch.paper_dataset == "imagenet" else CIFAR_SIZE,
-                    **({} if scale == "paper" else {"augment": "none"}))
+                    **dict(recipe.data))
     if arch.model == "vgg16_cifar":  # its classifier flattens the last 1x1 map of a 32-px image
         need_size(PAPER_NAME, f"{arch.label} ({arch.model})", data, dataset, CIFAR_SIZE)
-    args = _model_args(arch, scale)
+    args = dict(arch.args[scale])
     pr = float(request.option("pr", arch.pr, type=float)) if pr is None else float(pr)
     init = arch.dcp_init if arch.paper_dataset == "imagenet" else request.option(
         "init", "scratch", ("scratch", "pretrained"))
-    if scale == "paper":
-        base_train = arch.train
-        dcp_train = arch.pretrained_train if init == "pretrained" else arch.train
-        ft_train, ft_frac = arch.finetune, 1.0
-    else:
-        base_train, pre_train, ft_train = _small_specs(arch)
-        dcp_train = pre_train if init == "pretrained" else base_train
-        ft_frac = SMALL_FINETUNE_FRACTION
+    base_train, ft_train, ft_frac = recipe.base, recipe.finetune, recipe.finetune_fraction
+    dcp_train = recipe.pretrained if init == "pretrained" else recipe.base
     # warm-up: the same fraction of the DCP schedule as the authors' epochs
-    recipe = arch.pretrained_train if init == "pretrained" and arch.pretrained_train else arch.train
-    warmup = request.option("warmup_frac", arch.warmup_epochs / recipe.epochs, type=float)
+    authors = arch.pretrained_train if init == "pretrained" and arch.pretrained_train else arch.train
+    warmup = request.option("warmup_frac", arch.warmup_epochs / authors.epochs, type=float)
     if not 0 <= warmup < 1:
         raise ConfigError(f"--set warmup_frac={warmup}: must be in [0, 1)")
     decay_default = arch.pretrained_decay if init == "pretrained" else 0.6
@@ -672,10 +677,10 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
 
 
 def _build(cfg: RunConfig, info) -> tuple[nn.Module, Callable[[nn.Module], list[MaskSlot]]]:
-    if cfg.model not in MODELS:
-        raise ConfigError(f"dcp has no model '{cfg.model}'; choose one of: {', '.join(MODELS)}")
-    make, slots_fn = MODELS[cfg.model]
-    return make(num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args), slots_fn
+    if cfg.model not in SLOTS:
+        raise ConfigError(f"dcp has no model '{cfg.model}'; choose one of: {', '.join(SLOTS)}")
+    model = create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
+    return model, SLOTS[cfg.model]
 
 
 def ce_step(model, x, y):
@@ -808,8 +813,6 @@ def train_dcp(ctx) -> dict:
     bare = D.unwrap(model)
     ctx.save_model(bare)
     if D.env().is_main:
-        from repro.store import atomic_torch_save
-
         atomic_torch_save(ctrl.state_dict(), ctx.run.dir / "dcp_state.pt")
     masked_val = collect_logits(bare, tracked(data.val, "masked outputs: validation"))
     masked_test = collect_logits(bare, tracked(data.test, "masked outputs: test"))
@@ -886,207 +889,153 @@ def train_l1(ctx) -> dict:
 
 # ============================================================================ artifacts
 
-SCALE_NOTE = {"paper": "paper scale",
-              "quick": "quick scale (reduced models, 1 epoch, no augmentation: NOT the paper's setting)",
-              "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}
+METHODS = ("unpruned", "dcp", "l1")
+COLUMNS = ["top1", "top1_change", "flops_reduction_pct", "params_reduction_pct", "mmacs", "params_m", "masked_top1"]
+COST_LINE = f"{CONVENTIONS[COST]}; reductions relative to the same unpruned model"
+GAP_NOTE = ("± of a difference (top1_change, the claims below): a paired 95 % bootstrap over the test images for one "
+            "seed, the 95 % t-interval of the per-seed differences otherwise (repro.exits.gap_with_spread)")
 
 
-def _meta(request, artifact: str, title: str, cfgs: Sequence[RunConfig], notes=()) -> Meta:
-    models = "; ".join(dict.fromkeys(f"{c.model} {c.model_args or ''}".strip() for c in cfgs))
-    return Meta(PAPER_NAME, artifact, title, SCALE_NOTE[request.scale], cfgs[0].dataset, request.seeds,
-                f"{CONVENTIONS[COST]}; reductions relative to the same unpruned model; models: {models}", list(notes))
+def _chains(request, archs: Sequence[str]) -> dict[str, RunConfig]:
+    """One chain per architecture, its runs named ``<arch>/<method>``."""
+    return {f"{a}/{m}": c for a in archs for m, c in chain(request, a).items()}
 
 
-def _runs(results, cfg) -> list:
-    return results[cfg]
+def _models(cfgs: Sequence[RunConfig]) -> str:
+    return "; ".join(dict.fromkeys(f"{c.model} {c.model_args or ''}".strip() for c in cfgs))
 
 
-def _acc_spread(runs) -> tuple[float, float]:
-    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs])
+def _acc(rr) -> tuple[float, float]:
+    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in rr])
     return mean[-1], spread[-1]
 
 
-def _top5_spread(runs) -> tuple[float, float]:
-    vals = [r.results["top5"] for r in runs]
-    return mean_and_spread(vals) if len(vals) > 1 else (vals[0], math.nan)
+def _correct(rr) -> list[torch.Tensor]:
+    """Per seed, each test image's correctness (for the paired gaps)."""
+    return [r.outputs["test_logits"][-1].argmax(-1) == r.outputs["test_labels"] for r in rr]
 
 
-def _value_spread(runs, key: str) -> tuple[float, float]:
-    vals = [float(r.results[key]) for r in runs]
-    return mean_and_spread(vals) if len(vals) > 1 else (vals[0], math.nan)
+def _value(rr, key: str) -> tuple[float, float]:
+    return mean_and_spread([float(r.results[key]) for r in rr])
 
 
-def _gap(a_runs, b_runs) -> tuple[float, float]:
-    """Mean top-1 difference a − b (pp) and its spread: the std over seeds of the per-seed gap,
-    or for one seed the half-width of a paired 95 % bootstrap over the test images (both
-    networks see the same resampled images)."""
-    if len(a_runs) > 1:
-        diffs = [a.results["top1"] - b.results["top1"] for a, b in zip(a_runs, b_runs)]
-        return mean_and_spread(diffs)
-    oa, ob = a_runs[0].outputs, b_runs[0].outputs
-    ca = (oa["test_logits"][-1].argmax(-1) == oa["test_labels"]).double()
-    cb = (ob["test_logits"][-1].argmax(-1) == ob["test_labels"]).double()
-    lo, hi = bootstrap_ci(ca - cb)
-    return float((ca - cb).mean() * 100), (hi - lo) / 2
-
-
-def _method_rows(results, runs: dict[str, RunConfig], prefix: str, extra_cols: bool = False) -> list[dict]:
-    rows = []
-    base = _runs(results, runs["unpruned"])
-    for method in ("unpruned", "dcp", "l1"):
-        rr = _runs(results, runs[method])
-        key = f"{prefix}/{method}"
-        acc, spread = _acc_spread(rr)
-        rows.append({"row": key, "column": "top1", "value": acc, "spread": spread})
-        if extra_cols:
-            v, s = _top5_spread(rr)
-            rows.append({"row": key, "column": "top5", "value": v, "spread": s})
-        if method != "unpruned":
-            gap, gs = _gap(rr, base)
-            rows.append({"row": key, "column": "top1_change", "value": gap, "spread": gs})
-            for col in ("flops_reduction_pct", "params_reduction_pct"):
-                v, s = _value_spread(rr, col)
-                rows.append({"row": key, "column": col, "value": v, "spread": s})
+def _method_rows(runs, arch: str, top5: bool = False) -> list[dict]:
+    """Our long rows of one chain: top-1 (and top-5), its change vs the unpruned run (a paired gap),
+    FLOPs and params reductions, MMACs, params, and DCP's top-1 with its masks (before export)."""
+    rows, base = [], runs[f"{arch}/unpruned"]
+    for method in METHODS:
+        key = f"{arch}/{method}"
+        rr = runs[key]
+        cells = {"top1": _acc(rr), **({"top5": _value(rr, "top5")} if top5 else {})}
+        if method == "unpruned":
+            cells.update(flops_reduction_pct=(0.0, math.nan), params_reduction_pct=(0.0, math.nan))
         else:
-            for col in ("flops_reduction_pct", "params_reduction_pct"):
-                rows.append({"row": key, "column": col, "value": 0.0})
-        rows.append({"row": key, "column": "mmacs", "value": _value_spread(rr, "macs")[0] / 1e6})
-        rows.append({"row": key, "column": "params_m", "value": _value_spread(rr, "params")[0] / 1e6})
+            cells["top1_change"] = gap_with_spread(_correct(rr), _correct(base))
+            cells.update({c: _value(rr, c) for c in ("flops_reduction_pct", "params_reduction_pct")})
+        cells.update(mmacs=(_value(rr, "macs")[0] / 1e6, math.nan), params_m=(_value(rr, "params")[0] / 1e6, math.nan))
         if method == "dcp":
-            v, s = _value_spread(rr, "masked_top1")
-            rows.append({"row": key, "column": "masked_top1", "value": v, "spread": s})
+            cells["masked_top1"] = _value(rr, "masked_top1")
+        rows += [{"row": key, "column": c, "value": v, "spread": s} for c, (v, s) in cells.items()]
     return rows
 
 
-def _reference_rows(artifact: str, archs: Sequence[str]) -> pd.DataFrame:
-    """The paper's numbers moved onto our DCP rows (``<arch>/dcp``)."""
-    from repro.reference_data import load_reference
+def _labels(runs, archs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for a in archs:
+        label = ARCHS[a].label
+        match = "same FLOPs" if runs.config(f"{a}/l1").method["match"] == "flops" else "same layer widths"
+        out.update({f"{a}/unpruned": f"{label} unpruned",
+                    f"{a}/dcp": f"{label} DCP (pr {runs.config(f'{a}/dcp').method['pr']:g})",
+                    f"{a}/l1": f"{label} L1-norm + fine-tune ({match})"})
+    return out
 
-    ref = load_reference(PAPER_NAME)
-    ref = ref[ref["artifact"] == artifact]
-    out = [{"row": f"{r['row']}/dcp", "column": r["column"], "value": r["value"]}
-           for _, r in ref.iterrows() if r["row"] in archs]
-    return pd.DataFrame(out, columns=["row", "column", "value"])
+
+def _claims(runs, archs: Sequence[str]) -> list[Claim]:
+    """DCP against L1-norm at the same FLOPs and against the unpruned network: the authors claim
+    superiority but print neither an L1 nor an unpruned number, so there is no paper gap."""
+    out = []
+    for a in archs:
+        d, l1, u = (_correct(runs[f"{a}/{m}"]) for m in ("dcp", "l1", "unpruned"))
+        label = ARCHS[a].label
+        out += [Claim(f"{label}: DCP − L1-norm top-1 at the same FLOPs (paper: DCP is superior, no L1 number)",
+                      *gap_with_spread(d, l1)),
+                Claim(f"{label}: DCP − unpruned top-1", *gap_with_spread(d, u))]
+    return out
 
 
-def _check_notes(results, chains: dict[str, dict[str, RunConfig]]) -> list[str]:
+def _check_notes(runs, archs: Sequence[str]) -> list[str]:
+    """What every run checked: export vs masked network, exact cost, guard hits, L1's match."""
     notes = []
-    for arch_key, runs in chains.items():
-        dr = _runs(results, runs["dcp"])
-        lr = _runs(results, runs["l1"])
+    for a in archs:
+        dr, lr = runs[f"{a}/dcp"], runs[f"{a}/l1"]
+        m, l1cfg = runs.config(f"{a}/dcp").method, runs.config(f"{a}/l1")
         diff = max(abs(r.results["top1"] - r.results["masked_top1"]) for r in dr)
         exact = all(r.results["macs"] == r.results["macs_predicted"] and
                     r.results["params"] == r.results["params_predicted"] for r in dr + lr)
         hits = sum(r.results.get("guard_hits", 0) for r in dr)
-        m = runs["dcp"].method
         fr = [r.results.get("keep_fraction") for r in lr]
         match = (f"uniform keep fraction {', '.join(f'{f:.3f}' for f in fr)} per layer"
                  if all(f is not None for f in fr) else "DCP's per-layer channel counts")
         rises = "".join(f" -> {d:g} at {100 * f:g} %" for f, d in m.get("decay_schedule", ()))
         rises += " of the iterations" if rises else ""
         start = (f", lr {m['start_lr']:g} for the first {m['start_epochs']} epoch(s)" if m.get("start_epochs") else "")
-        notes.append(f"{ARCHS[arch_key].label}: DCP pr {m['pr']:g}, decay {m['decay']:g}{rises}{start}, warm-up "
+        notes.append(f"{ARCHS[a].label}: DCP pr {m['pr']:g}, decay {m['decay']:g}{rises}{start}, warm-up "
                      f"{dr[0].results['warmup_iters']}/{dr[0].results['total_iters']} iterations, init {m['init']}; "
                      f"exported vs masked test top-1 |Δ| ≤ {diff:.3f} pp; fvcore MACs/params of the exported "
                      f"networks {'equal' if exact else 'DIFFER FROM'} the mask's prediction; layers kept alive "
-                     f"by the ≥1-channel guard: {hits} iteration-layers; L1 ({runs['l1'].method['match']} match): "
+                     f"by the ≥1-channel guard: {hits} iteration-layers; L1 ({l1cfg.method['match']} match): "
                      f"{match}, fine-tuned {lr[0].results['finetune_batches']} batches/epoch x "
-                     f"{runs['l1'].train.epochs} epoch(s)")
+                     f"{l1cfg.train.epochs} epoch(s)")
     return notes
 
 
-def _claims(results, chains) -> list[str]:
-    out = []
-    for arch_key, runs in chains.items():
-        label = ARCHS[arch_key].label
-        d, l1, u = (_runs(results, runs[k]) for k in ("dcp", "l1", "unpruned"))
-        gap, spread = _gap(d, l1)
-        out.append(claim(f"{label}: DCP − L1-norm top-1 at the same FLOPs (paper: DCP is superior, no L1 number)",
-                         gap, spread, None))
-        gap, spread = _gap(d, u)
-        out.append(claim(f"{label}: DCP − unpruned top-1", gap, spread, None))
-    return out
+def _chain_table(title: str, artifact: str, runs, archs: Sequence[str], columns: Sequence[str],
+                 notes: Sequence[str]) -> Table:
+    """Unpruned, DCP and L1 of each architecture, the paper's numbers (the authors' README: DCP's
+    top-1 and "FLOPs pruned") on our DCP rows."""
+    ours = pd.DataFrame([r for a in archs for r in _method_rows(runs, a, "top5" in columns)])
+    ref = load_reference(PAPER_NAME)
+    ref = pd.DataFrame([{"row": f"{r['row']}/dcp", "column": r["column"], "value": r["value"]}
+                        for _, r in ref[ref["artifact"] == artifact].iterrows() if r["row"] in archs],
+                       columns=["row", "column", "value"])
+    keys = [f"{a}/{m}" for a in archs for m in METHODS]
+    # frame=, not ours=: the paper gives two of the seven columns, and Table(ours=) would add an empty
+    # "paper" (and Δ) column beside each of the other five; beside_paper, then those dropped
+    df = beside_paper(ours, PAPER_NAME, artifact, keys, columns, _labels(runs, archs), reference=ref)
+    empty = [c for c in columns if df[f"{c} paper"].isna().all()]
+    df = df.drop(columns=[f"{c} {s}" for c in empty for s in ("paper", "Δ")])
+    cfgs = [runs.config(k) for k in keys]
+    return Table(title, cfgs[0].dataset, _models(cfgs), COST_LINE, frame=df,
+                 notes=[*notes, GAP_NOTE, *_check_notes(runs, archs)], claims=_claims(runs, archs))
 
 
-GAP_NOTE = ("± of a difference (top1_change, the claims below): std over seeds of the per-seed difference, or for "
-            "one seed the half-width of a paired 95 % bootstrap over the test images")
-COLUMNS = ["top1", "top1_change", "flops_reduction_pct", "params_reduction_pct", "mmacs", "params_m", "masked_top1"]
+def table1_runs(request) -> dict[str, RunConfig]:
+    return _chains(request, TABLE1_ARCHS)
 
 
-def _labels(chains) -> dict[str, str]:
-    out = {}
-    for arch_key, runs in chains.items():
-        a = ARCHS[arch_key].label
-        m = runs["l1"].method["match"]
-        out.update({f"{arch_key}/unpruned": f"{a} unpruned", f"{arch_key}/dcp": f"{a} DCP (pr {runs['dcp'].method['pr']:g})",
-                    f"{arch_key}/l1": f"{a} L1-norm + fine-tune ({'same FLOPs' if m == 'flops' else 'same layer widths'})"})
-    return out
+def build_table1(request, runs, settings) -> Table:
+    return _chain_table("CIFAR-10 top-1 (%), FLOPs and params reduction (%): DCP vs L1-norm pruning", "table1", runs,
+                        TABLE1_ARCHS, COLUMNS,
+                        ["top1_change: top-1 minus the unpruned run's (pp); masked_top1: DCP network with its masks, "
+                         "before export; paper numbers: the authors' README (pruned top-1, 'FLOPs pruned')"])
 
 
-def _drop_empty_paper_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep "<col> paper" / "<col> Δ" only where the paper gives a number."""
-    drop = []
-    for c in df.columns:
-        if str(c).endswith(" paper") and df[c].isna().all():
-            drop += [c, f"{str(c)[:-len(' paper')]} Δ"]
-    return df.drop(columns=[c for c in drop if c in df.columns])
+def imagenet_runs(request) -> dict[str, RunConfig]:
+    return _chains(request, ("resnet50",))
 
 
-def table1_chains(request) -> dict[str, dict[str, RunConfig]]:
-    return {a: chain(request, a) for a in TABLE1_ARCHS}
-
-
-def table1_runs(request) -> list[RunConfig]:
-    return [c for runs in table1_chains(request).values() for c in runs.values()]
-
-
-def build_table1(request, results, settings):
-    chains = table1_chains(request)
-    rows = [r for a, runs in chains.items() for r in _method_rows(results, runs, a)]
-    keys = [f"{a}/{m}" for a in chains for m in ("unpruned", "dcp", "l1")]
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", keys, COLUMNS, _labels(chains),
-                      reference=_reference_rows("table1", chains))
-    df = _drop_empty_paper_columns(df)
-    cfgs = [c for runs in chains.values() for c in runs.values()]
-    notes = ["top1_change: top-1 minus the unpruned run's (pp); masked_top1: DCP network with its masks, before "
-             "export; paper numbers: the authors' README (pruned top-1, 'FLOPs pruned')", GAP_NOTE,
-             *_claims(results, chains), *_check_notes(results, chains)]
-    meta = _meta(request, "table1", "CIFAR-10 top-1 (%), FLOPs and params reduction (%): DCP vs L1-norm pruning",
-                 cfgs, notes)
-    return write_table(df, meta, settings.tables_dir)
-
-
-def imagenet_chain(request) -> dict[str, RunConfig]:
-    return chain(request, "resnet50")
-
-
-def imagenet_runs(request) -> list[RunConfig]:
-    return list(imagenet_chain(request).values())
-
-
-def build_imagenet(request, results, settings):
-    runs = imagenet_chain(request)
-    chains = {"resnet50": runs}
-    rows = _method_rows(results, runs, "resnet50", extra_cols=True)
-    keys = [f"resnet50/{m}" for m in ("unpruned", "dcp", "l1")]
-    cols = ["top1", "top5", "top1_change", "flops_reduction_pct", "params_reduction_pct", "mmacs", "params_m",
-            "masked_top1"]
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "imagenet", keys, cols, _labels(chains),
-                      reference=_reference_rows("imagenet", ["resnet50"]))
-    df = _drop_empty_paper_columns(df)
-    base = runs["unpruned"]
-    init = ("torchvision's pretrained weights (IMAGENET1K_V1), as the authors" if base.method["init"] == "torchvision"
+def build_imagenet(request, runs, settings) -> Table:
+    init = ("torchvision's pretrained weights (IMAGENET1K_V1), as the authors"
+            if runs.config("resnet50/unpruned").method["init"] == "torchvision"
             else "our own training run (stands in for the authors' pretrained ResNet-50)")
-    t = runs["dcp"].train
+    t = runs.config("resnet50/dcp").train
     which = ("main2.py at HEAD" if request.option("imagenet_recipe", "head", IMAGENET_RECIPES) == "head"
              else "main2.py as of 28c135c (superseded)")
     drops = f" x{t.gamma:g} at epochs {t.milestone_epochs()}" if t.schedule == "multistep" and t.milestones else ""
-    recipe = f"DCP recipe: {which}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"
-    notes = [f"unpruned ResNet-50: {init}; DCP starts from it", recipe, GAP_NOTE, *_claims(results, chains),
-             *_check_notes(results, chains)]
-    meta = _meta(request, "imagenet", "ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm",
-                 list(runs.values()), notes)
-    return write_table(df, meta, settings.tables_dir)
+    notes = [f"unpruned ResNet-50: {init}; DCP starts from it",
+             f"DCP recipe: {which}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"]
+    return _chain_table("ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm", "imagenet",
+                        runs, ("resnet50",), ["top1", "top5", *COLUMNS[1:]], notes)
 
 
 def _ratio_setup(request) -> tuple[str, tuple[float, ...]]:
@@ -1097,65 +1046,59 @@ def _ratio_setup(request) -> tuple[str, tuple[float, ...]]:
     return arch, tuple(sorted(set(prs)))
 
 
-def ratio_chains(request) -> tuple[str, dict[float, dict[str, RunConfig]]]:
+def ratio_runs(request) -> dict[str, RunConfig]:
+    """The unpruned run (the same for every pr), then DCP and L1 per pr, named ``<method>/pr<pr>``."""
     arch, prs = _ratio_setup(request)
-    return arch, {pr: chain(request, arch, pr) for pr in prs}
+    out = {}
+    for pr in prs:
+        runs = chain(request, arch, pr)
+        out.setdefault("unpruned", runs["unpruned"])
+        out.update({f"dcp/pr{pr:g}": runs["dcp"], f"l1/pr{pr:g}": runs["l1"]})
+    return out
 
 
-def ratio_runs(request) -> list[RunConfig]:
-    _, chains = ratio_chains(request)
-    return [c for runs in chains.values() for c in runs.values()]
-
-
-def build_fig_ratio(request, results, settings):
-    from repro.reference_data import load_reference, reference_value
-    from repro.render import dataset_name, paper_label
-
-    arch, chains = ratio_chains(request)
+def build_fig_ratio(request, runs, settings) -> Figure:
+    arch, prs = _ratio_setup(request)
     label = ARCHS[arch].label
     series, frames = [], []
     for method, name in (("dcp", "DCP"), ("l1", "L1-norm + fine-tune (same FLOPs)")):
-        xs, ys, es = [], [], []
-        for pr, runs in chains.items():
-            rr = _runs(results, runs[method])
-            x, xs_ = _value_spread(rr, "flops_reduction_pct")
-            y, e = _acc_spread(rr)
-            p, ps = _value_spread(rr, "params_reduction_pct")
-            xs.append(x)
-            ys.append(y)
-            es.append(e)
+        points = []
+        for pr in prs:
+            rr = runs[f"{method}/pr{pr:g}"]
+            (x, x_spread), (y, e) = _value(rr, "flops_reduction_pct"), _acc(rr)
+            points.append((x, y, e))
             frames.append({"method": name, "source": "ours", "pr": pr, "flops_reduction_pct": x,
-                           "flops_reduction_spread": xs_,
-                           "params_reduction_pct": p, "top1": y, "top1_spread": e, "seeds": len(rr)})
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        series.append(Series(name, [xs[i] for i in order], [ys[i] for i in order], [es[i] for i in order]))
-    base = _runs(results, next(iter(chains.values()))["unpruned"])
-    y, e = _acc_spread(base)
+                           "flops_reduction_spread": x_spread,
+                           "params_reduction_pct": _value(rr, "params_reduction_pct")[0], "top1": y,
+                           "top1_spread": e, "seeds": len(rr)})
+        xs, ys, es = zip(*sorted(points, key=lambda t: t[0]))
+        series.append(Series(name, list(xs), list(ys), list(es)))
+    base = runs["unpruned"]
+    y, e = _acc(base)
     series.append(Series(f"{label} unpruned", [0.0], [y], [e], kind="points"))
     frames.append({"method": "unpruned", "source": "ours", "pr": 0.0, "flops_reduction_pct": 0.0, "top1": y,
                    "top1_spread": e, "seeds": len(base)})
-    ref = load_reference(PAPER_NAME)
-    pt, pf = reference_value(ref, "table1", arch, "top1"), reference_value(ref, "table1", arch, "flops_reduction_pct")
+    pt, pf = (paper_value(PAPER_NAME, "table1", arch, c) for c in ("top1", "flops_reduction_pct"))
     paper = []
     if pt is not None and pf is not None:  # the authors' README: CIFAR-10
         name = paper_label("cifar10", f"DCP {label} (authors' README)")
         paper.append(Series(name, [pf], [pt], kind="paper"))
         frames.append({"method": name, "source": "paper", "pr": math.nan, "flops_reduction_pct": pf, "top1": pt})
-    dataset = next(iter(chains.values()))["unpruned"].dataset
-    cfgs = [c for runs in chains.values() for c in runs.values()]
-    meta = _meta(request, "fig-ratio", f"{label}: top-1 vs FLOPs reduction (pr swept), DCP vs L1-norm", cfgs,
-                 ["band and error bars: the 95 % t-interval over seeds, or the 95 % bootstrap half-width for one seed"])
-    xlabel = f"FLOPs reduction (% of the unpruned model's MMACs, {COST})"
-    same = dataset == "cifar10" and request.scale == "paper"  # the paper's dataset: one axis
-    return write_figure(series, meta, settings.figures_dir, xlabel, f"test top-1 (%) on {dataset_name(dataset)}",
-                        data=pd.DataFrame(frames), paper=paper,
-                        paper_axes=None if same else ("FLOPs reduction (%, the README's \"FLOPs pruned\")",
-                                                      f"top-1 (%) on {dataset_name('cifar10')}"),
-                        paper_title=paper_label("cifar10", "authors' README"), paper_sharex=True)
+    cfg = runs.config("unpruned")
+    same = cfg.dataset == "cifar10" and request.scale == "paper"  # the paper's dataset: one axis
+    return Figure(f"{label}: top-1 vs FLOPs reduction (pr swept), DCP vs L1-norm", cfg.dataset,
+                  _models([runs.config(k) for k in runs]), COST_LINE, series,
+                  f"FLOPs reduction (% of the unpruned model's MMACs, {COST})",
+                  f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.DataFrame(frames), paper=paper,
+                  paper_axes=None if same else ("FLOPs reduction (%, the README's \"FLOPs pruned\")",
+                                                f"top-1 (%) on {dataset_name('cifar10')}"),
+                  paper_title=paper_label("cifar10", "authors' README"), paper_sharex=True,
+                  notes=["band and error bars: the 95 % t-interval over seeds, or the 95 % bootstrap half-width "
+                         "for one seed"])
 
 
-def channels_runs(request) -> list[RunConfig]:
-    return [chain(request, a)["dcp"] for a in CHANNEL_ARCHS]
+def channels_runs(request) -> dict[str, RunConfig]:
+    return {a: chain(request, a)["dcp"] for a in CHANNEL_ARCHS}
 
 
 def _history_frame(arch: str, run) -> pd.DataFrame:
@@ -1183,51 +1126,55 @@ def _few_layers(n: int) -> list[int]:
     return sorted({0, n // 2, n - 1})
 
 
-def build_fig_channels(request, results, settings):
-    import matplotlib
+def build_fig_channels(request, runs, settings) -> Figure:
+    """Per architecture (seed 0): the channels each layer keeps, and for its first, middle and last
+    layer the active fraction and the mask flips over training."""
+    panels = {a: (runs[a][0].results, runs.config(a).method["pr"], _history_frame(a, runs[a][0]))
+              for a in CHANNEL_ARCHS}
 
-    from repro.render import place_legend
+    def draw():
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    dcps = {a: chain(request, a)["dcp"] for a in CHANNEL_ARCHS}
-    frames = []
-    fig, axes = plt.subplots(len(dcps), 3, figsize=(14, 4.2 * len(dcps)), squeeze=False)
-    for row, (arch, cfg) in enumerate(dcps.items()):
-        run = _runs(results, cfg)[0]
-        r = run.results
-        df = _history_frame(arch, run)
-        frames.append(df)
-        label = ARCHS[arch].label
-        ax = axes[row][0]
-        idx = list(range(len(r["channels"])))
-        ax.bar(idx, r["channels"], color="0.85", label="channels")
-        ax.bar(idx, r["kept"], color="tab:blue", label="kept after training")
-        ax.set_xlabel("maskable layer (forward order)")
-        ax.set_ylabel("output channels of the layer (count)")
-        ax.set_title(f"{label}: kept {sum(r['kept'])}/{sum(r['channels'])} (pr {cfg.method['pr']:g}), "
-                     f"FLOPs −{r['flops_reduction_pct']:.1f} %", fontsize=9)
-        place_legend(ax, "best")
-        warm = r["warmup_iters"] / max(r["total_iters"], 1)
-        for li in _few_layers(len(r["channels"])):
-            d = df[df["layer_index"] == li]
-            name = f"layer {li} ({r['layers'][li]}, {r['channels'][li]} ch)"
-            axes[row][1].plot(d["progress"], d["active"] / r["channels"][li], "-o", ms=2, label=name)
-            axes[row][2].plot(d["progress"], d["flips_since_previous"] / r["channels"][li], "-o", ms=2, label=name)
-        axes[row][1].set_ylabel("active fraction of the layer's channels")
-        axes[row][2].set_ylabel("mask flips per channel since last snapshot")
-        for ax in axes[row][1:]:
-            ax.axvline(warm, color="0.5", ls=":", lw=1)
-            ax.set_xlabel("fraction of training iterations (dotted: end of warm-up)")
+        from repro.render import place_legend
+
+        fig, axes = plt.subplots(len(panels), 3, figsize=(14, 4.2 * len(panels)), squeeze=False)
+        for row, (arch, (r, pr, df)) in enumerate(panels.items()):
+            label = ARCHS[arch].label
+            ax = axes[row][0]
+            idx = list(range(len(r["channels"])))
+            ax.bar(idx, r["channels"], color="0.85", label="channels")
+            ax.bar(idx, r["kept"], color="tab:blue", label="kept after training")
+            ax.set_xlabel("maskable layer (forward order)")
+            ax.set_ylabel("output channels of the layer (count)")
+            ax.set_title(f"{label}: kept {sum(r['kept'])}/{sum(r['channels'])} (pr {pr:g}), "
+                         f"FLOPs −{r['flops_reduction_pct']:.1f} %", fontsize=9)
             place_legend(ax, "best")
-            ax.grid(alpha=0.3)
-        axes[row][1].set_title(f"{label}: active set over training", fontsize=9)
-        axes[row][2].set_title(f"{label}: active-set changes over training", fontsize=9)
-    cfgs = list(dcps.values())
-    meta = _meta(request, "fig-channels", "Channels kept per layer, and the active set over training", cfgs,
-                 ["snapshots every 1/40 of training; flips = channels entering or leaving the active set"])
-    return save_figure(fig, meta, settings.figures_dir, dpi=130, data=pd.concat(frames, ignore_index=True))
+            warm = r["warmup_iters"] / max(r["total_iters"], 1)
+            for li in _few_layers(len(r["channels"])):
+                d = df[df["layer_index"] == li]
+                name = f"layer {li} ({r['layers'][li]}, {r['channels'][li]} ch)"
+                axes[row][1].plot(d["progress"], d["active"] / r["channels"][li], "-o", ms=2, label=name)
+                axes[row][2].plot(d["progress"], d["flips_since_previous"] / r["channels"][li], "-o", ms=2,
+                                  label=name)
+            axes[row][1].set_ylabel("active fraction of the layer's channels")
+            axes[row][2].set_ylabel("mask flips per channel since last snapshot")
+            for ax in axes[row][1:]:
+                ax.axvline(warm, color="0.5", ls=":", lw=1)
+                ax.set_xlabel("fraction of training iterations (dotted: end of warm-up)")
+                place_legend(ax, "best")
+                ax.grid(alpha=0.3)
+            axes[row][1].set_title(f"{label}: active set over training", fontsize=9)
+            axes[row][2].set_title(f"{label}: active-set changes over training", fontsize=9)
+        return fig
+
+    cfgs = [runs.config(a) for a in CHANNEL_ARCHS]
+    return Figure("Channels kept per layer, and the active set over training", cfgs[0].dataset, _models(cfgs),
+                  COST_LINE, data=pd.concat([df for _, _, df in panels.values()], ignore_index=True), draw=draw,
+                  dpi=130, notes=["snapshots every 1/40 of training; flips = channels entering or leaving the "
+                                  "active set"])
 
 
 PAPER = Paper(
