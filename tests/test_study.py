@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from conftest import run_smoke
 
-from repro.exits import early_exit, neg_entropy
+from repro.api import Request
+from repro.exits import early_exit, gap_with_spread, neg_entropy
 from repro.papers import dgate, imta, study
 from repro.render import read_table_csv
 
@@ -122,6 +123,25 @@ def test_no_policy_beats_the_oracle_on_the_same_outputs(seed):
     assert float(end) == pytest.approx(100 * float(correct.any(0).double().mean()))
 
 
+def test_matched_spreads_are_the_one_gap_rule_where_nothing_is_interpolated():
+    # two one-point curves at the full cost: the matched accuracy is a plain accuracy, so the
+    # paired bootstrap over the same resamples must give gap_with_spread's spread exactly
+    g = torch.Generator().manual_seed(7)
+    n = 500
+    a, b = (torch.rand(1, n, generator=g) < q for q in (0.8, 0.7))
+    curve = lambda c: study.Curve(c.float(), torch.ones(1, n), [1.0], [[-math.inf]])  # noqa: E731
+    m = study.matched([{"none": curve(a), "other": curve(b)}], [1.0])
+    gap, spread = m.gap("none", "other", 0)
+    want = gap_with_spread([a[0]], [b[0]])
+    assert gap == pytest.approx(want[0]) and spread == pytest.approx(want[1], abs=1e-9)
+    # several seeds: the t-interval of the per-seed gaps, as gap_with_spread gives it
+    seeds = [{"none": curve(torch.rand(1, n, generator=g) < 0.8), "other": curve(torch.rand(1, n, generator=g) < 0.7)}
+             for _ in range(3)]
+    got = study.matched(seeds, [1.0]).gap("none", "other", 0)
+    want = gap_with_spread([s["none"].correct[0] for s in seeds], [s["other"].correct[0] for s in seeds])
+    assert got == pytest.approx(want)
+
+
 def _fitted(curves: dict) -> dict:
     return {p: (cv.thresholds, cv.val_cost) for p, cv in curves.items() if isinstance(cv, study.Curve)}
 
@@ -214,16 +234,22 @@ def test_gated_msdnet_keeps_the_last_exit_and_exits_like_its_stored_outputs(isc)
     assert torch.equal(preds, torch.stack(ours).argmax(-1)[want, torch.arange(12)])
 
 
+def _keys(runs) -> set[str]:
+    return {c.key for c in (runs.values() if isinstance(runs, dict) else runs)}
+
+
 def test_backbones_are_the_papers_runs():
-    from repro.runner import Request
+    from repro.papers import glancenet
 
     for scale in ("smoke", "quick", "paper"):
         r = Request(scale=scale)
         runs = study.study_runs(r)
-        table2 = {c.key for c in imta.table2_runs(r)}
+        table2 = _keys(imta.table2_runs(r))
         assert runs["msdnet"]["backbone"].key in table2 and runs["imta"]["backbone"].key in table2
-        from repro.papers import glancenet
-        assert runs["glancenet"]["backbone"].key in {c.key for c in glancenet.table1_runs(r)}
+        assert runs["glancenet"]["backbone"].key in _keys(glancenet.table1_runs(r))
+        named = study.exits_runs(r)  # the artifact's runs by name: <backbone>, <backbone>/gates, .../thresholds
+        assert set(named) == {f"{k}{role}" for k in study.BACKBONES for role in ("", "/gates", "/thresholds")}
+        assert named["glancenet/thresholds"] == named["glancenet"]  # its thresholds were learned in training
         for key, rs in runs.items():
             assert rs["gates"].parent == rs["backbone"] and rs["gates"].paper == "study"
             if key != "glancenet":
@@ -249,10 +275,17 @@ def test_smoke_writes_the_table_and_a_figure_per_backbone(smoke):
         assert set(data["policy"]) == set(study.POLICIES)
     df = read_table_csv(tables / "study_exits.csv")
     assert len(df) == len(study.BACKBONES) * len(study.POLICIES)
+    assert not [c for c in df.columns if c.endswith((" paper", " Δ"))]  # no reference numbers: ours only
     cols = [f"acc_{study._pct(f)}" for f in study.FRACTIONS]
     assert set(cols + [c + " ±" for c in cols] + ["speedup_b1_50pct", "speedup_batched_50pct"]) <= set(df.columns)
     md = (tables / "study_exits.md").read_text()
     assert "smoke scale" in md and "ranking, MSDNet" in md and "no verdict" in md
+    # the core's header: every backbone's model and counter; a claim per neighbouring pair
+    assert "- model: " in md and all(f"{k}: " in md for k in study.BACKBONES) and "MSDNet's counter" in md
+    assert "MSDNet, 25 % cost: " in md and "(points): ours " in md
+    for key in study.BACKBONES:
+        head = (figures / f"study_exits_{key}.csv").read_text().split("\nbackbone,")[0]
+        assert "# model: " in head and "# axes 1: x = average cost per image" in head
     runs = smoke / "runs"
     for key in study.BACKBONES:
         rows = df[df["policy"].str.startswith(f"{key}: ")].set_index("policy")
@@ -263,7 +296,7 @@ def test_smoke_writes_the_table_and_a_figure_per_backbone(smoke):
                 if not (pd.isna(mine) or pd.isna(bound)):
                     assert mine <= bound + 1e-6, (key, p, c)
         # no early exit is the backbone's last exit, exactly
-        cfg = study.study_runs(_smoke_request())[key]["backbone"]
+        cfg = study.exits_runs(Request(scale="smoke"))[key]
         res = json.loads((runs / cfg.paper / cfg.dirname / "results.json").read_text())
         assert rows.loc[f"{key}: {study.LABELS['none']}", "acc_100pct"] == pytest.approx(res["test_acc"][-1], abs=1e-6)
         for p in study.REAL:
@@ -275,8 +308,3 @@ def test_smoke_writes_the_table_and_a_figure_per_backbone(smoke):
         cfg = json.loads((runs / "study" / d / "config.json").read_text())
         assert cfg["parent"]["paper"] in ("imta", "glancenet")
 
-
-def _smoke_request():
-    from repro.runner import Request
-
-    return Request(scale="smoke")

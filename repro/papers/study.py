@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Paper
-from repro.config import ConfigError, RunConfig, TrainSpec
+from repro.api import (Artifact, Claim, ConfigError, Figure, Paper, RunConfig, Table, TrainSpec,
+                       first_test_images)
 from repro.data import TensorBatches, dataset_info
 from repro.exits import (SCORES, budgeted_sweep, early_exit, exit_index_batch, inference_net,
                          mean_and_spread, time_call)
@@ -54,8 +54,6 @@ from repro.models.msdnet import MSDNet
 from repro.models.staged import GatedBackbone, LinearGate
 from repro.nn import threads
 from repro.papers import dgate, glancenet, imta
-from repro.render import Meta, claim, context, save_figure, write_table
-from repro.runner import first_test_images
 from repro.store import Run, load_checkpoint
 
 PAPER_NAME = "study"
@@ -148,8 +146,11 @@ def study_runs(request) -> dict[str, dict[str, RunConfig]]:
     return out
 
 
-def exits_runs(request) -> list[RunConfig]:
-    return list({c.key: c for r in study_runs(request).values() for c in r.values()}.values())
+def exits_runs(request) -> dict[str, RunConfig]:
+    """``<backbone>``, ``<backbone>/gates``, ``<backbone>/thresholds`` (the GlanceNet's own run
+    holds its thresholds, so there that name is the backbone's run again)."""
+    return {key if role == "backbone" else f"{key}/{role}": cfg
+            for key, rs in study_runs(request).items() for role, cfg in rs.items()}
 
 
 # ---------------------------------------------------------------------------- gated networks
@@ -577,7 +578,13 @@ def _halfwidth(samples: torch.Tensor) -> float:
 @dataclass
 class Matched:
     """Accuracy of every policy at the matched costs: per seed (point estimates) and, at one
-    seed, per bootstrap resample (paired: the same resamples for every policy)."""
+    seed, per bootstrap resample (paired: the same resamples for every policy).
+
+    The spreads are the one rule of :func:`repro.exits.gap_with_spread` (a paired bootstrap over
+    the test samples at one seed, the same 1000 resamples as ``bootstrap_ci``; the t-interval of
+    per-seed values at N >= 2 seeds) applied to an accuracy *at a matched cost*: each resample
+    re-evaluates the curve's costs too and interpolates again, which a per-sample correctness
+    vector cannot express (tested equal to ``gap_with_spread`` where nothing is interpolated)."""
     est: dict   # policy -> seeds x len(FRACTIONS)
     boot: dict  # policy -> len(FRACTIONS) x B (seed 0), or None with several seeds
 
@@ -688,138 +695,134 @@ def _pct(f: float) -> str:
     return f"{round(100 * f)}pct"
 
 
-def _scale_note(scale: str) -> str:
-    return {"paper": "paper scale", "quick": "quick scale (reduced networks, few epochs)",
-            "smoke": "smoke scale (a few hundred images, 1 epoch: checks the pipeline, numbers mean nothing)"}[scale]
+def _model(cfg: RunConfig) -> str:
+    return f"{cfg.model} {cfg.model_args or ''}".strip()
 
 
-def _analyse(key: str, request, results, settings, device) -> dict:
-    runs = study_runs(request)[key]
+def _analyse(key: str, request, runs, settings, device) -> dict:
+    """One backbone: every policy's curves per seed, the matched costs, and the timing."""
     native = BACKBONES[key].native_thresholds
-    rb, rg, rt = results[runs["backbone"]], results[runs["gates"]], results[runs["thresholds"]]
+    rb, rg, rt = runs[key], runs[f"{key}/gates"], runs[f"{key}/thresholds"]
     per_seed = [policy_curves(b.outputs, b.results["costs"], g.outputs, g.results["costs"], t.results, native)
                 for b, g, t in zip(rb, rg, rt)]
-    m = matched(per_seed)
-    nets = _nets(rb[0], rg[0], device)
     n1, nb = TIMING[request.scale][:2]
     x = first_test_images(rb[0].cfg, settings, max(n1, nb), device)
-    timing = time_policies(nets, x, per_seed[0], request.scale, device)
-    return {"key": key, "cfg": rb[0].cfg, "per_seed": per_seed, "matched": m, "timing": timing,
+    return {"key": key, "cfg": rb[0].cfg, "per_seed": per_seed, "matched": matched(per_seed),
+            "timing": time_policies(_nets(rb[0], rg[0], device), x, per_seed[0], request.scale, device),
             "full": float(rb[0].results["costs"][-1]), "convention": rb[0].results["cost_convention"],
             "gate_run": rg[0].cfg, "threshold_run": rt[0].cfg}
 
 
-def _ranking(a: dict, smoke: bool) -> list[str]:
+def _ranking(a: dict, smoke: bool) -> tuple[list[str], list[Claim]]:
     """Per matched cost: the deployable policies ordered by accuracy, '>' only where the paired
-    gap to the next one exceeds its spread, with a claim line per neighbouring pair."""
-    m, lines = a["matched"], []
+    gap to the next one exceeds its spread, and a claim per neighbouring pair."""
+    m, lines, claims = a["matched"], [], []
     name = BACKBONES[a["key"]].short
     for j, f in enumerate(FRACTIONS[:-1]):
+        at = f"{name}, {100 * f:.0f} % cost"
         vals = [(p, m.value(p, j)[0]) for p in REAL if p in m.est]
-        vals = [(p, v) for p, v in vals if not math.isnan(v)]
+        vals = sorted(((p, v) for p, v in vals if not math.isnan(v)), key=lambda t: -t[1])
         if len(vals) < 2:
-            lines.append(f"{name}, {100 * f:.0f} % cost: fewer than two policies reach this cost")
+            lines.append(f"{at}: fewer than two policies reach this cost")
             continue
-        vals.sort(key=lambda t: -t[1])
-        text, pair_lines = LABELS[vals[0][0]], []
+        text = LABELS[vals[0][0]]
         for (p, _), (q, _) in zip(vals, vals[1:]):
             gap, sp = m.gap(p, q, j)
-            beyond = not smoke and not math.isnan(sp) and abs(gap) > sp
-            text += (" > " if beyond else " ≈ ") + LABELS[q]
-            pair_lines.append(claim(f"{name}, {100 * f:.0f} % cost: {LABELS[p]} minus {LABELS[q]} (points)",
-                                    gap, sp, None))
+            text += (" > " if not smoke and abs(gap) > sp else " ≈ ") + LABELS[q]  # NaN spread: ≈
+            claims.append(Claim(f"{at}: {LABELS[p]} minus {LABELS[q]} (points)", gap, sp))
         lines.append(f"ranking, {name} at {100 * f:.0f} % of the full cost: {text}"
                      + (" (smoke scale: no ranking)" if smoke else ""))
-        lines += pair_lines
-    return lines
+    return lines, claims
 
 
-def _figure(a: dict, request, settings) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_seed, key = a["per_seed"], a["key"]
+def curve_points(a: dict) -> pd.DataFrame:
+    """Every point of every policy's test curve, averaged over seeds (``acc_std``: their standard
+    deviation, with several); the oracles are bounds, drawn densely from their first exit's cost."""
+    per_seed, rows = a["per_seed"], []
     seeds = len(per_seed)
-    fig, ax = plt.subplots(figsize=(9.6, 5.2))
-    rows = []
     for p in POLICIES:
         if p not in per_seed[0]:
             continue
-        c0 = per_seed[0][p]
-        if isinstance(c0, Oracle):
-            lo = min(s[p].c0 for s in per_seed)
-            xs = np.linspace(lo, 1.0, 121).tolist()
+        if isinstance(per_seed[0][p], Oracle):
+            xs = np.linspace(min(s[p].c0 for s in per_seed), 1.0, 121).tolist()
             accs = torch.stack([s[p].at(xs, torch.ones(1, s[p].n))[:, 0] for s in per_seed])
             costs = torch.tensor(xs, dtype=torch.float64)[None].expand(seeds, -1)
         else:
-            pairs = [s[p].summary(torch.ones(1, s[p].correct.shape[1])) for s in per_seed]
+            pairs = [s[p].summary(torch.ones(1, s[p].n)) for s in per_seed]
             accs = torch.stack([acc[:, 0] for acc, _ in pairs])
             costs = torch.stack([cost[:, 0] for _, cost in pairs])
         acc, cost = accs.mean(0), costs.mean(0)
         err = accs.std(0) if seeds > 1 else None
-        order = cost.argsort()
-        x, y = (100 * cost[order]).numpy(), acc[order].numpy()
-        style = {"oracle": dict(color="k", ls="--", lw=1.2), "oracle_gates": dict(color="0.45", ls=":", lw=1.2)}
-        if p == "none":
-            ax.plot(x, y, "k*", ms=11, label=LABELS[p])
-        else:
+        rows += [{"backbone": a["key"], "policy": p, "label": LABELS[p], "point": i,
+                  "rel_cost_pct": float(100 * cost[i]), "cost_m": float(cost[i]) * a["full"] / 1e6,
+                  "acc": float(acc[i]), "acc_std": float(err[i]) if err is not None else math.nan}
+                 for i in range(len(cost))]
+    return pd.DataFrame(rows)
+
+
+def _figure(a: dict) -> Figure:
+    """Accuracy vs relative cost, one line per policy (drawn from its data), the matched costs in grey."""
+    data = curve_points(a)
+    style = {"oracle": dict(color="k", ls="--", lw=1.2), "oracle_gates": dict(color="0.45", ls=":", lw=1.2)}
+
+    def draw():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9.6, 5.2))
+        for p, d in data.groupby("policy", sort=False):
+            d = d.sort_values("rel_cost_pct", kind="stable")
+            x, y, e = d["rel_cost_pct"].to_numpy(), d["acc"].to_numpy(), d["acc_std"].to_numpy()
+            if p == "none":
+                ax.plot(x, y, "k*", ms=11, label=LABELS[p])
+                continue
             ax.plot(x, y, **style.get(p, dict(marker="o", ms=2.5, lw=1.2)), label=LABELS[p])
-            if err is not None:
-                e = err[order].numpy()
+            if not np.isnan(e).all():
                 ax.fill_between(x, y - e, y + e, alpha=0.18)
-        for i in range(len(cost)):
-            rows.append({"backbone": key, "policy": p, "label": LABELS[p], "point": i,
-                         "rel_cost_pct": float(100 * cost[i]), "cost_m": float(cost[i]) * a["full"] / 1e6,
-                         "acc": float(acc[i]), "acc_std": float(err[i]) if err is not None else math.nan})
-    for f in FRACTIONS[:-1]:
-        ax.axvline(100 * f, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel(f"average cost per image (% of the full network: {a['full'] / 1e6:.3g} M, {a['convention']} "
-                  "counter)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
+        for f in FRACTIONS[:-1]:
+            ax.axvline(100 * f, color="0.8", lw=0.8, zorder=0)
+        ax.set_xlabel(f"average cost per image (% of the full network: {a['full'] / 1e6:.3g} M, "
+                      f"{a['convention']} counter)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
+        return fig
+
     notes = ["every threshold fitted on the held-out validation split; test only evaluates",
-             "band: the spread over seeds" if seeds > 1 else "one seed: no band (the table has bootstrap spreads)",
+             "band: the spread over seeds" if len(a["per_seed"]) > 1
+             else "one seed: no band (the table has bootstrap spreads)",
              "grey lines: the matched costs of the table (25/50/75 %)",
              "the d-gates predict with their own linear classifiers: the dotted oracle (over the cascade's exits) "
              "bounds them, the dashed one (the network's own exits) bounds every other policy"]
-    meta = Meta(PAPER_NAME, f"exits_{key}", f"Every exit policy on {BACKBONES[key].label}: accuracy vs cost",
-                _scale_note(request.scale), a["cfg"].dataset, request.seeds,
-                f"{CONVENTIONS[a['convention']]}; model {a['cfg'].model} {a['cfg'].model_args}", notes)
-    return save_figure(fig, meta, settings.figures_dir, data=pd.DataFrame(rows))
+    return Figure(f"Every exit policy on {BACKBONES[a['key']].label}: accuracy vs cost", a["cfg"].dataset,
+                  _model(a["cfg"]), CONVENTIONS[a["convention"]], draw=draw, data=data, notes=notes, name=a["key"])
 
 
-def build_exits(request, results, settings) -> list:
+def build_exits(request, runs, settings) -> list:
+    """The matched-cost table (top-1 at 25/50/75/100 % of each network's cost, real speed-ups)
+    and one accuracy-vs-cost figure per backbone."""
     device = D.resolve_device(settings.device)
-    analyses = [_analyse(k, request, results, settings, device) for k in BACKBONES]
-    smoke = request.scale == "smoke" or (context() is not None and context().scale == "smoke")
-    timed_fracs = TIMING[request.scale][3]
+    analyses = [_analyse(k, request, runs, settings, device) for k in BACKBONES]
+    n1, nb, bs, timed, warmup, repeats = TIMING[request.scale]
     rows = []
     for a in analyses:
         m = a["matched"]
-        for p in POLICIES:
-            if p not in m.est:
-                continue
-            curve = a["per_seed"][0][p]
-            rec = {"row": f"{a['key']}: {LABELS[p]}", "backbone": a["key"], "policy": p, "fit": curve.fit}
+        for p in (p for p in POLICIES if p in m.est):
+            rec = {"policy": f"{a['key']}: {LABELS[p]}", "fit": a["per_seed"][0][p].fit}
             for j, f in enumerate(FRACTIONS):
                 rec[f"acc_{_pct(f)}"], rec[f"acc_{_pct(f)} ±"] = m.value(p, j)
-            for f in timed_fracs:
-                t = a["timing"].get((p, f))
-                rec[f"speedup_b1_{_pct(f)}"] = t["b1"] if t else math.nan
-                rec[f"speedup_batched_{_pct(f)}"] = t["batched"] if t else math.nan
-                rec[f"flops_speedup_{_pct(f)}"] = t["flops"] if t else math.nan
+            for f in timed:
+                t = a["timing"].get((p, f), {})
+                for col, k in (("speedup_b1", "b1"), ("speedup_batched", "batched"), ("flops_speedup", "flops")):
+                    rec[f"{col}_{_pct(f)}"] = t.get(k, math.nan)
             rows.append(rec)
-    df = pd.DataFrame(rows)
-    n1, nb, bs, _, warmup, repeats = TIMING[request.scale]
     notes = ["the study has no reference numbers: every column is ours"]
-    for a in analyses:
-        notes.append(f"{a['key']}: {BACKBONES[a['key']].label}; run {a['cfg'].paper}/{a['cfg'].dirname}; "
-                     f"full cost {a['full'] / 1e6:.4g} M ({a['convention']} counter); d-gates "
-                     f"{PAPER_NAME}/{a['gate_run'].dirname}; learned thresholds from "
-                     f"{a['threshold_run'].paper}/{a['threshold_run'].dirname}")
+    notes += [f"{a['key']}: {BACKBONES[a['key']].label}; run {a['cfg'].paper}/{a['cfg'].dirname}; "
+              f"full cost {a['full'] / 1e6:.4g} M ({a['convention']} counter); d-gates "
+              f"{PAPER_NAME}/{a['gate_run'].dirname}; learned thresholds from "
+              f"{a['threshold_run'].paper}/{a['threshold_run'].dirname}" for a in analyses]
     notes += [
         "acc_X: test top-1 (%) at X % of the full network's cost (every exit's head computed), by linear "
         "interpolation along the policy's test curve; empty outside the curve's cost range",
@@ -832,24 +835,27 @@ def build_exits(request, results, settings) -> list:
         "learned thresholds: the GlanceNet's were learned in training (eq. 4); the MSDNets were not trained with "
         "them, so eq. 4 is run on the frozen network's validation outputs",
         f"speedup_*: wall-clock time of the full network / real early exit (repro.exits.early_exit, BatchNorm "
-        f"folded, {D.resolve_device(settings.device)}, one thread on a CPU, median of {repeats} after {warmup} "
+        f"folded, {device}, one thread on a CPU, median of {repeats} after {warmup} "
         f"warm-up, timed in interleaved rounds with the full network, seed 0's model), batch 1 over {n1} and batch "
         f"{bs} over {nb} test images, with the "
         f"thresholds of the curve point whose validation cost is nearest the matched cost; flops_speedup_*: "
         "1 / that point's test cost",
     ]
+    claims = []
     for a in analyses:
-        notes += _ranking(a, smoke)
+        lines, cs = _ranking(a, request.scale == "smoke")
+        notes, claims = notes + lines, claims + cs
     datasets = sorted({a["cfg"].dataset for a in analyses})
     dataset = datasets[0] if len(datasets) == 1 else ", ".join(f"{a['cfg'].dataset} ({a['key']})" for a in analyses)
-    meta = Meta(PAPER_NAME, "exits", "Every exit policy at matched costs: top-1 (%) and real speed-up",
-                _scale_note(request.scale), dataset, request.seeds,
-                "relative to each network's full cost (MSDNet/IMTA: msdnet counter; GlanceNet: fvcore MMACs)", notes)
-    paths = write_table(df.drop(columns=["backbone", "policy"]).rename(columns={"row": "policy"}), meta,
-                        settings.tables_dir)
-    for a in analyses:
-        paths += _figure(a, request, settings)
-    return paths
+    model = "; ".join(f"{a['key']}: {_model(a['cfg'])}" for a in analyses)
+    nets = {c: ", ".join(BACKBONES[a["key"]].short for a in analyses if a["convention"] == c)
+            for c in dict.fromkeys(a["convention"] for a in analyses)}
+    cost = "relative to each network's full cost; " + "; ".join(f"{n}: {CONVENTIONS[c]}" for c, n in nets.items())
+    # frame=: the table's rows are (backbone, policy) with a text column (fit) and the study has
+    # no reference numbers, so no paper columns are set beside it
+    table = Table("Every exit policy at matched costs: top-1 (%) and real speed-up", dataset, model, cost,
+                  frame=pd.DataFrame(rows), notes=notes, claims=claims)
+    return [table, *(_figure(a) for a in analyses)]
 
 
 PAPER = Paper(
