@@ -14,8 +14,10 @@ from torch import nn
 
 from repro.config import ConfigError, DataSpec, override
 from repro.data import FASHION_MNIST_SYSTEM_DIR
+from repro.models import create_model
 from repro.papers import biasloss as bl
-from repro.runner import Request, Settings, execute
+from repro.reference_data import paper_value
+from repro.runner import Request, Runs, Settings, build_and_write, execute
 from repro.store import Run, load_checkpoint
 from repro.train import make_optimizer
 
@@ -167,17 +169,16 @@ def test_loss_interface_and_options():
     assert b.clamp is None and b.scaling == "global"
     assert bl.make_loss(bl.method_for("focal", req)).gamma == 1.5
     # options reach the run configs of the loss they belong to, and only those
-    plain = {c.name: c for c in bl.table4_runs(Request(scale="smoke"))}
-    changed = {c.name: c for c in bl.table4_runs(req)}
+    plain, changed = bl.table4_runs(Request(scale="smoke")), bl.table4_runs(req)
     for name in plain:
-        same = name.endswith("-ce")
+        same = name.endswith("/ce")
         assert (plain[name].key == changed[name].key) == same, name
     with pytest.raises(ConfigError, match="choose one of"):
         bl.method_for("bias", Request(scale="smoke", options=(("bias_scaling", "batch"),)))
     with pytest.raises(ConfigError, match="choose one of"):
         bl.make_loss({"loss": "hinge"})
     # --set loss=... picks the family's loss in table1
-    t1 = bl.table1_runs(Request(scale="smoke", options=(("loss", "focal"),)))
+    t1 = bl.table1_runs(Request(scale="smoke", options=(("loss", "focal"),))).values()
     assert {c.method["loss"] for c in t1 if c.model == "skipblocknet"} == {"focal"}
     assert {c.method["loss"] for c in t1 if c.model != "skipblocknet"} == {"ce"}
 
@@ -185,9 +186,14 @@ def test_loss_interface_and_options():
 # ============================================================================ models and plumbing
 
 
+def _net(model: str, args: dict, num_classes: int, in_channels: int, size: int = 32) -> nn.Module:
+    """A run's model as the trainer builds it (the registry, with the run's model_args)."""
+    return create_model(model, num_classes=num_classes, in_channels=in_channels, input_size=size, **args)
+
+
 def test_with_features_wrapper_and_step():
     torch.manual_seed(0)
-    net = bl.build_model("shufflenetv2", {"width": 0.5, "stem_stride": 2}, 10, 1).eval()
+    net = _net("shufflenetv2", {"width": 0.5, "stem_stride": 2}, 10, 1).eval()
     x = torch.randn(3, 1, 32, 32)
     logits, feats = bl.WithFeatures(net)(x)
     assert torch.allclose(logits, net(x)) and torch.equal(feats, net.forward_features(x))
@@ -199,15 +205,15 @@ def test_reduced_stem_halves_the_maps_and_keeps_the_params():
     x = torch.randn(2, 1, 32, 32)
     for key, arch in bl.COMPACT.items():
         args = arch.args("quick")
-        full = bl.build_model(arch.model, {k: v for k, v in args.items() if k != "stem_stride"}, 10, 1)
-        half = bl.build_model(arch.model, args, 10, 1)
+        full = _net(arch.model, {k: v for k, v in args.items() if k != "stem_stride"}, 10, 1)
+        half = _net(arch.model, args, 10, 1)
         assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in half.parameters())
         with torch.no_grad():
             a, b = full.eval().forward_features(x), half.eval().forward_features(x)
         assert b.shape[-1] * 2 == a.shape[-1] or b.shape[-1] == 1, key
 
 
-# Table 4's CIFAR-100 architectures at paper scale (100 classes) through build_model; the paper's
+# Table 4's CIFAR-100 architectures at paper scale (100 classes) through the model registry; the paper's
 # "Params" column (ImageNet counts) is in the table beside these.
 @pytest.mark.parametrize("request_options, key, params", [
     ((), "shufflenetv2-0.5x", 444_292),
@@ -253,7 +259,9 @@ def test_family_counts_at_224(key):
     if key != "skipblocknet-s":
         assert got_macs == pytest.approx(paper_macs, rel=0.1 if key == "mobilenetv3-small-1.0x" else 0.05)
     if key == "mobilenetv3-small-1.0x":  # not the bias-loss paper's 2.9 M
-        assert got_params < 0.9 * bl._ref_value("table1", key, "params_m") * 1e6
+        assert got_params < 0.9 * paper_value("biasloss", "table1", key, "params_m") * 1e6
+        howard = paper_value("biasloss", "table1", key, "howard2019_params_m")  # the MobileNetV3 paper's 2.5 M
+        assert got_params == pytest.approx(howard * 1e6, rel=0.05)
     # the trained models at paper scale are these architectures
     assert bl.family_run(Request(scale="paper"), key, "ce").model_args == arch.paper
 
@@ -270,12 +278,12 @@ def test_family_options_keep_the_old_architectures():
     quick = Request(scale="quick")
     assert bl.family_run(quick, "mobilenetv3-large-0.75x", "ce").model_args["last_channel"] == 640
     assert "last_channel" not in bl.family_run(quick, "mobilenetv3-large-1.0x", "ce").model_args  # 640 = 1280 x 0.5
-    net = bl.build_model("mobilenetv3_large", bl.family_run(quick, "mobilenetv3-large-1.25x", "ce").model_args, 10, 1)
+    net = _net("mobilenetv3_large", bl.family_run(quick, "mobilenetv3-large-1.25x", "ce").model_args, 10, 1)
     assert net.classifier[0].out_features == 640
 
 
 def test_conv_layers_in_forward_order_without_se():
-    net = bl.build_model("skipblocknet", bl.family_args(bl.FAMILY["skipblocknet-m"], "quick"), 10, 1)
+    net = _net("skipblocknet", bl.family_args(bl.FAMILY["skipblocknet-m"], "quick"), 10, 1)
     convs = bl.conv_layers(net, torch.zeros(2, 1, 32, 32))
     assert convs[0] is net.stem[0] and convs[-1] is net.last_conv[0]
     se = [m for m in net.modules() if m.__class__.__name__ == "SqueezeExcitation"]
@@ -291,7 +299,7 @@ def test_conv_layers_in_forward_order_without_se():
 
 def test_collect_with_variances_matches_per_sample_loop():
     torch.manual_seed(0)
-    net = bl.build_model("shufflenetv2", {"width": 0.5, "stem_stride": 2}, 10, 1).eval()
+    net = _net("shufflenetv2", {"width": 0.5, "stem_stride": 2}, 10, 1).eval()
     x = torch.randn(7, 1, 32, 32)
     batches = [(x[:4], None), (x[4:], None)]
     convs = bl.conv_layers(net, x[:2])
@@ -310,7 +318,7 @@ def test_collect_with_variances_matches_per_sample_loop():
 
 
 def test_squeezenet_bn_variant():
-    net = bl.build_model("squeezenet", {"version": "1_1", "bn": True}, 10, 1)
+    net = _net("squeezenet", {"version": "1_1", "bn": True}, 10, 1)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == len(convs) - 1  # every conv but the classifier's
@@ -325,7 +333,7 @@ def test_num_threads_context_restores():
     with bl.num_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    t = bl.measure_latency(bl.build_model("mobilenetv3_small", {"width_mult": 0.25}, 10, 3), torch.device("cpu"),
+    t = bl.measure_latency(_net("mobilenetv3_small", {"width_mult": 0.25}, 10, 3), torch.device("cpu"),
                            32, 1, 2)
     assert 0 < t < 10_000 and torch.get_num_threads() == before
 
@@ -342,40 +350,56 @@ class _Run:
         self.outputs = {"test_logits": F.one_hot(pred, classes).float()[None], "test_labels": y}
 
 
-def _claimed(line: str) -> tuple[float, float]:
-    import re
-
-    m = re.search(r"ours ([+-][0-9.]+) ± ([0-9.]+)", line)
-    return float(m.group(1)), float(m.group(2))
-
-
-def test_gap_spreads_are_paired():
-    """Gap a - b: one seed, a paired bootstrap over the shared test images; N seeds, the std over seeds of
-    the per-seed gaps (not the independent half-widths combined)."""
-    from repro.exits import accuracy_with_spread, bootstrap_ci
+def test_gaps_pair_the_runs_and_average_over_models():
+    """A gap's claim pairs the runs on their shared test images (the core's rule, gap_with_spread), and
+    Table 4's "mean over the 5 models" averages each image's correctness over the models first."""
+    from repro.exits import bootstrap_ci
 
     same = [1, 1, 1, 1, 1, 1, 0, 0]
     res = {"a": [_Run(same)], "b": [_Run(same)], "all": [_Run([1] * 8)], "none": [_Run([0] * 8)]}
-    # identical predictions: 0 ± 0 (the old rule: hypot of two half-widths > 0)
-    assert _claimed(bl._gap_claims("g", res, [("a", "b")], None)) == (0.0, 0.0)
-    half = accuracy_with_spread([(res["a"][0].outputs["test_logits"], res["a"][0].outputs["test_labels"])])[1][0]
-    assert half > 0
-    # right on every image vs wrong on every image: +100 ± 0
-    assert _claimed(bl._gap_claims("g", res, [("all", "none")], None)) == (100.0, 0.0)
-    # the mean over two pairs (Table 4's "mean over the 5 models"): per image (0 + 1) / 2 = 0.5 -> 50 ± 0
-    assert _claimed(bl._gap_claims("g", res, [("a", "b"), ("all", "none")], None)) == (50.0, 0.0)
+    # identical predictions: 0 ± 0 (unpaired half-widths combined would give > 0)
+    c = bl._gap("g", res, ["a"], ["b"], "table4")
+    assert (c.ours, c.spread, c.paper) == (0.0, 0.0, None)
+    c = bl._gap("g", res, ["all"], ["none"], "table4")
+    assert (c.ours, c.spread) == (100.0, 0.0)
+    # the mean over two pairs: per image (0 + 1) / 2 = 0.5 -> 50 ± 0
+    c = bl._gap("g", res, ["a", "all"], ["b", "none"], "table4", 1.0)
+    assert (c.ours, c.spread, c.paper) == (50.0, 0.0, 1.0)
     # a mixed case: the bootstrap of the per-image differences (0, 0, 1, 1, -1, 0, 0, 0): +12.5
     res.update(c=[_Run([1, 1, 1, 1, 0, 0, 0, 0])], d=[_Run([1, 1, 0, 0, 1, 0, 0, 0])])
     lo, hi = bootstrap_ci(torch.tensor([0, 0, 1, 1, -1, 0, 0, 0], dtype=torch.float64))
-    assert _claimed(bl._gap_claims("g", res, [("c", "d")], None)) == pytest.approx((12.5, (hi - lo) / 2), abs=5e-3)
-    # three seeds, 50 images: a beats b by 1, 2, 3 images (2, 4, 6 pp) -> 4 ± t(0.975, 2) · std / √3
-    # = 4.303 · 2 / √3 (the core's one rule over seeds)
-    a_runs = [_Run([1] * (25 + k) + [0] * (25 - k)) for k in (1, 2, 3)]
-    b_runs = [_Run([1] * 25 + [0] * 25) for _ in range(3)]
-    line = bl._gap_claims("bias - ce", {"a": a_runs, "b": b_runs}, [("a", "b")], 1.0)
-    assert _claimed(line) == pytest.approx((4.0, 4.303 * 2 / math.sqrt(3)), abs=5e-3) and "paper +1.00" in line
+    c = bl._gap("g", res, ["c"], ["d"], "table4")
+    assert (c.ours, c.spread) == pytest.approx((12.5, (hi - lo) / 2), abs=5e-3)
+    # three seeds, 50 images: a beats b by 1, 2, 3 images (2, 4, 6 pp) -> 4 ± t(0.975, 2) · 2 / √3;
+    # the paper's gap of the same rows from the reference CSV
+    runs = {"shufflenetv2-0.5x/bias": [_Run([1] * (25 + k) + [0] * (25 - k)) for k in (1, 2, 3)],
+            "shufflenetv2-0.5x/ce": [_Run([1] * 25 + [0] * 25) for _ in range(3)]}
+    c = bl._gap("bias - ce", runs, ["shufflenetv2-0.5x/bias"], ["shufflenetv2-0.5x/ce"], "table4")
+    assert (c.ours, c.spread) == pytest.approx((4.0, 4.303 * 2 / math.sqrt(3)), abs=5e-3)
+    assert c.paper == pytest.approx(1.5)
     with pytest.raises(ValueError):  # different test images cannot be paired
-        bl._gap_claims("g", {"a": [_Run([1] * 8)], "b": [_Run([1] * 9)]}, [("a", "b")], None)
+        bl._gap("g", {"a": [_Run([1] * 8)], "b": [_Run([1] * 9)]}, ["a"], ["b"], "table4")
+
+
+def test_table3_build_from_fixed_runs(tmp_path):
+    """table3 built from synthetic finished runs at quick scale: the paper's column beside ours, no Δ
+    outside the paper's setting, and a verdict on each claimed gain."""
+    req = Request(scale="quick")
+    named = bl.table3_runs(req)
+    good, half = [1] * 400, [1, 0] * 200
+    fixed = {k: [_Run(good if k == "skipblocknet-m/bias" else half, classes=10)] for k in named}
+    settings = Settings(runs_dir=tmp_path, out_dir=tmp_path, log=lambda m: None)
+    paths = build_and_write("biasloss", "table3", req, Runs.fixed(fixed, named, req), settings)
+    md = next(p for p in paths if p.suffix == ".md").read_text()
+    df = pd.read_csv(next(p for p in paths if p.suffix == ".csv"), comment="#")
+    assert df["top1"].tolist() == [50, 50, 50, 100, 50]
+    assert df["top1 paper"].tolist() == [75.2, 75.7, 75.5, 76.2, 75.3]
+    assert not any(c.endswith(" Δ") for c in df.columns)
+    assert "both (SkipblockNet-M + bias - MobileNetV3-L + CE): ours +50.00 ± " in md
+    assert "paper +1.00 (same sign as the paper, beyond the spread)" in md
+    assert "bias loss on MobileNetV3-L: ours +0.00 ± 0.00; paper +0.50 (within the spread" in md
+    assert "scale: quick scale" in md
+    assert "model: SkipblockNet / MobileNetV3, ImageNet stem (stride 2), every width x 0.5" in md
 
 
 def test_paper_recipes():
@@ -392,9 +416,9 @@ def test_paper_recipes():
     assert (im.optimizer, im.lr, im.rmsprop_alpha, im.momentum, im.ema_decay) == ("rmsprop_tf", 0.032, 0.9, 0.9,
                                                                                   0.99995)
     assert type(make_optimizer([nn.Parameter(torch.zeros(1))], im)).__name__ == "RMSpropTF"
-    runs = bl.table4_runs(Request(scale="paper"))
+    runs = bl.table4_runs(Request(scale="paper")).values()
     assert {c.dataset for c in runs} == {"cifar100"} and len(runs) == 15
-    assert {c.dataset for c in bl.table1_runs(Request(scale="paper"))} == {"imagenet"}
+    assert {c.dataset for c in bl.table1_runs(Request(scale="paper")).values()} == {"imagenet"}
     assert bl.family_run(Request(scale="paper"), "skipblocknet-l", "bias").model_args == {
         "width_mult": 1.15, "mode": "large", "first_block": "authors"}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from repro.models import compact, skipblocknet
+from repro.models import compact, create_model, list_models, skipblocknet
 from repro.models.compact import FeatureInterface
 
 
@@ -45,10 +45,16 @@ SKIPBLOCKNET = {
 }
 
 
+IMAGENET_MODELS = {"skipblocknet_xs": skipblocknet.skipblocknet_xs, "skipblocknet_s": skipblocknet.skipblocknet_s,
+                   "skipblocknet_m": skipblocknet.skipblocknet_m, "skipblocknet_l": skipblocknet.skipblocknet_l,
+                   "mobilenetv3_large": skipblocknet.mobilenetv3_large,
+                   "mobilenetv3_small": skipblocknet.mobilenetv3_small}
+
+
 @pytest.mark.parametrize("name", list(SKIPBLOCKNET))
 def test_skipblocknet_size_at_224(name):
     paper_p, paper_m, ours_p, ours_m = SKIPBLOCKNET[name]
-    model = skipblocknet.MODELS[name]()
+    model = IMAGENET_MODELS[name]()
     p, m = n_params(model), fvcore_macs(model)
     assert p == pytest.approx(paper_p, rel=0.05)
     if paper_m is not None:
@@ -95,23 +101,68 @@ def test_skipblocknet_m_is_mobilenetv3_large_plus_skips():
 # CIFAR-100 (100 classes, 32x32) param counts, pinned ±1 %.  Table 4's "Params" column
 # (ShuffleNetV2 0.5x 1.4 M, MobileNetV2 0.75x 2.6 M, NASNet-A 5.3 M, SqueezeNet 1.25 M,
 # DenseNet k=12 7 M) matches the 1000-class ImageNet counts of those models, not these.
-CIFAR_PARAMS = {
-    "shufflenetv2_cifar": 444_292,          # true 0.5x (authors' "0.5x" = width 1.0 below)
-    "shufflenetv2_x1_0_cifar": 1_356_104,
-    "mobilenetv2_cifar": 1_483_524,         # 0.75x
-    "squeezenet_cifar": 775_204,            # SqueezeNet 1.0
-    "squeezenet1_1_cifar": 773_796,
-    "densenet_cifar": 800_032,              # DenseNet-BC L=100 k=12 (Huang et al.: 0.8 M)
-    "densenet100_k12_cifar": 7_084_852,     # DenseNet L=100 k=12 (Huang et al.: 7.0 M)
-    "densenet40_k12_cifar": 1_060_132,      # DenseNet L=40 k=12 (Huang et al.: 1.0 M)
-    "densenet121_cifar": 7_048_676,         # the authors' code (k=32)
-    "nasnet_a_cifar": 4_326_840,            # NASNet-A 4 @ 1056 (5.28 M with 1000 classes)
+CIFAR_MODELS = {
+    "shufflenetv2_cifar": (compact.shufflenetv2_cifar, {}, 444_292),  # true 0.5x (authors' "0.5x" = width 1.0)
+    "shufflenetv2_x1_0_cifar": (compact.shufflenetv2_cifar, {"width": 1.0}, 1_356_104),
+    "mobilenetv2_cifar": (compact.mobilenetv2_cifar, {}, 1_483_524),  # 0.75x
+    "squeezenet_cifar": (compact.squeezenet_cifar, {}, 775_204),      # SqueezeNet 1.0
+    "squeezenet1_1_cifar": (compact.squeezenet_cifar, {"version": "1_1"}, 773_796),
+    "densenet_cifar": (compact.densenet_cifar, {}, 800_032),          # DenseNet-BC L=100 k=12 (Huang et al.: 0.8 M)
+    "densenet100_k12_cifar": (compact.densenet100_k12_cifar, {}, 7_084_852),  # DenseNet L=100 k=12 (7.0 M)
+    "densenet40_k12_cifar": (compact.densenet_cifar, {"depth": 40, "growth": 12, "bottleneck": False,
+                                                      "compression": 1.0}, 1_060_132),  # L=40 k=12 (1.0 M)
+    "densenet121_cifar": (compact.densenet121_cifar, {}, 7_048_676),  # the authors' code (k=32)
+    "nasnet_a_cifar": (compact.nasnet_a_cifar, {}, 4_326_840),        # NASNet-A 4 @ 1056 (5.28 M at 1000 classes)
 }
 
 
-@pytest.mark.parametrize("name", list(CIFAR_PARAMS))
+def _cifar(name: str, **kwargs) -> nn.Module:
+    make, args, _ = CIFAR_MODELS[name]
+    return make(**args, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(CIFAR_MODELS))
 def test_cifar_param_counts(name):
-    assert n_params(compact.MODELS[name](num_classes=100)) == pytest.approx(CIFAR_PARAMS[name], rel=0.01)
+    assert n_params(_cifar(name, num_classes=100)) == pytest.approx(CIFAR_MODELS[name][2], rel=0.01)
+
+
+# The run configs' model names (their hashes hold them) and the family functions they build.
+RUN_MODELS = {"shufflenetv2": ({"width": 0.5}, lambda: compact.shufflenetv2_cifar(0.5, 10, 1)),
+              "mobilenetv2": ({"width": 0.75}, lambda: compact.mobilenetv2_cifar(0.75, 10, 1)),
+              "squeezenet": ({"version": "1_1", "bn": False}, lambda: compact.squeezenet_cifar(10, 1, "1_1")),
+              "densenet": ({"depth": 10, "growth": 6, "bottleneck": True, "compression": 0.5},
+                           lambda: compact.densenet_cifar(10, 6, True, 0.5, 10, 1)),
+              "densenet121": ({}, lambda: compact.densenet121_cifar(10, 1)),
+              "nasnet_a": ({"N": 1, "filters": 4}, lambda: compact.nasnet_a_cifar(1, 4, 10, 1)),
+              "skipblocknet": ({"width_mult": 0.5, "mode": "small", "first_block": "authors"},
+                               lambda: skipblocknet.SkipblockNet(0.5, "small", 10, 1, input_size=32)),
+              "mobilenetv3_large": ({"width_mult": 0.5}, lambda: skipblocknet.mobilenetv3_large(10, 1, 0.5)),
+              "mobilenetv3_small": ({"width_mult": 0.5}, lambda: skipblocknet.mobilenetv3_small(10, 1, 0.5))}
+
+
+@pytest.mark.parametrize("name", list(RUN_MODELS))
+def test_run_model_names_are_registered(name):
+    args, make = RUN_MODELS[name]
+    want = make()
+    assert name in list_models()
+    net = create_model(name, num_classes=10, in_channels=1, input_size=32, **args)
+    assert repr(net) == repr(want) and n_params(net) == n_params(want)
+    # the reduced scales' changes: the first conv's stride and every BN's momentum
+    net = create_model(name, num_classes=10, in_channels=1, stem_stride=2, bn_momentum=0.3, **args)
+    assert next(m for m in net.modules() if isinstance(m, nn.Conv2d)).stride == (2, 2)
+    momenta = {m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert momenta <= {0.3}  # SqueezeNet without bn has none
+    with pytest.raises(TypeError):  # a model_args key the model does not take
+        create_model(name, num_classes=10, in_channels=1, no_such_key=1, **args)
+
+
+def test_missing_model_args_keys_build_the_older_models():
+    """A run stored before first_block / last_channel existed has no such key: torchvision's block
+    and its scaled last channel."""
+    sbn = create_model("skipblocknet", num_classes=1000, width_mult=1.0, mode="large", input_size=224)
+    assert sbn.first_block_kind == "torchvision" and sbn.skip_sizes == (28, 14)
+    mv3 = create_model("mobilenetv3_large", num_classes=1000, width_mult=0.75)
+    assert mv3.classifier[0].out_features == 960
 
 
 def test_nasnet_a_6_at_768_matches_nasnet_paper():
@@ -133,18 +184,18 @@ def _check_interface(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return feats
 
 
-@pytest.mark.parametrize("name", list(skipblocknet.MODELS))
+@pytest.mark.parametrize("name", list(IMAGENET_MODELS))
 def test_imagenet_models_feature_interface(name):
     torch.manual_seed(0)
-    model = skipblocknet.MODELS[name]()
+    model = IMAGENET_MODELS[name]()
     feats = _check_interface(model, torch.randn(1, 3, 224, 224))
     assert feats.shape[-2:] == (7, 7)
 
 
-@pytest.mark.parametrize("name", list(compact.MODELS))
+@pytest.mark.parametrize("name", list(CIFAR_MODELS))
 def test_cifar_models_feature_interface(name):
     torch.manual_seed(0)
-    model = compact.MODELS[name](num_classes=100, in_channels=1)
+    model = _cifar(name, num_classes=100, in_channels=1)
     feats = _check_interface(model, torch.randn(2, 1, 32, 32))
     assert feats.shape[-1] >= 2  # not collapsed to 1x1 before the head's pooling
 

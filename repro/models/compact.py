@@ -9,8 +9,9 @@ loss needs, so that it reads the last convolutional feature map without a second
 - ``forward_head(features)``: logits, and ``forward(x) = forward_head(forward_features(x))``;
 - ``forward_with_features(x) -> (logits, features)``.
 
-The sizes, the authors' variants and the choices the paper leaves open are in
-docs/papers/biasloss.md.
+The run configs' model names (``shufflenetv2``, ``mobilenetv2``, ``squeezenet``, ``densenet``,
+``densenet121``, ``nasnet_a``) are registered here (:func:`run_model`).  The sizes, the
+authors' variants and the choices the paper leaves open are in docs/papers/biasloss.md.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro.models import register_model
 from repro.models.densenet import CifarDenseNet
 from repro.models.densenet import densenet_cifar as _densenet_cifar
 from repro.models.staged import init_weights
@@ -146,9 +148,24 @@ class SqueezeNetCifar(FeatureInterface, tv_squeezenet.SqueezeNet):
         return torch.flatten(self.classifier(features), 1)
 
 
-def squeezenet_cifar(num_classes: int = 100, in_channels: int = 3, version: str = "1_0") -> SqueezeNetCifar:
-    """SqueezeNet 1.0 (default; Table 4's 1.25 M is 1.0's ImageNet count) or 1.1 for 32x32."""
-    return SqueezeNetCifar(version, num_classes, in_channels)
+def squeezenet_cifar(num_classes: int = 100, in_channels: int = 3, version: str = "1_0",
+                     bn: bool = False) -> SqueezeNetCifar:
+    """SqueezeNet 1.0 (default; Table 4's 1.25 M is 1.0's ImageNet count) or 1.1 for 32x32.
+
+    ``bn``: the pytorch-cifar100 SqueezeNet (the recipe the paper's CIFAR-100 schedule comes from):
+    a BatchNorm after the stem conv and after every fire-module conv, and no ReLU on the class-score
+    map.  torchvision's SqueezeNet (no BN, ReLU on the class map) does not train at the paper's lr
+    0.1: measured at quick scale it stays at 10 % (chance) with every loss."""
+    m = SqueezeNetCifar(version, num_classes, in_channels)
+    if bn:
+        for fire in [f for f in m.modules() if isinstance(f, tv_squeezenet.Fire)]:
+            for attr in ("squeeze", "expand1x1", "expand3x3"):
+                conv = getattr(fire, attr)
+                setattr(fire, attr, nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels)))
+        stem = m.features[0]
+        m.features[0] = nn.Sequential(stem, nn.BatchNorm2d(stem.out_channels))
+        m.classifier[2] = nn.Identity()  # the ReLU after the final 1x1 conv
+    return m
 
 
 # --------------------------------------------------------------------------- DenseNet (Huang et al. CIFAR)
@@ -356,17 +373,39 @@ def nasnet_a_cifar(N: int = 4, filters: int = 44, num_classes: int = 100, in_cha
     return NASNetACifar(N, filters, num_classes, in_channels)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "shufflenetv2_cifar": shufflenetv2_cifar,
-    "shufflenetv2_x0_5_cifar": lambda num_classes=100, in_channels=3: shufflenetv2_cifar(0.5, num_classes, in_channels),
-    "shufflenetv2_x1_0_cifar": lambda num_classes=100, in_channels=3: shufflenetv2_cifar(1.0, num_classes, in_channels),
-    "mobilenetv2_cifar": mobilenetv2_cifar,
-    "squeezenet_cifar": squeezenet_cifar,
-    "squeezenet1_1_cifar": lambda num_classes=100, in_channels=3: squeezenet_cifar(num_classes, in_channels, "1_1"),
-    "densenet_cifar": densenet_cifar,
-    "densenet100_k12_cifar": densenet100_k12_cifar,
-    "densenet40_k12_cifar": lambda num_classes=100, in_channels=3: densenet_cifar(40, 12, False, 1.0, num_classes,
-                                                                                  in_channels),
-    "densenet121_cifar": densenet121_cifar,
-    "nasnet_a_cifar": nasnet_a_cifar,
-}
+# --------------------------------------------------------------------------- the runs' model names
+
+
+def reduced(model: nn.Module, stem_stride: int = 1, bn_momentum: float | None = None) -> nn.Module:
+    """The reduced scales' changes to a model: its first convolution at ``stem_stride`` (a 32x32
+    image processed at 16x16 from the stem on) and every BatchNorm's ``bn_momentum``."""
+    if stem_stride != 1:
+        next(m for m in model.modules() if isinstance(m, nn.Conv2d)).stride = (stem_stride, stem_stride)
+    if bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = bn_momentum
+    return model
+
+
+def run_model(name: str, build: Callable[..., nn.Module]) -> None:
+    """Register ``build(num_classes, in_channels, input_size, **model_args)`` under a run config's
+    model name: the factory takes ``num_classes``, ``in_channels``, ``input_size`` (the CIFAR models
+    take any size and ignore it), the run's ``model_args`` and the reduced scales' ``stem_stride``
+    and ``bn_momentum`` (:func:`reduced`).  A key missing from ``model_args`` takes ``build``'s
+    default: the model a run stored before the key existed was built with."""
+    def factory(*, num_classes: int, in_channels: int = 3, input_size: int = 32, stem_stride: int = 1,
+                bn_momentum: float | None = None, **model_args) -> nn.Module:
+        return reduced(build(num_classes, in_channels, input_size, **model_args), stem_stride, bn_momentum)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"The run model {name!r} (:func:`repro.models.compact.run_model`)."
+    register_model(name, factory)
+
+
+run_model("shufflenetv2", lambda nc, ic, size, width=0.5: shufflenetv2_cifar(width, nc, ic))
+run_model("mobilenetv2", lambda nc, ic, size, width=0.75: mobilenetv2_cifar(width, nc, ic))
+run_model("squeezenet", lambda nc, ic, size, version="1_0", bn=False: squeezenet_cifar(nc, ic, version, bn))
+run_model("densenet", lambda nc, ic, size, depth=100, growth=12, bottleneck=False, compression=1.0:
+          densenet_cifar(depth, growth, bottleneck, compression, nc, ic))
+run_model("densenet121", lambda nc, ic, size: densenet121_cifar(nc, ic))
+run_model("nasnet_a", lambda nc, ic, size, N=4, filters=44: nasnet_a_cifar(N, filters, nc, ic))

@@ -8,7 +8,9 @@ torchvision's MobileNetV3 building blocks) with two skip blocks reading the firs
 output: adaptive average pool to the size of the tensor they are added to, then 1x1
 conv-BN-ReLU, depthwise kxk conv-BN-ReLU, 1x1 conv-BN, added before the 80- and
 112-channel stages.  The family: XS = small w 0.5, S = small w 0.75, M = large w 1.0,
-L = large w 1.15.  The layout, its sizes and the choices are in docs/papers/biasloss.md.
+L = large w 1.15.  The run configs' model names ``skipblocknet``, ``mobilenetv3_large`` and
+``mobilenetv3_small`` are registered here.  The layout, its sizes and the choices are in
+docs/papers/biasloss.md.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torchvision.models import mobilenetv3 as tv_mnv3
 from torchvision.models._utils import _make_divisible
 from torchvision.ops.misc import Conv2dNormActivation
 
-from repro.models.compact import FeatureInterface
+from repro.models.compact import FeatureInterface, run_model
 
 _norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)  # torchvision's MobileNetV3 BN settings
 
@@ -244,11 +246,12 @@ def mobilenetv3_small(num_classes: int = 1000, in_channels: int = 3, width_mult:
                                last_channel=last_channel)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "skipblocknet_xs": skipblocknet_xs,
-    "skipblocknet_s": skipblocknet_s,
-    "skipblocknet_m": skipblocknet_m,
-    "skipblocknet_l": skipblocknet_l,
-    "mobilenetv3_large": mobilenetv3_large,
-    "mobilenetv3_small": mobilenetv3_small,
-}
+# the runs' model names (ImageNet stem, stride 2, at every scale); a key missing from a run's
+# model_args builds the model as it was before the key existed: torchvision's first block,
+# torchvision's scaled last channel
+run_model("skipblocknet", lambda nc, ic, size, width_mult, mode, first_block="torchvision":
+          SkipblockNet(width_mult, mode, nc, ic, input_size=size, cifar_stem=False, first_block=first_block))
+run_model("mobilenetv3_large", lambda nc, ic, size, width_mult=1.0, last_channel=None:
+          mobilenetv3_large(nc, ic, width_mult, last_channel=last_channel))
+run_model("mobilenetv3_small", lambda nc, ic, size, width_mult=1.0, last_channel=None:
+          mobilenetv3_small(nc, ic, width_mult, last_channel=last_channel))

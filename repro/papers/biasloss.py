@@ -13,24 +13,23 @@ docs/papers/biasloss.md lists every choice and deviation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.artifacts import Artifact, Option, Paper
-from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
-from repro.data import dataset_info, run_info
-from repro.exits import accuracy_with_spread, bootstrap_ci, collect_logits, mean_and_spread, time_call, topk_accuracy
+from repro.api import Artifact, Claim, ConfigError, DataSpec, Figure, Option, Paper, RunConfig, Table, TrainSpec
+from repro.data import run_info
+from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, time_call, topk_accuracy
 from repro.exits import cpu_model as cpu_name
 from repro.flops import CONVENTIONS, count_model
-from repro.models import compact, skipblocknet
+from repro.models import create_model, skipblocknet
 from repro.nn import threads as num_threads  # n intra-op threads inside a block, restored after
-from repro.render import Meta, beside_paper, claim, write_table, save_figure
+from repro.reference_data import load_reference, paper_gap, paper_value
+from repro.render import beside_paper
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
 from repro.train import tracked
 
@@ -185,86 +184,15 @@ def method_for(loss: str, request=None) -> dict:
                 "formula": opt("bias_formula", "paper", choices=("paper", "code_v1")), "eps": 1e-8}
     raise ConfigError(f"unknown loss '{loss}'; choose one of: {', '.join(LOSSES)}")
 
-
 # ============================================================================ models
-
-
-def _first_conv(model: nn.Module) -> nn.Conv2d:
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-
-
-def _squeezenet_bn(m: nn.Module) -> None:
-    """The pytorch-cifar100 SqueezeNet (the recipe the paper's CIFAR-100 schedule comes from): a
-    BatchNorm after the stem conv and after every fire-module conv, and no ReLU on the class-score
-    map.  torchvision's SqueezeNet (no BN, ReLU on the class map) does not train at the paper's
-    lr 0.1: measured at quick scale it stays at 10 % (chance) with every loss."""
-    from torchvision.models.squeezenet import Fire
-
-    for fire in [f for f in m.modules() if isinstance(f, Fire)]:
-        for attr in ("squeeze", "expand1x1", "expand3x3"):
-            conv = getattr(fire, attr)
-            setattr(fire, attr, nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels)))
-    stem = m.features[0]
-    m.features[0] = nn.Sequential(stem, nn.BatchNorm2d(stem.out_channels))
-    m.classifier[2] = nn.Identity()  # the ReLU after the final 1x1 conv
-
-
-def build_model(name: str, args: dict, num_classes: int, in_channels: int, image_size: int = 32) -> nn.Module:
-    """A model with the feature interface from a run's ``model`` and ``model_args``.
-
-    ``stem_stride`` (reduced scales only) sets the first convolution's stride, so that a
-    32x32 image is processed at 16x16 from the stem on; ``bn_momentum`` (reduced scales
-    only) overrides every BatchNorm's momentum.
-    """
-    a = dict(args)
-    stem_stride = a.pop("stem_stride", 1)
-    bn_momentum = a.pop("bn_momentum", None)
-    nc, ic = num_classes, in_channels
-    if name == "shufflenetv2":
-        m = compact.shufflenetv2_cifar(a.get("width", 0.5), nc, ic)
-    elif name == "mobilenetv2":
-        m = compact.mobilenetv2_cifar(a.get("width", 0.75), nc, ic)
-    elif name == "squeezenet":
-        m = compact.squeezenet_cifar(nc, ic, a.get("version", "1_0"))
-        if a.get("bn", False):
-            _squeezenet_bn(m)
-    elif name == "densenet":
-        m = compact.densenet_cifar(a.get("depth", 100), a.get("growth", 12), a.get("bottleneck", False),
-                                   a.get("compression", 1.0), nc, ic)
-    elif name == "densenet121":
-        m = compact.densenet121_cifar(nc, ic)
-    elif name == "nasnet_a":
-        m = compact.nasnet_a_cifar(a.get("N", 4), a.get("filters", 44), nc, ic)
-    # a key missing from model_args builds the model as it was before the key existed (stored runs keep
-    # their meaning): torchvision's first block, torchvision's scaled last channel
-    elif name == "skipblocknet":
-        m = skipblocknet.SkipblockNet(a["width_mult"], a["mode"], nc, ic, input_size=image_size, cifar_stem=False,
-                                      first_block=a.get("first_block", "torchvision"))
-    elif name == "mobilenetv3_large":
-        m = skipblocknet.mobilenetv3_large(nc, ic, a.get("width_mult", 1.0), last_channel=a.get("last_channel"))
-    elif name == "mobilenetv3_small":
-        m = skipblocknet.mobilenetv3_small(nc, ic, a.get("width_mult", 1.0), last_channel=a.get("last_channel"))
-    elif name == "mobilenetv2_imagenet":  # latency reference only (Table 2)
-        from torchvision.models import mobilenet_v2
-
-        m = mobilenet_v2(num_classes=nc, width_mult=a.get("width_mult", 1.0))
-    else:
-        raise ConfigError(f"unknown model '{name}' for biasloss")
-    if stem_stride != 1:
-        _first_conv(m).stride = (stem_stride, stem_stride)
-    if bn_momentum is not None:
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.momentum = bn_momentum
-    return m
 
 
 @dataclass(frozen=True)
 class Arch:
-    """A row of a table: the paper's architecture and its reduced versions."""
+    """A row of a table: the paper's architecture and its reduced versions (``model_args`` by scale)."""
     key: str                 # row key of the reference CSV
     label: str
-    model: str               # build_model name
+    model: str               # registered model name (repro.models.compact / skipblocknet)
     paper: dict
     quick: dict = field(default_factory=dict)
     smoke: dict = field(default_factory=dict)
@@ -317,6 +245,10 @@ FAMILY = {a.key: a for a in [
          {"width_mult": 1.25, "last_channel": 1280}),
 ]}
 FAMILY_WIDTH = {"paper": 1.0, "quick": 0.5, "smoke": 0.25}
+# MobileNetV3's BN momentum 0.01 (TF 0.99) averages over ~100 steps: on a 1-epoch schedule the running
+# statistics lag the weights and eval-mode accuracy collapses (measured: 83 % in train mode, 9 % in eval
+# mode after one quick epoch).  PyTorch's default 0.1 at reduced scales.
+FAMILY_BN_MOMENTUM = {"paper": None, "quick": 0.1, "smoke": 0.1}
 FIRST_BLOCKS = skipblocknet.FIRST_BLOCKS
 MNV3_LAST = ("fixed", "scaled")
 # Table 1's rows, grouped by cost as in the paper; (SkipblockNet, the MobileNetV3 it is compared with)
@@ -342,11 +274,8 @@ def family_args(arch: Arch, scale: str, request=None) -> dict:
         if opt("mnv3_last_channel", "fixed", MNV3_LAST) == "fixed" and last != skipblocknet.make_divisible(
                 base * a["width_mult"]):
             a["last_channel"] = last
-    if scale != "paper":
-        # MobileNetV3's BN momentum 0.01 (TF 0.99) averages over ~100 steps: on a 1-epoch schedule the
-        # running statistics lag the weights and eval-mode accuracy collapses (measured: 83 % in train
-        # mode, 9 % in eval mode after one quick epoch).  PyTorch's default 0.1 at reduced scales.
-        a["bn_momentum"] = 0.1
+    if FAMILY_BN_MOMENTUM[scale] is not None:
+        a["bn_momentum"] = FAMILY_BN_MOMENTUM[scale]
     return a
 
 
@@ -361,59 +290,64 @@ def compact_arch(request, key: str, scale: str | None = None) -> tuple[str, dict
         args["bn"] = request.option("squeezenet", "bn", choices=("bn", "torchvision")) == "bn"
     if key == "densenet-k12":
         choice = request.option("densenet", "k12", choices=tuple(DENSENET_CHOICES))
-        if scale == "paper":
+        if scale == "paper":  # the choice is between paper-scale DenseNets
             model, args = DENSENET_CHOICES[choice][0], dict(DENSENET_CHOICES[choice][1])
     return model, args
 
 
 # ============================================================================ schedules
 
-
-def cifar_spec(request) -> tuple[TrainSpec, str]:
-    """Table 4's CIFAR-100 recipe (TrainSpec, augmentation)."""
-    if request.scale != "paper":
-        return _reduced_spec(request.scale), "none"
-    if request.option("cifar_recipe", "paper", choices=("paper", "code")) == "code":
-        # the authors' train.py: 160 epochs, wd 1e-4, x0.1 at 80 and 122, crop + flip, incomplete batches skipped
-        return (TrainSpec(epochs=160, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                          milestones=(80 / 160, 122 / 160), gamma=0.1, drop_last=True), "crop_flip")
+# Reduced scales: one epoch (every image seen once), no augmentation, for both datasets.
+REDUCED_RECIPES = {
+    "quick": TrainSpec(epochs=1, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                       schedule="cosine", warmup_epochs=0.05),  # cosine within the epoch, a short warm-up
+    "smoke": TrainSpec(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                       schedule="constant"),
+}
+# Table 4's CIFAR-100 recipes at paper scale (--set cifar_recipe) and their augmentation.
+CIFAR_RECIPES = {
     # paper Sec. 5.2 (= weiaicunzai/pytorch-cifar100): SGD 0.9, wd 5e-4, lr 0.1 x0.2 at 60/120/160 of 200,
     # batch 128, one warm-up epoch; flip + rotation (+-15 deg) + crop 32 pad 4
-    return (TrainSpec(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-                      milestones=(0.3, 0.6, 0.8), gamma=0.2, warmup_epochs=1.0), "crop_flip_rotate")
+    "paper": (TrainSpec(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                        milestones=(0.3, 0.6, 0.8), gamma=0.2, warmup_epochs=1.0), "crop_flip_rotate"),
+    # the authors' train.py: 160 epochs, wd 1e-4, x0.1 at 80 and 122, crop + flip, incomplete batches skipped
+    "code": (TrainSpec(epochs=160, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                       milestones=(80 / 160, 122 / 160), gamma=0.1, drop_last=True), "crop_flip"),
+}
 
 
-def imagenet_spec(request) -> TrainSpec:
+def _imagenet_recipe(epochs: int = 350, warmup: float = 3.0) -> TrainSpec:
     """The ImageNet recipe (paper Sec. 5.1, EfficientNet's): TensorFlow's RMSProp (decay 0.9, momentum 0.9;
     epsilon 1e-3, EfficientNet's), weight decay 1e-5, batch 512, lr warmed up to 0.032 over 3 epochs then x0.97
     every 2.4 epochs, weight EMA 0.99995 (per step); 350 epochs (the paper gives none: EfficientNet's)."""
-    if request.scale != "paper":
-        return _reduced_spec(request.scale)
-    epochs, warmup = 350, 3.0
     steps = tuple((warmup + 2.4 * k) / epochs for k in range(1, int((epochs - warmup) / 2.4) + 1))
     return TrainSpec(epochs=epochs, batch_size=512, lr=0.032, optimizer="rmsprop_tf", rmsprop_alpha=0.9,
                      rmsprop_eps=1e-3, momentum=0.9, weight_decay=1e-5, milestones=steps, gamma=0.97,
                      warmup_epochs=warmup, ema_decay=0.99995)
 
 
-def _reduced_spec(scale: str) -> TrainSpec:
-    if scale == "quick":  # one epoch, cosine within it, a short warm-up
-        return TrainSpec(epochs=1, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                         schedule="cosine", warmup_epochs=0.05)
-    return TrainSpec(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                     schedule="constant")
+IMAGENET_RECIPE = _imagenet_recipe()
+
+
+def cifar_spec(request) -> tuple[TrainSpec, str]:
+    """Table 4's CIFAR-100 recipe (TrainSpec, augmentation)."""
+    if request.scale in REDUCED_RECIPES:
+        return REDUCED_RECIPES[request.scale], "none"
+    return CIFAR_RECIPES[request.option("cifar_recipe", "paper", choices=tuple(CIFAR_RECIPES))]
+
+
+def imagenet_spec(request) -> TrainSpec:
+    return REDUCED_RECIPES.get(request.scale, IMAGENET_RECIPE)
 
 
 # ============================================================================ runs
 
 
 def _data_spec(request, dataset: str, augment: str, paper_size: int = CIFAR_SIZE) -> DataSpec:
-    """At ``paper_size`` at paper scale (224 for the ImageNet families); every model takes any size."""
-    if request.scale == "paper":
-        return run_data(request, dataset, paper_size, augment=augment)
-    # one epoch sees every image once: augmentation only slows convergence (measured on MobileNetV3-L
-    # x0.5, 20k images: 82.2 % without, 74.4 % with crop + flip)
-    return run_data(request, dataset, paper_size, augment="none")
+    """At ``paper_size`` at paper scale (224 for the ImageNet families); every model takes any size.
+    Reduced scales: no augmentation (one epoch sees every image once: augmentation only slows
+    convergence; measured on MobileNetV3-L x0.5, 20k images: 82.2 % without, 74.4 % with crop + flip)."""
+    return run_data(request, dataset, paper_size, augment="none" if request.scale in REDUCED_RECIPES else augment)
 
 
 def compact_run(request, key: str, loss: str) -> RunConfig:
@@ -442,42 +376,38 @@ def family_loss(request, key: str) -> str:
     return "ce"
 
 
-def table4_runs(request) -> list[RunConfig]:
-    return [compact_run(request, k, loss) for k in COMPACT for loss in LOSSES]
+def table4_runs(request) -> dict[str, RunConfig]:
+    """``<model>/<loss>``: every compact CNN with every loss (the reference CSV's row keys)."""
+    return {f"{k}/{loss}": compact_run(request, k, loss) for k in COMPACT for loss in LOSSES}
 
 
-def table1_runs(request) -> list[RunConfig]:
-    return [family_run(request, k, family_loss(request, k)) for k in TABLE1_ROWS]
+def table1_runs(request) -> dict[str, RunConfig]:
+    """Every family row, SkipblockNets with the request's loss, MobileNetV3 with CE."""
+    return {k: family_run(request, k, family_loss(request, k)) for k in TABLE1_ROWS}
 
 
 TABLE3_ROWS = [("mobilenetv3-large-1.0x", "ce"), ("mobilenetv3-large-1.0x", "bias"), ("skipblocknet-m", "ce"),
                ("skipblocknet-m", "bias"), ("mobilenetv3-large-1.05x", "ce")]
 
 
-def table3_runs(request) -> list[RunConfig]:
-    return [family_run(request, k, loss) for k, loss in TABLE3_ROWS]
+def table3_runs(request) -> dict[str, RunConfig]:
+    return {f"{k}/{loss}": family_run(request, k, loss) for k, loss in TABLE3_ROWS}
 
 
-def table5_sources(request) -> dict[str, RunConfig]:
-    """Table 5's rows (reference keys) and the runs they are measured on."""
-    out = {}
-    for key, ref in (("skipblocknet-m", "skipblocknet-m"), ("mobilenetv3-large-1.0x", "mobilenetv3-large-1.0x")):
-        for loss in ("ce", "bias"):
-            out[f"{ref}/{loss}"] = family_run(request, key, loss)
-    for loss in ("ce", "bias"):
-        out[f"shufflenet/{loss}"] = compact_run(request, "shufflenetv2-0.5x", loss)
+def table5_runs(request) -> dict[str, RunConfig]:
+    """Table 5's rows (reference keys) and the runs they are measured on: table3's, and table4's
+    ShuffleNetV2 for the paper's ShuffleNet rows."""
+    family = {f"{k}/{loss}": family_run(request, k, loss) for k in ("skipblocknet-m", "mobilenetv3-large-1.0x")
+              for loss in ("ce", "bias")}
+    shuffle = {f"shufflenet/{loss}": compact_run(request, "shufflenetv2-0.5x", loss) for loss in ("ce", "bias")}
     order = ["skipblocknet-m/ce", "skipblocknet-m/bias", "shufflenet/ce", "shufflenet/bias",
              "mobilenetv3-large-1.0x/ce", "mobilenetv3-large-1.0x/bias"]
-    return {k: out[k] for k in order}
+    return {k: {**family, **shuffle}[k] for k in order}
 
 
-def table5_runs(request) -> list[RunConfig]:
-    return list(table5_sources(request).values())
-
-
-def table2_runs(request) -> list[RunConfig]:
-    return [family_run(request, "skipblocknet-m", family_loss(request, "skipblocknet-m")),
-            family_run(request, "mobilenetv3-large-1.0x", "ce")]
+def table2_runs(request) -> dict[str, RunConfig]:
+    """The top-1 of table2's trained rows: table1's SkipblockNet-M and MobileNetV3-L runs."""
+    return {k: family_run(request, k, family_loss(request, k)) for k in ("skipblocknet-m", "mobilenetv3-large-1.0x")}
 
 
 # ============================================================================ training
@@ -543,7 +473,8 @@ def train(ctx) -> dict:
     cfg = ctx.cfg
     data = ctx.data()
     info = data.info
-    net = ctx.to_device(build_model(cfg.model, cfg.model_args, info.num_classes, info.in_channels, info.image_size))
+    net = ctx.to_device(create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                                     input_size=info.image_size, **cfg.model_args))
     loss_fn = make_loss(cfg.method).to(ctx.device)
     ctx.fit(WithFeatures(net), make_step(loss_fn), "train", stateful=[loss_fn])
     ctx.save_model(net)
@@ -567,13 +498,13 @@ def train(ctx) -> dict:
             "final_bias_running_min": float(loss_fn.running_min) if isinstance(loss_fn, BiasLoss) else None}
 
 
-# ============================================================================ helpers for artifacts
+# ============================================================================ what the artifacts read
 
 
 @lru_cache(maxsize=64)
 def _arch_cost(model: str, args_key: tuple, num_classes: int, in_channels: int, size: int, macs: bool
                ) -> tuple[float, int]:
-    net = build_model(model, dict(args_key), num_classes, in_channels, size)
+    net = create_model(model, num_classes=num_classes, in_channels=in_channels, input_size=size, **dict(args_key))
     if not macs:
         return math.nan, sum(p.numel() for p in net.parameters())
     c = count_model(net, (in_channels, size, size), convention=COST)
@@ -586,298 +517,245 @@ def arch_cost(model: str, args: dict, num_classes: int = 1000, in_channels: int 
     return _arch_cost(model, tuple(sorted(args.items())), num_classes, in_channels, size, macs)
 
 
-def _scale_note(request, what: str) -> str:
-    if request.scale == "paper":
-        return "paper scale"
-    if request.scale == "quick":
-        return f"quick scale ({what}; 1 epoch: NOT the paper's setting)"
-    return "smoke scale (a few hundred images, 1 epoch, tiny models: checks the pipeline, numbers mean nothing)"
-
-
-def _meta(request, artifact: str, title: str, dataset: str, cost: str, notes=()) -> Meta:
-    return Meta(PAPER_NAME, artifact, title, "", dataset, request.seeds, cost, list(notes))
-
-
-def _acc(results, cfg) -> tuple[float, float]:
-    """Top-1 (%) over seeds and its spread (std over seeds, or 95 % bootstrap half-width for one seed)."""
-    runs = [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in results[cfg]]
-    mean, spread = accuracy_with_spread(runs)
+def _top1(runs) -> tuple[float, float]:
+    """Top-1 (%) over the seeds of one run and its spread (:func:`repro.exits.accuracy_with_spread`)."""
+    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs])
     return mean[0], spread[0]
 
 
-def _mean_result(results, cfg, key: str) -> float:
-    vals = [r.results[key] for r in results[cfg]]
-    return float(sum(vals) / len(vals))
+def _correct(*runs) -> list[torch.Tensor]:
+    """Per seed, each test image's correctness, averaged over ``runs`` (one run's seeds each): the
+    per-image difference of two such averages is the mean over the pairs of their differences, so
+    :func:`gap_with_spread` of them is the gap of "the mean over the 5 models" with its paired spread."""
+    return [torch.stack([(r.outputs["test_logits"][0].argmax(-1) == r.outputs["test_labels"]).double()
+                         for r in seed]).mean(0) for seed in zip(*runs)]
 
 
-def _gap_claims(name: str, results, pairs: list[tuple[RunConfig, RunConfig]], paper: float | None) -> str:
-    """The claim line of a top-1 gap (pp): the mean over ``pairs`` of a − b, with a paired spread (the
-    rule of dcp's and dgate's gaps).  One seed: the half-width of the 95 % bootstrap interval of the
-    per-image difference of correctness (both runs scored on the same resampled test images); N ≥ 2
-    seeds: the std over seeds of the per-seed gaps."""
-    def correct(run) -> torch.Tensor:
-        out = run.outputs
-        return (out["test_logits"][0].argmax(-1) == out["test_labels"]).double()
-
-    runs = [(results[a], results[b]) for a, b in pairs]
-    for ra, rb in runs:
-        if len(ra) != len(rb) or any(not torch.equal(x.outputs["test_labels"], y.outputs["test_labels"])
-                                     for x, y in zip(ra, rb)):
-            raise ValueError(f"{name}: the runs compared are not scored on the same test images")
-    # per seed, the mean over the pairs of the per-image difference a − b
-    seeds = len(runs[0][0])
-    diffs = [torch.stack([correct(ra[s]) - correct(rb[s]) for ra, rb in runs]).mean(0) for s in range(seeds)]
-    if len(diffs) > 1:
-        gap, spread = mean_and_spread([float(d.mean() * 100) for d in diffs])
-    else:
-        lo, hi = bootstrap_ci(diffs[0])
-        gap, spread = float(diffs[0].mean() * 100), (hi - lo) / 2
-    return claim(name, gap, spread, paper)
+def _gap(name: str, runs, a: list[str], b: list[str], artifact: str, paper: float | None = None) -> Claim:
+    """The claim of a top-1 gap mean(a) - mean(b) over run names, the paper's gap of the same rows
+    (``paper``, or its rows' gap in ``artifact``) beside it."""
+    if paper is None and len(a) == 1:
+        paper = paper_gap(PAPER_NAME, artifact, a[0], b[0], "top1")
+    return Claim(name, *gap_with_spread(_correct(*(runs[k] for k in a)), _correct(*(runs[k] for k in b))), paper)
 
 
-def _ref():
-    from repro.reference_data import load_reference
-
-    return load_reference(PAPER_NAME)
+def _mean_result(runs, key: str) -> float:
+    return float(sum(r.results[key] for r in runs) / len(runs))
 
 
-def _ref_value(artifact: str, row: str, column: str) -> float | None:
-    from repro.reference_data import reference_value
-
-    return reference_value(_ref(), artifact, row, column)
-
-
-def _ref_gap(artifact: str, a: str, b: str, column: str = "top1") -> float | None:
-    pa, pb = _ref_value(artifact, a, column), _ref_value(artifact, b, column)
-    return None if pa is None or pb is None else pa - pb
+def _nonempty_beside_paper(ours: list[dict], artifact: str, rows, columns, labels, reference=None) -> pd.DataFrame:
+    """Ours beside the paper's numbers (the core's :func:`repro.render.beside_paper`) less every
+    all-empty column.  For ``Table(frame=...)`` where a table mixes quantities only we measure (the
+    trained models' costs, CPU latency) with ones only the paper gives (Pixel latency): the core's
+    ``Table(ours=...)`` would print an empty paper (or ours) column beside each."""
+    df = beside_paper(pd.DataFrame(ours), PAPER_NAME, artifact, rows, columns, labels, reference=reference)
+    return df.drop(columns=[c for c in df.columns if df[c].isna().all()])
 
 
-def _family_data_note(request, cfg: RunConfig, settings) -> str:
-    dataset = cfg.dataset
-    info = run_info(dataset, cfg.data.image_size, settings.data_root)  # the size and classes the runs had
+def _recipe(cfg: RunConfig) -> str:
+    t = cfg.train
+    return (f"recipe: {t.epochs} epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr} (nesterov {t.nesterov}), "
+            f"wd {t.weight_decay}, {t.schedule}"
+            + ("" if t.schedule != "multistep" or not t.milestones else
+               f" x{t.gamma} at epochs {t.milestone_epochs()}" if len(t.milestones) <= 4 else
+               f" x{t.gamma} at {len(t.milestones)} milestones from epoch {t.milestone_epochs()[0]}")
+            + f", warm-up {t.warmup_epochs} epochs, augment {cfg.data.augment}")
+
+
+def _inputs(cfg: RunConfig, settings) -> str:
+    info = run_info(cfg.dataset, cfg.data.image_size, settings.data_root)  # the size and classes the runs had
+    return f"{info.image_size}x{info.image_size}x{info.in_channels} inputs, {info.num_classes} classes"
+
+
+def _family_model(request, cfg: RunConfig, settings) -> str:
+    """The trained SkipblockNet / MobileNetV3 models, as the header's model line."""
     w = FAMILY_WIDTH[request.scale]
-    width = "" if w == 1 else f", every width x {w}"
-    return (f"trained models: {dataset} {info.image_size}x{info.image_size}x{info.in_channels}, "
-            f"{info.num_classes} classes, ImageNet stem (stride 2){width}")
+    fb = request.option("first_block", "authors", FIRST_BLOCKS)
+    last = request.option("mnv3_last_channel", "fixed", MNV3_LAST)
+    return ("SkipblockNet / MobileNetV3, ImageNet stem (stride 2)" + ("" if w == 1 else f", every width x {w}")
+            + f", {_inputs(cfg, settings)}; SkipblockNet's first block "
+            + ("has the authors' 1x1 expansion conv" if fb == "authors" else "is torchvision's (no expansion conv)")
+            + "; MobileNetV3's classifier hidden layer is "
+            + ("1280 (Small: 1024) at every width, as the MobileNetV3 reference"
+               if last == "fixed" else "scaled with the width (1280·w), as torchvision's builders"))
+
+
+COUNTED_224 = "the mflops and params_m columns: the paper's architectures (authors' first block, 1280) at 224x224x3, " \
+              "1000 classes, built and counted here"
 
 
 # ============================================================================ table 4
 
 
-def build_table4(request, results, settings) -> list[Path]:
-    rows, accs = [], {}
+def build_table4(request, runs, settings) -> Table:
+    """Top-1 of the compact CNNs with each loss; the claims: bias loss over CE and focal, per model and
+    on average over the five."""
+    ours = []
     for key in COMPACT:
         model, paper_args = compact_arch(request, key, "paper")
-        _, arch_params = arch_cost(model, paper_args, 100, 3, 32, macs=False)
-        cfg0 = compact_run(request, key, "ce")
-        rows += [{"row": key, "column": "params_m", "value": arch_params / 1e6},
-                 {"row": key, "column": "run_params_m", "value": _mean_result(results, cfg0, "params") / 1e6}]
+        params = arch_cost(model, paper_args, 100, 3, 32, macs=False)[1]
+        ours += [{"row": key, "column": "params_m", "value": params / 1e6},
+                 {"row": key, "column": "run_params_m", "value": _mean_result(runs[f"{key}/ce"], "params") / 1e6}]
         for loss in LOSSES:
-            accs[key, loss] = _acc(results, compact_run(request, key, loss))
-            rows.append({"row": key, "column": loss, "value": accs[key, loss][0], "spread": accs[key, loss][1]})
-    ref = _ref()
-    ref = ref[ref["artifact"] == "table4"]
-    remap = [{"artifact": "table4", "row": r.split("/")[0], "column": r.split("/")[1] if "/" in r else c, "value": v}
-             for r, c, v in zip(ref["row"], ref["column"], ref["value"])]
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table4", list(COMPACT),
-                      ["params_m", "run_params_m", *LOSSES], {k: a.label for k, a in COMPACT.items()},
-                      reference=pd.DataFrame(remap))
-    notes = []
-    for key in COMPACT:
-        for other in ("ce", "focal"):
-            notes.append(_gap_claims(f"{COMPACT[key].label}: bias loss - {other}", results,
-                                     [(compact_run(request, key, "bias"), compact_run(request, key, other))],
-                                     _ref_gap("table4", f"{key}/bias", f"{key}/{other}")))
+            top1, spread = _top1(runs[f"{key}/{loss}"])
+            ours.append({"row": key, "column": loss, "value": top1, "spread": spread})
+    claims = [_gap(f"{COMPACT[key].label}: bias loss - {other}", runs, [f"{key}/bias"], [f"{key}/{other}"], "table4")
+              for key in COMPACT for other in ("ce", "focal")]
     for other in ("ce", "focal"):
-        pg = [_ref_gap("table4", f"{k}/bias", f"{k}/{other}") for k in COMPACT]
-        notes.append(_gap_claims(f"mean over the 5 models: bias loss - {other}", results,
-                                 [(compact_run(request, k, "bias"), compact_run(request, k, other)) for k in COMPACT],
-                                 sum(pg) / len(pg)))
-    cfg = compact_run(request, "shufflenetv2-0.5x", "ce")
-    info = run_info(cfg.dataset, cfg.data.image_size, settings.data_root)
+        paper = [paper_gap(PAPER_NAME, "table4", f"{k}/bias", f"{k}/{other}", "top1") for k in COMPACT]
+        claims.append(_gap(f"mean over the 5 models: bias loss - {other}", runs, [f"{k}/bias" for k in COMPACT],
+                           [f"{k}/{other}" for k in COMPACT], "table4", sum(paper) / len(paper)))
+    # the paper's Table 4 is keyed (<model>/<loss>, top1) and (<model>, params_m): read it as (<model>, <loss>)
+    ref = load_reference(PAPER_NAME)
+    ref = ref[ref["artifact"] == "table4"]
+    remap = pd.DataFrame([{"row": r.split("/")[0], "column": r.split("/")[1] if "/" in r else c, "value": v}
+                          for r, c, v in zip(ref["row"], ref["column"], ref["value"])])
+    cfg = runs.config("shufflenetv2-0.5x/ce")
     opts = [f"{k}={v}" for k, v in request.options]
-    notes += [
-        GAP_NOTE,
-        "params_m: the paper-scale CIFAR-100 architecture (100 classes, 32x32); the paper's column matches the "
-        "ImageNet (1000-class) counts of these models; run_params_m: the model trained here",
-        "models: " + "; ".join(f"{COMPACT[k].label} = {compact_arch(request, k)[0]} {compact_arch(request, k)[1]}"
-                               for k in COMPACT),
-        f"losses: CE; focal gamma={method_for('focal', request)['gamma']}; bias {method_for('bias', request)}",
-        f"recipe: {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
-        f"wd {cfg.train.weight_decay}, {cfg.train.schedule}"
-        + (f" at epochs {cfg.train.milestone_epochs()} x{cfg.train.gamma}" if cfg.train.schedule == "multistep" else "")
-        + f", warm-up {cfg.train.warmup_epochs} epochs, "
-        f"augment {cfg.data.augment}" + (f"; options {', '.join(opts)}" if opts else ""),
-    ]
-    what = f"{cfg.dataset} {info.image_size}x{info.image_size}x{info.in_channels}, reduced models, stem stride 2"
-    meta = _meta(request, "table4", "Top-1 (%) of compact CNNs trained with CE, focal and bias loss",
-                 cfg.dataset, "params counted (M); no FLOPs in this table", notes)
-    meta.scale = _scale_note(request, what)
-    return write_table(beside_paper_fix(df), meta, settings.tables_dir)
-
-
-def beside_paper_fix(df: pd.DataFrame) -> pd.DataFrame:
-    """Drop the all-empty 'paper' / 'Δ' columns of quantities the paper does not print."""
-    drop = [c for c in df.columns if (c.endswith(" paper") or c.endswith(" Δ")) and df[c].isna().all()]
-    drop += [c for c in df.columns if c.endswith(" ±") and df[c].isna().all()]
-    return df.drop(columns=drop)
+    notes = ["params_m: the paper-scale CIFAR-100 architecture (100 classes, 32x32); the paper's column matches the "
+             "ImageNet (1000-class) counts of these models; run_params_m: the model trained here",
+             f"losses: CE; focal gamma={method_for('focal', request)['gamma']}; bias {method_for('bias', request)}",
+             _recipe(cfg) + (f"; options {', '.join(opts)}" if opts else "")]
+    model = (f"Table 4's compact CNNs ({_inputs(cfg, settings)}): "
+             + "; ".join(f"{a.label} = {m} {args}" for a, (m, args) in
+                         ((a, compact_arch(request, k)) for k, a in COMPACT.items())))
+    frame = _nonempty_beside_paper(ours, "table4", list(COMPACT), ["params_m", "run_params_m", *LOSSES],
+                                   {k: a.label for k, a in COMPACT.items()}, reference=remap)
+    return Table("Top-1 (%) of compact CNNs trained with CE, focal and bias loss", cfg.dataset, model,
+                 "params counted (M); no FLOPs in this table", frame=frame, notes=notes, claims=claims)
 
 
 # ============================================================================ table 1 / fig 1
 
 
-def _family_rows(request, results, keys, loss_of) -> tuple[list[dict], dict]:
-    rows, accs = [], {}
+def _family_rows(runs, keys) -> list[dict]:
+    """Per family row: the paper-scale architecture's cost at 224, and the trained run's top-1,
+    top-5 and cost."""
+    ours = []
     for key in keys:
-        arch = FAMILY[key]
-        loss = loss_of(key)
-        cfg = family_run(request, key, loss)
+        arch, trained = FAMILY[key], runs[key]
         macs, params = arch_cost(arch.model, arch.paper)
-        accs[key] = _acc(results, cfg)
-        rows += [{"row": key, "column": "mflops", "value": macs / 1e6},
+        top1, spread = _top1(trained)
+        ours += [{"row": key, "column": "mflops", "value": macs / 1e6},
                  {"row": key, "column": "params_m", "value": params / 1e6},
-                 {"row": key, "column": "top1", "value": accs[key][0], "spread": accs[key][1]},
-                 {"row": key, "column": "top5", "value": _mean_result(results, cfg, "test_top5")},
-                 {"row": key, "column": "run_mmacs", "value": _mean_result(results, cfg, "macs") / 1e6},
-                 {"row": key, "column": "run_params_m", "value": _mean_result(results, cfg, "params") / 1e6}]
-    return rows, accs
-
-
-def build_table1(request, results, settings) -> list[Path]:
-    loss_of = lambda k: family_loss(request, k)  # noqa: E731
-    rows, accs = _family_rows(request, results, TABLE1_ROWS, loss_of)
-    labels = {k: f"{FAMILY[k].label} ({loss_of(k)})" for k in TABLE1_ROWS}
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table1", TABLE1_ROWS,
-                      ["mflops", "params_m", "top1", "top5", "run_mmacs", "run_params_m"], labels)
-    notes = [_gap_claims(f"{FAMILY[a].label} - {FAMILY[b].label}", results,
-                         [(family_run(request, a, loss_of(a)), family_run(request, b, loss_of(b)))],
-                         _ref_gap("table1", a, b))
-             for a, b in TABLE1_PAIRS]
-    cfg = family_run(request, "skipblocknet-m", loss_of("skipblocknet-m"))
-    notes += ["mflops, params_m: the paper's architectures at 224x224x3, 1000 classes (built and counted here); "
-              "run_mmacs, run_params_m: the models trained at this scale",
-              _family_data_note(request, cfg, settings),
-              "SkipblockNet rows trained with the loss in brackets (paper: bias loss), MobileNetV3 rows with CE",
-              _small_note(), _architecture_note(request), GAP_NOTE,
-              "paper rows for other networks (MUXNet, GhostNet, ...) are in the reference CSV and in fig1",
-              _recipe_note(cfg)]
-    meta = _meta(request, "table1", "SkipblockNet family vs MobileNetV3: FLOPs, params, top-1", cfg.dataset,
-                 CONVENTIONS[COST], notes)
-    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
-    return write_table(beside_paper_fix(df), meta, settings.tables_dir)
+                 {"row": key, "column": "top1", "value": top1, "spread": spread},
+                 {"row": key, "column": "top5", "value": _mean_result(trained, "test_top5")},
+                 {"row": key, "column": "run_mmacs", "value": _mean_result(trained, "macs") / 1e6},
+                 {"row": key, "column": "run_params_m", "value": _mean_result(trained, "params") / 1e6}]
+    return ours
 
 
 def _small_note() -> str:
-    arch = FAMILY["mobilenetv3-small-1.0x"]
+    key, arch = "mobilenetv3-small-1.0x", FAMILY["mobilenetv3-small-1.0x"]
     macs, params = arch_cost(arch.model, arch.paper)
-    return (f"MobileNetV3-Small 1.0x: the paper prints 2.9 M params / 66 MFLOPs, which disagrees with the MobileNetV3 "
-            f"paper's own 2.5 M / 56 M (Howard et al. 2019, Table 3); our count of torchvision's model, "
+    val = lambda c: paper_value(PAPER_NAME, "table1", key, c)  # noqa: E731
+    return (f"MobileNetV3-Small 1.0x: the paper prints {val('params_m'):g} M params / {val('mflops'):g} MFLOPs, which "
+            f"disagrees with the MobileNetV3 paper's own {val('howard2019_params_m'):g} M / "
+            f"{val('howard2019_mflops'):g} M (Howard et al. 2019, Table 3); our count of torchvision's model, "
             f"{params / 1e6:.2f} M / {macs / 1e6:.1f} M, matches the latter: the difference is left as it is")
 
 
-def _architecture_note(request) -> str:
-    fb = request.option("first_block", "authors", FIRST_BLOCKS)
-    last = request.option("mnv3_last_channel", "fixed", MNV3_LAST)
-    return ("trained models: SkipblockNet's first block "
-            + ("has the authors' 1x1 expansion conv" if fb == "authors" else "is torchvision's (no expansion conv)")
-            + "; MobileNetV3's classifier hidden layer is "
-            + ("1280 (Small: 1024) at every width, as the MobileNetV3 reference"
-               if last == "fixed" else "scaled with the width (1280·w), as torchvision's builders")
-            + "; the mflops and params_m columns count the authors' block and 1280")
+def build_table1(request, runs, settings) -> Table:
+    """The family's costs and top-1; the claims: each SkipblockNet over the MobileNetV3 of its cost."""
+    loss_of = {k: runs.config(k).method["loss"] for k in TABLE1_ROWS}
+    claims = [_gap(f"{FAMILY[a].label} - {FAMILY[b].label}", runs, [a], [b], "table1") for a, b in TABLE1_PAIRS]
+    cfg = runs.config("skipblocknet-m")
+    notes = [COUNTED_224 + "; run_mmacs, run_params_m: the models trained at this scale",
+             "SkipblockNet rows trained with the loss in brackets (paper: bias loss), MobileNetV3 rows with CE",
+             _small_note(),
+             "paper rows for other networks (MUXNet, GhostNet, ...) are in the reference CSV and in fig1",
+             _recipe(cfg)]
+    frame = _nonempty_beside_paper(_family_rows(runs, TABLE1_ROWS), "table1", TABLE1_ROWS,
+                                   ["mflops", "params_m", "top1", "top5", "run_mmacs", "run_params_m"],
+                                   {k: f"{FAMILY[k].label} ({loss_of[k]})" for k in TABLE1_ROWS})
+    return Table("SkipblockNet family vs MobileNetV3: FLOPs, params, top-1", cfg.dataset,
+                 _family_model(request, cfg, settings), CONVENTIONS[COST], frame=frame, notes=notes, claims=claims)
 
 
-GAP_NOTE = ("± of a gap: paired; one seed: the 95 % bootstrap half-width of the per-image difference (both runs "
-            "scored on the same resampled test images); several seeds: the std over seeds of the per-seed gaps")
-
-
-def _recipe_note(cfg: RunConfig) -> str:
-    t = cfg.train
-    return (f"recipe: {t.epochs} epochs, batch {t.batch_size}, SGD lr {t.lr} (nesterov {t.nesterov}), "
-            f"wd {t.weight_decay}, {t.schedule}"
-            + (f" x{t.gamma} at {len(t.milestones)} milestones from epoch {t.milestone_epochs()[0]}"
-               if t.schedule == "multistep" and t.milestones else "")
-            + f", warm-up {t.warmup_epochs} epochs, augment {cfg.data.augment}")
-
-
-def build_fig1(request, results, settings) -> list[Path]:
-    import matplotlib
-
+def build_fig1(request, runs, settings) -> Figure:
+    """Left: our top-1 against our cost (the trained models' below paper scale); right: the paper's
+    Table 1 (SkipblockNets and the other networks), with our SkipblockNet counts beside its points."""
     from repro.render import dataset_name, label_points, paper_label, place_legend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    loss_of = lambda k: family_loss(request, k)  # noqa: E731
-    rows, accs = _family_rows(request, results, TABLE1_ROWS, loss_of)
+    loss = runs.config("skipblocknet-m").method["loss"]
+    rows = _family_rows(runs, TABLE1_ROWS)
     ours = pd.DataFrame(rows).pivot_table(index="row", columns="column", values="value")
-    cfg = family_run(request, "skipblocknet-m", loss_of("skipblocknet-m"))
-    ref = _ref()
+    accs = {r["row"]: (r["value"], r["spread"]) for r in rows if r["column"] == "top1"}
+    cfg = runs.config("skipblocknet-m")
+    ref = load_reference(PAPER_NAME)
     ref = ref[ref["artifact"] == "table1"].pivot_table(index="row", columns="column", values="value")
-    sbn = [k for k in TABLE1_ROWS if k.startswith("skipblocknet")]
-    mv3 = [k for k in TABLE1_ROWS if k.startswith("mobilenetv3")]
-    sbn, mv3 = sorted(sbn, key=lambda k: ours.loc[k, "run_mmacs"]), sorted(mv3, key=lambda k: ours.loc[k, "run_mmacs"])
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
-    xcol = "mflops" if request.scale == "paper" else "run_mmacs"
-    for keys, label, style in ((sbn, f"SkipblockNet ({loss_of('skipblocknet-m')})", "-o"),
-                               (mv3, "MobileNetV3 (ce)", "--s")):
-        a1.errorbar([ours.loc[k, xcol] for k in keys], [accs[k][0] for k in keys],
-                    yerr=[accs[k][1] for k in keys], fmt=style, capsize=3, label=f"ours: {label}")
-    label_points(a1, [ours.loc[k, xcol] for k in sbn + mv3], [accs[k][0] for k in sbn + mv3],
-                 [FAMILY[k].label.replace("SkipblockNet-", "SBN-").replace("MobileNetV3-", "MV3-") for k in sbn + mv3])
-    a1.set_xlabel("MMACs per image of the trained models (fvcore)" if xcol == "run_mmacs"
-                  else "MMACs per image at 224x224 (fvcore)")
-    a1.set_ylabel(f"test top-1 (%) on {dataset_name(cfg.dataset)}")
-    a1.set_title(f"ours ({request.scale} scale, {dataset_name(cfg.dataset)})", fontsize=9)
-    ref_sbn = [k for k in ref.index if k.startswith("skipblocknet")]
-    ref_sbn = sorted(ref_sbn, key=lambda k: ref.loc[k, "mflops"])
-    a2.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "-o",
-            color="tab:red", label=paper_label("imagenet", "SkipblockNet (bias loss)"))
+    by_cost = lambda keys: sorted(keys, key=lambda k: ours.loc[k, "run_mmacs"])  # noqa: E731
+    sbn, mv3 = by_cost([k for k in TABLE1_ROWS if k.startswith("skipblocknet")]), by_cost(
+        [k for k in TABLE1_ROWS if k.startswith("mobilenetv3")])
+    ref_sbn = sorted([k for k in ref.index if k.startswith("skipblocknet")], key=lambda k: ref.loc[k, "mflops"])
     others = [k for k in ref.index if k not in ref_sbn]
-    a2.scatter([ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], marker="x",
-               color="0.3", label=paper_label("imagenet", "other networks (CE)"))
-    label_points(a2, [ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], others,
-                 fontsize=5)
-    a2.scatter([ours.loc[k, "mflops"] for k in sbn], [ref.loc[k, "top1"] for k in sbn], marker="+", s=60,
-               color="tab:blue", label="SkipblockNet at our MMAC count (fvcore), the paper's top-1")
-    if request.scale == "paper":
-        a1.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "k*",
-                label=paper_label("imagenet", "SkipblockNet (bias loss)"))
-    a2.set_xlabel("MMACs per image at 224x224 (the paper's \"MFLOPs\" are multiply-adds)")
-    a2.set_ylabel(f"top-1 (%) on {dataset_name('imagenet')}")
-    a2.set_title(f"{paper_label('imagenet')}: Table 1", fontsize=9)
-    for ax in (a1, a2):
-        ax.grid(alpha=0.3)
-    place_legend(a1, "best" if request.scale == "paper" else "below")  # smoke/quick: error bars fill a1
-    place_legend(a2, "best")
-    meta = _meta(request, "fig1", "Top-1 vs FLOPs of the SkipblockNet family", cfg.dataset, CONVENTIONS[COST],
-                 ["error bars: spread of top-1 (see seeds)", _family_data_note(request, cfg, settings)])
-    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
-    data = [{"source": "ours", "row": k, "loss": loss_of(k), "mmacs_trained": ours.loc[k, "run_mmacs"],
+    xcol = "mflops" if request.scale == "paper" else "run_mmacs"
+
+    def draw():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
+        for keys, label, style in ((sbn, f"SkipblockNet ({loss})", "-o"), (mv3, "MobileNetV3 (ce)", "--s")):
+            a1.errorbar([ours.loc[k, xcol] for k in keys], [accs[k][0] for k in keys],
+                        yerr=[accs[k][1] for k in keys], fmt=style, capsize=3, label=f"ours: {label}")
+        label_points(a1, [ours.loc[k, xcol] for k in sbn + mv3], [accs[k][0] for k in sbn + mv3],
+                     [FAMILY[k].label.replace("SkipblockNet-", "SBN-").replace("MobileNetV3-", "MV3-")
+                      for k in sbn + mv3])
+        a1.set_xlabel("MMACs per image of the trained models (fvcore)" if xcol == "run_mmacs"
+                      else "MMACs per image at 224x224 (fvcore)")
+        a1.set_ylabel(f"test top-1 (%) on {dataset_name(cfg.dataset)}")
+        a1.set_title(f"ours ({request.scale} scale, {dataset_name(cfg.dataset)})", fontsize=9)
+        a2.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "-o",
+                color="tab:red", label=paper_label("imagenet", "SkipblockNet (bias loss)"))
+        a2.scatter([ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], marker="x",
+                   color="0.3", label=paper_label("imagenet", "other networks (CE)"))
+        label_points(a2, [ref.loc[k, "mflops"] for k in others], [ref.loc[k, "top1"] for k in others], others,
+                     fontsize=5)
+        a2.scatter([ours.loc[k, "mflops"] for k in sbn], [ref.loc[k, "top1"] for k in sbn], marker="+", s=60,
+                   color="tab:blue", label="SkipblockNet at our MMAC count (fvcore), the paper's top-1")
+        if request.scale == "paper":
+            a1.plot([ref.loc[k, "mflops"] for k in ref_sbn], [ref.loc[k, "top1"] for k in ref_sbn], "k*",
+                    label=paper_label("imagenet", "SkipblockNet (bias loss)"))
+        a2.set_xlabel("MMACs per image at 224x224 (the paper's \"MFLOPs\" are multiply-adds)")
+        a2.set_ylabel(f"top-1 (%) on {dataset_name('imagenet')}")
+        a2.set_title(f"{paper_label('imagenet')}: Table 1", fontsize=9)
+        for ax in (a1, a2):
+            ax.grid(alpha=0.3)
+        place_legend(a1, "best" if request.scale == "paper" else "below")  # smoke/quick: error bars fill a1
+        place_legend(a2, "best")
+        return fig
+
+    data = [{"source": "ours", "row": k, "loss": runs.config(k).method["loss"],
+             "mmacs_trained": ours.loc[k, "run_mmacs"],
              "mflops_224": ours.loc[k, "mflops"], "params_m_224": ours.loc[k, "params_m"], "top1": accs[k][0],
              "top1_spread": accs[k][1], "dataset": cfg.dataset} for k in TABLE1_ROWS]
-    data += [{"source": "paper", "row": k, "loss": "bias" if k.startswith("skipblocknet") else "ce",
+    data += [{"source": "paper", "row": k, "loss": "bias" if k in ref_sbn else "ce",
               "mflops_224": ref.loc[k, "mflops"], "params_m_224": ref.loc[k, "params_m"], "top1": ref.loc[k, "top1"],
               "dataset": "imagenet"} for k in ref.index]
-    return save_figure(fig, meta, settings.figures_dir, data=pd.DataFrame(data))
+    return Figure("Top-1 vs FLOPs of the SkipblockNet family", cfg.dataset, _family_model(request, cfg, settings),
+                  CONVENTIONS[COST], draw=draw, data=pd.DataFrame(data),
+                  notes=["error bars: spread of top-1 (see seeds)"])
 
 
 # ============================================================================ table 3
 
 
-def build_table3(request, results, settings) -> list[Path]:
-    rows, accs = [], {}
+def build_table3(request, runs, settings) -> Table:
+    """The ablation: bias loss and the skip blocks, each alone and together, and SkipblockNet-M
+    against a MobileNetV3-L widened to its cost."""
     keys = [f"{k}/{loss}" for k, loss in TABLE3_ROWS]
-    for (k, loss), row in zip(TABLE3_ROWS, keys):
-        arch = FAMILY[k]
-        macs, params = arch_cost(arch.model, arch.paper)
-        accs[row] = _acc(results, family_run(request, k, loss))
-        rows += [{"row": row, "column": "top1", "value": accs[row][0], "spread": accs[row][1]},
+    ours = []
+    for (k, _), row in zip(TABLE3_ROWS, keys):
+        macs, params = arch_cost(FAMILY[k].model, FAMILY[k].paper)
+        top1, spread = _top1(runs[row])
+        ours += [{"row": row, "column": "top1", "value": top1, "spread": spread},
                  {"row": row, "column": "mflops", "value": macs / 1e6},
                  {"row": row, "column": "params_m", "value": params / 1e6}]
     labels = {r: f"{FAMILY[k].label} + {'bias loss' if loss == 'bias' else 'CE'}" for (k, loss), r in
               zip(TABLE3_ROWS, keys)}
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table3", keys, ["top1", "mflops", "params_m"], labels)
     m, s = "mobilenetv3-large-1.0x", "skipblocknet-m"
     pairs = [("bias loss on MobileNetV3-L", f"{m}/bias", f"{m}/ce"),
              ("skip blocks under CE (SkipblockNet-M - MobileNetV3-L)", f"{s}/ce", f"{m}/ce"),
@@ -885,75 +763,72 @@ def build_table3(request, results, settings) -> list[Path]:
              ("both (SkipblockNet-M + bias - MobileNetV3-L + CE)", f"{s}/bias", f"{m}/ce"),
              ("skip blocks vs wider MobileNetV3 (SkipblockNet-M CE - MobileNetV3-L 1.05x CE)", f"{s}/ce",
               "mobilenetv3-large-1.05x/ce")]
-    cfgs = {f"{k}/{loss}": family_run(request, k, loss) for k, loss in TABLE3_ROWS}
-    notes = [_gap_claims(n, results, [(cfgs[a], cfgs[b])], _ref_gap("table3", a, b)) for n, a, b in pairs]
-    cfg = family_run(request, s, "bias")
-    notes += ["mflops, params_m: the architectures at 224x224x3, 1000 classes (counted here)",
-              _family_data_note(request, cfg, settings), f"bias loss: {cfg.method}", _recipe_note(cfg),
-              _architecture_note(request), GAP_NOTE]
-    meta = _meta(request, "table3", "Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss", cfg.dataset,
-                 CONVENTIONS[COST], notes)
-    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
-    return write_table(beside_paper_fix(df), meta, settings.tables_dir)
+    cfg = runs.config(f"{s}/bias")
+    return Table("Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss", cfg.dataset,
+                 _family_model(request, cfg, settings), CONVENTIONS[COST], ours, keys, ["top1", "mflops", "params_m"],
+                 labels, notes=[COUNTED_224, f"bias loss: {cfg.method}", _recipe(cfg)],
+                 claims=[_gap(n, runs, [a], [b], "table3") for n, a, b in pairs])
 
 
 # ============================================================================ table 5
 
 
 TABLE5_PAPER_ONLY = ["inceptionv3/ce", "densenet169/ce"]
-TABLE5_COLUMNS = [f"{layer}_{stat}" for layer in ("layer5", "layer20", "last") for stat in ("avg", "max", "min")]
+TABLE5_LAYERS = ("layer5", "layer20", "last")
+TABLE5_COLUMNS = [f"{layer}_{stat}" for layer in TABLE5_LAYERS for stat in ("avg", "max", "min")]
 
 
-def build_table5(request, results, settings) -> list[Path]:
-    sources = table5_sources(request)
-    rows, notes, avgs = [], [], {}
-    for row, cfg in sources.items():
+def build_table5(request, runs, settings) -> Table:
+    """Per-sample variance of the 5th, 20th and last conv outputs on the test split, CE against
+    bias loss (the paper: bias loss raises it); mean over seeds and its spread."""
+    ours, notes, avgs = [], [], {}
+    for row in runs:
         per_seed = []
-        for r in results[cfg]:
+        for r in runs[row]:
             v = r.outputs["test_variance"].double()  # 3 x N
-            per_seed.append(torch.stack([v.mean(1), v.amax(1), v.amin(1)], 1).flatten())  # layer-major
-        stats = torch.stack(per_seed)
-        mean = stats.mean(0)
-        spread = stats.std(0) if len(per_seed) > 1 else torch.full_like(mean, math.nan)
-        for c, v, s in zip(TABLE5_COLUMNS, mean.tolist(), spread.tolist()):
-            rows.append({"row": row, "column": c, "value": v, "spread": s})
-        avgs[row] = mean
-        res = results[cfg][0].results
+            per_seed.append(torch.stack([v.mean(1), v.amax(1), v.amin(1)], 1).flatten().tolist())  # layer-major
+        stats = [mean_and_spread(col) for col in zip(*per_seed)]
+        ours += [{"row": row, "column": c, "value": m, "spread": s} for c, (m, s) in zip(TABLE5_COLUMNS, stats)]
+        avgs[row] = [m for m, _ in stats]
+        res, cfg = runs[row][0].results, runs.config(row)
         notes.append(f"{row}: conv layers {res['variance_layers']} of {res['num_convs']} ({cfg.model} "
                      f"{cfg.model_args}, {cfg.dataset})")
     for base in ("skipblocknet-m", "shufflenet", "mobilenetv3-large-1.0x"):
-        ours = [f"{float(avgs[f'{base}/bias'][3 * i] / avgs[f'{base}/ce'][3 * i]):.2f}" for i in range(3)]
-        paper = [_ref_value("table5", f"{base}/bias", f"{layer}_avg") / _ref_value("table5", f"{base}/ce",
-                                                                                  f"{layer}_avg")
-                 for layer in ("layer5", "layer20", "last")]
-        notes.append(f"{base}: avg variance bias/CE at layer 5, 20, last: ours {', '.join(ours)}; "
+        mine = [avgs[f"{base}/bias"][3 * i] / avgs[f"{base}/ce"][3 * i] for i in range(3)]
+        paper = [paper_value(PAPER_NAME, "table5", f"{base}/bias", f"{layer}_avg")
+                 / paper_value(PAPER_NAME, "table5", f"{base}/ce", f"{layer}_avg") for layer in TABLE5_LAYERS]
+        notes.append(f"{base}: avg variance bias/CE at layer 5, 20, last: ours {', '.join(f'{x:.2f}' for x in mine)}; "
                      f"paper {', '.join(f'{p:.2f}' for p in paper)} (paper: bias loss raises the variance)")
-    order = list(sources) + TABLE5_PAPER_ONLY
-    labels = {r: r.replace("/ce", " (CE)").replace("/bias", " (BL)") for r in order}
-    df = beside_paper(pd.DataFrame(rows), PAPER_NAME, "table5", order, TABLE5_COLUMNS, labels)
-    cfg = sources["skipblocknet-m/bias"]
+    order = list(runs) + TABLE5_PAPER_ONLY
     notes = ["per test image: unbiased variance over C·H·W of the raw output of the 5th, 20th and last "
              "Conv2d in forward order (squeeze-and-excitation convs excluded); avg / max / min over the test split",
              "Inception V3 and DenseNet-169 rows: the paper's ImageNet-pretrained models, not trained here",
              "ShuffleNet rows: Table 4's ShuffleNetV2 runs (CIFAR-100 at paper scale; the paper's is ImageNet)",
              *notes]
-    meta = _meta(request, "table5", "Average / max / min per-sample variance of conv outputs, CE vs bias loss",
-                 cfg.dataset, "variance of activations (no cost in this table)", notes)
-    meta.scale = _scale_note(request, "reduced models of table3 and table4")
-    return write_table(beside_paper_fix(df), meta, settings.tables_dir, digits=3)
+    cfg = runs.config("skipblocknet-m/bias")
+    return Table("Average / max / min per-sample variance of conv outputs, CE vs bias loss", cfg.dataset,
+                 f"table3's SkipblockNet-M and MobileNetV3-L, table4's ShuffleNetV2 ({_inputs(cfg, settings)})",
+                 "variance of activations (no cost in this table)", ours, order, TABLE5_COLUMNS,
+                 {r: r.replace("/ce", " (CE)").replace("/bias", " (BL)") for r in order}, notes=notes, digits=3)
 
 
 # ============================================================================ table 2 (latency)
 
 
-LATENCY_MODELS = {
-    "skipblocknet-m": ("skipblocknet", {"width_mult": 1.0, "mode": "large", "first_block": "authors"}),
-    "mobilenetv3-large-1.0x": ("mobilenetv3_large", {"width_mult": 1.0}),
-    "mobilenetv2-1.0x": ("mobilenetv2_imagenet", {"width_mult": 1.0}),
-}
 TABLE2_ROWS = ["skipblocknet-m", "ghostnet-1.3x", "mnasnet-a2", "mobilenetv3-large-1.0x", "mobilenetv2-1.0x"]
-LATENCY_REPEATS = {"smoke": (1, 3), "quick": (3, 20), "paper": (10, 100)}
+TABLE2_LABELS = {"skipblocknet-m": "SkipblockNet-M", "ghostnet-1.3x": "GhostNet 1.3x", "mnasnet-a2": "MnasNet-A2",
+                 "mobilenetv3-large-1.0x": "MobileNetV3-Large 1.0x", "mobilenetv2-1.0x": "MobileNetV2 1.0x"}
+LATENCY_REPEATS = {"smoke": (1, 3), "quick": (3, 20), "paper": (10, 100)}  # (warm-up, timed) forwards
 
+
+def latency_models() -> dict:
+    """The timed models at 224x224x3, 1000 classes: the paper-scale SkipblockNet-M and MobileNetV3-L,
+    and torchvision's MobileNetV2 1.0x."""
+    from torchvision.models import mobilenet_v2
+
+    out = {k: create_model(FAMILY[k].model, num_classes=1000, in_channels=3, input_size=224, **FAMILY[k].paper)
+           for k in ("skipblocknet-m", "mobilenetv3-large-1.0x")}
+    return {**out, "mobilenetv2-1.0x": mobilenet_v2(num_classes=1000, width_mult=1.0)}
 
 
 @torch.no_grad()
@@ -968,31 +843,24 @@ def measure_latency(net: nn.Module, device: torch.device, size: int = 224, warmu
     return 1000 * time_call(lambda: net(x), device, warmup, repeats)
 
 
-def build_table2(request, results, settings) -> list[Path]:
+def build_table2(request, runs, settings) -> Table:
+    """Batch-1 latency of the models on this machine's CPU (and GPU), the paper's on Pixel phones,
+    and the top-1 of table1's runs of the two trained rows."""
     warmup, repeats = LATENCY_REPEATS[request.scale]
     cuda = torch.cuda.is_available()
-    rows, lat = [], {}
-    for key, (model, args) in LATENCY_MODELS.items():
-        net = build_model(model, args, 1000, 3, 224)
+    ours, lat = [], {}
+    for key, net in latency_models().items():
         lat[key] = measure_latency(net, torch.device("cpu"), 224, warmup, repeats, threads=1)
-        rows.append({"row": key, "column": "cpu1_ms", "value": lat[key]})
+        ours.append({"row": key, "column": "cpu1_ms", "value": lat[key]})
         if cuda:
-            rows.append({"row": key, "column": "cuda_ms",
+            ours.append({"row": key, "column": "cuda_ms",
                          "value": measure_latency(net, torch.device("cuda"), 224, warmup, repeats)})
-    runs = dict(zip(("skipblocknet-m", "mobilenetv3-large-1.0x"), table2_runs(request)))
-    for key, cfg in runs.items():
-        acc = _acc(results, cfg)
-        rows.append({"row": key, "column": "top1", "value": acc[0], "spread": acc[1]})
-    ours = pd.DataFrame(rows)
-    labels = {"skipblocknet-m": "SkipblockNet-M", "ghostnet-1.3x": "GhostNet 1.3x", "mnasnet-a2": "MnasNet-A2",
-              "mobilenetv3-large-1.0x": "MobileNetV3-Large 1.0x", "mobilenetv2-1.0x": "MobileNetV2 1.0x"}
-    df = beside_paper(ours, PAPER_NAME, "table2", TABLE2_ROWS, ["top1", "cpu1_ms"] + (["cuda_ms"] if cuda else [])
-                      + ["pixel4_ms", "pixel3_ms"], labels)
-    df = beside_paper_fix(df)
-    df = df.drop(columns=[c for c in ("pixel4_ms", "pixel3_ms", "pixel4_ms Δ", "pixel3_ms Δ") if c in df.columns])
+    for key in runs:
+        top1, spread = _top1(runs[key])
+        ours.append({"row": key, "column": "top1", "value": top1, "spread": spread})
     overhead = lat["skipblocknet-m"] - lat["mobilenetv3-large-1.0x"]
-    p_over = _ref_gap("table2", "skipblocknet-m", "mobilenetv3-large-1.0x", "pixel4_ms")
-    cfg = runs["skipblocknet-m"]
+    p_over = paper_gap(PAPER_NAME, "table2", "skipblocknet-m", "mobilenetv3-large-1.0x", "pixel4_ms")
+    cfg = runs.config("skipblocknet-m")
     notes = [f"latency: batch 1, 224x224x3, 1000 classes, eval mode, median of {repeats} runs after {warmup} "
              f"warm-up, random weights; CPU: {cpu_name()}, 1 intra-op thread (torch {torch.__version__})"
              + (f"; CUDA: {torch.cuda.get_device_name(0)}" if cuda else "; CUDA: not available"),
@@ -1002,10 +870,11 @@ def build_table2(request, results, settings) -> list[Path]:
              f"top1: SkipblockNet-M ({cfg.method['loss']}) and MobileNetV3-L (ce) runs of table1 "
              f"({cfg.dataset} at this scale); GhostNet, MnasNet-A2 and MobileNetV2 are not trained here",
              "CPU timings on a shared machine vary between calls; compare rows of one table only"]
-    meta = _meta(request, "table2", "Top-1 and batch-1 latency (ms): ours on this machine, paper on Pixel phones",
-                 cfg.dataset, "wall-clock latency (ms)", notes)
-    meta.scale = _scale_note(request, _family_data_note(request, cfg, settings).split(": ", 1)[1])
-    return write_table(df, meta, settings.tables_dir)
+    frame = _nonempty_beside_paper(ours, "table2", TABLE2_ROWS, ["top1", "cpu1_ms"] + (["cuda_ms"] if cuda else [])
+                                   + ["pixel4_ms", "pixel3_ms"], TABLE2_LABELS)
+    return Table("Top-1 and batch-1 latency (ms): ours on this machine, paper on Pixel phones", cfg.dataset,
+                 "latency: the paper-scale SkipblockNet-M, MobileNetV3-Large 1.0x and MobileNetV2 1.0x; top1: "
+                 + _family_model(request, cfg, settings), "wall-clock latency (ms)", frame=frame, notes=notes)
 
 
 # ============================================================================ the paper
