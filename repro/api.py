@@ -34,6 +34,9 @@ from repro.render import Claim, Figure, Series, Table  # noqa: F401  (re-exporte
 from repro.scales import Scale, get_scale
 from repro.store import Run, atomic_torch_save, load_checkpoint
 
+__all__ = ["Artifact", "Claim", "ConfigError", "DataSpec", "Figure", "Option", "Paper", "Request", "RunConfig",
+           "RunContext", "RunResult", "Runs", "Series", "Settings", "Table", "TrainSpec", "first_test_images"]
+
 
 @dataclass(frozen=True)
 class Request:
@@ -197,9 +200,6 @@ class Runs(Mapping):
         return len(self._named)
 
 
-Results = Runs  # the older name
-
-
 # --------------------------------------------------------------------------- training one run
 
 
@@ -256,6 +256,14 @@ class RunContext:
             raise ConfigError(f"run {self.cfg.name} has no parent run")
         parent = Run(self.settings.runs_dir, self.cfg.parent)
         return load_checkpoint(parent.dir / f"{name}.pt", map_location=self.device)
+
+    def ancestor(self, cfg: RunConfig | None = None) -> RunResult:
+        """A finished ancestor run of this one (default: the parent), with its ``results``,
+        ``outputs`` and ``metrics()``; ``.run.dir`` is its folder."""
+        cfg = self.cfg.parent if cfg is None else cfg
+        if cfg is None or cfg.key not in {a.key for a in self.cfg.ancestors()}:
+            raise ConfigError(f"run {self.cfg.name} has no such ancestor run")
+        return RunResult(Run(self.settings.runs_dir, cfg))
 
     def save_outputs(self, **tensors: torch.Tensor) -> None:
         if D.env().is_main:

@@ -1,8 +1,8 @@
 """Papers, artifacts and the registry that finds them.
 
 A paper module in ``repro/papers/`` defines ``PAPER = Paper(...)``: its artifacts
-(each a list of runs plus a function that turns their results into tables and
-figures), its trainers (one function per kind of run) and its ``--set`` keys, each a
+(each a set of named runs plus a function that turns the finished runs into table and
+figure data, which the core writes), its trainers (one function per kind of run) and its ``--set`` keys, each a
 typed :class:`Option` (type, default, choices or range, declared once).  The core
 imports every module in that package, so adding a paper means adding one module and one
 reference CSV; nothing in the core names a paper.  docs/adding-a-paper.md walks through
@@ -14,21 +14,23 @@ import importlib
 import math
 import pkgutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from repro.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:
-    from repro.runner import Request, Results, RunContext, Settings
+    from repro.api import Request, RunContext, Runs, Settings
+    from repro.render import Figure, Table
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """``runs(request)`` gives the artifact's runs by name (seed 0, no overrides); ``build(request,
+    runs, settings)`` gets them back finished, by those names, and returns its Table/Figure data."""
     name: str
     description: str
-    runs: Callable[[Request], list[RunConfig]]
-    build: Callable[[Request, Results, Settings], list[Path]]
+    runs: Callable[[Request], dict[str, RunConfig]]
+    build: Callable[[Request, Runs, Settings], Table | Figure | list[Table | Figure]]
     kind: str = ""  # "table" or "figure"; by default a name starting with "fig" is a figure
 
     @property

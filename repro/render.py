@@ -93,6 +93,7 @@ class Meta:
     flops: str
     notes: list[str] = field(default_factory=list)
     model: str = ""  # the model(s) the numbers come from
+    reference: bool = True  # the paper has published numbers to compare with (a reference CSV)
 
     def heading(self) -> str:
         """``<paper> <artifact>: <title> — ours: <dataset>, <scale> scale``."""
@@ -106,7 +107,8 @@ class Meta:
                   else "± is the 95 % bootstrap interval over test samples (half-width)")
         ctx = context()
         overrides = ", ".join(ctx.overrides) if ctx and ctx.overrides else "none"
-        setting = ("the paper's setting: Δ = ours − paper" if ctx is None or ctx.paper_setting else
+        setting = ("no paper numbers: the comparison is among our own runs" if not self.reference else
+                   "the paper's setting: Δ = ours − paper" if ctx is None or ctx.paper_setting else
                    "not the paper's setting: the paper's numbers are shown for reference, no Δ")
         wall = ([f"wall time: {ctx.wall_seconds / 60:.1f} min of training over {ctx.runs} run(s) "
                  f"({'/'.join(map(str, ctx.threads)) or '?'} torch thread(s))"] if ctx and ctx.runs else [])
@@ -163,6 +165,15 @@ def _fmt(v: object, digits: int) -> str:
     return str(v)
 
 
+def _pm(s: object, digits: int) -> str:
+    """`` ± spread`` for display: none for a missing spread or one of exactly 0 (a fixed quantity,
+    such as a FLOPs count, has no ±), ``± <0.01`` for one that rounds to zero."""
+    if not isinstance(s, float) or math.isnan(s) or s == 0:
+        return ""
+    tiny = 0.5 * 10 ** -digits
+    return f" ± <{10 ** -digits:.{digits}f}" if abs(s) < tiny else f" ± {_fmt(s, digits)}"
+
+
 def to_display(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """Merge ``x`` and ``x ±`` columns into "value ± spread" strings for Markdown/LaTeX."""
     shown = {}
@@ -170,8 +181,7 @@ def to_display(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
         if str(c).endswith(" ±"):
             continue
         if f"{c} ±" in df.columns:
-            shown[c] = [(_fmt(v, digits) + (f" ± {_fmt(s, digits)}" if isinstance(s, float) and not math.isnan(s)
-                                              else "")) for v, s in zip(df[c], df[f"{c} ±"])]
+            shown[c] = [_fmt(v, digits) + (_pm(s, digits) if _fmt(v, digits) else "") for v, s in zip(df[c], df[f"{c} ±"])]
         else:
             shown[c] = [_fmt(v, digits) for v in df[c]]
     return pd.DataFrame(shown)
@@ -440,11 +450,17 @@ def claim(name: str, ours: float, spread: float, paper: float | None) -> str:
         verdict = "no spread available"
     elif abs(ours) <= spread:
         verdict = "within the spread: not resolved at this scale"
+    elif spread == 0:  # a fixed quantity (a FLOPs count): a difference, not a measurement
+        same = paper is None or math.isnan(paper) or (ours > 0) == (paper > 0)
+        verdict = ("a fixed quantity, no spread" + ("" if paper is None or math.isnan(paper) else
+                                                   ": same sign as the paper" if same else ": opposite sign to the paper"))
     elif paper is not None and not math.isnan(paper) and (ours > 0) != (paper > 0):
         verdict = "opposite sign to the paper"
     else:
         verdict = "same sign as the paper, beyond the spread" if paper is not None else "beyond the spread"
-    return f"{name}: ours {ours:+.2f} ± {spread:.2f}{p} ({verdict})"
+    spread_text = ("" if verdict.startswith("a fixed quantity") else
+                   f" ± {spread:.2f}" if spread >= 0.005 or spread == 0 or math.isnan(spread) else " ± <0.01")
+    return f"{name}: ours {ours:+.2f}{spread_text}{p} ({verdict})"
 
 
 def _fit_text(artist, text: str, chars: int, max_px: float, renderer) -> str:
@@ -646,7 +662,10 @@ def meta_for(out: Table | Figure, paper: str, artifact: str, scale: str, seeds: 
     the output's own (dataset, model, cost, notes, claim verdicts)."""
     name = f"{artifact}_{out.name}" if out.name else artifact
     notes = [*out.notes, *(c.line() for c in out.claims)]
-    return Meta(paper, name, out.title, scale_note(scale), out.dataset, seeds, out.cost, notes, model=out.model)
+    from repro.reference_data import available
+
+    return Meta(paper, name, out.title, scale_note(scale), out.dataset, seeds, out.cost, notes, model=out.model,
+                reference=paper in available())
 
 
 def write_outputs(built, paper: str, artifact: str, request, settings) -> list[Path]:
@@ -655,9 +674,6 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
     items = built if isinstance(built, (list, tuple)) else [built]
     paths: list[Path] = []
     for out in items:
-        if isinstance(out, Path):  # a build that wrote its own files (none should)
-            paths.append(out)
-            continue
         if not isinstance(out, (Table, Figure)):
             raise TypeError(f"{paper} {artifact}: a build returns Table or Figure objects, got {type(out).__name__}")
         meta = meta_for(out, paper, artifact, request.scale, request.seeds)

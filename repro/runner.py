@@ -24,8 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from repro import distributed as D
-from repro.api import (Request, Results, RunContext, RunResult, Runs, Settings, first_test_images,  # noqa: F401
-                       resolve)
+from repro.api import Request, RunContext, RunResult, Runs, Settings, first_test_images, resolve  # noqa: F401
 from repro.artifacts import Artifact, get_paper, trainer
 from repro.config import ConfigError, RunConfig
 from repro.render import git_commit
@@ -35,12 +34,9 @@ from repro.store import LockUnsupported, Run, RunLocked, atomic_torch_save
 def named_runs(artifact: Artifact, request: Request) -> dict[str, RunConfig]:
     """The artifact's runs by name, as its ``runs(request)`` declares them (seed 0, no overrides)."""
     runs = artifact.runs(request)
-    if isinstance(runs, dict):
-        return runs
-    named: dict[str, RunConfig] = {}  # a list (older declarations): named by the runs' names
-    for i, c in enumerate(runs):
-        named[c.name if c.name not in named else f"{c.name}#{i}"] = c
-    return named
+    if not isinstance(runs, dict):
+        raise TypeError(f"{artifact.name}: runs(request) returns {{name: RunConfig}}, not {type(runs).__name__}")
+    return runs
 
 
 def plan(artifact: Artifact, request: Request) -> list[RunConfig]:

@@ -157,3 +157,23 @@ def test_rate_spread_is_the_bootstrap_at_one_seed_and_the_t_interval_over_seeds(
     lo, hi = bootstrap_ci(c)
     assert rate_with_spread([c]) == pytest.approx((75.0, (hi - lo) / 2))
     assert rate_with_spread([c, torch.ones(100, dtype=torch.bool)]) == pytest.approx((87.5, 12.706 * 12.5 * 2 ** 0.5 / 2 ** 0.5))
+
+
+def test_no_paper_module_writes_files_or_imports_the_runner():
+    """The core writes every file; a paper module returns data (and never imports the runner)."""
+    import ast
+    from pathlib import Path
+
+    import repro.papers
+
+    banned_calls = {"write_table", "write_figure", "save_figure", "write_csv", "write_text", "to_csv", "savefig",
+                    "Meta", "atomic_write_text"}
+    for path in sorted(Path(repro.papers.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "repro.runner", f"{path.name} imports repro.runner"
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                assert name not in banned_calls, f"{path.name}:{node.lineno} calls {name}"

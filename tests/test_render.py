@@ -189,3 +189,14 @@ def test_a_budgeted_sweep_gets_its_band_by_the_one_spread_rule():
     want = [mean_and_spread([r[0]["acc"].iloc[b] for r in runs]) for b in range(len(acc))]
     assert acc == pytest.approx([m for m, _ in want]) and spread == pytest.approx([s for _, s in want])
     assert "t-interval" in what
+
+
+def test_a_fixed_quantity_has_no_plus_minus_and_a_tiny_spread_is_not_shown_as_zero():
+    from repro.render import to_display
+
+    df = pd.DataFrame({"row": ["a", "b", "c"], "mflops": [1.64, 0.83, 0.9], "mflops ±": [0.0, 0.001, 0.2]})
+    assert to_display(df)["mflops"].tolist() == ["1.64", "0.83 ± <0.01", "0.90 ± 0.20"]
+    with building(Request(scale="quick")):
+        assert claim("FLOPs cut", 49.25, 0.0, 30.18) == ("FLOPs cut: ours +49.25; paper +30.18 "
+                                                         "(a fixed quantity, no spread: same sign as the paper)")
+        assert claim("cost", 1.0, 0.001, None).startswith("cost: ours +1.00 ± <0.01")

@@ -33,7 +33,7 @@ from repro.models.staged import MaskSlot, prune_channels
 from repro.reference_data import load_reference, paper_value
 from repro.render import beside_paper, dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
-from repro.store import Run, atomic_torch_save, load_checkpoint
+from repro.store import atomic_torch_save, load_checkpoint
 from repro.train import tracked
 
 PAPER_NAME = "dcp"
@@ -856,9 +856,8 @@ def train_l1(ctx) -> dict:
         raise ConfigError(f"run {cfg.name}: an l1 run needs the chain unpruned -> dcp -> l1")
     data = ctx.data()
     model, slots_fn = _build(cfg, data.info)
-    model.load_state_dict(load_checkpoint(Run(ctx.settings.runs_dir, base_cfg).dir / "model.pt",
-                                          map_location="cpu"))
-    dcp_res = Run(ctx.settings.runs_dir, dcp_cfg).results()
+    model.load_state_dict(load_checkpoint(ctx.ancestor(base_cfg).run.dir / "model.pt", map_location="cpu"))
+    dcp_res = ctx.ancestor(dcp_cfg).results
     shape = _input_shape(data.info)
     slots = slots_fn(model)
     cost = CostModel(model, slots, shape)

@@ -267,8 +267,10 @@ def train_phase2(ctx) -> dict:
 
 # ---------------------------------------------------------------------------- artifacts
 
-ROWS = ["baseline", "ge", "isc", "ofa", "ge+isc+ofa"]
+# The ablation's rows (the keys of ablation_runs) in the tables' order, with their labels: a new row is
+# one entry in ablation_runs, one label here and its paper numbers in repro/reference/imta.csv.
 LABELS = {"baseline": "MSDNet (no GE/ISC/OFA)", "ge": "GE", "isc": "ISC", "ofa": "OFA", "ge+isc+ofa": "GE+ISC+OFA"}
+ROWS = list(LABELS)
 COST_LABEL = "average cost per image (MMACs, MSDNet's counter)"
 
 

@@ -54,7 +54,7 @@ from repro.models.msdnet import MSDNet
 from repro.models.staged import GatedBackbone, LinearGate
 from repro.nn import threads
 from repro.papers import dgate, glancenet, imta
-from repro.store import Run, load_checkpoint
+from repro.store import load_checkpoint
 
 PAPER_NAME = "study"
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # matched costs, as fractions of the full network's cost
@@ -285,7 +285,7 @@ def train_gates(ctx) -> dict:
             out[f"{split}_{k}"] = v
         out[f"{split}_labels"] = labels.cpu()
     ctx.save_outputs(**out)
-    convention = Run(ctx.settings.runs_dir, cfg.parent).results()["cost_convention"]
+    convention = ctx.ancestor().results["cost_convention"]
     plain_net = gated_net(backbone).to(ctx.device).eval()
     gate_layers(plain_net).load_state_dict(layers.state_dict())
     with threads(1):
@@ -326,7 +326,7 @@ def learn_thresholds(outputs: dict, method: dict, fit: Callable, device, batch_s
 
 def train_thresholds(ctx) -> dict:
     cfg = ctx.cfg
-    outputs = Run(ctx.settings.runs_dir, cfg.parent).outputs()
+    outputs = ctx.ancestor().outputs
     result, bank = learn_thresholds(outputs, cfg.method, ctx.fit, ctx.device, cfg.train.batch_size, cfg.seed)
     ctx.save_model(bank, "thresholds")
     return result
