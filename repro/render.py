@@ -202,7 +202,7 @@ def markdown_groups(shown: pd.DataFrame, width: int = MAX_MD_WIDTH) -> list[str]
     groups: list[list] = []
     for c in rest:
         trial = (groups[-1] if groups else []) + [c]
-        if groups and len(shown[[first, *trial]].to_markdown(index=False).splitlines()[0]) <= width:
+        if groups and max(map(len, shown[[first, *trial]].to_markdown(index=False).splitlines())) <= width:
             groups[-1] = trial
         else:
             groups.append([c])
@@ -458,8 +458,8 @@ def claim(name: str, ours: float, spread: float, paper: float | None) -> str:
         verdict = "opposite sign to the paper"
     else:
         verdict = "same sign as the paper, beyond the spread" if paper is not None else "beyond the spread"
-    spread_text = ("" if verdict.startswith("a fixed quantity") else
-                   f" ± {spread:.2f}" if spread >= 0.005 or spread == 0 or math.isnan(spread) else " ± <0.01")
+    # no "± 0.00": a spread of exactly 0 (a fixed quantity, or two runs that agree on every sample)
+    spread_text = "" if spread == 0 else f" ± {spread:.2f}" if spread >= 0.005 or math.isnan(spread) else " ± <0.01"
     return f"{name}: ours {ours:+.2f}{spread_text}{p} ({verdict})"
 
 

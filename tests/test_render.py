@@ -200,3 +200,12 @@ def test_a_fixed_quantity_has_no_plus_minus_and_a_tiny_spread_is_not_shown_as_ze
         assert claim("FLOPs cut", 49.25, 0.0, 30.18) == ("FLOPs cut: ours +49.25; paper +30.18 "
                                                          "(a fixed quantity, no spread: same sign as the paper)")
         assert claim("cost", 1.0, 0.001, None).startswith("cost: ours +1.00 ± <0.01")
+        assert claim("same runs", 0.0, 0.0, 0.5) == "same runs: ours +0.00; paper +0.50 (within the spread: not resolved at this scale)"
+    with building(Request(scale="smoke")):
+        assert claim("FLOPs cut", 49.25, 0.0, 30.18).startswith("FLOPs cut: ours +49.25; paper +30.18 (smoke")
+
+
+def test_markdown_rows_never_exceed_the_width_even_when_a_cell_is_wider_than_its_header():
+    shown = pd.DataFrame({"row": ["a long row label " * 3], **{f"c{i}": ["x" * 30] for i in range(8)}})
+    for table in markdown_groups(shown, width=120):
+        assert max(map(len, table.splitlines())) <= 120
