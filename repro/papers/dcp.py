@@ -31,7 +31,7 @@ from repro.flops import CONVENTIONS, count_by_module
 from repro.models import create_model, resnet, resnet50_dcp, vgg
 from repro.models.staged import MaskSlot, prune_channels
 from repro.reference_data import load_reference, paper_value
-from repro.render import beside_paper, dataset_name, paper_label
+from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.store import atomic_torch_save, load_checkpoint
 from repro.train import tracked
@@ -998,14 +998,9 @@ def _chain_table(title: str, artifact: str, runs, archs: Sequence[str], columns:
                         for _, r in ref[ref["artifact"] == artifact].iterrows() if r["row"] in archs],
                        columns=["row", "column", "value"])
     keys = [f"{a}/{m}" for a in archs for m in METHODS]
-    # frame=, not ours=: the paper gives two of the seven columns, and Table(ours=) would add an empty
-    # "paper" (and Δ) column beside each of the other five; beside_paper, then those dropped
-    df = beside_paper(ours, PAPER_NAME, artifact, keys, columns, _labels(runs, archs), reference=ref)
-    empty = [c for c in columns if df[f"{c} paper"].isna().all()]
-    df = df.drop(columns=[f"{c} {s}" for c in empty for s in ("paper", "Δ")])
     cfgs = [runs.config(k) for k in keys]
-    return Table(title, cfgs[0].dataset, _models(cfgs), COST_LINE, frame=df,
-                 notes=[*notes, GAP_NOTE, *_check_notes(runs, archs)], claims=_claims(runs, archs))
+    return Table(title, cfgs[0].dataset, _models(cfgs), COST_LINE, ours, keys, columns, _labels(runs, archs),
+                 reference=ref, notes=[*notes, GAP_NOTE, *_check_notes(runs, archs)], claims=_claims(runs, archs))
 
 
 def table1_runs(request) -> dict[str, RunConfig]:

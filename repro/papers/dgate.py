@@ -36,7 +36,7 @@ from repro.models.resnet import resnet_cifar_imagenet_style
 from repro.models.staged import GatedBackbone, init_weights
 from repro.nn import threads
 from repro.reference_data import load_reference, paper_gap, paper_value
-from repro.render import beside_paper, dataset_name, paper_label
+from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
 from repro.store import load_checkpoint
 from repro.train import tracked
@@ -738,14 +738,6 @@ def _timed(request, settings, runs, rows: dict[str, list[dict]]) -> tuple[dict[s
                     "(worst row; batch-size-dependent rounding can flip a borderline gate decision)"]
 
 
-def _drop_empty_paper_columns(df: pd.DataFrame) -> pd.DataFrame:
-    drop = []
-    for c in df.columns:
-        if str(c).endswith(" paper") and df[c].isna().all():
-            drop += [c, c[: -len(" paper")] + " Δ"]
-    return df.drop(columns=[c for c in drop if c in df.columns])
-
-
 # ---------------------------------------------------------------------------- table1 / table2
 
 
@@ -855,12 +847,9 @@ def _dg_table(artifact: str, arch_name: str):
                  "paper columns of a tuned row: the paper's row at the same accuracy margin; "
                  "acc_drop = top-1 minus the original's; exitN_pct = test samples leaving at gate N",
                  *time_notes, *tuned_notes]
-        # frame=, not ours=: the paper gives no exit fractions, and beside_paper's all-empty paper
-        # columns of those (and their Δ) would only widen a twelve-column table
-        df = beside_paper(pd.DataFrame(long), PAPER_NAME, artifact, ["original", *paper_rows, *tuned_keys],
-                          table_columns(request), labels, reference=pd.DataFrame(ref_rows))
         return Table(f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image", cfg.dataset,
-                     _model(cfg), _cost(request), frame=_drop_empty_paper_columns(df), notes=notes, claims=claims)
+                     _model(cfg), _cost(request), long, ["original", *paper_rows, *tuned_keys], table_columns(request),
+                     labels, reference=pd.DataFrame(ref_rows), notes=notes, claims=claims)
     return build
 
 
