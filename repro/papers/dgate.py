@@ -265,10 +265,12 @@ def pooled_features(net: GatedBackbone, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def features_of(net: GatedBackbone, batches) -> tuple[list[torch.Tensor], torch.Tensor]:
+def features_of(net: GatedBackbone, batches, features=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every gate's input over ``batches`` (``features(net, x)``, default :func:`pooled_features`) and the labels."""
+    features = features or pooled_features
     chunks, ys = [], []
     for x, y in batches:
-        chunks.append(pooled_features(net, x))
+        chunks.append(features(net, x))
         ys.append(y)
     return [torch.cat(c) for c in zip(*chunks)], torch.cat(ys)
 

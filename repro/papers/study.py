@@ -226,13 +226,8 @@ def gate_features(net: MultiExitNet, x: torch.Tensor) -> list[torch.Tensor]:
     return dgate.pooled_features(net, x)
 
 
-@torch.no_grad()
 def _features(net: MultiExitNet, batches) -> tuple[list[torch.Tensor], torch.Tensor]:
-    chunks, ys = [], []
-    for x, y in batches:
-        chunks.append(gate_features(net, x))
-        ys.append(y)
-    return [torch.cat(c) for c in zip(*chunks)], torch.cat(ys)
+    return dgate.features_of(net, batches, gate_features)
 
 
 def load_backbone(cfg: RunConfig, state: dict, device) -> nn.Module:
