@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(<!-- (?P<name>[a-z-]+):begin -->\n)(?P<body>.*?)(<!-- (?P=name):end -->)", re.S)
 # A claim line of a table's header (repro.render.claim):
-#   "<what>: ours +0.20 ± 1.01; paper +1.81 (within the spread: not resolved at this scale)"
+#   "<what>: ours +0.20 ± 1.01; paper +1.81 (unresolved: within the spread)"
 CLAIM = re.compile(r"^(?P<what>.+?): ours (?P<ours>[-+−]?[\d.]+(?: ± [\d.na]+)?)"
                    r"(?:; paper (?P<paper>[-+−]?[\d.]+))? \((?P<verdict>[^()]*)\)$")
 QUICK_DIRS = ("tables/quick", "figures/quick")

@@ -40,6 +40,7 @@ class BuildContext:
     runs: int = 0                 # runs the artifact is built from
     wall_seconds: float = 0.0     # their training wall time in all (meta.json)
     threads: tuple[int, ...] = ()  # torch threads they trained with
+    training: str = ""            # how much they trained on: images and epochs (:func:`training_note`)
 
     @property
     def paper_setting(self) -> bool:
@@ -52,10 +53,10 @@ _CONTEXT: ContextVar[BuildContext | None] = ContextVar("repro_build_context", de
 
 
 @contextlib.contextmanager
-def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = ()):
+def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = (), training: str = ""):
     """Set the :class:`BuildContext` of ``request`` while an artifact builds."""
     token = _CONTEXT.set(BuildContext(request.scale, request.seeds, tuple(request.overrides()), runs, wall_seconds,
-                                      tuple(sorted(set(threads)))))
+                                      tuple(sorted(set(threads))), training))
     try:
         yield
     finally:
@@ -64,6 +65,18 @@ def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequenc
 
 def context() -> BuildContext | None:
     return _CONTEXT.get()
+
+
+def training_note(cfgs) -> str:
+    """How much an artifact's runs trained on, for its header: the training images (a limit, or the
+    whole training split less the held-out validation images) and the epochs of each kind of run."""
+    sizes = sorted({f"the first {c.data.train_limit:,} images of the training split" if c.data.train_limit
+                    else f"the training split less {c.data.val_size:,} held-out validation images" for c in cfgs})
+    epochs: dict[str, set[int]] = {}
+    for c in cfgs:
+        epochs.setdefault(c.kind, set()).add(c.train.epochs)
+    per_kind = ", ".join(f"{k} {'/'.join(map(str, sorted(e)))}" for k, e in epochs.items())
+    return f"{'; '.join(sizes)}; epochs: {per_kind}" if cfgs else ""
 
 
 _DATASET_NAMES = {"CIFAR-100": "cifar100", "CIFAR-10": "cifar10", "ImageNet": "imagenet",
@@ -113,9 +126,10 @@ class Meta:
         wall = ([f"wall time: {ctx.wall_seconds / 60:.1f} min of training over {ctx.runs} run(s) "
                  f"({'/'.join(map(str, ctx.threads)) or '?'} torch thread(s))"] if ctx and ctx.runs else [])
         model = [f"model: {self.model}"] if self.model else []
+        training = [f"training: {ctx.training}"] if ctx and ctx.training else []
         return [f"scale: {self.scale}", f"dataset: {self.dataset}", *model, f"seeds: {seeds} ({spread})",
                 f"overrides: {overrides}", f"comparison: {setting}", f"cost: {self.flops}",
-                f"commit: {git_commit()}", *wall, *self.notes]
+                f"commit: {git_commit()}", *wall, *training, *self.notes]
 
     def header_lines(self) -> list[str]:
         return [self.heading(), *self.lines()]
@@ -440,24 +454,33 @@ def axes_lines(fig) -> list[str]:
     return out
 
 
-def claim(name: str, ours: float, spread: float, paper: float | None) -> str:
-    """A one-line verdict on a paper's claimed gain: reproduced only when the gap exceeds its spread."""
-    p = "" if paper is None or math.isnan(paper) else f"; paper {paper:+.2f}"
+def claim(name: str, ours: float, spread: float, paper: float | None, sign: int | None = None) -> str:
+    """A one-line verdict on a paper's claimed gain: **reproduced** (beyond the spread, the paper's
+    sign), **contradicted** (beyond the spread, the opposite sign) or **unresolved** (within it).
+    The paper's sign is that of its number, or ``sign`` (+1/-1) where it states a direction and no
+    number.  At one seed the spread is over test images only (not over training seeds), which the
+    verdict says; at smoke scale there is none."""
+    has_paper = paper is not None and not math.isnan(paper)
+    p = f"; paper {paper:+.2f}" if has_paper else ""
+    want = (1 if paper > 0 else -1) if has_paper and paper != 0 else sign
     ctx = context()
+    one_seed = ", at 1 seed: the spread is over test images, not seeds" if ctx is not None and ctx.seeds == 1 else ""
     if ctx is not None and ctx.scale == "smoke":
         verdict = "smoke scale: a pipeline check, no verdict"
     elif math.isnan(spread):
-        verdict = "no spread available"
+        verdict = "no spread available: no verdict"
     elif abs(ours) <= spread:
-        verdict = "within the spread: not resolved at this scale"
+        verdict = "unresolved: within the spread" + one_seed
     elif spread == 0:  # a fixed quantity (a FLOPs count): a difference, not a measurement
-        same = paper is None or math.isnan(paper) or (ours > 0) == (paper > 0)
-        verdict = ("a fixed quantity, no spread" + ("" if paper is None or math.isnan(paper) else
-                                                   ": same sign as the paper" if same else ": opposite sign to the paper"))
-    elif paper is not None and not math.isnan(paper) and (ours > 0) != (paper > 0):
-        verdict = "opposite sign to the paper"
+        verdict = ("a fixed quantity, no spread" if want is None else
+                   "reproduced: a fixed quantity of the paper's sign" if (ours > 0) == (want > 0) else
+                   "contradicted: a fixed quantity of the opposite sign")
+    elif want is None:
+        verdict = "beyond the spread; the paper states no direction" + one_seed
+    elif (ours > 0) == (want > 0):
+        verdict = "reproduced: the paper's sign, beyond the spread" + one_seed
     else:
-        verdict = "same sign as the paper, beyond the spread" if paper is not None else "beyond the spread"
+        verdict = "contradicted: the opposite sign, beyond the spread" + one_seed
     # no "± 0.00": a spread of exactly 0 (a fixed quantity, or two runs that agree on every sample)
     spread_text = "" if spread == 0 else f" ± {spread:.2f}" if spread >= 0.005 or math.isnan(spread) else " ± <0.01"
     return f"{name}: ours {ours:+.2f}{spread_text}{p} ({verdict})"
@@ -582,9 +605,10 @@ class Claim:
     ours: float
     spread: float
     paper: float | None = None  # the paper's gap, from its reference CSV; None: the paper gives none
+    sign: int | None = None      # +1/-1: the direction the paper claims where it prints no number
 
     def line(self) -> str:
-        return claim(self.name, self.ours, self.spread, self.paper)
+        return claim(self.name, self.ours, self.spread, self.paper, self.sign)
 
 
 @dataclass

@@ -50,7 +50,8 @@ def test_claims_are_rendered_with_their_verdict_and_none_at_smoke(tmp_path):
     from repro.render import building
 
     table = _table(claims=[Claim("gain at E-1", 2.0, 0.5, 0.69)])
-    for scale, verdict in (("quick", "same sign as the paper, beyond the spread"),
+    for scale, verdict in (("quick", "reproduced: the paper's sign, beyond the spread, at 1 seed: the spread is over "
+                                     "test images, not seeds"),
                            ("smoke", "smoke scale: a pipeline check, no verdict")):
         request = Request(scale=scale)
         with building(request):

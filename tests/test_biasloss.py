@@ -396,8 +396,8 @@ def test_table3_build_from_fixed_runs(tmp_path):
     assert df["top1 paper"].tolist() == [75.2, 75.7, 75.5, 76.2, 75.3]
     assert not any(c.endswith(" Δ") for c in df.columns)
     assert "both (SkipblockNet-M + bias - MobileNetV3-L + CE): ours +50.00 ± " in md
-    assert "paper +1.00 (same sign as the paper, beyond the spread)" in md
-    assert "bias loss on MobileNetV3-L: ours +0.00; paper +0.50 (within the spread" in md
+    assert "paper +1.00 (reproduced: the paper's sign, beyond the spread" in md
+    assert "bias loss on MobileNetV3-L: ours +0.00; paper +0.50 (unresolved: within the spread" in md
     assert "scale: quick scale" in md
     assert "model: SkipblockNet / MobileNetV3, ImageNet stem (stride 2), every width x 0.5" in md
 

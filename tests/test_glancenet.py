@@ -266,7 +266,7 @@ def test_alpha_build_from_fixed_runs_claims_paired_gaps(tmp_path):
                                   [o["correct"] for o in outcomes(rrs, 0.1)])
     assert gap > spread > 0  # the synthetic bank: alpha 1.0 is more accurate, beyond the spread
     line = next(h for h in head if h.startswith("# top-1 at alpha=1.0 minus alpha=0.1"))
-    assert f"ours {gap:+.2f} ± {spread:.2f}" in line and "beyond the spread" in line
+    assert f"ours {gap:+.2f} ± {spread:.2f}" in line and "(reproduced: the paper's sign, beyond the spread" in line
     assert any("model: DenseNet L=10 k=12, bypasses after dense blocks 1, 2" in h for h in head)
     df = _read(csv)
     ours = df[df["source"] == "ours"]
@@ -390,3 +390,14 @@ def test_e2e_tradeoff(smoke):
     assert (df["method"] == "learned").sum() == 10 and (df["method"] == "val-searched").sum() == 39
     assert df["top1"].between(0, 100).all() and (df["mflops"] > 0).all()
     assert (smoke / "figures" / "smoke" / "glancenet_tradeoff.png").stat().st_size > 10_000
+
+
+def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
+    """docs/papers/glancenet.md: over budget on all 55k images, the rule halved the training set."""
+    from repro.artifacts import get_paper
+    from repro.runner import plan
+
+    art = get_paper("glancenet").artifact("hem")
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=1000))} == {1000}
+    assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}

@@ -59,12 +59,24 @@ def test_overrides_appear_in_the_header_of_every_file(tmp_path):
 def test_a_smoke_claim_gets_no_verdict():
     with building(Request(scale="smoke")):
         line = claim("GE+ISC+OFA - MSDNet at E-1", 5.0, 0.5, 1.2)
-    assert "no verdict" in line and "same sign" not in line and "beyond" not in line
-    with building(Request(scale="quick")):
-        assert "same sign as the paper, beyond the spread" in claim("x", 5.0, 0.5, 1.2)
-        assert "not resolved" in claim("x", 0.3, 0.5, 1.2)
-        assert "opposite sign" in claim("x", -5.0, 0.5, 1.2)
-        assert "no spread" in claim("x", 1.0, math.nan, 1.2)
+    assert "no verdict" in line and "reproduced" not in line and "beyond" not in line
+
+
+def test_the_verdict_is_reproduced_contradicted_or_unresolved_by_the_papers_sign_and_the_spread():
+    with building(Request(scale="quick", seeds=3)):
+        assert claim("x", 5.0, 0.5, 1.2) == "x: ours +5.00 ± 0.50; paper +1.20 (reproduced: the paper's sign, beyond the spread)"
+        assert claim("x", -5.0, 0.5, 1.2).endswith("(contradicted: the opposite sign, beyond the spread)")
+        assert claim("x", 0.5, 0.5, 1.2).endswith("(unresolved: within the spread)")  # |gap| <= spread
+        assert claim("x", -0.6, 0.5, -1.2).endswith("(reproduced: the paper's sign, beyond the spread)")
+        # a direction without a number: the sign decides; no direction at all: no verdict word
+        assert claim("x", -0.6, 0.5, None, sign=+1).endswith("(contradicted: the opposite sign, beyond the spread)")
+        assert claim("x", -0.6, 0.5, None, sign=-1) == "x: ours -0.60 ± 0.50 (reproduced: the paper's sign, beyond the spread)"
+        assert claim("x", -0.6, 0.5, None).endswith("(beyond the spread; the paper states no direction)")
+        assert claim("x", 1.0, math.nan, 1.2).endswith("(no spread available: no verdict)")
+    with building(Request(scale="quick", seeds=1)):  # one seed: the spread is over test images only, and says so
+        assert claim("x", 5.0, 0.5, 1.2).endswith(
+            "(reproduced: the paper's sign, beyond the spread, at 1 seed: the spread is over test images, not seeds)")
+        assert "unresolved: within the spread, at 1 seed" in claim("x", 0.3, 0.5, 1.2)
 
 
 def test_wide_markdown_is_split_into_groups_of_at_most_200_characters(tmp_path):
@@ -198,9 +210,10 @@ def test_a_fixed_quantity_has_no_plus_minus_and_a_tiny_spread_is_not_shown_as_ze
     assert to_display(df)["mflops"].tolist() == ["1.64", "0.83 ± <0.01", "0.90 ± 0.20"]
     with building(Request(scale="quick")):
         assert claim("FLOPs cut", 49.25, 0.0, 30.18) == ("FLOPs cut: ours +49.25; paper +30.18 "
-                                                         "(a fixed quantity, no spread: same sign as the paper)")
+                                                         "(reproduced: a fixed quantity of the paper's sign)")
         assert claim("cost", 1.0, 0.001, None).startswith("cost: ours +1.00 ± <0.01")
-        assert claim("same runs", 0.0, 0.0, 0.5) == "same runs: ours +0.00; paper +0.50 (within the spread: not resolved at this scale)"
+        assert claim("same runs", 0.0, 0.0, 0.5) == ("same runs: ours +0.00; paper +0.50 (unresolved: within the spread, "
+                                                     "at 1 seed: the spread is over test images, not seeds)")
     with building(Request(scale="smoke")):
         assert claim("FLOPs cut", 49.25, 0.0, 30.18).startswith("FLOPs cut: ours +49.25; paper +30.18 (smoke")
 
@@ -209,3 +222,18 @@ def test_markdown_rows_never_exceed_the_width_even_when_a_cell_is_wider_than_its
     shown = pd.DataFrame({"row": ["a long row label " * 3], **{f"c{i}": ["x" * 30] for i in range(8)}})
     for table in markdown_groups(shown, width=120):
         assert max(map(len, table.splitlines())) <= 120
+
+
+def test_the_header_says_how_much_the_runs_trained_on():
+    from types import SimpleNamespace as NS
+
+    from repro.render import training_note
+
+    def cfg(kind, epochs, limit):
+        return NS(kind=kind, train=NS(epochs=epochs), data=NS(train_limit=limit, val_size=5000))
+
+    assert training_note([cfg("phase1", 2, None), cfg("phase2", 1, None)]) == (
+        "the training split less 5,000 held-out validation images; epochs: phase1 2, phase2 1")
+    assert training_note([cfg("glancenet", 3, 27_500), cfg("densenet", 3, 27_500)]) == (
+        "the first 27,500 images of the training split; epochs: glancenet 3, densenet 3")
+    assert training_note([]) == ""
