@@ -568,3 +568,14 @@ def test_imagenet_smoke(smoke):
     assert df["top5"].between(0, 100).all() and (df["top5"] >= df["top1"]).all()
     md = (smoke / "tables" / "smoke" / "dcp_imagenet.md").read_text()
     assert "our own training run" in md
+
+
+def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
+    """docs/papers/dcp.md: over budget on all 55k images, the calibration rule halved the training set."""
+    from repro.api import Request
+    from repro.artifacts import get_paper
+    from repro.runner import plan
+
+    art = get_paper("dcp").artifact("table1")
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=2000))} == {2000}
