@@ -402,3 +402,15 @@ def test_imagenet_budget_figure_trains_steps_4_6_7():
     # step 4 is Table 3's network: the runs are shared
     assert base[0] == imta.ablation_runs(Request(scale="paper"), imagenet=True)["baseline"]
     assert len(imta.PAPER.artifacts["fig5"].runs(Request(scale="smoke"))) == 4
+
+
+def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
+    """docs/papers/imta.md: over budget on all 55k images, the calibration rule halved the training set."""
+    from repro.api import Request
+    from repro.artifacts import get_paper
+    from repro.runner import plan
+
+    art = get_paper("imta").artifact("table2")
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=3000))} == {3000}
+    assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}
