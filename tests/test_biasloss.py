@@ -537,3 +537,13 @@ def test_table1_fig1_table2_smoke(smoke_dir):
     assert df["pixel4_ms paper"].tolist() == [27, 27, 21, 26, 27]
     md = (smoke_dir / "tables" / "smoke" / "biasloss_table2.md").read_text()
     assert "1 intra-op thread" in md and "CUDA" in md
+
+
+def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
+    """docs/papers/biasloss.md: over budget on all 55k images, the calibration rule halved the training set."""
+    from repro.artifacts import get_paper
+    from repro.runner import plan
+
+    art = get_paper("biasloss").artifact("table4")
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=4000))} == {4000}
