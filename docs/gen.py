@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -168,6 +169,35 @@ def runs_block(paper: str) -> str:
             "Artifacts share runs, so a run listed twice trains once.\n\n" + "\n".join(rows) + "\n")
 
 
+def current_training(paper: str, name: str) -> str:
+    """The ``training:`` header line today's code would write for the artifact at quick scale."""
+    from repro.artifacts import get_paper
+    from repro.render import training_note
+    from repro.runner import Request, plan
+
+    return training_note(plan(get_paper(paper).artifact(name), Request(scale="quick")))
+
+
+def _quick_runs(manifest: str | None, paper: str, name: str) -> list[str] | None:
+    try:
+        return json.loads(manifest)[paper]["runs"][name]["quick"]
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def stale(paper: str, name: str, header: list[str]) -> bool:
+    """Whether committed outputs were made under another quick protocol than today's: the quick runs
+    the manifest (repro/papers/manifest.json, every artifact's run folders) listed for the artifact
+    at the commit their header names differ from today's.  Unknown (no commit line, outside git)
+    counts as current only where the header's training line matches today's."""
+    commit = _line(header, "commit").split(" ")[0].removesuffix("+dirty")
+    then = _quick_runs(_git("show", f"{commit}:repro/papers/manifest.json"), paper, name) if commit else None
+    now = _quick_runs((ROOT / "repro" / "papers" / "manifest.json").read_text(), paper, name)
+    if then is not None and now is not None:
+        return then != now
+    return _line(header, "training") != current_training(paper, name)
+
+
 def _links(paths: list[str], up: str) -> str:
     return " · ".join(f"[{Path(p).name}]({up}{p})" for p in paths)
 
@@ -181,6 +211,9 @@ def results_block(paper: str, man: dict, c: Committed) -> str:
             out.append(f"not yet committed: run `repro {paper} {name}`\n")
             continue
         out.append(_links(o["tables"] + o["figures"], "../../") + "\n")
+        if stale(paper, name, o["header"]):
+            out.append(f"**Made under an earlier quick protocol** (today's trains on {current_training(paper, name)}): "
+                       f"`repro {paper} {name}` re-runs it.\n")
         if f"figures/quick/{paper}_{name}.png" in o["figures"]:
             out.append(f"![{paper} {name}](../../figures/quick/{paper}_{name}.png)\n")
         if o["heading"]:
@@ -193,12 +226,14 @@ def results_block(paper: str, man: dict, c: Committed) -> str:
 
 
 def index_block(man: dict, c: Committed) -> str:
-    rows = ["| artifact | ours (first claim) | paper | verdict | seeds | wall time | files |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| artifact | ours (first claim) | paper | verdict | seeds | wall time | protocol | files |",
+            "|---|---|---|---|---|---|---|---|"]
+    missing = []
     for paper, entry in man.items():
         for name, _description, _kind in entry["artifacts"]:
             o = artifact_outputs(c, paper, name)
             if not o["tables"] and not o["figures"]:
+                missing.append(f"`{paper} {name}`")
                 continue
             claims = _claims(o["header"])
             first = claims[0] if claims else None
@@ -207,12 +242,14 @@ def index_block(man: dict, c: Committed) -> str:
             wall = _line(o["header"], "wall time") or "—"
             label = f"`{paper} {name}`"
             page = f"[{label}](papers/{paper}.md)" if (DOCS / "papers" / f"{paper}.md").exists() else label
+            protocol = "**earlier**: re-run to refresh" if stale(paper, name, o["header"]) else "current"
             cells = [page, ours, (first["paper"] or "—") if first else "—",
-                     first["verdict"] if first else "—", seeds, wall, _links(o["tables"] + o["figures"], "../")]
+                     first["verdict"] if first else "—", seeds, wall, protocol, _links(o["tables"] + o["figures"], "../")]
             rows.append("| " + " | ".join(map(_cell, cells)) + " |")
     if len(rows) == 2:
         return "No quick-scale result is committed yet.\n"
-    return "\n".join(rows) + "\n"
+    tail = (f"\nNot committed yet ({len(missing)}): {', '.join(missing)}.\n" if missing else "")
+    return "\n".join(rows) + "\n" + tail
 
 
 def _value(v: str, unit: str) -> str:

@@ -57,3 +57,22 @@ def test_generated_docs_are_up_to_date(capsys):
     spec.loader.exec_module(gen)
     code = gen.main(["--check"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_the_index_calls_outputs_stale_when_the_manifest_at_their_commit_listed_other_runs(monkeypatch):
+    """docs/gen.py's "protocol" column: outputs are current only while the artifact's quick runs in
+    repro/papers/manifest.json at the commit their header names are today's."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    today = json.loads((ROOT / "repro" / "papers" / "manifest.json").read_text())
+    old = json.loads(json.dumps(today))
+    old["dgate"]["runs"]["fig4"]["quick"] = ["dgate/resnet101-backbone-s0-0000000000"]
+    shown = {"abc1234": json.dumps(today), "def5678": json.dumps(old)}
+    monkeypatch.setattr(gen, "_git", lambda *a: shown.get(a[1].split(":")[0]) if a[0] == "show" else None)
+    assert not gen.stale("dgate", "fig4", ["commit: abc1234"])
+    assert not gen.stale("dgate", "fig4", ["commit: abc1234+dirty"])
+    assert gen.stale("dgate", "fig4", ["commit: def5678"])
+    assert not gen.stale("dgate", "table1", ["commit: def5678"])  # its runs did not change
