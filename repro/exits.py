@@ -202,6 +202,31 @@ def budgeted_sweep(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logi
                          "fractions": r["fractions"].tolist()})
 
 
+def budgeted_correct(sweep: pd.DataFrame, test_logits: torch.Tensor, test_labels: torch.Tensor,
+                     score: str | Score = "confidence") -> tuple[np.ndarray, torch.Tensor]:
+    """A :func:`budgeted_sweep`'s test curve in the form :func:`correct_at_cost` interpolates: the
+    average cost of each budget and, budgets x samples, whether each test sample is right at the
+    exit that budget's thresholds send it to."""
+    fn = SCORES[score] if isinstance(score, str) else score
+    with threads(1):
+        idx = exit_index_batch(fn(test_logits), torch.tensor(sweep["thresholds"].tolist(), dtype=torch.float64))
+        right = test_logits.argmax(-1) == test_labels  # exits x samples
+    return sweep["cost"].to_numpy(dtype=float), right.gather(0, idx)
+
+
+def correct_at_cost(per_seed: Sequence[tuple[np.ndarray, torch.Tensor]], x: float) -> list[torch.Tensor]:
+    """Per seed, each test sample's correctness on a curve linearly interpolated at cost ``x``: the
+    curve is (costs of its points, points x samples correctness); np.interp's weights of the points
+    applied to their per-sample correctness, so its mean is the interpolated top-1, and two curves'
+    gap pairs the same samples (:func:`gap_with_spread`)."""
+    out = []
+    for xs, ok in per_seed:
+        order = np.argsort(xs, kind="stable")
+        w = np.array([np.interp(x, xs[order], e) for e in np.eye(len(xs))])
+        out.append(torch.as_tensor(w) @ ok[order].double())
+    return out
+
+
 def fixed_thresholds(logits: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float],
                      costs: Sequence[float], score: str | Score) -> dict:
     """Evaluate one set of thresholds (last exit takes the rest) on stored logits."""

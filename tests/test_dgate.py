@@ -6,7 +6,6 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -300,17 +299,6 @@ class _FakeRun:
                                  f"{split}_preds": preds, f"{split}_labels": y})
         heads = [0.05e6] * 3
         self.results = {"costs": [1.05e6, 2.1e6, 3.15e6, 4.15e6], "head_costs": heads, "backbone_cost": 4.0e6}
-
-
-def test_interpolated_correctness_averages_to_the_interpolated_accuracy():
-    g = torch.Generator().manual_seed(0)
-    xs = np.array([3.0, 1.0, 2.0, 2.0, 4.0])  # unsorted, with a tie
-    ok = torch.rand(5, 50, generator=g) < 0.7
-    accs = ok.double().mean(1).numpy() * 100
-    order = np.argsort(xs, kind="stable")
-    for x in (1.0, 1.7, 2.0, 3.5, 4.0):
-        (soft,) = dgate._correct_at_cost([(xs, ok)], x)
-        assert float(soft.mean() * 100) == pytest.approx(np.interp(x, xs[order], accs[order]))
 
 
 @pytest.mark.parametrize("seeds", [1, 3])

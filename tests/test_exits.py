@@ -1,10 +1,12 @@
 """Early-exit evaluation: the budgeted-batch protocol against a per-sample reference."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
-from repro.exits import (budget_distributions, budgeted_sweep, early_exit, evaluate_exits, exit_index,
+from repro.exits import (budget_distributions, correct_at_cost, budgeted_sweep, early_exit, evaluate_exits, exit_index,
                          fit_thresholds, fixed_thresholds, neg_entropy, confidence, accuracy_with_spread)
 from repro.models.base import MultiExitNet
 
@@ -167,3 +169,28 @@ def test_spread_is_a_t_interval_over_seeds_or_bootstrap_for_one():
     mean1, half = accuracy_with_spread([(a, labels)])
     # binomial standard error sqrt(.8*.2/100) = 4 %, so the 95 % half-width is about 7.8
     assert mean1 == pytest.approx([80.0]) and 6.0 < half[0] < 9.5
+
+
+def test_interpolated_correctness_averages_to_the_interpolated_accuracy():
+    g = torch.Generator().manual_seed(0)
+    xs = np.array([3.0, 1.0, 2.0, 2.0, 4.0])  # unsorted, with a tie
+    ok = torch.rand(5, 50, generator=g) < 0.7
+    accs = ok.double().mean(1).numpy() * 100
+    order = np.argsort(xs, kind="stable")
+    for x in (1.0, 1.7, 2.0, 3.5, 4.0):
+        (soft,) = correct_at_cost([(xs, ok)], x)
+        assert float(soft.mean() * 100) == pytest.approx(np.interp(x, xs[order], accs[order]))
+
+
+def test_budgeted_correct_is_the_sweeps_test_curve_sample_by_sample():
+    """Its per-budget mean is budgeted_sweep's test top-1: the same thresholds send each sample to the same exit."""
+    from repro.exits import budgeted_correct, budgeted_sweep
+
+    g = torch.Generator().manual_seed(1)
+    val, test = torch.randn(4, 300, 5, generator=g), torch.randn(4, 200, 5, generator=g)
+    yv, yt = torch.randint(0, 5, (300,), generator=g), torch.randint(0, 5, (200,), generator=g)
+    sweep = budgeted_sweep(val, yv, test, yt, [1.0, 2.0, 3.0, 4.0], "confidence", budgets=range(1, 10))
+    xs, ok = budgeted_correct(sweep, test, yt, "confidence")
+    assert ok.shape == (9, 200)
+    assert np.allclose(ok.double().mean(1).numpy() * 100, sweep["acc"].to_numpy())
+    assert np.allclose(xs, sweep["cost"].to_numpy())

@@ -414,3 +414,35 @@ def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unles
     assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=3000))} == {3000}
     assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}
+
+
+def test_the_budget_claim_is_the_gap_between_the_two_interpolated_curves_at_equal_cost():
+    """figs 2-5: the claimed gain at a fraction of the full cost is curve a minus curve b, each
+    budgeted-batch test curve linearly interpolated at that cost; a right everywhere: reproduced."""
+    import numpy as np
+
+    from repro.exits import budgeted_sweep
+    from repro.papers import imta
+    from repro.render import building
+
+    g = torch.Generator().manual_seed(3)
+    n, classes, costs = 400, 4, [1e6, 2e6, 4e6]
+    def fake(test_logits, labels, val):
+        return _FakeRun({"costs": costs}, {"val_logits": val[0], "val_labels": val[1], "test_logits": test_logits,
+                                           "test_labels": labels})
+    y = torch.randint(0, classes, (n,), generator=g)
+    val = (torch.randn(3, n, classes, generator=g), torch.randint(0, classes, (n,), generator=g))
+    noisy = torch.randn(3, n, classes, generator=g)
+    # the same scores with the top logit moved to the label: the same exits and costs, every exit right
+    top, at_y = noisy.argmax(-1, keepdim=True), y[None, :, None].expand(3, n, 1)
+    perfect = noisy.clone().scatter_(-1, at_y, noisy.gather(-1, top)).scatter_(-1, top, noisy.gather(-1, at_y))
+    runs = {"a": [fake(perfect, y, val)], "b": [fake(noisy, y, val)]}
+    with building(Request(scale="quick", seeds=3)):
+        claims, outside = imta.budget_claims(runs, "a", "b", "a minus b", fractions=(0.4, 0.5, 0.1))
+    assert outside == ["a minus b at 10 % of the full network's cost: outside a curve's range"]
+    for c, f in zip(claims, (0.4, 0.5)):
+        curves = [budgeted_sweep(*val, t, y, costs, "confidence").sort_values("cost", kind="stable")
+                  for t in (perfect, noisy)]
+        want = [np.interp(f * 4e6, s["cost"], s["acc"]) for s in curves]
+        assert c.ours == pytest.approx(want[0] - want[1]) and c.ours > c.spread > 0 and c.sign == +1
+        assert "(reproduced: the paper's sign, beyond the spread" in c.line()

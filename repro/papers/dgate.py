@@ -28,7 +28,7 @@ from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec,
                        first_test_images)
 from repro.data import TensorBatches, class_names, held_in_memory, run_info
-from repro.exits import bootstrap_ci, early_exit, gap_with_spread, mean_and_spread, time_call
+from repro.exits import bootstrap_ci, correct_at_cost, early_exit, gap_with_spread, mean_and_spread, time_call
 from repro.flops import count_exits, count_model
 from repro.models import create_model, register_model
 from repro.models.densenet import densenet201_cifar
@@ -927,18 +927,6 @@ def _curve(request, runs, score: str, active=(0, 1)) -> tuple[pd.DataFrame, list
     return pd.DataFrame(frames), per_seed
 
 
-def _correct_at_cost(per_seed: list[tuple[np.ndarray, torch.Tensor]], x: float) -> list[torch.Tensor]:
-    """Per seed, each test sample's correctness on the curve linearly interpolated at cost ``x``:
-    np.interp's weights of the curve's points applied to their per-sample correctness, so its mean is
-    the interpolated top-1, and two curves' gap pairs the same samples (:func:`gap_with_spread`)."""
-    out = []
-    for xs, ok in per_seed:
-        order = np.argsort(xs, kind="stable")
-        w = np.array([np.interp(x, xs[order], e) for e in np.eye(len(xs))])
-        out.append(torch.as_tensor(w) @ ok[order].double())
-    return out
-
-
 def build_fig4(request, runs, settings):
     """Figure 4: accuracy vs FLOPs of two gates trained with the hinge loss (exit on max distance)
     and with cross-entropy (max softmax, max logit)."""
@@ -976,7 +964,7 @@ def build_fig4(request, runs, settings):
             continue
         claims.append(Claim(f"top-1 of hinge gates minus CE gates (max softmax) at {100 * frac:.0f} % of the "
                             "original's FLOPs (interpolated)",
-                            *gap_with_spread(_correct_at_cost(base_pts, x), _correct_at_cost(soft_pts, x)),
+                            *gap_with_spread(correct_at_cost(base_pts, x), correct_at_cost(soft_pts, x)),
                             sign=+1))  # the paper: hinge-trained gates are the better ones at equal cost
     xlabel = f"average {'GFLOPs' if request.scale == 'paper' else 'MFLOPs'} per image (2 x multiply-adds, fvcore)"
     same = request.scale == "paper" and hinge.dataset == "cifar10"  # the paper's dataset and unit: one axis

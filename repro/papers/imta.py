@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.api import Artifact, Claim, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec
-from repro.exits import SCORES, accuracy_with_spread, budgeted_sweep, gap_with_spread, per_exit_accuracy
+from repro.exits import (SCORES, accuracy_with_spread, budgeted_correct, budgeted_sweep, correct_at_cost, gap_with_spread,
+                          per_exit_accuracy)
 from repro.flops import CONVENTIONS, count_exits
 from repro.models import create_model, msdnet
 from repro.reference_data import paper_gap
@@ -427,7 +428,7 @@ def _paper_points(artifact: str, rows: dict[str, str]) -> tuple[list[Series], pd
 
 
 def _budget_figure_out(request, artifact: str, title: str, cfg: RunConfig, series, data, rows: dict[str, str],
-                       notes) -> Figure:
+                       notes, claims=()) -> Figure:
     """Our curves, and the paper's points: on our axes in the paper's own setting (same dataset and
     cost counter), else in a panel of their own."""
     paper, pdata, axes, ptitle = _paper_points(artifact, rows)
@@ -437,7 +438,7 @@ def _budget_figure_out(request, artifact: str, title: str, cfg: RunConfig, serie
     return Figure(title, cfg.dataset, _model(cfg), CONVENTIONS[COST], series, COST_LABEL,
                   f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.concat([data, pdata], ignore_index=True),
                   paper=paper, paper_axes=None if same else axes, paper_title=ptitle, legend="right", note=note,
-                  notes=notes)
+                  notes=notes, claims=claims)
 
 
 # The MSDNet families of Figures 2, 3 and 5 (Section 4.1: CIFAR-10 {6, 8} exits, depths {21, 36};
@@ -494,12 +495,16 @@ def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", i
             series += [replace(x, label=f"{x.label}, {label}") for x in s]
             base = runs.config(f"{label}/baseline")
             frames.append(d.assign(member=label, model=base.model, model_args=str(base.model_args)))
+        claims, outside = [], []
+        for label in members:
+            c, o = budget_claims(runs, f"{label}/ge+isc+ofa", f"{label}/baseline", f"IMTA minus MSDNet ({label})")
+            claims, outside = claims + c, outside + o
         notes = ["thresholds fitted on the held-out validation split",
                  "one curve per family member and method: " + "; ".join(members),
-                 "band: " + frames[0]["spread"].iloc[0]]
+                 "band: " + frames[0]["spread"].iloc[0], *outside]
         return _budget_figure_out(request, artifact, title, runs.config(f"{members[0]}/baseline"), series,
                                   pd.concat(frames, ignore_index=True), {"baseline": "MSDNet", "ge+isc+ofa": "IMTA"},
-                                  notes)
+                                  notes, claims)
     return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
 
 
@@ -507,11 +512,43 @@ def fig4_runs(request):
     return ablation_runs(request)
 
 
+def _budget_points(runs, name: str) -> list:
+    """Per seed, the run's budgeted-batch test curve as (average cost per budget, budgets x samples
+    correctness), for gaps at equal cost (:func:`repro.exits.correct_at_cost`)."""
+    out = []
+    for r in runs[name]:
+        o = r.outputs
+        sweep = budgeted_sweep(o["val_logits"], o["val_labels"], o["test_logits"], o["test_labels"],
+                               r.results["costs"], "confidence")
+        out.append(budgeted_correct(sweep, o["test_logits"], o["test_labels"], "confidence"))
+    return out
+
+
+def budget_claims(runs, a: str, b: str, what: str, fractions=(0.25, 0.5, 0.75)) -> tuple[list[Claim], list[str]]:
+    """The paper's claim of Figs. 2-5: ``a``'s budgeted-batch curve lies above ``b``'s.  Gaps at
+    equal average cost (``fractions`` of the full network's), each curve interpolated per sample, so
+    the gap is paired (:func:`repro.exits.gap_with_spread`); costs outside either curve are noted."""
+    pa, pb = _budget_points(runs, a), _budget_points(runs, b)
+    full = runs[b][0].results["costs"][-1]
+    lo = max(float(xs.min()) for xs, _ in [*pa, *pb])
+    hi = min(float(xs.max()) for xs, _ in [*pa, *pb])
+    claims, notes = [], []
+    for f in fractions:
+        if not lo <= f * full <= hi:
+            notes.append(f"{what} at {100 * f:.0f} % of the full network's cost: outside a curve's range")
+            continue
+        claims.append(Claim(f"budgeted-batch top-1 of {what} at {100 * f:.0f} % of the full network's cost "
+                            "(interpolated)", *gap_with_spread(correct_at_cost(pa, f * full), correct_at_cost(pb, f * full)),
+                            sign=+1))  # the paper: IMTA's curve lies above MSDNet's at every budget
+    return claims, notes
+
+
 def build_fig4(request, runs, settings):
     series, data = _curves(runs, LABELS, {LABELS[k]: c for k, c in ROW_COLORS.items()})
-    notes = ["thresholds fitted on the held-out validation split", "band: " + data["spread"].iloc[0]]
+    claims, outside = budget_claims(runs, "ge+isc+ofa", "baseline", "GE+ISC+OFA minus MSDNet")
+    notes = ["thresholds fitted on the held-out validation split", "band: " + data["spread"].iloc[0], *outside]
     return _budget_figure_out(request, "fig4", "Ablation of GE / ISC / OFA, budgeted batch", runs.config("baseline"),
-                              series, data, LABELS, notes)
+                              series, data, LABELS, notes, claims)
 
 
 def fig6_runs(request):
