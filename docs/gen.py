@@ -37,7 +37,7 @@ DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(<!-- (?P<name>[a-z-]+):begin -->\n)(?P<body>.*?)(<!-- (?P=name):end -->)", re.S)
 # A claim line of a table's header (repro.render.claim):
 #   "<what>: ours +0.20 ± 1.01; paper +1.81 (unresolved: within the spread)"
-CLAIM = re.compile(r"^(?P<what>.+?): ours (?P<ours>[-+−]?[\d.]+(?: ± [\d.na]+)?)"
+CLAIM = re.compile(r"^(?P<what>.+?): ours (?P<ours>[-+−]?[\d.]+(?: ± <?[\d.na]+)?)"
                    r"(?:; paper (?P<paper>[-+−]?[\d.]+))? \((?P<verdict>[^()]*)\)$")
 QUICK_DIRS = ("tables/quick", "figures/quick")
 
@@ -185,17 +185,26 @@ def _quick_runs(manifest: str | None, paper: str, name: str) -> list[str] | None
         return None
 
 
-def stale(paper: str, name: str, header: list[str]) -> bool:
-    """Whether committed outputs were made under another quick protocol than today's: the quick runs
-    the manifest (repro/papers/manifest.json, every artifact's run folders) listed for the artifact
-    at the commit their header names differ from today's.  Unknown (no commit line, outside git)
-    counts as current only where the header's training line matches today's."""
-    commit = _line(header, "commit").split(" ")[0].removesuffix("+dirty")
-    then = _quick_runs(_git("show", f"{commit}:repro/papers/manifest.json"), paper, name) if commit else None
+def protocol(paper: str, name: str, header: list[str]) -> str:
+    """Whether committed outputs were made under today's quick protocol: "current" or "earlier" when
+    the quick runs the manifest (repro/papers/manifest.json, every artifact's run folders) listed
+    for the artifact at the clean commit their header names are (or are not) today's; else, from
+    their header's training line against today's; "unknown" when neither can be read (a dirty or
+    unreachable commit, e.g. in a shallow clone, and a header from before the training line)."""
+    commit = _line(header, "commit").split(" ")[0]
+    clean = bool(commit) and not commit.endswith("+dirty")
+    then = _quick_runs(_git("show", f"{commit}:repro/papers/manifest.json"), paper, name) if clean else None
     now = _quick_runs((ROOT / "repro" / "papers" / "manifest.json").read_text(), paper, name)
     if then is not None and now is not None:
-        return then != now
-    return _line(header, "training") != current_training(paper, name)
+        return "current" if set(then) == set(now) else "earlier"
+    training = _line(header, "training")
+    if not training:
+        return "unknown"
+    return "current" if training == current_training(paper, name) else "earlier"
+
+
+def stale(paper: str, name: str, header: list[str]) -> bool:
+    return protocol(paper, name, header) == "earlier"
 
 
 def _links(paths: list[str], up: str) -> str:
@@ -242,9 +251,10 @@ def index_block(man: dict, c: Committed) -> str:
             wall = _line(o["header"], "wall time") or "—"
             label = f"`{paper} {name}`"
             page = f"[{label}](papers/{paper}.md)" if (DOCS / "papers" / f"{paper}.md").exists() else label
-            protocol = "**earlier**: re-run to refresh" if stale(paper, name, o["header"]) else "current"
-            cells = [page, ours, (first["paper"] or "—") if first else "—",
-                     first["verdict"] if first else "—", seeds, wall, protocol, _links(o["tables"] + o["figures"], "../")]
+            state = protocol(paper, name, o["header"])
+            cells = [page, ours, (first["paper"] or "—") if first else "—", first["verdict"] if first else "—",
+                     seeds, wall, "**earlier**: re-run to refresh" if state == "earlier" else state,
+                     _links(o["tables"] + o["figures"], "../")]
             rows.append("| " + " | ".join(map(_cell, cells)) + " |")
     if len(rows) == 2:
         return "No quick-scale result is committed yet.\n"

@@ -460,6 +460,8 @@ def claim(name: str, ours: float, spread: float, paper: float | None, sign: int 
     The paper's sign is that of its number, or ``sign`` (+1/-1) where it states a direction and no
     number.  At one seed the spread is over test images only (not over training seeds), which the
     verdict says; at smoke scale there is none."""
+    if sign not in (None, 1, -1):
+        raise ValueError(f"a claim's sign is +1, -1 or None, got {sign!r}")
     has_paper = paper is not None and not math.isnan(paper)
     p = f"; paper {paper:+.2f}" if has_paper else ""
     want = (1 if paper > 0 else -1) if has_paper and paper != 0 else sign
@@ -469,12 +471,14 @@ def claim(name: str, ours: float, spread: float, paper: float | None, sign: int 
         verdict = "smoke scale: a pipeline check, no verdict"
     elif math.isnan(spread):
         verdict = "no spread available: no verdict"
-    elif abs(ours) <= spread:
-        verdict = "unresolved: within the spread" + one_seed
+    elif spread == 0 and ours == 0:  # two runs that agree on every sample, or equal counts
+        verdict = "unresolved: no difference"
     elif spread == 0:  # a fixed quantity (a FLOPs count): a difference, not a measurement
         verdict = ("a fixed quantity, no spread" if want is None else
                    "reproduced: a fixed quantity of the paper's sign" if (ours > 0) == (want > 0) else
                    "contradicted: a fixed quantity of the opposite sign")
+    elif abs(ours) <= spread:
+        verdict = "unresolved: within the spread" + one_seed
     elif want is None:
         verdict = "beyond the spread; the paper states no direction" + one_seed
     elif (ours > 0) == (want > 0):

@@ -65,10 +65,11 @@ def run_data(request, dataset: str, paper_size: int, train_limits: dict[str, int
     """A run's DataSpec: the scale's split sizes (paper scale: the dataset's own held-out size)
     at :func:`input_size`; ``fields`` replace others (``augment``).  ``train_limits`` is a paper's
     calibrated training-set size per scale (docs/calibration.md: halved where an artifact was over
-    its budget); ``--train-limit`` still overrides it.  Refuses in one line (ConfigError) a dataset
+    its budget), for the scale's own dataset only (another dataset trains on all of it);
+    ``--train-limit`` still overrides it.  Refuses in one line (ConfigError) a dataset
     that cannot be read at that size."""
-    if train_limits and request.scale in train_limits:
-        fields.setdefault("train_limit", train_limits[request.scale])
+    if train_limits and request.scale in train_limits and dataset == request.scale_preset.dataset:
+        fields.setdefault("train_limit", train_limits[request.scale])  # calibrated on the scale's own dataset
     from repro.data import dataset_info
 
     size = input_size(request, dataset, paper_size)

@@ -73,6 +73,12 @@ def test_the_index_calls_outputs_stale_when_the_manifest_at_their_commit_listed_
     shown = {"abc1234": json.dumps(today), "def5678": json.dumps(old)}
     monkeypatch.setattr(gen, "_git", lambda *a: shown.get(a[1].split(":")[0]) if a[0] == "show" else None)
     assert not gen.stale("dgate", "fig4", ["commit: abc1234"])
-    assert not gen.stale("dgate", "fig4", ["commit: abc1234+dirty"])
     assert gen.stale("dgate", "fig4", ["commit: def5678"])
     assert not gen.stale("dgate", "table1", ["commit: def5678"])  # its runs did not change
+    # a dirty or unreachable commit (a shallow clone): the header's training line decides, else unknown
+    assert gen.protocol("dgate", "fig4", ["commit: def5678+dirty"]) == "unknown"
+    assert gen.protocol("dgate", "fig4", ["commit: 0badc0de"]) == "unknown"
+    line = "training: " + gen.current_training("dgate", "fig4")
+    assert gen.protocol("dgate", "fig4", ["commit: 0badc0de", line]) == "current"
+    assert gen.protocol("dgate", "fig4", ["commit: 0badc0de", "training: 10 images; epochs: backbone 1"]) == "earlier"
+    assert gen.CLAIM.match("gap: ours +1.00 ± <0.01; paper +0.50 (reproduced: the paper's sign, beyond the spread)")

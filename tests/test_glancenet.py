@@ -401,3 +401,4 @@ def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unles
     assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=1000))} == {1000}
     assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}
+    assert {c.data.train_limit for c in plan(art, Request(scale="quick", dataset="cifar10"))} == {None}  # calibrated on Fashion-MNIST only

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from repro.render import Meta, building, claim, label_paper_datasets, markdown_groups, read_table_csv, write_table
 from repro.runner import Request
@@ -212,8 +213,9 @@ def test_a_fixed_quantity_has_no_plus_minus_and_a_tiny_spread_is_not_shown_as_ze
         assert claim("FLOPs cut", 49.25, 0.0, 30.18) == ("FLOPs cut: ours +49.25; paper +30.18 "
                                                          "(reproduced: a fixed quantity of the paper's sign)")
         assert claim("cost", 1.0, 0.001, None).startswith("cost: ours +1.00 ± <0.01")
-        assert claim("same runs", 0.0, 0.0, 0.5) == ("same runs: ours +0.00; paper +0.50 (unresolved: within the spread, "
-                                                     "at 1 seed: the spread is over test images, not seeds)")
+        assert claim("same runs", 0.0, 0.0, 0.5) == "same runs: ours +0.00; paper +0.50 (unresolved: no difference)"
+        with pytest.raises(ValueError):
+            claim("x", 1.0, 0.1, None, sign=2)
     with building(Request(scale="smoke")):
         assert claim("FLOPs cut", 49.25, 0.0, 30.18).startswith("FLOPs cut: ours +49.25; paper +30.18 (smoke")
 
