@@ -178,29 +178,16 @@ def current_training(paper: str, name: str) -> str:
     return training_note(plan(get_paper(paper).artifact(name), Request(scale="quick")))
 
 
-def _quick_runs(manifest: str | None, paper: str, name: str) -> list[str] | None:
-    try:
-        return json.loads(manifest)[paper]["runs"][name]["quick"]
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
 def protocol(paper: str, name: str, header: list[str]) -> str:
-    """Whether committed outputs were made under today's quick protocol: "current" or "earlier" when
-    the quick runs the manifest (repro/papers/manifest.json, every artifact's run folders) listed
-    for the artifact at the clean commit their header names are (or are not) today's; else, from
-    their header's training line against today's; "unknown" when neither can be read (a dirty or
-    unreachable commit, e.g. in a shallow clone, and a header from before the training line)."""
-    commit = _line(header, "commit").split(" ")[0]
-    clean = bool(commit) and not commit.endswith("+dirty")
-    then = _quick_runs(_git("show", f"{commit}:repro/papers/manifest.json"), paper, name) if clean else None
-    now = _quick_runs((ROOT / "repro" / "papers" / "manifest.json").read_text(), paper, name)
-    if then is not None and now is not None:
-        return "current" if set(then) == set(now) else "earlier"
-    training = _line(header, "training")
-    if not training:
-        return "unknown"
-    return "current" if training == current_training(paper, name) else "earlier"
+    """Whether committed outputs were made under today's quick protocol: "current" when the run-set
+    digest in their header (repro.render.run_set_digest of the seed-0 run folders) is that of the
+    artifact's quick runs in repro/papers/manifest.json today, else "earlier" (outputs from before
+    headers recorded it count as earlier).  Needs no git history."""
+    from repro.render import run_set_digest
+
+    man = json.loads((ROOT / "repro" / "papers" / "manifest.json").read_text())
+    today = run_set_digest(man[paper]["runs"][name]["quick"])
+    return "current" if _line(header, "run set").split(" ")[0] == today else "earlier"
 
 
 def stale(paper: str, name: str, header: list[str]) -> bool:

@@ -41,6 +41,7 @@ class BuildContext:
     wall_seconds: float = 0.0     # their training wall time in all (meta.json)
     threads: tuple[int, ...] = ()  # torch threads they trained with
     training: str = ""            # how much they trained on: images and epochs (:func:`training_note`)
+    run_set: str = ""             # :func:`run_set_digest` of their seed-0 run folders
 
     @property
     def paper_setting(self) -> bool:
@@ -53,10 +54,11 @@ _CONTEXT: ContextVar[BuildContext | None] = ContextVar("repro_build_context", de
 
 
 @contextlib.contextmanager
-def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = (), training: str = ""):
+def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = (), training: str = "",
+             run_set: str = ""):
     """Set the :class:`BuildContext` of ``request`` while an artifact builds."""
     token = _CONTEXT.set(BuildContext(request.scale, request.seeds, tuple(request.overrides()), runs, wall_seconds,
-                                      tuple(sorted(set(threads))), training))
+                                      tuple(sorted(set(threads))), training, run_set))
     try:
         yield
     finally:
@@ -65,6 +67,15 @@ def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequenc
 
 def context() -> BuildContext | None:
     return _CONTEXT.get()
+
+
+def run_set_digest(folders) -> str:
+    """A short digest of run folders ("<paper>/<name>-s0-<hash>"), order-free: what an output's
+    header records of the seed-0 runs it was built from, and what docs/gen.py compares with the
+    artifact's runs in repro/papers/manifest.json to tell current outputs from earlier ones."""
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(set(folders))).encode()).hexdigest()[:12]
 
 
 def training_note(cfgs) -> str:
@@ -127,6 +138,7 @@ class Meta:
                  f"({'/'.join(map(str, ctx.threads)) or '?'} torch thread(s))"] if ctx and ctx.runs else [])
         model = [f"model: {self.model}"] if self.model else []
         training = [f"training: {ctx.training}"] if ctx and ctx.training else []
+        training += [f"run set: {ctx.run_set} (digest of the seed-0 run folders)"] if ctx and ctx.run_set else []
         return [f"scale: {self.scale}", f"dataset: {self.dataset}", *model, f"seeds: {seeds} ({spread})",
                 f"overrides: {overrides}", f"comparison: {setting}", f"cost: {self.flops}",
                 f"commit: {git_commit()}", *wall, *training, *self.notes]

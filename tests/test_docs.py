@@ -59,26 +59,20 @@ def test_generated_docs_are_up_to_date(capsys):
     assert code == 0, capsys.readouterr().err
 
 
-def test_the_index_calls_outputs_stale_when_the_manifest_at_their_commit_listed_other_runs(monkeypatch):
-    """docs/gen.py's "protocol" column: outputs are current only while the artifact's quick runs in
-    repro/papers/manifest.json at the commit their header names are today's."""
+def test_the_index_calls_outputs_current_only_when_their_run_set_is_todays():
+    """docs/gen.py's "protocol" column: the header's run-set digest against the artifact's quick runs
+    in repro/papers/manifest.json today; a header without one (older outputs) counts as earlier."""
     import json
+
+    from repro.render import run_set_digest
 
     spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    today = json.loads((ROOT / "repro" / "papers" / "manifest.json").read_text())
-    old = json.loads(json.dumps(today))
-    old["dgate"]["runs"]["fig4"]["quick"] = ["dgate/resnet101-backbone-s0-0000000000"]
-    shown = {"abc1234": json.dumps(today), "def5678": json.dumps(old)}
-    monkeypatch.setattr(gen, "_git", lambda *a: shown.get(a[1].split(":")[0]) if a[0] == "show" else None)
-    assert not gen.stale("dgate", "fig4", ["commit: abc1234"])
-    assert gen.stale("dgate", "fig4", ["commit: def5678"])
-    assert not gen.stale("dgate", "table1", ["commit: def5678"])  # its runs did not change
-    # a dirty or unreachable commit (a shallow clone): the header's training line decides, else unknown
-    assert gen.protocol("dgate", "fig4", ["commit: def5678+dirty"]) == "unknown"
-    assert gen.protocol("dgate", "fig4", ["commit: 0badc0de"]) == "unknown"
-    line = "training: " + gen.current_training("dgate", "fig4")
-    assert gen.protocol("dgate", "fig4", ["commit: 0badc0de", line]) == "current"
-    assert gen.protocol("dgate", "fig4", ["commit: 0badc0de", "training: 10 images; epochs: backbone 1"]) == "earlier"
+    runs = json.loads((ROOT / "repro" / "papers" / "manifest.json").read_text())["dgate"]["runs"]["fig4"]["quick"]
+    today = f"run set: {run_set_digest(reversed(runs))} (digest of the seed-0 run folders)"  # order-free
+    assert gen.protocol("dgate", "fig4", ["commit: abc1234", today]) == "current"
+    assert gen.protocol("dgate", "table1", [today]) == "earlier"  # another artifact's runs
+    assert gen.protocol("dgate", "fig4", [f"run set: {run_set_digest(runs[:-1])}"]) == "earlier"
+    assert gen.protocol("dgate", "fig4", ["commit: abc1234"]) == "earlier"
     assert gen.CLAIM.match("gap: ours +1.00 ± <0.01; paper +0.50 (reproduced: the paper's sign, beyond the spread)")
