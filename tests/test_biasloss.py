@@ -397,7 +397,7 @@ def test_table3_build_from_fixed_runs(tmp_path):
     assert not any(c.endswith(" Δ") for c in df.columns)
     assert "both (SkipblockNet-M + bias - MobileNetV3-L + CE): ours +50.00 ± " in md
     assert "paper +1.00 (reproduced: the paper's sign, beyond the spread" in md
-    assert "bias loss on MobileNetV3-L: ours +0.00; paper +0.50 (unresolved: within the spread" in md
+    assert "bias loss on MobileNetV3-L: ours +0.00; paper +0.50 (unresolved: no difference)" in md  # the same correctness
     assert "scale: quick scale" in md
     assert "model: SkipblockNet / MobileNetV3, ImageNet stem (stride 2), every width x 0.5" in md
 
