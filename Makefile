@@ -6,6 +6,8 @@ SCALE  ?= quick
 # torch and torchvision come first and pinned: a bare range would let pip pick a multi-GB CUDA build.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
+# How the results runs were trained, written beside their training time (docs/suite-time.json).
+CONDITIONS ?= make results: one process with its default torch threads on $$(nproc) cores, load average $$(cut -d" " -f1-3 /proc/loadavg) at the end
 
 .PHONY: install test demo smoke all-tables all-figures results bench clean
 
@@ -58,6 +60,7 @@ results: install
 		{ echo "error: commit or stash your changes first: results name the commit that produced them"; exit 1; }
 	$(BIN)/repro all --scale quick --dry-run | tail -1
 	$(BIN)/repro all --scale quick
+	$(BIN)/python docs/suite_time.py --runs-dir runs --conditions "$(CONDITIONS)"
 	$(BIN)/python docs/gen.py
 
 bench: install

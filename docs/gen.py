@@ -12,6 +12,8 @@ page under docs/; everything outside the markers is written by hand and left alo
 - ``results`` (docs/papers/<paper>.md): the committed quick-scale outputs of every artifact
   (tables/quick/<paper>_<artifact>.md, figures/quick/<paper>_<artifact>.png and .csv);
 - ``index`` (docs/results.md): one row per committed quick-scale artifact;
+- ``suite`` (docs/results.md): the training time of ``make all-tables`` / ``make all-figures`` at
+  quick scale, from the committed docs/suite-time.json (docs/suite_time.py);
 - ``bench`` (docs/performance.md): the figures of the committed bench/results.csv.
 
 Results are read from the last commit (``git show HEAD:<path>``), not from the working tree,
@@ -40,6 +42,7 @@ BLOCK = re.compile(r"(<!-- (?P<name>[a-z-]+):begin -->\n)(?P<body>.*?)(<!-- (?P=
 CLAIM = re.compile(r"^(?P<what>.+?): ours (?P<ours>[-+−]?[\d.]+(?: ± <?[\d.na]+)?)"
                    r"(?:; paper (?P<paper>[-+−]?[\d.]+))? \((?P<verdict>[^()]*)\)$")
 QUICK_DIRS = ("tables/quick", "figures/quick")
+SUITE_TIME = "docs/suite-time.json"  # written by docs/suite_time.py from a run store
 
 
 # --------------------------------------------------------------------------- committed files
@@ -55,14 +58,14 @@ def _git(*args: str) -> str | None:
 class Committed:
     """The files of the last commit under the given folders (or, outside git, those on disk)."""
 
-    def __init__(self, folders=(*QUICK_DIRS, "bench")):
+    def __init__(self, folders=(*QUICK_DIRS, "bench", SUITE_TIME)):
         listed = _git("ls-tree", "-r", "--name-only", "HEAD", "--", *folders)
         self.git = listed is not None
         if self.git:
             self.paths = set(listed.split())
         else:
-            self.paths = {p.relative_to(ROOT).as_posix() for f in folders if (ROOT / f).is_dir()
-                          for p in (ROOT / f).iterdir() if p.is_file()}
+            self.paths = {p.relative_to(ROOT).as_posix() for f in folders
+                          for p in ((ROOT / f).iterdir() if (ROOT / f).is_dir() else [ROOT / f]) if p.is_file()}
 
     def has(self, path: str) -> bool:
         return path in self.paths
@@ -249,6 +252,22 @@ def index_block(man: dict, c: Committed) -> str:
     return "\n".join(rows) + "\n" + tail
 
 
+def suite_block(c: Committed) -> str:
+    if not c.has(SUITE_TIME):
+        return f"No {SUITE_TIME} is committed yet: run `python docs/suite_time.py`.\n"
+    record = json.loads(c.text(SUITE_TIME))
+    rows = ["| target | runs (seed 0) | trained | training time | torch threads per run |", "|---|---|---|---|---|"]
+    for target, t in record["targets"].items():
+        done = f"{t['trained']} of {t['runs']}"
+        time = f"{t['minutes']:.1f} min" + ("" if not t["missing"] else f" for the {t['trained']} trained")
+        rows.append("| " + " | ".join([f"`make {target}`", str(t["runs"]), done, time,
+                                       ", ".join(map(str, t["threads"])) or "—"]) + " |")
+    missing = sorted({r for t in record["targets"].values() for r in t["missing"]})
+    tail = (f"\nNot trained when this was recorded ({len(missing)}): {', '.join(f'`{r}`' for r in missing)}.\n"
+            if missing else "")
+    return (f"Conditions: {record['conditions']}.\n\n" + "\n".join(rows) + "\n" + tail)
+
+
 def _value(v: str, unit: str) -> str:
     try:
         x = float(v)
@@ -296,6 +315,8 @@ def render(page: Path, text: str, man: dict, c: Committed) -> str:
             return index_block(man, c)
         if name == "bench":
             return bench_block(c)
+        if name == "suite":
+            return suite_block(c)
         raise SystemExit(f"{page}: unknown generated block '{name}'")
 
     fenced = _fenced(text)

@@ -76,3 +76,24 @@ def test_the_index_calls_outputs_current_only_when_their_run_set_is_todays():
     assert gen.protocol("dgate", "fig4", [f"run set: {run_set_digest(runs[:-1])}"]) == "earlier"
     assert gen.protocol("dgate", "fig4", ["commit: abc1234"]) == "earlier"
     assert gen.CLAIM.match("gap: ours +1.00 ± <0.01; paper +0.50 (reproduced: the paper's sign, beyond the spread)")
+
+
+def test_suite_time_counts_a_shared_run_once_and_lists_untrained_ones(tmp_path):
+    """docs/suite_time.py: a target's time is the sum of its distinct runs' measured seconds; a run
+    two artifacts of the target share is counted once, and a run without results.json is missing."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("suite_time", ROOT / "docs" / "suite_time.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    manifest = {"p": {"artifacts": [["t1", "", "table"], ["t2", "", "table"], ["f1", "", "figure"]],
+                      "runs": {"t1": {"quick": ["p/a", "p/b"]}, "t2": {"quick": ["p/b", "p/c"]},
+                               "f1": {"quick": ["p/a"]}}}}
+    for run, secs in (("p/a", 60.0), ("p/b", 120.0), ("p/c", 30.0)):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "meta.json").write_text(json.dumps({"seconds": secs, "threads": 1}))
+        if run != "p/c":
+            (tmp_path / run / "results.json").write_text("{}")
+    got = st.suite_time(manifest, tmp_path, "test")["targets"]
+    assert got["all-tables"] == {"runs": 3, "trained": 2, "minutes": 3.0, "threads": [1], "missing": ["p/c"]}
+    assert got["all-figures"] == {"runs": 1, "trained": 1, "minutes": 1.0, "threads": [1], "missing": []}
