@@ -416,6 +416,25 @@ def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unles
     assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}
 
 
+def test_the_costlier_artifacts_halve_their_training_set_again_and_the_override_still_wins():
+    """docs/papers/imta.md: table1 (7 exits) and fig3 (4 + 5 exits) on 13,750 images, fig2 (6 + 8
+    exits) and fig5 (steps 4 + 6) on 6,875; table2/fig4 keep 27,500, so fig3's 5-exit member is
+    its own run, not table2's; smoke and --train-limit are untouched."""
+    from repro.api import Request
+    from repro.artifacts import get_paper
+    from repro.runner import plan
+
+    paper = get_paper("imta")
+    want = {"table1": 13_750, "fig2": 6_875, "fig3": 13_750, "fig5": 6_875, "fig4": 27_500, "table2": 27_500}
+    for name, limit in want.items():
+        art = paper.artifact(name)
+        assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {limit}, name
+        assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=3000))} == {3000}, name
+        assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}, name
+    fig3 = {c.dirname for c in plan(paper.artifact("fig3"), Request(scale="quick"))}
+    assert not fig3 & {c.dirname for c in plan(paper.artifact("table2"), Request(scale="quick"))}
+
+
 def test_the_budget_claim_is_the_gap_between_the_two_interpolated_curves_at_equal_cost():
     """figs 2-5: the claimed gain at a fraction of the full cost is curve a minus curve b, each
     budgeted-batch test curve linearly interpolated at that cost; a right everywhere: reproduced."""

@@ -153,6 +153,15 @@ RECIPES = {"paper": (_sgd(300), _sgd(180)),
 # 30-minute budget, and the calibration rule halves the training set before it cuts epochs
 # (docs/papers/imta.md).
 TRAIN_LIMITS = {"quick": 27_500}
+# Artifacts whose MSDNets cost more than table2's (or whose family has two members) were still over
+# the budget on 27.5k images and are halved again by the same rule.  Their one-seed cost relative to
+# table2's 5-exit MSDNet (its three runs of a member: 24 min measured) is the ratio of a phase-I
+# training step's time measured in one process: 4 exits 0.61, 6 exits 1.64, 7 exits 2.36,
+# 8 exits 3.20, step 4 1.66, step 6 2.52 (docs/papers/imta.md).
+ARTIFACT_TRAIN_LIMITS = {"table1": {"quick": 13_750},   # 7 exits: ~57 min on 27.5k
+                         "fig2": {"quick": 6_875},      # 6 + 8 exits: ~116 min on 27.5k
+                         "fig3": {"quick": 13_750},     # 4 + 5 exits: ~39 min on 27.5k
+                         "fig5": {"quick": 6_875}}      # steps 4 + 6: ~100 min on 27.5k
 
 
 def phase_specs(scale: str, imagenet: bool = False) -> tuple[TrainSpec, TrainSpec]:
@@ -171,15 +180,17 @@ def phase2_method(request, isc: bool, ofa: bool) -> dict:
 
 
 def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset: str = "cifar100",
-                  model: str | None = None, args: dict | None = None, tag: str = "") -> dict[str, RunConfig]:
+                  model: str | None = None, args: dict | None = None, tag: str = "",
+                  train_limits: dict[str, int] = TRAIN_LIMITS) -> dict[str, RunConfig]:
     """The five rows of Tables 2/3: {row key: run}.  ``model``/``args`` pick another MSDNet
-    (a member of a figure's family); ``tag`` goes into the run names."""
+    (a member of a figure's family); ``tag`` goes into the run names; ``train_limits`` is the
+    artifact's calibrated training-set size per scale (``ARTIFACT_TRAIN_LIMITS``)."""
     scale = request.scale
     dataset = request.dataset_for("imagenet" if imagenet else paper_dataset)
     if model is None:
         model = "msdnet_imagenet" if imagenet and scale == "paper" else f"msdnet_cifar_{exits}exit"
     args = {**MODEL_ARGS[scale], **(args or {})}
-    data = run_data(request, dataset, IMAGENET_SIZE if imagenet else CIFAR_SIZE, TRAIN_LIMITS)
+    data = run_data(request, dataset, IMAGENET_SIZE if imagenet else CIFAR_SIZE, train_limits)
     # the ImageNet MSDNet's pooling plan needs 224 px, the CIFAR one's exactly 32
     need_size(PAPER_NAME, model, data, dataset, IMAGENET_SIZE if model == "msdnet_imagenet" else CIFAR_SIZE)
     p1, p2 = phase_specs(scale, imagenet)
@@ -322,7 +333,7 @@ def _ablation_table(artifact: str):
 
 
 def table1_runs(request):
-    r = ablation_runs(request, exits=7)
+    r = ablation_runs(request, exits=7, train_limits=ARTIFACT_TRAIN_LIMITS["table1"])
     return {"msdnet": r["baseline"], "imta": r["ge+isc+ofa"]}
 
 
@@ -457,6 +468,7 @@ def family_members(request, artifact: str, paper_dataset: str = "cifar100", imag
                    ) -> list[tuple[str, dict[str, RunConfig]]]:
     """(member label, its ablation runs) for every MSDNet of a budgeted-batch figure's family."""
     sizes = FAMILIES[artifact][request.scale]
+    limits = ARTIFACT_TRAIN_LIMITS.get(artifact, TRAIN_LIMITS)
     out = []
     for n in sizes:
         if imagenet:  # 5 blocks, stepmode even, base = step
@@ -466,10 +478,10 @@ def family_members(request, artifact: str, paper_dataset: str = "cifar100", imag
                 model, args = "msdnet_cifar", {"nBlocks": 5, "stepmode": "even", "step": n, "base": n}
             # step 4 at paper scale is Table 3's network: the same runs
             tag = "" if (request.scale == "paper" and n == 4) else f"-step{n}"
-            runs = ablation_runs(request, imagenet=True, model=model, args=args, tag=tag)
+            runs = ablation_runs(request, imagenet=True, model=model, args=args, tag=tag, train_limits=limits)
             label = f"step {n}"
         else:
-            runs = ablation_runs(request, exits=n, paper_dataset=paper_dataset)
+            runs = ablation_runs(request, exits=n, paper_dataset=paper_dataset, train_limits=limits)
             label = f"{n} exits, depth {n * (n + 1) // 2}"
         out.append((label, runs))
     return out
