@@ -418,14 +418,14 @@ def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unles
 
 def test_the_costlier_artifacts_halve_their_training_set_again_and_the_override_still_wins():
     """docs/papers/imta.md: table1 (7 exits) and fig3 (4 + 5 exits) on 13,750 images, fig2 (6 + 8
-    exits) and fig5 (steps 4 + 6) on 6,875; table2/fig4 keep 27,500, so fig3's 5-exit member is
+    exits) and fig5 (steps 4 + 6) on 3,437; table2/fig4 keep 27,500, so fig3's 5-exit member is
     its own run, not table2's; smoke and --train-limit are untouched."""
     from repro.api import Request
     from repro.artifacts import get_paper
     from repro.runner import plan
 
     paper = get_paper("imta")
-    want = {"table1": 13_750, "fig2": 6_875, "fig3": 13_750, "fig5": 6_875, "fig4": 27_500, "table2": 27_500}
+    want = {"table1": 13_750, "fig2": 3_437, "fig3": 13_750, "fig5": 3_437, "fig4": 27_500, "table2": 27_500}
     for name, limit in want.items():
         art = paper.artifact(name)
         assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {limit}, name
