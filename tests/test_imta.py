@@ -345,7 +345,8 @@ def _figure_csv(path):
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_budget_figures_draw_their_band_and_the_papers_points(tmp_path, seeds):
     """fig3: a band on every curve (bootstrap at one seed, t-interval over seeds), Table 1's exits as
-    "paper, CIFAR-100" in a panel of their own, and axes that name the unit and the counter."""
+    "paper, CIFAR-100" in a panel of their own, axes that name the unit and the counter, and a
+    header that names every member's network, not only the first."""
     from repro.papers import imta
     from repro.reference_data import load_reference, reference_value
     from repro.runner import Settings, build_and_write
@@ -364,6 +365,9 @@ def test_budget_figures_draw_their_band_and_the_papers_points(tmp_path, seeds):
     assert paper["acc"].tolist()[-1] == reference_value(ref, "table1", "imta", "exit7_top1")
     assert "x = average cost per image (MMACs, MSDNet's counter)" in axes[0]
     assert axes[1].startswith("axes 2 (paper, CIFAR-100") and "MMACs" in axes[1]
+    model = next(line for line in open(next(tmp_path.rglob("imta_fig3.csv"))) if line.startswith("# model:"))
+    members = [c.model for c in (art.runs(request)[f"{m}/baseline"] for m in ("2 exits, depth 3", "3 exits, depth 6"))]
+    assert members == ["msdnet_cifar_2exit", "msdnet_cifar_3exit"] and model.count("msdnet_cifar_") == 2, model
 
 
 def test_fig4_legend_is_outside_the_curves_and_fig6_ticks_whole_epochs(tmp_path):

@@ -16,6 +16,7 @@ never on test.  docs/papers/imta.md lists every choice and deviation.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import copy
 import math
 from dataclasses import replace
@@ -441,14 +442,15 @@ def _paper_points(artifact: str, rows: dict[str, str]) -> tuple[list[Series], pd
 
 
 def _budget_figure_out(request, artifact: str, title: str, cfg: RunConfig, series, data, rows: dict[str, str],
-                       notes, claims=()) -> Figure:
+                       notes, claims=(), models: Sequence[RunConfig] = ()) -> Figure:
     """Our curves, and the paper's points: on our axes in the paper's own setting (same dataset and
-    cost counter), else in a panel of their own."""
+    cost counter), else in a panel of their own.  ``models``: every network the curves come from
+    (a family's members), named in the header; default ``cfg``'s."""
     paper, pdata, axes, ptitle = _paper_points(artifact, rows)
     same = bool(paper) and PAPER_POINTS[artifact][0] == "table1" and request.scale == "paper" \
         and cfg.dataset == PAPER_POINTS[artifact][1]
     note = "" if paper else "the paper's curves: not transcribed (figure only; repro/reference/README.md)"
-    return Figure(title, cfg.dataset, _model(cfg), CONVENTIONS[COST], series, COST_LABEL,
+    return Figure(title, cfg.dataset, "; ".join(_model(c) for c in (models or [cfg])), CONVENTIONS[COST], series, COST_LABEL,
                   f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.concat([data, pdata], ignore_index=True),
                   paper=paper, paper_axes=None if same else axes, paper_title=ptitle, legend="right", note=note,
                   notes=notes, claims=claims)
@@ -518,7 +520,7 @@ def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", i
                  "band: " + frames[0]["spread"].iloc[0], *outside]
         return _budget_figure_out(request, artifact, title, runs.config(f"{members[0]}/baseline"), series,
                                   pd.concat(frames, ignore_index=True), {"baseline": "MSDNet", "ge+isc+ofa": "IMTA"},
-                                  notes, claims)
+                                  notes, claims, [runs.config(f"{label}/baseline") for label in members])
     return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
 
 
