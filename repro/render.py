@@ -80,13 +80,16 @@ def run_set_digest(folders) -> str:
 
 def training_note(cfgs) -> str:
     """How much an artifact's runs trained on, for its header: the training images (a limit, or the
-    whole training split less the held-out validation images) and the epochs of each kind of run."""
+    whole training split less the held-out validation images) and the epochs of each kind of run.
+    A run that trains on a share of each epoch's batches declares it as ``method["batches_frac"]``;
+    its epochs are counted as epochs x share (1 epoch on a fifth of the batches: 0.2)."""
     sizes = sorted({f"the first {c.data.train_limit:,} images of the training split" if c.data.train_limit
                     else f"the training split less {c.data.val_size:,} held-out validation images" for c in cfgs})
-    epochs: dict[str, set[int]] = {}
+    epochs: dict[str, set[float]] = {}
     for c in cfgs:
-        epochs.setdefault(c.kind, set()).add(c.train.epochs)
-    per_kind = ", ".join(f"{k} {'/'.join(map(str, sorted(e)))}" for k, e in epochs.items())
+        share = float((getattr(c, "method", None) or {}).get("batches_frac", 1.0))
+        epochs.setdefault(c.kind, set()).add(c.train.epochs * min(share, 1.0))
+    per_kind = ", ".join(f"{k} {'/'.join(f'{x:g}' for x in sorted(e))}" for k, e in epochs.items())
     return f"{'; '.join(sizes)}; epochs: {per_kind}" if cfgs else ""
 
 

@@ -239,3 +239,6 @@ def test_the_header_says_how_much_the_runs_trained_on():
     assert training_note([cfg("glancenet", 3, 27_500), cfg("densenet", 3, 27_500)]) == (
         "the first 27,500 images of the training split; epochs: glancenet 3, densenet 3")
     assert training_note([]) == ""
+    # a run on a fifth of each epoch's batches (DCP's L1 fine-tuning at quick scale) trained 0.2 epochs
+    l1 = NS(kind="l1", train=NS(epochs=1), data=NS(train_limit=27_500, val_size=5000), method={"batches_frac": 0.2})
+    assert training_note([cfg("unpruned", 1, 27_500), l1]).endswith("epochs: unpruned 1, l1 0.2")
