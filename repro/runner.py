@@ -211,11 +211,24 @@ def estimate_seconds(cfg: RunConfig, runs_dir: Path) -> float | None:
             continue
         if any(c.get(k) != v for k, v in want.items()):  # another architecture costs otherwise
             continue
-        work = c["train"]["epochs"] * (c["data"].get("train_limit") or 50_000)
+        work = c["train"]["epochs"] * _train_images(c["dataset"], c["data"].get("train_limit"),
+                                                    c["data"].get("val_size", 5000))
         rates.append(m["seconds"] / max(work, 1))
     if not rates:
         return None
-    return sorted(rates)[len(rates) // 2] * cfg.train.epochs * (cfg.data.train_limit or 50_000)
+    return sorted(rates)[len(rates) // 2] * cfg.train.epochs * _train_images(cfg.dataset, cfg.data.train_limit,
+                                                                             cfg.data.val_size)
+
+
+# the training splits' sizes of the datasets a plan knows without reading them (a folder dataset's
+# is taken as 50,000: an estimate from runs on the same folder then still scales right)
+_TRAIN_SPLIT = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, "imagenet": 1_281_167}
+
+
+def _train_images(dataset: str, train_limit: int | None, val_size: int) -> int:
+    """The images a run trains on per epoch: its ``train_limit``, else the training split less the
+    held-out validation images."""
+    return int(train_limit) if train_limit else max(_TRAIN_SPLIT.get(dataset, 50_000) - int(val_size), 1)
 
 
 # --------------------------------------------------------------------------- pre-flight

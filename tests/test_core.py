@@ -474,3 +474,23 @@ def test_tensorflow_rmsprop_follows_its_rule_by_hand():
         mom = 0.9 * mom + 0.1 * g / torch.sqrt(ms + 1e-3)
         w = w - mom
         torch.testing.assert_close(p.detach(), w)
+
+
+def test_the_dry_run_estimate_scales_seconds_per_image_epoch_to_the_planned_run(tmp_path):
+    """estimate = median over finished runs of seconds / (epochs x training images), times this
+    run's epochs x images; a run without a limit trains the split less its held-out images
+    (Fashion-MNIST: 60,000 - 5,000), not a guessed 50,000."""
+    import json
+
+    from repro.runner import estimate_seconds
+
+    done = RunConfig(paper="p", name="net", kind="k", dataset="fashion-mnist", model="m",
+                     train=TrainSpec(epochs=2), data=DataSpec(train_limit=27_500))
+    folder = tmp_path / "p" / "net-s0-abc"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(done.to_dict(), default=str))
+    (folder / "meta.json").write_text(json.dumps({"seconds": 100.0}))
+    (folder / "results.json").write_text("{}")
+    whole = replace(done, train=TrainSpec(epochs=1), data=DataSpec(), seed=1)
+    assert estimate_seconds(whole, tmp_path) == pytest.approx(100 / (2 * 27_500) * 1 * 55_000)
+    assert estimate_seconds(replace(whole, model="other"), tmp_path) is None  # another network: no estimate
