@@ -224,6 +224,15 @@ def results_block(paper: str, man: dict, c: Committed) -> str:
     return "\n".join(out)
 
 
+def doc_page(paper: str, artifact: str) -> Path | None:
+    """The page that documents an artifact: its paper's docs/papers/<paper>.md, else a page of its
+    own, docs/<paper>-<artifact>.md (a cross-paper study); None when there is neither."""
+    for page in (DOCS / "papers" / f"{paper}.md", DOCS / f"{paper}-{artifact}.md"):
+        if page.exists():
+            return page
+    return None
+
+
 def index_block(man: dict, c: Committed) -> str:
     rows = ["| artifact | ours (first claim) | paper | verdict | seeds | wall time | protocol | files |",
             "|---|---|---|---|---|---|---|---|"]
@@ -240,7 +249,8 @@ def index_block(man: dict, c: Committed) -> str:
             seeds = _line(o["header"], "seeds").split(" (")[0] or "—"
             wall = _line(o["header"], "wall time") or "—"
             label = f"`{paper} {name}`"
-            page = f"[{label}](papers/{paper}.md)" if (DOCS / "papers" / f"{paper}.md").exists() else label
+            doc = doc_page(paper, name)
+            page = f"[{label}]({doc.relative_to(DOCS).as_posix()})" if doc else label
             state = protocol(paper, name, o["header"])
             cells = [page, ours, (first["paper"] or "—") if first else "—", first["verdict"] if first else "—",
                      seeds, wall, "**earlier**: re-run to refresh" if state == "earlier" else state,
@@ -368,9 +378,11 @@ def main(argv=None) -> int:
         else:
             page.write_text(new)
             print(f"wrote {rel} ({', '.join(names)})")
-    for paper in man:
-        if not (DOCS / "papers" / f"{paper}.md").exists():
-            print(f"note: paper '{paper}' has no page docs/papers/{paper}.md", file=sys.stderr)
+    for paper, entry in man.items():
+        undocumented = [name for name, *_ in entry["artifacts"] if doc_page(paper, name) is None]
+        if undocumented:
+            print(f"note: {paper} {', '.join(undocumented)}: no page docs/papers/{paper}.md "
+                  f"(or docs/{paper}-<artifact>.md)", file=sys.stderr)
     if stale:
         print("generated blocks out of date (run: python docs/gen.py):\n  " + "\n  ".join(stale), file=sys.stderr)
         return 1

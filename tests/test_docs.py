@@ -97,3 +97,14 @@ def test_suite_time_counts_a_shared_run_once_and_lists_untrained_ones(tmp_path):
     got = st.suite_time(manifest, tmp_path, "test")["targets"]
     assert got["all-tables"] == {"runs": 3, "trained": 2, "minutes": 3.0, "threads": [1], "missing": ["p/c"]}
     assert got["all-figures"] == {"runs": 1, "trained": 1, "minutes": 1.0, "threads": [1], "missing": []}
+
+
+def test_the_index_links_each_artifact_to_its_paper_page_or_a_study_page_of_its_own():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.doc_page("imta", "table2") == ROOT / "docs" / "papers" / "imta.md"
+    assert gen.doc_page("study", "exits") == ROOT / "docs" / "study-exits.md"
+    assert gen.doc_page("study", "nothing") is None and gen.doc_page("nopaper", "table1") is None
