@@ -162,9 +162,9 @@ TRAIN_LIMITS = {"quick": 27_500}
 # 42.9 min on 6,875 images (the estimate missed the fixed per-epoch validation pass), so the rule
 # halved them once more.
 ARTIFACT_TRAIN_LIMITS = {"table1": {"quick": 13_750},   # 7 exits: ~57 min est. on 27.5k, 28.4 measured on 13,750
-                         "fig2": {"quick": 3_437},      # 6 + 8 exits: 54.1 min measured on 6,875
+                         "fig2": {"quick": 3_437},      # 6 + 8 exits: 54.1 min on 6,875, 26.9 on 3,437
                          "fig3": {"quick": 13_750},     # 4 + 5 exits: ~39 min est. on 27.5k, 25.5 measured on 13,750
-                         "fig5": {"quick": 3_437}}      # steps 4 + 6: 42.9 min measured on 6,875
+                         "fig5": {"quick": 3_437}}      # steps 4 + 6: 42.9 min on 6,875, 22.9 on 3,437
 
 
 def phase_specs(scale: str, imagenet: bool = False) -> tuple[TrainSpec, TrainSpec]:
