@@ -57,15 +57,17 @@ class DatasetInfo:
     std: tuple[float, ...] | None
     in_memory: bool = True
     default_val_size: int = 5000
+    train_size: int | None = None  # images in the training split, where known without reading it
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), train_size=50_000),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            train_size=50_000),
     # Fashion-MNIST is padded from 28x28 to 32x32 so that CIFAR architectures keep their spatial plan.
-    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 32, (0.2860,), (0.3530,)),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 32, (0.2860,), (0.3530,), train_size=60_000),
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                            in_memory=False, default_val_size=50000),
+                            in_memory=False, default_val_size=50000, train_size=1_281_167),
     # Random class-dependent images, for unit tests only.
     "synthetic": DatasetInfo("synthetic", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
 }
@@ -104,7 +106,7 @@ def resizable(name: str) -> bool:
 
 
 # ILSVRC-2012's image counts: what a plan assumes of an ImageNet tree it has not scanned
-_IMAGENET_TRAIN, _IMAGENET_VAL = 1_281_167, 50_000
+_IMAGENET_TRAIN, _IMAGENET_VAL = DATASETS["imagenet"].train_size, 50_000
 
 
 def _images_used(n_train: int, n_val: int, spec: DataSpec) -> int:

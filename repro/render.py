@@ -87,7 +87,7 @@ def training_note(cfgs) -> str:
                     else f"the training split less {c.data.val_size:,} held-out validation images" for c in cfgs})
     epochs: dict[str, set[float]] = {}
     for c in cfgs:
-        share = float((getattr(c, "method", None) or {}).get("batches_frac", 1.0))
+        share = float(c.method.get("batches_frac", 1.0))
         epochs.setdefault(c.kind, set()).add(c.train.epochs * min(share, 1.0))
     per_kind = ", ".join(f"{k} {'/'.join(f'{x:g}' for x in sorted(e))}" for k, e in epochs.items())
     return f"{'; '.join(sizes)}; epochs: {per_kind}" if cfgs else ""

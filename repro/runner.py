@@ -27,7 +27,7 @@ from repro import distributed as D
 from repro.api import Request, RunContext, RunResult, Runs, Settings, first_test_images, resolve  # noqa: F401
 from repro.artifacts import Artifact, get_paper, trainer
 from repro.config import ConfigError, RunConfig
-from repro.data import _IMAGENET_TRAIN
+from repro.data import DATASETS
 from repro.render import git_commit
 from repro.store import LockUnsupported, Run, RunLocked, atomic_torch_save
 
@@ -221,15 +221,12 @@ def estimate_seconds(cfg: RunConfig, runs_dir: Path) -> float | None:
                                                                              cfg.data.val_size)
 
 
-# the training splits' sizes of the datasets a plan knows without reading them (a folder dataset's
-# is taken as 50,000: an estimate from runs on the same folder then still scales right)
-_TRAIN_SPLIT = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, "imagenet": _IMAGENET_TRAIN}
-
-
 def _train_images(dataset: str, train_limit: int | None, val_size: int) -> int:
     """The images a run trains on per epoch: its ``train_limit``, else the training split less the
-    held-out validation images."""
-    split = max(_TRAIN_SPLIT.get(dataset, 50_000) - int(val_size), 1)
+    held-out validation images.  A dataset whose split size is not known without reading it (a
+    folder) is taken as 50,000: an estimate from runs on the same folder still scales right."""
+    info = DATASETS.get(dataset)
+    split = max(((info.train_size if info else None) or 50_000) - int(val_size), 1)
     return min(int(train_limit), split) if train_limit else split
 
 

@@ -232,7 +232,7 @@ def test_the_header_says_how_much_the_runs_trained_on():
     from repro.render import training_note
 
     def cfg(kind, epochs, limit):
-        return NS(kind=kind, train=NS(epochs=epochs), data=NS(train_limit=limit, val_size=5000))
+        return NS(kind=kind, train=NS(epochs=epochs), data=NS(train_limit=limit, val_size=5000), method={})
 
     assert training_note([cfg("phase1", 2, None), cfg("phase2", 1, None)]) == (
         "the training split less 5,000 held-out validation images; epochs: phase1 2, phase2 1")

@@ -16,9 +16,9 @@ never on test.  docs/papers/imta.md lists every choice and deviation.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pandas as pd
@@ -501,7 +501,7 @@ def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", i
                 for row in methods}
 
     def build(request, runs, settings):
-        series, frames = [], []
+        series, frames, bases = [], [], []
         members = [label for label, _ in family_members(request, artifact, paper_dataset, imagenet)]
         shades = {"MSDNet": ("tab:blue", "navy", "deepskyblue", "slategray"),
                   "IMTA (GE+ISC+OFA)": ("tab:red", "darkred", "orange", "hotpink")}
@@ -510,6 +510,7 @@ def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", i
                            {k: v[i % len(v)] for k, v in shades.items()})
             series += [replace(x, label=f"{x.label}, {label}") for x in s]
             base = runs.config(f"{label}/baseline")
+            bases.append(base)
             frames.append(d.assign(member=label, model=base.model, model_args=str(base.model_args)))
         claims, outside = [], []
         for label in members:
@@ -518,9 +519,9 @@ def _budget_figure(artifact: str, title: str, paper_dataset: str = "cifar100", i
         notes = ["thresholds fitted on the held-out validation split",
                  "one curve per family member and method: " + "; ".join(members),
                  "band: " + frames[0]["spread"].iloc[0], *outside]
-        return _budget_figure_out(request, artifact, title, runs.config(f"{members[0]}/baseline"), series,
+        return _budget_figure_out(request, artifact, title, bases[0], series,
                                   pd.concat(frames, ignore_index=True), {"baseline": "MSDNet", "ge+isc+ofa": "IMTA"},
-                                  notes, claims, [runs.config(f"{label}/baseline") for label in members])
+                                  notes, claims, bases)
     return Artifact(artifact, f"{title} (budgeted batch classification)", runs, build)
 
 
