@@ -284,22 +284,34 @@ def preflight(targets: Sequence[tuple[str, str]], request: Request, settings: Se
         for cfgs in plans.values():
             for c in cfgs:
                 Run(settings.runs_dir, c).check_done()
-        todo = {c.dataset for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
-        for name in sorted(todo):
-            check_data(name, settings.data_root)
+    todo = {c.dataset for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
+    for name in sorted(todo):
+        # --dry-run reads no dataset it would download, but still verifies the image trees that are
+        # there (your own data): a folder dataset, and an ImageNet tree under the data root
+        if check_runs or name.startswith("folder:") or (name == "imagenet" and _has_imagenet(settings.data_root)):
+            check_data(name, settings.data_root, settings.log)
     return plans
 
 
-def check_data(name: str, root: Path | None) -> None:
+def _has_imagenet(root: Path | None) -> bool:
+    from repro.data import default_data_root
+
+    return (Path(root) if root else default_data_root()).joinpath("train").is_dir()
+
+
+def check_data(name: str, root: Path | None, log: Callable[[str], None] | None = None) -> None:
     """The dataset is present and readable (corrupt files named), before anything trains: an
     in-memory dataset is read once (Fashion-MNIST: under a second); a folder or ImageNet tree
-    is scanned.  Downloads happen here too, where the dataset allows them."""
-    from repro.data import dataset_info, load_arrays
+    is scanned (2 classes or more, no symlink loops) and every image of it decoded once, the
+    verdict cached (:func:`repro.data.verify_tree`).  Downloads happen here too, where the
+    dataset allows them."""
+    from repro.data import check_tree, dataset_info, load_arrays
 
     if name in ("cifar10", "cifar100", "fashion-mnist"):
         load_arrays(name, root)
     elif name != "synthetic":
         dataset_info(name)
+        check_tree(name, root, log)
 
 
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
