@@ -782,18 +782,27 @@ def check_tree(name: str, root: Path | None = None, log=None) -> ImageTree | Non
     return tree
 
 
-def held_out_images(dataset: str, spec: DataSpec, root: Path | None = None) -> int:
-    """How many training images a run of ``dataset`` read with ``spec`` holds out for validation:
-    the scale's ``val_size``, except for datasets read as a folder (``folder:PATH``, ImageNet below
-    224 px), whose split is capped at a tenth of train/ (:func:`_folder_val_cap`)."""
+def split_sizes(dataset: str, spec: DataSpec, root: Path | None = None) -> tuple[int | None, int]:
+    """What a run of ``dataset`` read with ``spec`` trains on and holds out for validation:
+    (training images, or None where unknown without reading the data; held-out images).  The
+    held-out split is the scale's ``val_size``, except for datasets read as a folder
+    (``folder:PATH``, ImageNet below 224 px), whose split is capped at a tenth of train/
+    (:func:`_folder_val_cap`) and whose training images are what train/ has left, at most the limit."""
     image_size = getattr(spec, "image_size", None)
+    limit = spec.train_limit or None
     if dataset.startswith(FOLDER_PREFIX):
         n_train = len(_folder_tree(dataset).train)
     elif dataset == "imagenet" and image_size and image_size != DATASETS["imagenet"].image_size:
         n_train = len(_imagenet_tree(Path(root) if root else default_data_root()).train)
     else:
-        return int(spec.val_size)
-    return min(int(spec.val_size), _folder_val_cap(n_train))
+        info = DATASETS.get(dataset)
+        known = info.train_size if info and info.train_size else None
+        held = int(spec.val_size)
+        if known is None:
+            return limit, held
+        return (min(limit, known - held) if limit else known - held), held
+    held = min(int(spec.val_size), _folder_val_cap(n_train))
+    return (min(limit, n_train - held) if limit else n_train - held), held
 
 
 def _mean_std(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -336,6 +336,7 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         return []
     from dataclasses import replace
 
+    from repro.data import split_sizes
     from repro.render import building, run_set_digest, training_note, write_outputs
 
     settings = replace(settings, scale=request.scale)
@@ -348,7 +349,8 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         except (OSError, ValueError):
             pass
     with building(request, runs=len(cfgs), wall_seconds=sum(m.get("seconds", 0.0) for m in metas),
-                  threads=[m["threads"] for m in metas if "threads" in m], training=training_note(cfgs),
+                  threads=[m["threads"] for m in metas if "threads" in m],
+                  training=training_note(cfgs, lambda c: split_sizes(c.dataset, c.data, settings.data_root)),
                   run_set=run_set_digest(f"{c.paper}/{c.dirname}" for c in cfgs if c.seed == 0)):
         built = artifact.build(request, Runs(request, settings, named_runs(artifact, request)), settings)
         return write_outputs(built, paper_name, artifact_name, request, settings)
