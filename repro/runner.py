@@ -336,7 +336,6 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         return []
     from dataclasses import replace
 
-    from repro.data import split_sizes
     from repro.render import building, run_set_digest, training_note, write_outputs
 
     settings = replace(settings, scale=request.scale)
@@ -350,10 +349,26 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
             pass
     with building(request, runs=len(cfgs), wall_seconds=sum(m.get("seconds", 0.0) for m in metas),
                   threads=[m["threads"] for m in metas if "threads" in m],
-                  training=training_note(cfgs, lambda c: split_sizes(c.dataset, c.data, settings.data_root)),
+                  training=training_note(cfgs, lambda c: _split_sizes(c, settings)),
                   run_set=run_set_digest(f"{c.paper}/{c.dirname}" for c in cfgs if c.seed == 0)):
         built = artifact.build(request, Runs(request, settings, named_runs(artifact, request)), settings)
         return write_outputs(built, paper_name, artifact_name, request, settings)
+
+
+def _split_sizes(cfg: RunConfig, settings: Settings) -> tuple[int | None, int]:
+    """The images a finished run trained on and held out: from its ``split.pt`` (the indices it
+    used), else as :func:`repro.data.split_sizes` computes them, else its config's numbers."""
+    from repro.data import DataUnavailable, split_sizes
+
+    try:
+        split = torch.load(Run(settings.runs_dir, cfg).dir / "split.pt", map_location="cpu", weights_only=True)
+        return len(split["train"]), len(split["val"])
+    except Exception:  # no split.pt (a run from elsewhere), unreadable: computed below
+        pass
+    try:
+        return split_sizes(cfg.dataset, cfg.data, settings.data_root)
+    except (DataUnavailable, ConfigError):  # the tree is gone since: the config's numbers
+        return None, cfg.data.val_size
 
 
 def build_and_write(paper_name: str, artifact_name: str, request: Request, runs: Runs, settings: Settings
