@@ -423,10 +423,49 @@ def _tree_hint(name: str) -> str:
             f"({', '.join(IMAGE_EXTENSIONS)})")
 
 
-def _list_images(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _list_images(folder: Path, name: str, walked: set[str], splits: tuple[str, ...] = ()) -> list[str]:
+    """The image files under ``folder`` (a class folder), sorted, hidden entries skipped.
+
+    Symbolic links to folders elsewhere are followed (a class kept on another disk), but each real
+    folder is walked once for the whole tree (``walked``, shared by all class folders of train/ and
+    val/), and a link to a folder inside ``splits`` (the real train/ and val/ folders) is refused:
+    it would read images twice, under two labels, or loop.  One line names the link."""
+    out: list[str] = []
+
+    def refuse(path: str, target: str, why: str) -> DataUnavailable:
+        return DataUnavailable(f"dataset '{name}': {path} is a symbolic link to {target}, {why}; remove the "
+                               f"link (or replace it by a copy of the images it should add)")
+
+    def cannot_read(e: OSError) -> None:
+        raise DataUnavailable(f"dataset '{name}': cannot read the folder {e.filename} "
+                              f"({e.strerror or type(e).__name__}); check its permissions")
+
+    top = os.path.realpath(folder)
+    if os.path.islink(folder) and any(_inside(top, s) for s in splits):
+        raise refuse(str(folder), top, "a folder of the same dataset: its images would be read twice")
+    if top in walked:
+        raise refuse(str(folder), top, "a folder this dataset already reads: its images would be read twice")
+    walked.add(top)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=cannot_read):
+        here = os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
+            if os.path.islink(path):
+                if _inside(here, real):
+                    raise refuse(path, real, "a folder that holds the link itself (a loop)")
+                if any(_inside(real, s) for s in splits):
+                    raise refuse(path, real, "a folder of the same dataset: its images would be read twice")
+            if real in walked:
+                raise refuse(path, real, "a folder this dataset already reads: its images would be read twice")
+            walked.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         out += [os.path.join(dirpath, f) for f in sorted(filenames)
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
     return out
@@ -457,9 +496,11 @@ def _scan_tree(root: str, name: str, scan_modes: bool) -> ImageTree:
         raise DataUnavailable(f"dataset '{name}': {base / 'train'} has {len(classes) or 'no'} class "
                               f"folder{'s' if len(classes) != 1 else ''}, it needs at least 2; {hint}")
     index = {c: i for i, c in enumerate(classes)}
+    walked: set[str] = set()
+    splits = (os.path.realpath(base / "train"), os.path.realpath(base / "val"))
     train = []
     for c in classes:
-        files = _list_images(base / "train" / c)
+        files = _list_images(base / "train" / c, name, walked, splits)
         if not files:
             raise DataUnavailable(f"dataset '{name}': {base / 'train' / c} holds no images; "
                                   f"add some or remove the folder ({', '.join(IMAGE_EXTENSIONS)})")
@@ -470,7 +511,7 @@ def _scan_tree(root: str, name: str, scan_modes: bool) -> ImageTree:
             if e.name not in index:
                 raise DataUnavailable(f"dataset '{name}': {base / 'val' / e.name} is not a class of "
                                       f"{base / 'train'}; val/ must use train/'s class folder names")
-            val += [(f, index[e.name]) for f in _list_images(base / "val" / e.name)]
+            val += [(f, index[e.name]) for f in _list_images(base / "val" / e.name, name, walked, splits)]
     if not val:
         raise DataUnavailable(f"dataset '{name}': {base / 'val'} holds no images in class folders; {hint}")
     channels = 3
@@ -498,16 +539,62 @@ def _folder_val_cap(n_train: int) -> int:
     return max(1, min(5000, n_train // 10))
 
 
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class _PixelModeRefused(ValueError):
+    """An image that decodes but whose pixels have no faithful 8-bit reading: the message says why."""
+
+
+def to_8bit(im, mode: str):
+    """``im`` as an 8-bit PIL image of ``mode`` ('L' or 'RGB'), its values scaled, never clipped.
+
+    16-bit integer pixels (I;16*, and I, which Pillow gives 16-bit PGM/PPM files) are read as
+    0..65535 and divided by 257 (rounded), so 65535 -> 255; I pixels outside 0..65535 are
+    refused.  Float (F) pixels are read as 0..1 and multiplied by 255; outside 0..1 (or not
+    finite) they are refused.  Palette images with transparency go through RGBA; alpha is
+    dropped (LA, RGBA, PA); CMYK, YCbCr, 1 and the rest of what Pillow converts are converted
+    by Pillow.  A mode Pillow cannot convert (LAB, ...) is refused."""
+    from PIL import Image
+
+    if im.mode in _HIGH_DEPTH_MODES:
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise _PixelModeRefused(f"its {im.mode} pixels run from {a.min()} to {a.max()}, outside the 16-bit "
+                                    f"range 0..65535")
+        im = Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            raise _PixelModeRefused(f"its floating-point (F) pixels run from {np.nanmin(a):g} to "
+                                    f"{np.nanmax(a):g}; repro reads float images only in 0..1")
+        im = Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
+    elif im.mode in ("P", "PA") and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode == mode:
+        return im
+    try:
+        return im.convert(mode)
+    except ValueError as e:
+        raise _PixelModeRefused(f"its pixel mode {im.mode} has no conversion to {mode} ({e})") from None
+
+
+def _refused_mode(name: str, path: str, why: str) -> DataUnavailable:
+    return DataUnavailable(f"dataset '{name}': {path} cannot be read as an 8-bit image ({why}); convert it "
+                           f"to 8-bit RGB or grayscale, or remove it")
+
+
 def _decode(path: str, mode: str, size: int, name: str) -> np.ndarray:
     """One image as ``size`` x ``size`` (x 3) uint8: shorter side resized to ``size`` (bilinear,
-    antialiased), centre crop. JPEGs are decoded at a reduced scale when they are large."""
+    antialiased), centre crop. JPEGs are decoded at a reduced scale when they are large.
+    Other bit depths and modes are converted by :func:`to_8bit` (16-bit scaled, not clipped)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":
                 im.draft(mode, (size, size))
-            im = im.convert(mode)
+            im = to_8bit(im, mode)
             w, h = im.size
             s = size / min(w, h)
             nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -515,6 +602,8 @@ def _decode(path: str, mode: str, size: int, name: str) -> np.ndarray:
                 im = im.resize((nw, nh), Image.BILINEAR)
             left, top = (nw - size) // 2, (nh - size) // 2
             return np.asarray(im.crop((left, top, left + size, top + size)))
+    except _PixelModeRefused as e:
+        raise _refused_mode(name, path, str(e)) from None
     except Exception as e:  # unreadable, truncated
         raise _corrupt(name, Path(path), f"not a readable image: {type(e).__name__}",
                        "delete or replace it") from None
@@ -538,6 +627,182 @@ def _decode_many(paths: list[str], channels: int, size: int, name: str) -> torch
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(one, range(len(paths)), chunksize=64))
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------- verifying a tree up front
+
+# Bump when what verification checks changes: earlier verdicts then no longer count.
+_VERIFY_VERSION = "1"
+_VERIFY_CACHE_FILE = "verified-trees.json"
+_VERIFY_CACHE_ENTRIES = 200  # the most recent verdicts kept
+VERIFY_LOG_ABOVE = 2000  # trees of more images say so before they are verified (it takes a while)
+
+
+def verify_cache_path() -> Path:
+    """Where verified trees are remembered: ``$REPRO_CACHE_DIR``, else ``$XDG_CACHE_HOME/repro``,
+    else ``~/.cache/repro``; the file is ``verified-trees.json`` (a few hundred bytes a tree)."""
+    if os.environ.get("REPRO_CACHE_DIR"):
+        base = Path(os.environ["REPRO_CACHE_DIR"])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        base = Path(os.environ["XDG_CACHE_HOME"]) / "repro"
+    else:
+        base = Path.home() / ".cache" / "repro"
+    return base.expanduser() / _VERIFY_CACHE_FILE
+
+
+def tree_digest(tree: ImageTree) -> str:
+    """A content hash of a tree as a run would read it: every image's split, label, path relative
+    to the tree, size and modification time (ns), and the channel count it is read with.  Any
+    file added, removed, relabelled, rewritten or touched changes it."""
+    import hashlib
+
+    h = hashlib.sha256(f"repro-verify {_VERIFY_VERSION} channels={tree.channels}\n".encode())
+    root = str(tree.root)
+    for split, samples in (("train", tree.train), ("val", tree.val)):
+        for path, y in samples:
+            try:
+                st = os.stat(path)
+                stamp = f"{st.st_size} {st.st_mtime_ns}"
+            except OSError as e:  # a broken link: the decode names it
+                stamp = f"unreadable {e.errno}"
+            h.update(f"{split}\0{y}\0{os.path.relpath(path, root)}\0{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _read_verify_cache(path: Path) -> dict:
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}  # none yet, unreadable or garbage: verify again (and rewrite it)
+
+
+def _remember_verified(path: Path, digest: str, entry: dict) -> None:
+    """Add a verdict to the cache file (atomically); a cache that cannot be written is skipped."""
+    import json
+    import tempfile
+
+    d = _read_verify_cache(path)
+    d.pop(digest, None)
+    d[digest] = entry
+    d = dict(list(d.items())[-_VERIFY_CACHE_ENTRIES:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verified-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(d, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
+
+
+def _verify_image(path: str, mode: str, name: str) -> None:
+    """Decode one image completely (a truncated body fails here, not only its header) and convert
+    it to 8-bit ``mode``; raise the one-line error a run would raise.  JPEGs are decoded at a
+    reduced scale (the whole stream is still read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft(mode, (64, 64))
+            im.load()
+            to_8bit(im, mode)
+    except _PixelModeRefused as e:
+        raise _refused_mode(name, path, str(e)) from None
+    except Exception as e:  # unreadable, truncated, not an image
+        said = str(e).splitlines()[0] if str(e) and path not in str(e) else ""
+        raise _corrupt(name, Path(path), f"not a readable image: {type(e).__name__}{': ' + said if said else ''}",
+                       "delete or replace it") from None
+
+
+def verify_tree(tree: ImageTree, log=None) -> bool:
+    """Decode every image of ``tree`` (train/ and val/) once, before any run starts, so that a
+    truncated, non-image or unconvertible file is named in one line now rather than mid-run.
+    The verdict is cached under :func:`verify_cache_path`, keyed by :func:`tree_digest`: an
+    unchanged tree is not decoded again.  Returns True when it decoded, False when the cache
+    answered.  ``log`` (a callable) hears of trees above VERIFY_LOG_ABOVE images."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timezone
+
+    digest = tree_digest(tree)
+    cache = verify_cache_path()
+    if digest in _read_verify_cache(cache):
+        return False
+    paths = [p for p, _ in tree.train + tree.val]
+    if log is not None and len(paths) > VERIFY_LOG_ABOVE:
+        log(f"{tree.name}: verifying its {len(paths):,} images once (each is decoded; the verdict is "
+            f"remembered in {cache})")
+    mode = "L" if tree.channels == 1 else "RGB"
+    t0 = time.time()
+    errors: dict[int, Exception] = {}
+
+    def one(i: int) -> None:
+        if errors:  # one failure is enough: the others skip their work
+            return
+        try:
+            _verify_image(paths[i], mode, tree.name)
+        except DataUnavailable as e:
+            errors[i] = e
+
+    threads = max(1, min(8, torch.get_num_threads()))
+    if threads == 1 or len(paths) < 64:
+        for i in range(len(paths)):
+            one(i)
+            if errors:
+                break
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(len(paths)), chunksize=64))
+    if errors:
+        raise errors[min(errors)]
+    _remember_verified(cache, digest, {"root": str(tree.root), "dataset": tree.name, "images": len(paths),
+                                       "seconds": round(time.time() - t0, 2),
+                                       "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return True
+
+
+def check_tree(name: str, root: Path | None = None, log=None) -> ImageTree | None:
+    """Pre-flight for a dataset read from an image tree (``folder:PATH``, ``imagenet``): its
+    structure (at least 2 classes, no symlink loops or copies, images in every class) and every
+    image decoded once (:func:`verify_tree`).  Returns the tree; None for other datasets."""
+    if name.startswith(FOLDER_PREFIX):
+        tree = _folder_tree(name)
+    elif name == "imagenet":
+        tree = _imagenet_tree(Path(root) if root else default_data_root())
+    else:
+        return None
+    verify_tree(tree, log)
+    return tree
+
+
+def split_sizes(dataset: str, spec: DataSpec, root: Path | None = None) -> tuple[int | None, int]:
+    """What a run of ``dataset`` read with ``spec`` trains on and holds out for validation:
+    (training images, or None where unknown without reading the data; held-out images).  The
+    held-out split is the scale's ``val_size``, except for datasets read as a folder
+    (``folder:PATH``, ImageNet below 224 px), whose split is capped at a tenth of train/
+    (:func:`_folder_val_cap`) and whose training images are what train/ has left, at most the limit."""
+    image_size = getattr(spec, "image_size", None)
+    limit = spec.train_limit or None
+    if dataset.startswith(FOLDER_PREFIX):
+        n_train = len(_folder_tree(dataset).train)
+    elif dataset == "imagenet" and image_size and image_size != DATASETS["imagenet"].image_size:
+        n_train = len(_imagenet_tree(Path(root) if root else default_data_root()).train)
+    else:
+        info = DATASETS.get(dataset)
+        known = info.train_size if info and info.train_size else None
+        held = int(spec.val_size)
+        if known is None:
+            return limit, held
+        return (min(limit, known - held) if limit else known - held), held
+    held = min(int(spec.val_size), _folder_val_cap(n_train))
+    return (min(limit, n_train - held) if limit else n_train - held), held
 
 
 def _mean_std(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -847,7 +1112,7 @@ class _ImageList(torch.utils.data.Dataset):
 
         path, y = self.samples[i]
         with Image.open(path) as im:
-            return self.transform(im.convert("RGB")), y
+            return self.transform(to_8bit(im, "RGB")), y
 
 
 def _imagenet_tree(root: Path) -> ImageTree:

@@ -78,19 +78,28 @@ def run_set_digest(folders) -> str:
     return hashlib.sha1("\n".join(sorted(set(folders))).encode()).hexdigest()[:12]
 
 
-def training_note(cfgs) -> str:
+def training_note(cfgs, sizes=None) -> str:
     """How much an artifact's runs trained on, for its header: the training images (a limit, or the
     whole training split less the held-out validation images) and the epochs of each kind of run.
-    A run that trains on a share of each epoch's batches declares it as ``method["batches_frac"]``;
-    its epochs are counted as epochs x share (1 epoch on a fifth of the batches: 0.2)."""
-    sizes = sorted({f"the first {c.data.train_limit:,} images of the training split" if c.data.train_limit
-                    else f"the training split less {c.data.val_size:,} held-out validation images" for c in cfgs})
+    ``sizes`` (a callable of a run config: :func:`repro.data.split_sizes`) gives the images a run
+    really trained on and held out, where they are not its limit and ``val_size`` (a folder dataset
+    holds out at most a tenth of train/, and has fewer images than a limit may ask for); without
+    it, the config's numbers.  A run that trains on a share of each epoch's batches declares it as
+    ``method["batches_frac"]``; its epochs are counted as epochs x share (1 epoch on a fifth of the
+    batches: 0.2)."""
+    def size(c) -> str:
+        trained, held = sizes(c) if sizes else (None, c.data.val_size)
+        if c.data.train_limit:
+            return f"the first {trained if trained is not None else c.data.train_limit:,} images of the training split"
+        return f"the training split less {held:,} held-out validation images"
+
+    sizes_ = sorted({size(c) for c in cfgs})
     epochs: dict[str, set[float]] = {}
     for c in cfgs:
         share = float(c.method.get("batches_frac", 1.0))
         epochs.setdefault(c.kind, set()).add(c.train.epochs * min(share, 1.0))
     per_kind = ", ".join(f"{k} {'/'.join(f'{x:g}' for x in sorted(e))}" for k, e in epochs.items())
-    return f"{'; '.join(sizes)}; epochs: {per_kind}" if cfgs else ""
+    return f"{'; '.join(sizes_)}; epochs: {per_kind}" if cfgs else ""
 
 
 _DATASET_NAMES = {"CIFAR-100": "cifar100", "CIFAR-10": "cifar10", "ImageNet": "imagenet",

@@ -284,22 +284,34 @@ def preflight(targets: Sequence[tuple[str, str]], request: Request, settings: Se
         for cfgs in plans.values():
             for c in cfgs:
                 Run(settings.runs_dir, c).check_done()
-        todo = {c.dataset for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
-        for name in sorted(todo):
-            check_data(name, settings.data_root)
+    todo = {c.dataset for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
+    for name in sorted(todo):
+        # --dry-run reads no dataset it would download, but still verifies the image trees that are
+        # there (your own data): a folder dataset, and an ImageNet tree under the data root
+        if check_runs or name.startswith("folder:") or (name == "imagenet" and _has_imagenet(settings.data_root)):
+            check_data(name, settings.data_root, settings.log)
     return plans
 
 
-def check_data(name: str, root: Path | None) -> None:
+def _has_imagenet(root: Path | None) -> bool:
+    from repro.data import default_data_root
+
+    return (Path(root) if root else default_data_root()).joinpath("train").is_dir()
+
+
+def check_data(name: str, root: Path | None, log: Callable[[str], None] | None = None) -> None:
     """The dataset is present and readable (corrupt files named), before anything trains: an
     in-memory dataset is read once (Fashion-MNIST: under a second); a folder or ImageNet tree
-    is scanned.  Downloads happen here too, where the dataset allows them."""
-    from repro.data import dataset_info, load_arrays
+    is scanned (2 classes or more, no symlink loops) and every image of it decoded once, the
+    verdict cached (:func:`repro.data.verify_tree`).  Downloads happen here too, where the
+    dataset allows them."""
+    from repro.data import check_tree, dataset_info, load_arrays
 
     if name in ("cifar10", "cifar100", "fashion-mnist"):
         load_arrays(name, root)
     elif name != "synthetic":
         dataset_info(name)
+        check_tree(name, root, log)
 
 
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
@@ -336,10 +348,27 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         except (OSError, ValueError):
             pass
     with building(request, runs=len(cfgs), wall_seconds=sum(m.get("seconds", 0.0) for m in metas),
-                  threads=[m["threads"] for m in metas if "threads" in m], training=training_note(cfgs),
+                  threads=[m["threads"] for m in metas if "threads" in m],
+                  training=training_note(cfgs, lambda c: _split_sizes(c, settings)),
                   run_set=run_set_digest(f"{c.paper}/{c.dirname}" for c in cfgs if c.seed == 0)):
         built = artifact.build(request, Runs(request, settings, named_runs(artifact, request)), settings)
         return write_outputs(built, paper_name, artifact_name, request, settings)
+
+
+def _split_sizes(cfg: RunConfig, settings: Settings) -> tuple[int | None, int]:
+    """The images a finished run trained on and held out: from its ``split.pt`` (the indices it
+    used), else as :func:`repro.data.split_sizes` computes them, else its config's numbers."""
+    from repro.data import DataUnavailable, split_sizes
+
+    try:
+        split = torch.load(Run(settings.runs_dir, cfg).dir / "split.pt", map_location="cpu", weights_only=True)
+        return len(split["train"]), len(split["val"])
+    except Exception:  # no split.pt (a run from elsewhere), unreadable: computed below
+        pass
+    try:
+        return split_sizes(cfg.dataset, cfg.data, settings.data_root)
+    except (DataUnavailable, ConfigError):  # the tree is gone since: the config's numbers
+        return None, cfg.data.val_size
 
 
 def build_and_write(paper_name: str, artifact_name: str, request: Request, runs: Runs, settings: Settings

@@ -7,6 +7,15 @@ import torch
 # called in-process by the tests and by their subprocesses, keeps it through REPRO_THREADS.
 torch.set_num_threads(1)
 os.environ.setdefault("REPRO_THREADS", "1")
+# Image trees the tests verify are remembered in a cache of this session (and its subprocesses),
+# not in the user's ~/.cache/repro (docs/data.md, "verified before anything runs").
+if "REPRO_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["REPRO_CACHE_DIR"] = tempfile.mkdtemp(prefix="repro-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["REPRO_CACHE_DIR"], True)
 
 
 import re  # noqa: E402
