@@ -67,8 +67,10 @@ class Request:
 
     def __post_init__(self):
         get_scale(self.scale)
-        for name in ("seeds", "epochs", "train_limit", "batch_size"):
-            check_positive(name.replace("_", "-"), getattr(self, name))
+        from repro.bounds import check_int
+
+        for name in ("seeds", "epochs", "train_limit", "batch_size"):  # the per-dataset bound of
+            check_int(name, getattr(self, name))  # --train-limit is checked on the planned runs
         if self.lr_scale is not None and not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
             raise ConfigError(f"--lr-scale must be a positive number, got {self.lr_scale}")
         if self.dataset is not None:
@@ -110,6 +112,9 @@ class Settings:
     log: Callable[[str], None] = print
     forced: set = field(default_factory=set)
     scale: str = ""  # set by run_artifact: outputs are laid out by scale
+    # this command's id, written to the meta.json of every run it trains (its jobs' too): the
+    # summary tells runs it trained from runs another process trained while it waited
+    invocation: str = ""
 
     @property
     def tables_dir(self) -> Path:

@@ -56,6 +56,9 @@ class Option:
     ``type`` is ``str``, ``int``, ``float`` (finite only), ``bool`` or any parser that raises
     ValueError on a bad value; ``choices`` and the inclusive bounds ``low``/``high`` (or the
     exclusive ``above``/``below``) restrict it further.  ``default`` is what the help shows.
+    A numeric key must have an upper bound (``high``, ``below`` or ``choices``:
+    tests/test_bounds.py checks every paper's); ``cost(value)``, if given, says what a value
+    above it would need (``"it needs about 24 GB"``) in the one-line error.
     """
     help: str
     type: Callable[[str], Any] = str
@@ -65,6 +68,7 @@ class Option:
     high: float | None = None
     above: float | None = None
     below: float | None = None
+    cost: Callable[[Any], str] | None = None
 
     @property
     def type_name(self) -> str:
@@ -93,8 +97,13 @@ class Option:
         for v in values:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
-            if ((self.low is not None and v < self.low) or (self.high is not None and v > self.high)
-                    or (self.above is not None and v <= self.above) or (self.below is not None and v >= self.below)):
+            over = (self.high is not None and v > self.high) or (self.below is not None and v >= self.below)
+            if over:
+                where = (f"is above its bound {_num(self.high)}" if self.high is not None and v > self.high
+                         else f"is not below its bound {_num(self.below)}")
+                cost = f" ({self.cost(v)})" if self.cost is not None else ""
+                raise ConfigError(f"--set {key}={raw} {where}{cost}; valid: {want}")
+            if (self.low is not None and v < self.low) or (self.above is not None and v <= self.above):
                 raise ConfigError(f"--set {key}={raw}: out of range; valid: {want}")
         return value
 
@@ -102,6 +111,10 @@ class Option:
         default = "" if self.default is None else f", default {self.default}"
         want = self.valid_range()
         return f"{self.type_name}{default}{'; ' + want if want else ''}: {self.help}"
+
+
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 @dataclass

@@ -32,12 +32,22 @@ def _log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _not_empty(flag: str, value: str | None) -> None:
+    """An empty path is refused (``Path("")`` would be the current folder, silently)."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{flag} is empty; give a folder")
+
+
 def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, sync_bn, workers, compile=False):
+    import uuid
+
     from repro.runner import Settings
 
+    for flag, value in (("--runs-dir", runs_dir), ("--out-dir", out_dir), ("--data-root", data_root)):
+        _not_empty(flag, value)
     return Settings(runs_dir=Path(runs_dir), out_dir=Path(out_dir), data_root=Path(data_root) if data_root else None,
                     device=device, force=force, amp=amp, channels_last=channels_last, sync_bn=sync_bn,
-                    workers=workers, compile=compile, log=_log)
+                    workers=workers, compile=compile, log=_log, invocation=uuid.uuid4().hex[:12])
 
 
 def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
@@ -54,7 +64,8 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
 
     launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
     plans = preflight(targets, request, settings, local=launcher == "local",
-                      gpus_per_run=cluster.get("gpus_per_run", 1), check_runs=not dry_run)
+                      gpus_per_run=cluster.get("gpus_per_run", 1), dry_run=dry_run,
+                      note=lambda msg: print(msg, file=sys.stderr))
     todo = {c.key: c for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
     if show_config and not dry_run:
         raise ConfigError("--show-config goes with --dry-run (it prints the resolved run configs and trains nothing)")
@@ -107,10 +118,32 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         for path in paths:
             if show and path.suffix == ".md":
                 print(path.read_text())
-    trained = sum(Run(settings.runs_dir, c).done for c in todo.values())
+    trained, elsewhere = _trained_here(todo.values(), settings)
+    by_other = f" ({elsewhere} trained by another process meanwhile)" if elsewhere else ""
     _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
-         f"{sum(len(v) for v in plans.values()) - len(todo)} reused, {len(written)} file(s) written"
-         f"{'' if show else '; --show prints the tables'}")
+         f"{sum(len(v) for v in plans.values()) - len(todo) + elsewhere} reused{by_other}, "
+         f"{len(written)} file(s) written{'' if show else '; --show prints the tables'}")
+
+
+def _trained_here(todo, settings) -> tuple[int, int]:
+    """Of the runs that were to train: how many this command (or its jobs) trained, and how many
+    another process finished meanwhile (this one waited for its lock, then reused them); told
+    apart by the command's id in each run's meta.json."""
+    import json
+
+    from repro.store import Run
+
+    here = other = 0
+    for c in todo:
+        run = Run(settings.runs_dir, c)
+        if not run.done:
+            continue
+        try:
+            mine = json.loads((run.dir / "meta.json").read_text()).get("invocation") == settings.invocation
+        except (OSError, ValueError, AttributeError):
+            mine = False
+        here, other = (here + 1, other) if mine else (here, other + 1)
+    return here, other
 
 
 def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
@@ -165,18 +198,28 @@ def _make_command(targets_fn, multi: bool = False):
         set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); the "
                                        "paper's keys are listed by `repro <paper> --help`."),
     ):
-        from repro.runner import Request
+        from repro.bounds import check_cli, check_int
 
-        options = []
+        options: dict[str, str] = {}
         for item in set_:
             if "=" not in item:
                 raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-            k, v = item.split("=", 1)
-            options.append((k.strip(), v.strip()))
+            k, v = (x.strip() for x in item.split("=", 1))
+            if k in options:
+                raise ConfigError(f"--set {k} is given twice ({k}={options[k]} and {k}={v}); give each key once")
+            options[k] = v
+        # the bounds that need no plan, before torch is imported (the Request checks them again)
+        for name, value in (("seeds", seeds), ("epochs", epochs), ("train_limit", train_limit),
+                            ("batch_size", batch_size)):
+            check_int(name, value)
+        check_cli(jobs=jobs, workers=workers, gpus_per_run=gpus_per_run, time_limit=time_limit,
+                  array_parallelism=array_parallelism)
+        for flag, value in (("--runs-dir", runs_dir), ("--out-dir", out_dir), ("--data-root", data_root)):
+            _not_empty(flag, value)
+        from repro.runner import Request
+
         request = Request(scale=scale, seeds=seeds, dataset=dataset, epochs=epochs, train_limit=train_limit,
-                          batch_size=batch_size, lr_scale=lr_scale, options=tuple(options))
-        if jobs < 1:
-            raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+                          batch_size=batch_size, lr_scale=lr_scale, options=tuple(options.items()))
         if compile and (device == "cpu" or (device == "auto" and not torch_cuda_available())):
             from repro.train import require_cpp_compiler
 
@@ -208,6 +251,7 @@ def build_app() -> typer.Typer:
                  runs_dir: str = typer.Option("runs"),
                  names: bool = typer.Option(False, help="Only 'paper artifact table|figure' lines (for scripts).")):
         """Every paper and artifact, with a description and whether its runs are done."""
+        _not_empty("--runs-dir", runs_dir)
         known = manifest.load()  # the runs of every artifact at each scale, as planned: no torch import
         if names:
             for p, m in known.items():

@@ -79,6 +79,8 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
         ctx = RunContext(cfg, run, settings)
         meta = dict(device=str(ctx.device), processes=D.env().world, commit=git_commit(), torch=torch.__version__,
                     threads=torch.get_num_threads())
+        if settings.invocation:
+            meta["invocation"] = settings.invocation
         if main:
             _note_thread_change(run, meta["threads"], settings.log)
             data = ctx.data()
@@ -235,24 +237,27 @@ def _train_images(dataset: str, train_limit: int | None, val_size: int) -> int:
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def check_dir(flag: str, path: Path | None, write: bool = True) -> None:
+def check_dir(flag: str, path: Path | None, write: bool = True, sep: str = " ") -> None:
     """``path`` is a folder or can be made one (nothing on its way is a file), and, with
-    ``write``, the nearest folder that exists on its way accepts a new file."""
+    ``write``, the nearest folder that exists on its way accepts a new file.  ``flag`` names it
+    in the message (``--runs-dir``, or ``REPRO_DATA`` with ``sep`` '=')."""
     if path is None:
         return
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give a folder")
     probe = Path(path).expanduser().absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         what = "is a file" if probe == Path(path).expanduser().absolute() else f"lies under the file {probe}"
-        raise ConfigError(f"{flag} {path} {what}; give a folder")
+        raise ConfigError(f"{flag}{sep}{path} {what}; give a folder")
     if write:
         import tempfile
 
         try:
             tempfile.TemporaryFile(dir=probe).close()
         except OSError as e:
-            raise ConfigError(f"{flag} {path}: cannot write in {probe} ({os.strerror(e.errno or 0)}); "
+            raise ConfigError(f"{flag}{sep}{path}: cannot write in {probe} ({os.strerror(e.errno or 0)}); "
                               f"give a writable folder") from None
 
 
@@ -270,48 +275,74 @@ def check_settings(settings: Settings, *, local: bool = True, gpus_per_run: int 
     check_dir("--runs-dir", settings.runs_dir)
     check_dir("--out-dir", settings.out_dir)
     check_dir("--data-root", settings.data_root, write=False)
+    env = os.environ.get("REPRO_DATA")
+    if settings.data_root is None and env is not None:  # the data root it stands for: the same checks
+        if not env.strip():
+            raise ConfigError("REPRO_DATA is set but empty; unset it or give a folder")
+        check_dir("REPRO_DATA", Path(env), write=False, sep="=")
 
 
 def preflight(targets: Sequence[tuple[str, str]], request: Request, settings: Settings, *, local: bool = True,
-              gpus_per_run: int = 1, check_runs: bool = True) -> dict[tuple[str, str], list[RunConfig]]:
+              gpus_per_run: int = 1, check_runs: bool = True, dry_run: bool = False,
+              note: Callable[[str], None] | None = None) -> dict[tuple[str, str], list[RunConfig]]:
     """Check a command before anything trains: the ``--set`` values, every run config the targets
-    need, the settings, and the files of runs already done.  Returns each target's planned runs."""
+    need (their bounds: learning rate, training images, batch split over processes), the
+    settings, the files of runs already done and the data of runs to train.  ``dry_run`` runs
+    the same checks but downloads nothing: a dataset that is not on disk and would be downloaded
+    is told to ``note``.  Returns each target's planned runs."""
+    from repro import bounds
+
     for p, _ in targets:
         get_paper(p).check_options(request.options)
     plans = {(p, a): plan(get_paper(p).artifact(a), request) for p, a in targets}
+    every = list({c.key: c for cfgs in plans.values() for c in cfgs}.values())
+    bounds.check_lr(request.lr_scale, every)
+    bounds.check_train_limit(request.train_limit, every)
+    if not local and gpus_per_run > 1:
+        bounds.check_world(every, gpus_per_run, f"--gpus-per-run {gpus_per_run}")
+    elif D.env().world > 1:
+        bounds.check_world(every, D.env().world, "torchrun's processes")
     check_settings(settings, local=local, gpus_per_run=gpus_per_run)
     if check_runs:
-        for cfgs in plans.values():
-            for c in cfgs:
-                Run(settings.runs_dir, c).check_done()
-    todo = {c.dataset for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
-    for name in sorted(todo):
-        # --dry-run reads no dataset it would download, but still verifies the image trees that are
-        # there (your own data): a folder dataset, and an ImageNet tree under the data root
-        if check_runs or name.startswith("folder:") or (name == "imagenet" and _has_imagenet(settings.data_root)):
-            check_data(name, settings.data_root, settings.log)
+        for c in every:
+            Run(settings.runs_dir, c).check_done()
+        todo = {c.dataset: c for c in every if not Run(settings.runs_dir, c).done}
+        for name, c in sorted(todo.items()):
+            said = check_data(name, settings.data_root, download=not dry_run, image_size=c.data.image_size,
+                              log=settings.log)
+            if said and note is not None:
+                note(said)
     return plans
 
 
-def _has_imagenet(root: Path | None) -> bool:
-    from repro.data import default_data_root
-
-    return (Path(root) if root else default_data_root()).joinpath("train").is_dir()
-
-
-def check_data(name: str, root: Path | None, log: Callable[[str], None] | None = None) -> None:
+def check_data(name: str, root: Path | None, download: bool = True, image_size: int | None = None,
+               log: Callable[[str], None] | None = None) -> str | None:
     """The dataset is present and readable (corrupt files named), before anything trains: an
     in-memory dataset is read once (Fashion-MNIST: under a second); a folder or ImageNet tree
     is scanned (2 classes or more, no symlink loops) and every image of it decoded once, the
-    verdict cached (:func:`repro.data.verify_tree`).  Downloads happen here too, where the
-    dataset allows them."""
-    from repro.data import check_tree, dataset_info, load_arrays
+    verdict cached (:func:`repro.data.verify_tree`); an ImageNet tree must have its train/ and
+    val/ folders under the data root.  Downloads happen here too, where the dataset allows them;
+    without ``download`` (``--dry-run``) a dataset that is not on disk but would be downloaded
+    returns a note saying so."""
+    from repro.data import (DataCorrupt, DataUnavailable, _imagenet_tree, check_tree, dataset_info,
+                            default_data_root, load_arrays)
 
     if name in ("cifar10", "cifar100", "fashion-mnist"):
-        load_arrays(name, root)
-    elif name != "synthetic":
-        dataset_info(name)
+        try:
+            load_arrays(name, root, download=download)
+        except DataUnavailable as e:
+            if download or isinstance(e, DataCorrupt):
+                raise
+            return f"note: {str(e).split(';')[0]}; the command downloads it first"
+    elif name == "imagenet":
+        base = Path(root) if root else default_data_root()
+        if not (base / "train").is_dir() or not (base / "val").is_dir():
+            _imagenet_tree(base)  # the one-line 'not found' naming both folders
         check_tree(name, root, log)
+    elif name != "synthetic":
+        dataset_info(name, image_size)
+        check_tree(name, root, log)
+    return None
 
 
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:

@@ -892,14 +892,14 @@ OPTIONS = {
     "bias_clamp": Option("clamp z to [0.5, 1.5] (paper Sec. 5; the code has no clamp)", bool, True),
     "bias_formula": Option("paper: exp(alpha v) - beta; code_v1: the first released code's exp(beta v) - 1 + alpha",
                            str, "paper", choices=("paper", "code_v1")),
-    "bias_alpha": Option("alpha of the bias loss weight", float, 0.3),
-    "bias_beta": Option("beta of the bias loss weight", float, 0.3),
+    "bias_alpha": Option("alpha of the bias loss weight", float, 0.3, low=-10, high=10),
+    "bias_beta": Option("beta of the bias loss weight", float, 0.3, low=-10, high=10),
     "first_block": Option("SkipblockNet's first block: the authors' (with its 1x1 16->16 expansion conv) or "
                           "torchvision's (without)", str, "authors", choices=("authors", "torchvision")),
     "mnv3_last_channel": Option("MobileNetV3's classifier hidden width: fixed (1280, Small 1024, at every width, as "
                                 "the MobileNetV3 reference and Table 1) or scaled (1280*w, torchvision's builders)",
                                 str, "fixed", choices=("fixed", "scaled")),
-    "focal_gamma": Option("focal loss gamma (the paper does not state it)", float, 2.0, low=0),
+    "focal_gamma": Option("focal loss gamma (the paper does not state it)", float, 2.0, low=0, high=10),
     "shufflenet_width": Option("Table 4's ShuffleNetV2 width (0.5: the paper's label; the authors' code trains 1.0)",
                                float, 0.5, choices=(0.5, 1.0)),
     "squeezenet": Option("Table 4's SqueezeNet: bn (as in pytorch-cifar100: BN after every conv, no ReLU on the "

@@ -578,10 +578,15 @@ CHANNEL_ARCHS = ("vgg16", "resnet32")
 RATIO_SWEEP = {"paper": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "quick": (0.3, 0.5, 0.7), "smoke": (0.3, 0.5)}
 RATIO_SWEEP_VGG = {"paper": (0.2, 0.3, 0.42, 0.5, 0.6, 0.7, 0.8), "quick": (0.25, 0.42, 0.6), "smoke": (0.3, 0.42)}
 
+MAX_RATES = 20
+
+
 def _rates(raw: str) -> tuple[float, ...]:
     prs = tuple(float(x) for x in raw.split(",") if x.strip())
     if not prs:
         raise ValueError("no rate given")
+    if len(prs) > MAX_RATES:
+        raise ValueError(f"{len(prs)} rates, above the bound of {MAX_RATES}: each rate trains its own runs")
     return prs
 
 

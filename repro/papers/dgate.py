@@ -54,9 +54,17 @@ def _existing_file(raw: str) -> str:
 
 _existing_file.__name__ = "path of a file"
 
+
+def _grid_cost(points: int) -> str:
+    """What tuning three gates on ``points`` thresholds each holds: the exact search keeps about
+    three float64 tensors of (points + 1)^3 combinations (cascade_grid)."""
+    n = (points + 1) ** 3
+    return f"its exact search over 3 gates holds {n:,} combinations: about {24 * n / 1e9:.1f} GB"
+
+
 OPTIONS = {
     "hinge": Option("multi-class hinge of the d-gates", str, "ovr", choices=("ovr", "weston-watkins", "crammer-singer")),
-    "l2": Option("lambda of the L2 penalty (lambda/2)*||W||^2 on the gate weights", float, 1e-4, low=0),
+    "l2": Option("lambda of the L2 penalty (lambda/2)*||W||^2 on the gate weights", float, 1e-4, low=0, high=100),
     "backbone_checkpoint": Option("a trained backbone state dict (ours, a GatedBackbone's, or torchvision's ResNet "
                                   "layout): skips backbone training; applies to every backbone the artifact uses",
                                   _existing_file),
@@ -66,10 +74,11 @@ OPTIONS = {
     "standardize": Option("train the gates on standardised features, folded back into W, b", bool, True),
     "tune": Option("grid: exact search of the cascade on the threshold grid; greedy: gate by gate", str, "grid",
                    choices=("grid", "greedy")),
-    "grid_points": Option("candidate thresholds per gate for tuning (validation-score quantiles)", int, 40, low=2),
+    "grid_points": Option("candidate thresholds per gate for tuning (validation-score quantiles)", int, 40, low=2,
+                          high=200, cost=_grid_cost),
     "time_batch": Option("batch size of the real early-exit timing (1: per-image latency, as the paper)", int, 1,
-                         low=1),
-    "time_images": Option("test images timed (default 1000 paper, 256 quick, 32 smoke)", int, low=1),
+                         low=1, high=1024),
+    "time_images": Option("test images timed (default 1000 paper, 256 quick, 32 smoke)", int, low=1, high=50_000),
 }
 
 # ---------------------------------------------------------------------------- losses

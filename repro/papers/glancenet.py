@@ -187,8 +187,8 @@ OPTIONS = {
     "hem_alpha": Option("alpha of the hem table", float, 0.5, low=0, high=1),
     "bypass_after": Option("dense blocks (0-based) followed by a bypass; the last block (2) feeds the backbone's "
                            "own classifier", _block_list, "0,1", low=0, high=1),
-    "depth": Option("DenseNet depth L, L = 3n + 4 (default: 40 at paper scale, 10 quick, 7 smoke)", int, low=7),
-    "growth": Option("DenseNet growth rate k (default: 12 paper and quick, 4 smoke)", int, low=1),
+    "depth": Option("DenseNet depth L, L = 3n + 4 (default: 40 at paper scale, 10 quick, 7 smoke)", int, low=7, high=250),
+    "growth": Option("DenseNet growth rate k (default: 12 paper and quick, 4 smoke)", int, low=1, high=64),
     "bottleneck": Option("DenseNet-BC (bottleneck layers, compression 0.5) instead of the plain DenseNet",
                          bool, False),
     "tnorm": Option("threshold loss distance: squared or absolute (the letter's ||.||_2 of a scalar)", str, "sq",
