@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from repro import manifest
+from repro import interrupts, manifest
 from repro.artifacts import get_paper, papers
 from repro.config import ConfigError
 from repro.scales import SCALES
@@ -96,7 +96,11 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         # one launch for every run of every target (shared runs once), then render each target
         cfgs = {c.key: c for p, a in targets for c in plan(get_paper(p).artifact(a), request)}
         ordered = sorted(cfgs.values(), key=lambda c: len(c.ancestors()))
-        if not launch(ordered, settings):
+        if todo:
+            interrupts.note_training()
+        with interrupts.raising():  # the launchers stop their jobs on KeyboardInterrupt
+            launched = launch(ordered, settings)
+        if not launched:
             _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
             return
     written = []
@@ -111,6 +115,7 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
          f"{sum(len(v) for v in plans.values()) - len(todo)} reused, {len(written)} file(s) written"
          f"{'' if show else '; --show prints the tables'}")
+    interrupts.note_finished()
 
 
 def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
@@ -358,6 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:
+        from repro.store import EXIT_DISK_FULL, DiskFull, is_disk_full
+
+        if isinstance(e, DiskFull):
+            _fail(str(e), EXIT_DISK_FULL)
+        if is_disk_full(e) or is_disk_full(e.__context__):  # a write outside the store's writers
+            err = e if is_disk_full(e) else e.__context__
+            _fail(str(DiskFull(getattr(err, "filename", None) or "a file")), EXIT_DISK_FULL)
         runs_failed, bad = _failures()
         if isinstance(e, runs_failed):  # runs failed (details logged above): not a usage error
             _fail(str(e), 1)
@@ -373,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
 def _interrupted() -> None:
     from repro.runner import interrupted_message
 
-    _fail(interrupted_message(), 130)
+    interrupts.say(interrupted_message())  # one write, newline included; a second Ctrl-C adds nothing
+    raise SystemExit(interrupts.EXIT_INTERRUPTED)
 
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
