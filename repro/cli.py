@@ -3,7 +3,8 @@
 Built with Typer from the registry of papers (names and ``--set`` keys come from
 ``repro/papers/manifest.json``, so ``--help`` and completion start without torch).  Bad
 input ends in one line naming the problem and the valid choices, with exit code 2 (never
-a traceback); Ctrl-C ends with exit code 130 and says what is kept.  The thread count is
+a traceback); Ctrl-C ends with exit code 130 and says what is kept (repro.interrupts: from the
+command's first instruction); a full disk with exit code 3 (repro.store.DiskFull).  The thread count is
 lowered to the cores the load leaves free (:func:`choose_threads`).  The options are
 listed in README.md.
 """
