@@ -8,3 +8,10 @@ counting, rendering) names none of them.  Start at README.md; the pages are unde
 """
 
 __version__ = "0.1.0"
+
+# The command's first instruction: Ctrl-C from here on ends it with one line and exit code 130
+# (repro.interrupts); a program that imports repro as a library keeps Python's own handling.
+from repro import interrupts as _interrupts  # noqa: E402
+
+if _interrupts.is_command():
+    _interrupts.install()

@@ -32,7 +32,7 @@ from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec, check_posi
 from repro.data import Data, first_test_images as _first_images, load_data
 from repro.render import Claim, Figure, Series, Table  # noqa: F401  (re-exported)
 from repro.scales import Scale, get_scale
-from repro.store import Run, atomic_torch_save, load_checkpoint
+from repro.store import CheckpointError, CorruptRun, Run, atomic_torch_save, load_checkpoint
 
 __all__ = ["Artifact", "Claim", "ConfigError", "DataSpec", "Figure", "Option", "Paper", "Request", "RunConfig",
            "RunContext", "RunResult", "Runs", "Series", "Settings", "Table", "TrainSpec", "first_test_images"]
@@ -156,6 +156,11 @@ class RunResult:
     def metrics(self):
         return self.run.metrics()
 
+    def load_into(self, module: nn.Module, name: str = "model", map_location="cpu") -> nn.Module:
+        """The run's ``<name>.pt`` (``model.pt``: its final weights) loaded into ``module``; a file
+        that does not fit it is named with the way forward (``rm -r`` the run's folder)."""
+        return self.run.load_into(module, name, map_location)
+
 
 class Runs(Mapping):
     """The finished runs of an artifact, by the names its ``runs(request)`` gave them: ``runs[name]``
@@ -260,7 +265,13 @@ class RunContext:
         if self.cfg.parent is None:
             raise ConfigError(f"run {self.cfg.name} has no parent run")
         parent = Run(self.settings.runs_dir, self.cfg.parent)
-        return load_checkpoint(parent.dir / f"{name}.pt", map_location=self.device)
+        path = parent.dir / f"{name}.pt"
+        if not path.exists():
+            raise CorruptRun(parent, path, "missing")
+        try:
+            return load_checkpoint(path, map_location=self.device)
+        except CheckpointError as e:
+            raise CorruptRun(parent, path, e.why) from None
 
     def ancestor(self, cfg: RunConfig | None = None) -> RunResult:
         """A finished ancestor run of this one (default: the parent), with its ``results``,

@@ -3,7 +3,8 @@
 Built with Typer from the registry of papers (names and ``--set`` keys come from
 ``repro/papers/manifest.json``, so ``--help`` and completion start without torch).  Bad
 input ends in one line naming the problem and the valid choices, with exit code 2 (never
-a traceback); Ctrl-C ends with exit code 130 and says what is kept.  The thread count is
+a traceback); Ctrl-C ends with exit code 130 and says what is kept (repro.interrupts: from the
+command's first instruction); a full disk with exit code 3 (repro.store.DiskFull).  The thread count is
 lowered to the cores the load leaves free (:func:`choose_threads`).  The options are
 listed in README.md.
 """
@@ -16,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from repro import manifest
+from repro import interrupts, manifest
 from repro.artifacts import get_paper, papers
 from repro.config import ConfigError
 from repro.scales import SCALES
@@ -107,7 +108,11 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         # one launch for every run of every target (shared runs once), then render each target
         cfgs = {c.key: c for p, a in targets for c in plan(get_paper(p).artifact(a), request)}
         ordered = sorted(cfgs.values(), key=lambda c: len(c.ancestors()))
-        if not launch(ordered, settings):
+        if todo:
+            interrupts.note_training()
+        with interrupts.raising():  # the launchers stop their jobs on KeyboardInterrupt
+            launched = launch(ordered, settings)
+        if not launched:
             _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
             return
     written = []
@@ -123,6 +128,7 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
          f"{sum(len(v) for v in plans.values()) - len(todo) + elsewhere} reused{by_other}, "
          f"{len(written)} file(s) written{'' if show else '; --show prints the tables'}")
+    interrupts.note_finished()
 
 
 def _trained_here(todo, settings) -> tuple[int, int]:
@@ -402,6 +408,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:
+        from repro.store import EXIT_DISK_FULL, DiskFull, is_disk_full
+
+        if isinstance(e, DiskFull):
+            _fail(str(e), EXIT_DISK_FULL)
+        if is_disk_full(e) or is_disk_full(e.__context__):  # a write outside the store's writers
+            err = e if is_disk_full(e) else e.__context__
+            _fail(str(DiskFull(getattr(err, "filename", None) or "a file")), EXIT_DISK_FULL)
         runs_failed, bad = _failures()
         if isinstance(e, runs_failed):  # runs failed (details logged above): not a usage error
             _fail(str(e), 1)
@@ -417,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
 def _interrupted() -> None:
     from repro.runner import interrupted_message
 
-    _fail(interrupted_message(), 130)
+    interrupts.say(interrupted_message())  # one write, newline included; a second Ctrl-C adds nothing
+    raise SystemExit(interrupts.EXIT_INTERRUPTED)
 
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:

@@ -139,7 +139,7 @@ def worker_main(argv: Sequence[str]) -> int:
     """``python -m repro.launch SPEC``: train one run (under torchrun: with every rank)."""
     from repro.data import DataUnavailable
     from repro.nn import threads as torch_threads
-    from repro.store import CheckpointError, RunLocked
+    from repro.store import CheckpointError, DiskFull, RunLocked
     from repro.train import NonFiniteLoss
 
     if len(argv) != 1:
@@ -152,7 +152,7 @@ def worker_main(argv: Sequence[str]) -> int:
     try:
         with torch_threads(_job_threads(None)):
             what = run_one(cfg, settings)
-    except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss) as e:
+    except (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss, DiskFull) as e:
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr, flush=True)
         return 1
     _log_main(f"{cfg.paper}/{cfg.dirname}: {what}")

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from repro import distributed as D
+from repro import interrupts
 from repro.api import Request, RunContext, RunResult, Runs, Settings, first_test_images, resolve  # noqa: F401
 from repro.artifacts import Artifact, get_paper, trainer
 from repro.config import ConfigError, RunConfig
@@ -71,6 +72,7 @@ def execute(cfg: RunConfig, settings: Settings) -> str:
         for p in cfg.ancestors()[:1]:
             if not Run(settings.runs_dir, p).done:
                 raise ConfigError(f"run {cfg.name} needs {p.name} first, which has no results")
+        interrupts.note_training()
         if main:
             run.prepare()
             run.clean_temporaries()
@@ -141,9 +143,12 @@ INTERRUPTED: list[tuple[str, Run | None]] = []  # the innermost activity a Ctrl-
 
 @contextlib.contextmanager
 def activity(what: str, run: Run | None = None):
+    """A region that a Ctrl-C interrupts by ``KeyboardInterrupt`` (unwinding it); elsewhere the
+    command ends at once with one line (repro.interrupts)."""
     ACTIVE.append((what, run))
     try:
-        yield
+        with interrupts.raising():
+            yield
     except KeyboardInterrupt:
         if not INTERRUPTED:
             INTERRUPTED.append(ACTIVE[-1])
@@ -168,6 +173,9 @@ def interrupted_message() -> str:
         else:
             kept = "; no epoch of it had finished yet"
     return f"interrupted {what}{kept}; run the same command again to resume"
+
+
+interrupts.set_message(interrupted_message)  # what a Ctrl-C outside an activity says, once a run trained
 
 
 @contextlib.contextmanager

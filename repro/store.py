@@ -28,30 +28,114 @@ import torch
 from repro.config import RunConfig
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+# A write that fails for want of space (or quota) is one line naming the file, never a traceback
+# or a half-written file: atomic writes remove their temporary and leave the previous file whole.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+EXIT_DISK_FULL = 3  # the command's exit code for a full disk (README: exit codes)
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+
+
+class DiskFull(RuntimeError):
+    """Writing ``path`` failed for want of space (ENOSPC) or quota (EDQUOT)."""
+
+    def __init__(self, path, needed: int | None = None):
+        self.path, self.needed = Path(path), needed
+        need = f" (needs about {_size(needed)})" if needed else ""
+        super().__init__(f"disk full writing {path}{need}: free space and rerun the same command to resume")
+
+
+def _size(n: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def make_dirs(path: Path) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from None
+        raise
+
+
+def _write_atomically(path: Path, write, needed: int | None = None) -> None:
+    """Write ``path`` through a temporary (``write(f)``, flush, fsync, rename): a reader never sees
+    half a file, and on any failure (a full disk, Ctrl-C) the temporary is removed."""
+    from repro import interrupts
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with interrupts.temporary(tmp):
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            cause = getattr(e, "recorded", None) or e
+            if isinstance(cause, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            if is_disk_full(cause) or is_disk_full(e.__context__):
+                raise DiskFull(path, needed) from None
+            raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _write_atomically(path, lambda f: f.write(data), len(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+class _Recording:
+    """A file for torch.save that keeps the exception its writes raised (torch reports a failed
+    write as 'unexpected pos ...')."""
+
+    def __init__(self, f):
+        self.f, self.recorded = f, None
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except BaseException as e:
+            self.recorded = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(f):
+        rec = _Recording(f)
+        try:
+            torch.save(obj, rec)
+        except BaseException as e:
+            if rec.recorded is not None:
+                e.recorded = rec.recorded  # type: ignore[attr-defined]
+            raise
+
+    _write_atomically(path, write, _tensor_bytes(obj) or None)
 
 
 def remove_temporaries(folder: Path) -> list[Path]:
@@ -146,54 +230,48 @@ class Run:
         return "partial" if any((self.dir / "ckpt").glob("*.pt")) else "missing"
 
     def results(self) -> dict:
-        """results.json, checked: a JSON object (a run is done once it exists)."""
+        """results.json, checked: a JSON object; a key a reader asks for and it lacks is named
+        (repro.runfiles)."""
+        from repro import runfiles
+
         try:
             out = json.loads(self.results_path.read_text())
         except (OSError, ValueError) as e:
             raise CorruptRun(self, self.results_path, f"{type(e).__name__}: {str(e)[:80]}") from None
-        if not isinstance(out, dict):
-            raise CorruptRun(self, self.results_path, f"a JSON {type(out).__name__}, not an object")
-        return out
+        return runfiles.results(self, out)
 
     def outputs(self) -> dict:
-        """outputs.pt, checked: per-exit logits whose sample counts match their labels."""
+        """outputs.pt, checked (repro.runfiles.outputs): per-exit float logits, finite, of the
+        dataset's class count, as many samples as labels, labels in range."""
+        from repro import runfiles
+
         if not self.outputs_path.exists():
             raise CorruptRun(self, self.outputs_path, "missing")
         try:
             out = load_checkpoint(self.outputs_path)
         except CheckpointError as e:
             raise CorruptRun(self, self.outputs_path, e.why) from None
-        if not isinstance(out, dict):
-            raise CorruptRun(self, self.outputs_path, f"a {type(out).__name__}, not a dict")
-        for split in ("val", "test"):
-            logits, labels = out.get(f"{split}_logits"), out.get(f"{split}_labels")
-            if logits is None and labels is None:
-                continue
-            if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-                raise CorruptRun(self, self.outputs_path, f"{split}_labels is not a 1-d tensor")
-            if logits is None:
-                continue
-            stack = logits if isinstance(logits, (list, tuple)) else [logits]
-            for t in stack:
-                if not isinstance(t, torch.Tensor) or t.shape[-2:-1] != labels.shape:
-                    shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                    raise CorruptRun(self, self.outputs_path,
-                                     f"{split}_logits of shape {shape} do not match {labels.numel()} labels")
-        return out
+        return runfiles.outputs(self, out)
 
     def metrics(self):
-        """metrics.csv as a DataFrame (empty if the run wrote none), checked."""
+        """metrics.csv as a DataFrame, checked: there, with fit's columns and at least one row."""
         import pandas as pd
 
+        from repro import runfiles
+
         if not self.metrics_path.exists():
-            return pd.DataFrame()
+            raise CorruptRun(self, self.metrics_path, "missing")
         try:
             df = pd.read_csv(self.metrics_path)
         except (OSError, ValueError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
             raise CorruptRun(self, self.metrics_path, f"{type(e).__name__}") from None
-        if len(df) and not {"phase", "epoch"} <= set(df.columns):
-            raise CorruptRun(self, self.metrics_path, "no phase and epoch columns")
-        return df
+        return runfiles.metrics(self, df)
+
+    def load_into(self, module, name: str = "model", map_location: Any = "cpu", strict: bool = True):
+        """Load this finished run's ``<name>.pt`` into ``module`` (checked: it must fit)."""
+        from repro import runfiles
+
+        return runfiles.load_into(self, module, name, map_location, strict)
 
     def check_done(self) -> None:
         """Raise CorruptRun if this finished run's results.json cannot be read."""
@@ -204,7 +282,7 @@ class Run:
         return remove_temporaries(self.dir)
 
     def prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir)
         cfg_path = self.dir / "config.json"
         if not cfg_path.exists():
             atomic_write_json(cfg_path, self.cfg.to_dict())
@@ -224,8 +302,13 @@ class Run:
     @contextlib.contextmanager
     def lock(self, wait: bool = True, poll: float = 2.0, on_wait=None) -> Iterator[None]:
         """Hold this run's lock; with ``wait`` block until its current owner lets go or dies."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        make_dirs(self.dir)
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFull(self.dir / "lock") from None
+            raise
         held = False
         try:
             told = False
@@ -246,8 +329,14 @@ class Run:
             _HELD.add(self.dir)
             os.ftruncate(fd, 0)
             job = _job_id()
-            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-                                      **({"job": job} if job else {})}).encode(), 0)
+            info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+                               **({"job": job} if job else {})}).encode()
+            try:
+                os.pwrite(fd, info, 0)
+            except OSError as e:
+                if is_disk_full(e):
+                    raise DiskFull(self.dir / "lock", len(info)) from None
+                raise
             yield
         finally:
             try:

@@ -24,7 +24,7 @@ from torch import nn
 
 from repro import distributed as D
 from repro.config import ConfigError, TrainSpec
-from repro.store import CheckpointError, atomic_torch_save, load_checkpoint
+from repro.store import CheckpointError, atomic_torch_save, atomic_write_bytes, load_checkpoint
 
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
 # (checkpoint path, phase, epoch, epochs) of the last checkpoint this process wrote or resumed
@@ -466,14 +466,14 @@ def fit(model: nn.Module, step: Step, batches, spec: TrainSpec, *, ckpt_path: Pa
             if finished and ema is not None:  # the run ends with the averaged weights
                 bare.load_state_dict(ema.module.state_dict())
             if D.env().is_main:
+                if metrics_path is not None:  # first: a resume redoes an epoch whose checkpoint failed
+                    append_metrics(metrics_path, row)  # and rewrites its row, never leaves it out
                 atomic_torch_save({"model": bare.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                                    "stateful": [m.state_dict() for m in stateful], "rng": _rng_state(device),
                                    "epoch": epoch + 1, "finished": finished, "history": history,
                                    **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
                 LAST_CHECKPOINT = (ckpt_path, phase, epoch + 1, spec.epochs)
-                if metrics_path is not None:
-                    append_metrics(metrics_path, row)
             D.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
@@ -497,9 +497,7 @@ def append_metrics(path: Path, row: dict) -> None:
                               f"checkpoints; earlier epochs' rows are not rewritten)") from None
     keep = df[~((df.get("phase") == row["phase"]) & (df.get("epoch") == row["epoch"]))] if len(df) else df
     out = pd.concat([keep, pd.DataFrame([row])], ignore_index=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write_bytes(path, out.to_csv(index=False).encode())
 
 
 def freeze_except(model: nn.Module, trainable: Sequence[nn.Parameter]) -> None:

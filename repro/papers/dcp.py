@@ -865,7 +865,7 @@ def train_l1(ctx) -> dict:
         raise ConfigError(f"run {cfg.name}: an l1 run needs the chain unpruned -> dcp -> l1")
     data = ctx.data()
     model, slots_fn = _build(cfg, data.info)
-    model.load_state_dict(load_checkpoint(ctx.ancestor(base_cfg).run.dir / "model.pt", map_location="cpu"))
+    ctx.ancestor(base_cfg).load_into(model, map_location="cpu")
     dcp_res = ctx.ancestor(dcp_cfg).results
     shape = _input_shape(data.info)
     slots = slots_fn(model)

@@ -693,7 +693,7 @@ def _fmt_t(t: Sequence[float]) -> str:
 def _load_gated(run_result, settings, device) -> GatedBackbone:
     cfg = run_result.cfg
     net = build_gated(cfg, run_info(cfg.dataset, cfg.data.image_size, settings.data_root))
-    net.load_state_dict(load_checkpoint(run_result.run.dir / "model.pt"))
+    run_result.load_into(net)
     return net.to(device).eval()
 
 

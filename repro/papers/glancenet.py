@@ -35,7 +35,6 @@ from repro.models import create_model
 from repro.reference_data import paper_gap, paper_value
 from repro.render import dataset_name, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, run_data
-from repro.store import load_checkpoint
 
 PAPER_NAME = "glancenet"
 COST = "fvcore"  # the paper's "MFLOPs" are multiply-adds; fvcore: 1 MAC = 1, BN counted
@@ -427,7 +426,7 @@ def load_glancenet(rr, device: torch.device) -> nn.Module:
     info = replace(dataset_info(rr.cfg.dataset, rr.cfg.data.image_size),
                    num_classes=int(rr.outputs["test_logits"].shape[-1]))
     net = build_model(rr.cfg, info)
-    net.load_state_dict(load_checkpoint(rr.run.dir / "model.pt", map_location=device))
+    rr.load_into(net, map_location=device)
     return net.to(device).eval()
 
 

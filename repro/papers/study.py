@@ -54,7 +54,6 @@ from repro.models.msdnet import MSDNet
 from repro.models.staged import GatedBackbone, LinearGate
 from repro.nn import threads
 from repro.papers import dgate, glancenet, imta
-from repro.store import load_checkpoint
 
 PAPER_NAME = "study"
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # matched costs, as fractions of the full network's cost
@@ -230,9 +229,13 @@ def _features(net: MultiExitNet, batches) -> tuple[list[torch.Tensor], torch.Ten
     return dgate.features_of(net, batches, gate_features)
 
 
-def load_backbone(cfg: RunConfig, state: dict, device) -> nn.Module:
+def load_backbone(cfg: RunConfig, state, device) -> nn.Module:
+    """The backbone of ``cfg`` with its weights: a state dict, or a finished run (its checked model.pt)."""
     net = BUILDERS[cfg.paper](cfg, dataset_info(cfg.dataset))
-    net.load_state_dict(state)
+    if isinstance(state, dict):
+        net.load_state_dict(state)
+    else:
+        state.load_into(net, map_location=device)
     return net.to(device).eval()
 
 
@@ -242,7 +245,7 @@ def load_backbone(cfg: RunConfig, state: dict, device) -> nn.Module:
 def train_gates(ctx) -> dict:
     cfg, data = ctx.cfg, ctx.data()
     info, m = data.info, cfg.method
-    backbone = load_backbone(cfg.parent, ctx.parent_state(), ctx.device)
+    backbone = load_backbone(cfg.parent, ctx.ancestor(), ctx.device)
     for p in backbone.parameters():
         p.requires_grad_(False)
     # the frozen network runs as its inference copy (BatchNorm folded, channels_last: the same
@@ -676,10 +679,10 @@ def time_policies(nets: dict, x: torch.Tensor, curves: dict, scale: str, device)
 
 def _nets(rr_backbone, rr_gates, device) -> dict:
     cfg = rr_backbone.cfg
-    backbone = load_backbone(cfg, load_checkpoint(rr_backbone.run.dir / "model.pt", map_location=device), device)
+    backbone = load_backbone(cfg, rr_backbone, device)
     fast = inference_net(backbone)  # BatchNorm folded, channels_last: both paths run this copy
     gated = gated_net(fast)
-    gate_layers(gated).load_state_dict(load_checkpoint(rr_gates.run.dir / "gates.pt", map_location=device))
+    rr_gates.load_into(gate_layers(gated), "gates", map_location=device)
     return {"backbone": fast, "gates": gated.to(device).eval()}
 
 
