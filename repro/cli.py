@@ -52,7 +52,10 @@ def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, s
 
 
 def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
-         no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False, show_config: bool = False) -> None:
+         no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False, show_config: bool = False,
+         level: float = 0.95, auto: str = "", write: bool = True) -> dict | None:
+    """Check, plan, train (or reuse) and render ``targets``; with ``write`` False (a --seeds auto look)
+    judge their claims and write nothing: returns {(paper, artifact): verdicts}."""
     import time
 
     from repro.train import keep_freed_memory
@@ -115,20 +118,50 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         if not launched:
             _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
             return
-    written = []
+    written, judged = [], {}
     for p, a in targets:
-        paths = run_artifact(p, a, request, settings, launch=launch if no_train else None)
+        verdicts: list = []
+        paths = run_artifact(p, a, request, settings, launch=launch if no_train else None, level=level, auto=auto,
+                             write=write, verdicts=verdicts)
+        judged[(p, a)] = verdicts
+        if not write:
+            continue
         written += paths
+        _say_claims(p, a, verdicts)
         _log(f"{p} {a}: wrote {', '.join(str(x) for x in paths)}")
         for path in paths:
             if show and path.suffix == ".md":
                 print(path.read_text())
+    if not write:
+        return judged
     trained, elsewhere = _trained_here(todo.values(), settings)
     by_other = f" ({elsewhere} trained by another process meanwhile)" if elsewhere else ""
     _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
          f"{sum(len(v) for v in plans.values()) - len(todo) + elsewhere} reused{by_other}, "
          f"{len(written)} file(s) written{'' if show else '; --show prints the tables'}")
     interrupts.note_finished()
+    return judged
+
+
+_COLOURS = {"reproduced": "green", "contradicted": "red", "smaller than claimed": "yellow", "inconclusive": "blue"}
+
+
+def _say_claims(paper: str, artifact: str, verdicts: list) -> None:
+    """An artifact's claims, one line each (ours with its interval, the paper's, the verdict), on
+    standard error before the paths: coloured on a terminal, plain when redirected."""
+    if not verdicts:
+        return
+    colour = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    _log(f"{paper} {artifact}: {len(verdicts)} claim(s)")
+    for name, g, paper_value, sign, v, headline, line in verdicts:
+        text = ("* " if headline else "  ") + line
+        if colour and v.word in _COLOURS:
+            from rich.console import Console
+            from rich.text import Text
+
+            Console(stderr=True, highlight=False, soft_wrap=True).print(Text(text, style=_COLOURS[v.word]))
+        else:
+            print(text, file=sys.stderr, flush=True)
 
 
 def _trained_here(todo, settings) -> tuple[int, int]:
@@ -171,7 +204,9 @@ def _make_command(targets_fn, multi: bool = False):
         scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
         dataset: Optional[str] = typer.Option(None, help="Override the dataset (cifar10, cifar100, imagenet, fashion-mnist)."),
         data_root: Optional[str] = typer.Option(None, help="Where datasets live (default $REPRO_DATA or ~/.cache/repro)."),
-        seeds: int = typer.Option(1, help="Train every run with seeds 0..N-1; tables show mean ± std."),
+        seeds: str = typer.Option("1", help="Train every run with seeds 0..N-1, or 'auto': 3, 5, 7, 10 seeds "
+                                  "(up to --max-seeds) until every headline claim is settled (docs/statistics.md)."),
+        max_seeds: int = typer.Option(10, help="With --seeds auto: the most seeds it trains."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         epochs: Optional[int] = typer.Option(None, help="Override every run's epochs."),
         train_limit: Optional[int] = typer.Option(None, help="Use only N training images."),
@@ -214,6 +249,7 @@ def _make_command(targets_fn, multi: bool = False):
             if k in options:
                 raise ConfigError(f"--set {k} is given twice ({k}={options[k]} and {k}={v}); give each key once")
             options[k] = v
+        auto, seeds = _parse_seeds(seeds, max_seeds)
         # the bounds that need no plan, before torch is imported (the Request checks them again)
         for name, value in (("seeds", seeds), ("epochs", epochs), ("train_limit", train_limit),
                             ("batch_size", batch_size)):
@@ -242,9 +278,75 @@ def _make_command(targets_fn, multi: bool = False):
                 raise ConfigError("--only applies to `repro all` and `repro <paper> all`")
             kinds = {(p, a[0]): a[2] for p, m in manifest.load().items() for a in m["artifacts"]}
             targets = [t for t in targets if kinds.get(t) == only]
-        _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config)
+        if auto:
+            _run_auto(auto, targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show,
+                      show_config)
+        else:
+            _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config)
 
     return command
+
+
+def _parse_seeds(seeds: str, max_seeds: int) -> tuple[tuple[int, ...], int]:
+    """``--seeds N`` -> ((), N); ``--seeds auto`` -> (the looks, the first look)."""
+    from repro.bounds import check_int
+
+    if seeds.strip().lower() == "auto":
+        check_int("seeds", max_seeds)
+        from repro.stats import MIN_SEEDS, looks
+
+        if max_seeds < MIN_SEEDS:
+            raise ConfigError(f"--max-seeds {max_seeds} is below {MIN_SEEDS}, the fewest seeds a verdict needs; "
+                              f"give {MIN_SEEDS} to 100")
+        marks = looks(max_seeds)
+        return marks, marks[0]
+    try:
+        return (), int(seeds)
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give a whole number of seeds (1 to 100) or auto") from None
+
+
+def _run_auto(marks, targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show,
+              show_config) -> None:
+    """--seeds auto: train and judge at each look (3, 5, 7, 10 seeds, up to the cap), every interval at
+    the Bonferroni level over the looks; stop at the first look where every headline claim (every
+    claim, where an artifact marks none) is reproduced, contradicted or smaller than claimed, and
+    write the outputs there, saying how many seeds were trained and why it stopped."""
+    from dataclasses import replace
+
+    from repro.stats import look_level
+
+    level = look_level(len(marks))
+    plan_text = (f"--seeds auto: looks at {', '.join(map(str, marks))} seeds, each claim's interval at "
+                 f"{100 * level:.4g} % (Bonferroni over {len(marks)} looks)")
+    if dry_run or show_config:
+        _log(plan_text + f"; the first look trains {marks[0]} seeds, later ones add seeds as the claims need")
+        return _run(targets, replace(request, seeds=marks[0]), settings, dry_run, launcher, jobs, no_wait, cluster,
+                    no_train, show, show_config)
+    for i, n in enumerate(marks):
+        req = replace(request, seeds=n)
+        last = i == len(marks) - 1
+        open_claims = []
+        _log(f"--seeds auto: look {i + 1} of {len(marks)}, {n} seeds")
+        judged = _run(targets, req, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config,
+                      level=level, write=False)
+        if judged is None:  # submitted elsewhere, not waiting
+            return
+        for (p, a), verdicts in judged.items():
+            heads = [v for v in verdicts if v[5]] or verdicts
+            open_claims += [f"{p} {a}: {v[0]}" for v in heads if not v[4].settled]
+        if request.scale == "smoke":  # no verdicts at smoke scale: nothing more seeds could settle
+            open_claims, last = [], True
+        if not open_claims or last:
+            why = ("smoke scale gives no verdicts" if request.scale == "smoke" else
+                   "every headline claim settled" if not open_claims else
+                   f"the cap --max-seeds {n}, with {len(open_claims)} headline claim(s) still inconclusive")
+            auto = f"{plan_text}; stopped at {n} seeds: {why}"
+            _log(auto)
+            _run(targets, req, settings, dry_run, launcher, jobs, no_wait, cluster, True, show, False, level=level,
+                 auto=auto)
+            return
+        _log(f"--seeds auto: {len(open_claims)} headline claim(s) not settled at {n} seeds; adding seeds")
 
 
 def build_app() -> typer.Typer:

@@ -417,23 +417,24 @@ def rate_with_spread(correct: Sequence[torch.Tensor]) -> tuple[float, float]:
     return float(correct[0].double().mean() * 100), (hi - lo) / 2
 
 
-def gap_with_spread(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> tuple[float, float]:
-    """The one rule for the spread of a gap between two methods (pp): ``a`` and ``b`` hold, per seed,
-    each test sample's correctness (0/1, the same samples in the same order).  One seed: the gap
-    and the half-width of the 95 % paired bootstrap interval of the per-sample difference (both
-    methods scored on the same resampled samples); N ≥ 2 seeds: the mean of the per-seed gaps and
-    the half-width of their 95 % t-interval (:func:`mean_and_spread`)."""
+def gap_with_spread(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], arms=None):
+    """The one rule for a gap between two methods (points): ``a`` and ``b`` hold, per seed, each test
+    sample's correctness (0/1, or a fraction on an interpolated curve; the same samples in the same
+    order).  Returns the :class:`repro.stats.Gap` (the mean of the per-seed gaps, its interval counting
+    the seeds and the test images they share, and the evidence itself); it unpacks as (gap,
+    half-width of its 95 % interval) where a table shows "mean ± spread".  ``arms``: the run names
+    behind ``a`` and ``b`` (each a name or a list of names), so that a claim can show an outlying
+    seed of one of them."""
+    from repro.stats import gap_evidence
+
     if len(a) != len(b) or not a:
         raise ValueError(f"a gap needs the same seeds on both sides, got {len(a)} and {len(b)}")
-    diffs = []
     for x, y in zip(a, b):
         if x.shape != y.shape:
             raise ValueError("the methods compared are not scored on the same test samples")
-        diffs.append(x.double().flatten() - y.double().flatten())
-    if len(diffs) > 1:
-        return mean_and_spread([float(d.mean() * 100) for d in diffs])
-    lo, hi = bootstrap_ci(diffs[0])  # the "accuracy" of a difference: its mean, in %
-    return float(diffs[0].mean() * 100), (hi - lo) / 2
+    if arms is not None:
+        arms = tuple((side,) if isinstance(side, str) else tuple(side) for side in arms)
+    return gap_evidence(a, b, arms)
 
 
 def cpu_model() -> str:

@@ -42,6 +42,10 @@ class BuildContext:
     threads: tuple[int, ...] = ()  # torch threads they trained with
     training: str = ""            # how much they trained on: images and epochs (:func:`training_note`)
     run_set: str = ""             # :func:`run_set_digest` of their seed-0 run folders
+    level: float = 0.95           # the confidence level of the claims' intervals (lower per look under --seeds auto)
+    auto: str = ""                # --seeds auto: how many seeds were trained and why it stopped
+    outliers: tuple = ()          # (run name, seed, its validation top-1, the median of its siblings')
+    verdicts: list = field(default_factory=list, compare=False)  # (claim, Verdict, headline), as rendered
 
     @property
     def paper_setting(self) -> bool:
@@ -55,12 +59,14 @@ _CONTEXT: ContextVar[BuildContext | None] = ContextVar("repro_build_context", de
 
 @contextlib.contextmanager
 def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = (), training: str = "",
-             run_set: str = ""):
-    """Set the :class:`BuildContext` of ``request`` while an artifact builds."""
-    token = _CONTEXT.set(BuildContext(request.scale, request.seeds, tuple(request.overrides()), runs, wall_seconds,
-                                      tuple(sorted(set(threads))), training, run_set))
+             run_set: str = "", level: float = 0.95, auto: str = "", outliers: Sequence = ()):
+    """Set the :class:`BuildContext` of ``request`` while an artifact builds; yields it (its
+    ``verdicts`` fill as the claims are rendered)."""
+    ctx = BuildContext(request.scale, request.seeds, tuple(request.overrides()), runs, wall_seconds,
+                       tuple(sorted(set(threads))), training, run_set, level, auto, tuple(outliers))
+    token = _CONTEXT.set(ctx)
     try:
-        yield
+        yield ctx
     finally:
         _CONTEXT.reset(token)
 
@@ -138,10 +144,22 @@ class Meta:
                 f"— ours: {self.dataset}, {scale} scale")
 
     def lines(self) -> list[str]:
-        seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
-        spread = ("mean ± half-width of the 95 % t-interval over seeds" if self.seeds > 1
-                  else "± is the 95 % bootstrap interval over test samples (half-width)")
+        from repro.stats import MIN_SEEDS
+
         ctx = context()
+        seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
+        level = f"{100 * ctx.level:.4g} %" if ctx is not None else "95 %"
+        spread = ("cells: mean ± half-width of the 95 % t-interval over seeds; claims: the mean gap over seeds "
+                  f"and its {level} interval counting the seeds and the test images they share" if self.seeds > 1
+                  else "± is the 95 % bootstrap interval over test samples (half-width)")
+        if self.seeds < MIN_SEEDS:
+            spread += (f"; the seed-to-seed spread is {'unknown' if self.seeds == 1 else 'barely known'}, so no claim "
+                       f"gets a verdict below {MIN_SEEDS} seeds (--seeds {MIN_SEEDS}, or --seeds auto)")
+        if ctx is not None and ctx.auto:
+            spread += f"; {ctx.auto}"
+        outlying = [f"outlying seeds (shown, not dropped; claims that use them give the verdict without them too): "
+                    + "; ".join(f"{name} seed {seed}: validation top-1 {val:.2f} % against its siblings' median "
+                                f"{med:.2f} %" for name, seed, val, med in ctx.outliers)] if ctx and ctx.outliers else []
         overrides = ", ".join(ctx.overrides) if ctx and ctx.overrides else "none"
         setting = ("no paper numbers: the comparison is among our own runs" if not self.reference else
                    "the paper's setting: Δ = ours − paper" if ctx is None or ctx.paper_setting else
@@ -153,7 +171,7 @@ class Meta:
         training += [f"run set: {ctx.run_set} (digest of the seed-0 run folders)"] if ctx and ctx.run_set else []
         return [f"scale: {self.scale}", f"dataset: {self.dataset}", *model, f"seeds: {seeds} ({spread})",
                 f"overrides: {overrides}", f"comparison: {setting}", f"cost: {self.flops}",
-                f"commit: {git_commit()}", *wall, *training, *self.notes]
+                f"commit: {git_commit()}", *wall, *training, *outlying, *self.notes]
 
     def header_lines(self) -> list[str]:
         return [self.heading(), *self.lines()]
@@ -478,40 +496,37 @@ def axes_lines(fig) -> list[str]:
     return out
 
 
-def claim(name: str, ours: float, spread: float, paper: float | None, sign: int | None = None) -> str:
-    """A one-line verdict on a paper's claimed gain: **reproduced** (beyond the spread, the paper's
-    sign), **contradicted** (beyond the spread, the opposite sign) or **unresolved** (within it).
-    The paper's sign is that of its number, or ``sign`` (+1/-1) where it states a direction and no
-    number.  At one seed the spread is over test images only (not over training seeds), which the
-    verdict says; at smoke scale there is none."""
+def claim(name: str, evidence, paper: float | None = None, sign: int | None = None, headline: bool = False) -> str:
+    """A claim's one line (:func:`repro.stats.claim_line`): ours with its interval, the paper's
+    value, and the verdict (reproduced / contradicted / smaller than claimed / inconclusive, with
+    the magnitude against the paper or the detectable gap and the seeds the paper's gap needs); no
+    verdict below 3 seeds or at smoke scale.  An outlying seed of a run the claim compares (the
+    build context's ``outliers``) is named, with the verdict without it.  The verdict is recorded
+    in the build context (what ``--seeds auto`` and the claims files read)."""
+    from repro import stats
+
     if sign not in (None, 1, -1):
         raise ValueError(f"a claim's sign is +1, -1 or None, got {sign!r}")
-    has_paper = paper is not None and not math.isnan(paper)
-    p = f"; paper {paper:+.2f}" if has_paper else ""
-    want = (1 if paper > 0 else -1) if has_paper and paper != 0 else sign
+    g = evidence if isinstance(evidence, stats.Gap) else stats.fixed(float(evidence))
     ctx = context()
-    one_seed = ", at 1 seed: the spread is over test images, not seeds" if ctx is not None and ctx.seeds == 1 else ""
-    if ctx is not None and ctx.scale == "smoke":
-        verdict = "smoke scale: a pipeline check, no verdict"
-    elif math.isnan(spread):
-        verdict = "no spread available: no verdict"
-    elif spread == 0 and ours == 0:  # two runs that agree on every sample, or equal counts
-        verdict = "unresolved: no difference"
-    elif spread == 0:  # a fixed quantity (a FLOPs count): a difference, not a measurement
-        verdict = ("a fixed quantity, no spread" if want is None else
-                   "reproduced: a fixed quantity of the paper's sign" if (ours > 0) == (want > 0) else
-                   "contradicted: a fixed quantity of the opposite sign")
-    elif abs(ours) <= spread:
-        verdict = "unresolved: within the spread" + one_seed
-    elif want is None:
-        verdict = "beyond the spread; the paper states no direction" + one_seed
-    elif (ours > 0) == (want > 0):
-        verdict = "reproduced: the paper's sign, beyond the spread" + one_seed
-    else:
-        verdict = "contradicted: the opposite sign, beyond the spread" + one_seed
-    # no "± 0.00": a spread of exactly 0 (a fixed quantity, or two runs that agree on every sample)
-    spread_text = "" if spread == 0 else f" ± {spread:.2f}" if spread >= 0.005 or math.isnan(spread) else " ± <0.01"
-    return f"{name}: ours {ours:+.2f}{spread_text}{p} ({verdict})"
+    level = ctx.level if ctx is not None else stats.LEVEL
+    scale = ctx.scale if ctx is not None else ""
+    line, v = stats.claim_line(name, g, paper, sign, level, scale)
+    if scale == "smoke":  # a pipeline check: no verdict, whatever the numbers
+        v = stats.Verdict("", v.lo, v.hi, v.level, "smoke scale", v.detectable)
+    if ctx is not None and scale != "smoke":
+        drop = sorted({s for run, s, *_ in ctx.outliers if g.arms and any(run in side for side in g.arms)})
+        if drop:
+            alt = stats.without_seeds(g, drop)
+            seeds = ", ".join(map(str, drop))
+            if alt is None:
+                line += f"; uses outlying seed {seeds}"
+            else:
+                alt_line, _ = stats.claim_line("", alt, paper, sign, level, scale)
+                line += f"; uses outlying seed {seeds} (without it, {alt.seeds} seeds:{alt_line[1:]})"
+    if ctx is not None:
+        ctx.verdicts.append((name, g, paper, sign, v, headline, line))
+    return line
 
 
 def _fit_text(artist, text: str, chars: int, max_px: float, renderer) -> str:
@@ -627,16 +642,23 @@ def write_figure(series: Sequence[Series], meta: Meta, out_dir: Path, xlabel: st
 
 @dataclass
 class Claim:
-    """A gain the paper claims and ours measured (a gap between two of our rows, with its spread by
-    the one rule: :func:`gap_with_spread`); the core renders it as one verdict line (:func:`claim`)."""
+    """A gain the paper claims and ours measured: ``evidence`` is a :class:`repro.stats.Gap` (a gap
+    between two of our arms with its per-image evidence: :func:`repro.exits.gap_with_spread`; one
+    value per seed: :func:`repro.stats.seeds_evidence`) or a number (a fixed quantity, e.g. a FLOPs
+    count); the core renders it as one verdict line (:func:`claim`).  ``headline``: one of the
+    paper's central claims (``--seeds auto`` adds seeds until every headline claim is settled)."""
     name: str
-    ours: float
-    spread: float
+    evidence: object
     paper: float | None = None  # the paper's gap, from its reference CSV; None: the paper gives none
     sign: int | None = None      # +1/-1: the direction the paper claims where it prints no number
+    headline: bool = False
+
+    @property
+    def ours(self) -> float:
+        return float(getattr(self.evidence, "gap", self.evidence))
 
     def line(self) -> str:
-        return claim(self.name, self.ours, self.spread, self.paper, self.sign)
+        return claim(self.name, self.evidence, self.paper, self.sign, self.headline)
 
 
 @dataclass
@@ -728,7 +750,14 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
     for out in items:
         if not isinstance(out, (Table, Figure)):
             raise TypeError(f"{paper} {artifact}: a build returns Table or Figure objects, got {type(out).__name__}")
+        ctx = context()
+        before = len(ctx.verdicts) if ctx is not None else 0
         meta = meta_for(out, paper, artifact, request.scale, request.seeds)
+        rendered = ctx.verdicts[before:] if ctx is not None else [
+            (c.name, c.evidence, c.paper, c.sign, None, c.headline, c.line()) for c in out.claims]
+        if out.claims:
+            out_dir = settings.tables_dir if isinstance(out, Table) else settings.figures_dir
+            paths += write_claims(rendered, meta, Path(out_dir))
         if isinstance(out, Table):
             if out.frame is not None:
                 df = out.frame
@@ -755,4 +784,53 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
                                       paper_title=out.paper_title, legend=out.legend, note=out.note,
                                       integer_x=out.integer_x, title=out.panel_title, paper_sharex=out.paper_sharex,
                                       **({"collapsed": out.collapsed} if out.collapsed else {}))
+    return paths
+
+
+# --------------------------------------------------------------------------- the claims' files
+
+CLAIM_COLUMNS = ["claim", "headline", "kind", "seeds", "per_seed_gaps", "gap", "lo", "hi", "level", "paper",
+                 "direction", "verdict", "detail", "detectable_gap", "seeds_needed", "line"]
+
+
+def claims_frame(rendered) -> pd.DataFrame:
+    """One row per claim as rendered (name, evidence, paper, sign, verdict, headline, line): what
+    ``<paper>_<artifact>.claims.csv`` holds and ``repro claims`` reads."""
+    from repro import stats
+
+    rows = []
+    for name, g, paper, sign, v, headline, line in rendered:
+        g = g if isinstance(g, stats.Gap) else stats.fixed(float(g))
+        ctx = context()
+        v = v or stats.verdict(g, paper, sign, ctx.level if ctx else stats.LEVEL)
+        has_p = paper is not None and not (isinstance(paper, float) and math.isnan(paper))
+        rows.append({"claim": name, "headline": bool(headline), "kind": g.kind, "seeds": g.seeds,
+                     "per_seed_gaps": ";".join(f"{x:.4f}" for x in g.per_seed), "gap": round(g.gap, 6),
+                     "lo": round(v.lo, 6), "hi": round(v.hi, 6), "level": v.level,
+                     "paper": round(float(paper), 6) if has_p else None,
+                     "direction": (1 if paper > 0 else -1) if has_p and paper != 0 else sign,
+                     "verdict": v.word or "no verdict", "detail": v.detail,
+                     "detectable_gap": None if math.isnan(v.detectable) else round(v.detectable, 4),
+                     "seeds_needed": v.seeds_needed, "line": line})
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def write_claims(rendered, meta: Meta, out_dir: Path) -> list[Path]:
+    """``<paper>_<artifact>.claims.csv`` (every claim with its per-seed gaps, interval, verdict and
+    detectable gap, under the output's header) and, where a claim has per-image evidence,
+    ``<paper>_<artifact>.evidence.npz`` (each arm's per-test-image scores per seed: packed bits, about
+    1.3 kB per run and exit), from which anyone can redo the statistics (``repro claims --recompute``)."""
+    from repro import stats
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{meta.paper}_{meta.artifact}"
+    csv = stem.with_name(stem.name + ".claims.csv")
+    head = "".join(f"# {line}\n" for line in meta.header_lines())
+    atomic_write_text(csv, head + claims_frame(rendered).to_csv(index=False))
+    paths = [csv]
+    with_evidence = [(name, g) for name, g, *_ in rendered if isinstance(g, stats.Gap) and g.a is not None]
+    if with_evidence:
+        npz = stem.with_name(stem.name + ".evidence.npz")
+        atomic_write_bytes(npz, stats.evidence_bytes(with_evidence))
+        paths.append(npz)
     return paths

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -361,8 +362,12 @@ def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
 
 
 def run_artifact(paper_name: str, artifact_name: str, request: Request, settings: Settings,
-                 launch: Callable[[Sequence[RunConfig], Settings], bool] | None = None) -> list[Path]:
-    """Make sure the artifact's runs are done (or launched), then build it. Returns written paths."""
+                 launch: Callable[[Sequence[RunConfig], Settings], bool] | None = None, *, level: float = 0.95,
+                 auto: str = "", write: bool = True, verdicts: list | None = None) -> list[Path]:
+    """Make sure the artifact's runs are done (or launched), then build it. Returns written paths.
+    ``level``: the claims' confidence level; ``auto``: the header's --seeds auto line; without
+    ``write`` the build's claims are judged but nothing is written (--seeds auto's looks);
+    ``verdicts`` collects (claim, evidence, paper, sign, verdict, headline, line) of every claim."""
     paper = get_paper(paper_name)
     artifact = paper.artifact(artifact_name)
     paper.check_options(request.options)
@@ -375,7 +380,7 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         return []
     from dataclasses import replace
 
-    from repro.render import building, run_set_digest, training_note, write_outputs
+    from repro.render import building, claim, run_set_digest, training_note, write_outputs
 
     settings = replace(settings, scale=request.scale)
     import json
@@ -386,12 +391,60 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
             metas.append(json.loads((Run(settings.runs_dir, c).dir / "meta.json").read_text()))
         except (OSError, ValueError):
             pass
+    named = named_runs(artifact, request)
     with building(request, runs=len(cfgs), wall_seconds=sum(m.get("seconds", 0.0) for m in metas),
                   threads=[m["threads"] for m in metas if "threads" in m],
                   training=training_note(cfgs, lambda c: _split_sizes(c, settings)),
-                  run_set=run_set_digest(f"{c.paper}/{c.dirname}" for c in cfgs if c.seed == 0)):
-        built = artifact.build(request, Runs(request, settings, named_runs(artifact, request)), settings)
-        return write_outputs(built, paper_name, artifact_name, request, settings)
+                  run_set=run_set_digest(f"{c.paper}/{c.dirname}" for c in cfgs if c.seed == 0),
+                  level=level, auto=auto, outliers=outlying_seeds(named, request, settings)) as ctx:
+        built = artifact.build(request, Runs(request, settings, named), settings)
+        if write:
+            paths = write_outputs(built, paper_name, artifact_name, request, settings)
+        else:
+            from repro.render import Figure, Table
+
+            for out in built if isinstance(built, (list, tuple)) else [built]:
+                if isinstance(out, (Table, Figure)):
+                    for c in out.claims:
+                        claim(c.name, c.evidence, c.paper, c.sign, c.headline)
+            paths = []
+        if verdicts is not None:
+            verdicts.extend(ctx.verdicts)
+        return paths
+
+
+def validation_top1(run: Run) -> tuple[float, int] | None:
+    """A finished run's validation top-1 (%) at its last exit and its class count, from its outputs
+    (``val_logits``, ``val_labels``); None where it saved none."""
+    try:
+        out = run.outputs()
+        logits, labels = out["val_logits"], out["val_labels"]
+    except Exception:  # no outputs, or none on validation: nothing to compare
+        return None
+    if logits.dim() == 3:
+        logits = logits[-1]
+    return float((logits.argmax(-1) == labels).double().mean() * 100), int(logits.shape[-1])
+
+
+def outlying_seeds(named: dict, request: Request, settings: Settings) -> list[tuple[str, int, float, float]]:
+    """Every named run whose validation top-1 at some seed is far from its siblings' (more than 3
+    robust deviations from their median, or within 5 points of chance: :func:`repro.stats.outlying`):
+    (name, seed, its top-1, the median).  Needs 3 seeds or more; shown in the header, never dropped."""
+    from repro.stats import MIN_SEEDS, outlying
+
+    if request.seeds < MIN_SEEDS or request.scale == "smoke":  # smoke runs sit near chance by design
+        return []
+    out = []
+    for name, cfg in named.items():
+        if cfg is None:
+            continue
+        got = [validation_top1(Run(settings.runs_dir, c)) for c in resolve(cfg, request)]
+        if any(g is None for g in got):
+            continue
+        vals = [g[0] for g in got]
+        med = statistics.median(vals)
+        out += [(name, s, vals[s], med) for s in outlying(vals, chance=100 / got[0][1])]
+    return out
 
 
 def _split_sizes(cfg: RunConfig, settings: Settings) -> tuple[int | None, int]:

@@ -536,12 +536,14 @@ def _correct(*runs) -> list[torch.Tensor]:
                          for r in seed]).mean(0) for seed in zip(*runs)]
 
 
-def _gap(name: str, runs, a: list[str], b: list[str], artifact: str, paper: float | None = None) -> Claim:
+def _gap(name: str, runs, a: list[str], b: list[str], artifact: str, paper: float | None = None,
+         headline: bool = False) -> Claim:
     """The claim of a top-1 gap mean(a) - mean(b) over run names, the paper's gap of the same rows
     (``paper``, or its rows' gap in ``artifact``) beside it."""
     if paper is None and len(a) == 1:
         paper = paper_gap(PAPER_NAME, artifact, a[0], b[0], "top1")
-    return Claim(name, *gap_with_spread(_correct(*(runs[k] for k in a)), _correct(*(runs[k] for k in b))), paper)
+    return Claim(name, gap_with_spread(_correct(*(runs[k] for k in a)), _correct(*(runs[k] for k in b)), arms=(a, b)),
+                 paper, headline=headline)
 
 
 def _mean_result(runs, key: str) -> float:
@@ -604,12 +606,13 @@ def build_table4(request, runs, settings) -> Table:
         for loss in LOSSES:
             top1, spread = _top1(runs[f"{key}/{loss}"])
             ours.append({"row": key, "column": loss, "value": top1, "spread": spread})
-    claims = [_gap(f"{COMPACT[key].label}: bias loss - {other}", runs, [f"{key}/bias"], [f"{key}/{other}"], "table4")
+    claims = [_gap(f"{COMPACT[key].label}: bias loss - {other}", runs, [f"{key}/bias"], [f"{key}/{other}"], "table4",
+                   headline=other == "ce")
               for key in COMPACT for other in ("ce", "focal")]
     for other in ("ce", "focal"):
         paper = [paper_gap(PAPER_NAME, "table4", f"{k}/bias", f"{k}/{other}", "top1") for k in COMPACT]
         claims.append(_gap(f"mean over the 5 models: bias loss - {other}", runs, [f"{k}/bias" for k in COMPACT],
-                           [f"{k}/{other}" for k in COMPACT], "table4", sum(paper) / len(paper)))
+                           [f"{k}/{other}" for k in COMPACT], "table4", sum(paper) / len(paper), headline=other == "ce"))
     # the paper's Table 4 is keyed (<model>/<loss>, top1) and (<model>, params_m): read it as (<model>, <loss>)
     ref = load_reference(PAPER_NAME)
     ref = ref[ref["artifact"] == "table4"]

@@ -966,8 +966,8 @@ def _claims(runs, archs: Sequence[str]) -> list[Claim]:
         d, l1, u = (_correct(runs[f"{a}/{m}"]) for m in ("dcp", "l1", "unpruned"))
         label = ARCHS[a].label
         out += [Claim(f"{label}: DCP − L1-norm top-1 at the same FLOPs (paper: DCP is superior, no L1 number)",
-                      *gap_with_spread(d, l1), sign=+1),
-                Claim(f"{label}: DCP − unpruned top-1", *gap_with_spread(d, u))]
+                      gap_with_spread(d, l1, arms=(f"{a}/dcp", f"{a}/l1")), sign=+1, headline=True),
+                Claim(f"{label}: DCP − unpruned top-1", gap_with_spread(d, u, arms=(f"{a}/dcp", f"{a}/unpruned")))]
     return out
 
 

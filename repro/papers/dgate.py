@@ -825,7 +825,7 @@ def _dg_table(artifact: str, arch_name: str):
                     vals[f"exit{i + 1}_pct"] = mean_and_spread([s["fractions"][i] for s in seeds])
             long += [{"row": key, "column": c, "value": v, "spread": s} for c, (v, s) in vals.items()]
             if key.startswith("dg("):
-                claims.append(Claim(f"top-1 change of {key} vs original", *drop,
+                claims.append(Claim(f"top-1 change of {key} vs original", drop,
                                     paper_gap(PAPER_NAME, artifact, key, "original", "top1")))
 
         # the paper's numbers: its own rows, and for our tuned rows those of its row at the same margin
@@ -895,7 +895,7 @@ def build_imagenet(request, runs, settings):
              "the paper's ResNet-101 row is quoted from BlockDrop; ACT/SACT/BlockDrop are the paper's quotes only"]
     if request.scale != "paper":
         notes.insert(0, "smaller scales: the same runs as table1 (the scale's dataset), not ImageNet")
-    claims = [Claim("top-1 change of d-gates vs ResNet-101", *_vs_original(rows, "dgate", "resnet-101"),
+    claims = [Claim("top-1 change of d-gates vs ResNet-101", _vs_original(rows, "dgate", "resnet-101"),
                     paper_gap(PAPER_NAME, "imagenet", "dgate", "resnet-101", "top1"))]
     return Table("ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg.dataset, _model(cfg),
                  _cost(request), long, IMAGENET_ROWS, ["top1", unit, "flops_reduction_pct", f"{unit}_saved"],
@@ -973,8 +973,8 @@ def build_fig4(request, runs, settings):
             continue
         claims.append(Claim(f"top-1 of hinge gates minus CE gates (max softmax) at {100 * frac:.0f} % of the "
                             "original's FLOPs (interpolated)",
-                            *gap_with_spread(correct_at_cost(base_pts, x), correct_at_cost(soft_pts, x)),
-                            sign=+1))  # the paper: hinge-trained gates are the better ones at equal cost
+                            gap_with_spread(correct_at_cost(base_pts, x), correct_at_cost(soft_pts, x)),
+                            sign=+1, headline=True))  # the paper: hinge-trained gates are the better ones at equal cost
     xlabel = f"average {'GFLOPs' if request.scale == 'paper' else 'MFLOPs'} per image (2 x multiply-adds, fvcore)"
     same = request.scale == "paper" and hinge.dataset == "cifar10"  # the paper's dataset and unit: one axis
     return Figure("Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge.dataset, _model(hinge),

@@ -326,8 +326,9 @@ def _ablation_table(artifact: str):
             mean, spread = accuracy_with_spread(_tests(runs[key]))
             ours += [{"row": key, "column": c, "value": v, "spread": s} for c, v, s in zip(cols, mean, spread)]
         claims = [Claim(f"gain of GE+ISC+OFA over MSDNet at {c}",
-                        *gap_with_spread(_correct(runs["ge+isc+ofa"], k), _correct(runs["baseline"], k)),
-                        paper_gap(PAPER_NAME, artifact, "ge+isc+ofa", "baseline", c))
+                        gap_with_spread(_correct(runs["ge+isc+ofa"], k), _correct(runs["baseline"], k),
+                                        arms=("ge+isc+ofa", "baseline")),
+                        paper_gap(PAPER_NAME, artifact, "ge+isc+ofa", "baseline", c), headline=True)
                   for k, c in enumerate(cols)]
         base = runs.config("baseline")
         return Table("Top-1 (%) at every exit, ablation of GE / ISC / OFA", base.dataset, _model(base),
@@ -541,7 +542,8 @@ def _budget_points(runs, name: str) -> list:
     return out
 
 
-def budget_claims(runs, a: str, b: str, what: str, fractions=(0.25, 0.5, 0.75)) -> tuple[list[Claim], list[str]]:
+def budget_claims(runs, a: str, b: str, what: str, fractions=(0.25, 0.5, 0.75), headline: bool = False
+                  ) -> tuple[list[Claim], list[str]]:
     """The paper's claim of Figs. 2-5: ``a``'s budgeted-batch curve lies above ``b``'s.  Gaps at
     equal average cost (``fractions`` of the full network's), each curve interpolated per sample, so
     the gap is paired (:func:`repro.exits.gap_with_spread`); costs outside either curve are noted."""
@@ -555,14 +557,15 @@ def budget_claims(runs, a: str, b: str, what: str, fractions=(0.25, 0.5, 0.75)) 
             notes.append(f"{what} at {100 * f:.0f} % of the full network's cost: outside a curve's range")
             continue
         claims.append(Claim(f"budgeted-batch top-1 of {what} at {100 * f:.0f} % of the full network's cost "
-                            "(interpolated)", *gap_with_spread(correct_at_cost(pa, f * full), correct_at_cost(pb, f * full)),
-                            sign=+1))  # the paper: IMTA's curve lies above MSDNet's at every budget
+                            "(interpolated)", gap_with_spread(correct_at_cost(pa, f * full), correct_at_cost(pb, f * full),
+                                                              arms=(a, b)),
+                            sign=+1, headline=headline))  # the paper: IMTA's curve lies above MSDNet's at every budget
     return claims, notes
 
 
 def build_fig4(request, runs, settings):
     series, data = _curves(runs, LABELS, {LABELS[k]: c for k, c in ROW_COLORS.items()})
-    claims, outside = budget_claims(runs, "ge+isc+ofa", "baseline", "GE+ISC+OFA minus MSDNet")
+    claims, outside = budget_claims(runs, "ge+isc+ofa", "baseline", "GE+ISC+OFA minus MSDNet", headline=True)
     notes = ["thresholds fitted on the held-out validation split", "band: " + data["spread"].iloc[0], *outside]
     return _budget_figure_out(request, "fig4", "Ablation of GE / ISC / OFA, budgeted batch", runs.config("baseline"),
                               series, data, LABELS, notes, claims)

@@ -594,13 +594,18 @@ class Matched:
             return mean_and_spread(v.tolist())
         return float(v[0]), _halfwidth(self.boot[p][j])
 
-    def gap(self, a: str, b: str, j: int) -> tuple[float, float]:
+    def gap(self, a: str, b: str, j: int):
+        """The gap of policy ``a`` over ``b`` at matched cost j (a :class:`repro.stats.Gap`, which
+        unpacks as (gap, half-width)): over seeds, the t-interval of the per-seed gaps; at one seed,
+        the bootstrap over test images (no verdict)."""
+        from repro import stats
+
         d = self.est[a][:, j] - self.est[b][:, j]
         if d.isnan().any():
-            return math.nan, math.nan
+            return stats.one_seed(math.nan, math.nan)
         if d.numel() > 1:
-            return mean_and_spread(d.tolist())
-        return float(d[0]), _halfwidth(self.boot[a][j] - self.boot[b][j])
+            return stats.seeds_evidence(d.tolist())
+        return stats.one_seed(float(d[0]), _halfwidth(self.boot[a][j] - self.boot[b][j]))
 
 
 def matched(per_seed: list[dict], xs: Sequence[float] = FRACTIONS) -> Matched:
@@ -725,9 +730,10 @@ def _ranking(a: dict, smoke: bool) -> tuple[list[str], list[Claim]]:
             continue
         text = LABELS[vals[0][0]]
         for (p, _), (q, _) in zip(vals, vals[1:]):
-            gap, sp = m.gap(p, q, j)
+            ev = m.gap(p, q, j)
+            gap, sp = ev
             text += (" > " if not smoke and abs(gap) > sp else " ≈ ") + LABELS[q]  # NaN spread: ≈
-            claims.append(Claim(f"{at}: {LABELS[p]} minus {LABELS[q]} (points)", gap, sp))
+            claims.append(Claim(f"{at}: {LABELS[p]} minus {LABELS[q]} (points)", ev))
         lines.append(f"ranking, {name} at {100 * f:.0f} % of the full cost: {text}"
                      + (" (smoke scale: no ranking)" if smoke else ""))
     return lines, claims
