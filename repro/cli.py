@@ -395,6 +395,23 @@ def build_app() -> typer.Typer:
 
         bench.main(ref_msdnet=ref_msdnet, out=Path(out), quick=quick, items=bench.check_args(items, ref_msdnet))
 
+    @app.command("claims")
+    def claims_cmd(paper: Optional[str] = typer.Argument(None, help="One paper's claims (default: every paper's)."),
+                   dir: str = typer.Option(".", "--dir", help="Where tables/ and figures/ are (the --out-dir "
+                                           "the outputs were written to)."),
+                   scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
+                   format: str = typer.Option("text", "--format", help="text, csv, json or md."),
+                   recompute: bool = typer.Option(False, "--recompute", help="Redo every claim's statistics from "
+                                                  "its evidence file with today's rule (no run store needed).")):
+        """Every claim of the rendered outputs, one row each: ours [interval], the paper's, the verdict."""
+        from repro import claims
+
+        if scale not in SCALES:
+            raise ConfigError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
+        if format not in claims.FORMATS:
+            raise ConfigError(f"--format {format}: choose one of: {', '.join(claims.FORMATS)}")
+        print(claims.render(claims.collect(Path(dir), scale, paper, recompute), format))
+
     # the papers' names and help from the manifest: building the app imports no paper (nor torch)
     known = manifest.load()
     all_targets = lambda: [(p, a[0]) for p, m in known.items() for a in m["artifacts"]]  # noqa: E731
@@ -411,14 +428,18 @@ def build_app() -> typer.Typer:
     return app
 
 
+COMMANDS = ("list", "bench", "all", "claims")  # the commands beside the papers
+
+
 def _check_names(argv: list[str]) -> None:
     """Unknown paper or artifact: one line with the valid choices (click's message lists none)."""
     words = [a for a in argv if not a.startswith("-")]
-    if not words or words[0] in ("list", "bench", "all") or argv[0].startswith("-"):
+    if not words or words[0] in COMMANDS or argv[0].startswith("-"):
         return
     known = manifest.load()
     if words[0] not in known:
-        raise ConfigError(f"unknown paper '{words[0]}'; choose one of: {', '.join(known)}")
+        raise ConfigError(f"unknown paper '{words[0]}'; choose one of: {', '.join(known)} "
+                          f"(or a command: {', '.join(COMMANDS)})")
     arts = [a[0] for a in known[words[0]]["artifacts"]]
     if len(words) > 1 and argv.index(words[1]) == argv.index(words[0]) + 1 and words[1] not in (*arts, "all"):
         raise ConfigError(f"unknown artifact '{words[1]}' for {words[0]}; choose one of: {', '.join(arts)}, all")

@@ -1,0 +1,106 @@
+"""``repro claims``: every claim of the outputs under a folder, from their ``.claims.csv`` files, as one
+table (text, csv, json or md); ``--recompute`` redoes each claim's statistics from its evidence file
+(``.evidence.npz``) with the current rule, without the run store and without retraining."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from repro.config import ConfigError
+
+FORMATS = ("text", "csv", "json", "md")
+COLUMNS = ["paper", "artifact", "claim", "headline", "seeds", "gap", "lo", "hi", "paper_value", "verdict",
+           "detectable_gap", "seeds_needed"]
+
+
+def claim_files(root: Path, scale: str) -> list[Path]:
+    """The claims files under ``root``/tables/<scale> and ``root``/figures/<scale>, sorted."""
+    return sorted(p for d in ("tables", "figures") for p in (Path(root) / d / scale).glob("*.claims.csv"))
+
+
+def _split_stem(path: Path, papers: set[str]) -> tuple[str, str]:
+    stem = path.name.removesuffix(".claims.csv")
+    for p in sorted(papers, key=len, reverse=True):
+        if stem.startswith(p + "_"):
+            return p, stem[len(p) + 1:]
+    head, _, rest = stem.partition("_")
+    return head, rest
+
+
+def collect(root: Path, scale: str = "quick", paper: str | None = None, recompute: bool = False) -> pd.DataFrame:
+    """One row per claim of every claims file (``paper`` only, if given); with ``recompute``, gap,
+    interval and verdict come from the evidence file by today's rule (the level and paper value the
+    file recorded), and a column says whether anything changed."""
+    from repro import manifest
+
+    papers = set(manifest.load())
+    if paper is not None and paper not in papers:
+        raise ConfigError(f"unknown paper '{paper}'; choose one of: {', '.join(sorted(papers))}")
+    rows = []
+    for path in claim_files(root, scale):
+        p, artifact = _split_stem(path, papers)
+        if paper is not None and p != paper:
+            continue
+        df = pd.read_csv(path, comment="#")
+        evidence = {}
+        if recompute:
+            npz = path.with_name(path.name.removesuffix(".claims.csv") + ".evidence.npz")
+            if npz.exists():
+                from repro.stats import read_evidence
+
+                evidence = read_evidence(npz)
+        for r in df.itertuples(index=False):
+            row = {"paper": p, "artifact": artifact, "claim": r.claim, "headline": bool(r.headline),
+                   "seeds": int(r.seeds), "gap": r.gap, "lo": r.lo, "hi": r.hi,
+                   "paper_value": None if pd.isna(r.paper) else float(r.paper), "verdict": r.verdict,
+                   "detectable_gap": None if pd.isna(r.detectable_gap) else float(r.detectable_gap),
+                   "seeds_needed": None if pd.isna(r.seeds_needed) else int(r.seeds_needed)}
+            if recompute:
+                row["changed"] = False
+                if r.claim in evidence and scale != "smoke":  # smoke scale: no verdicts to redo
+                    row.update(_rejudge(evidence[r.claim], r))
+            rows.append(row)
+    if not rows:
+        where = f"{Path(root) / 'tables' / scale} or {Path(root) / 'figures' / scale}"
+        raise ConfigError(f"no claims files (*.claims.csv) in {where}" + (f" for {paper}" if paper else "")
+                          + "; render an artifact first, or give --dir and --scale")
+    return pd.DataFrame(rows)
+
+
+def _rejudge(ab, r) -> dict:
+    from repro import stats
+
+    g = stats.gap_evidence(*ab)
+    paper = None if pd.isna(r.paper) else float(r.paper)
+    sign = None if pd.isna(r.direction) else int(r.direction)
+    v = stats.verdict(g, paper, sign, float(r.level))
+    word = v.word or "no verdict"
+    new = {"gap": round(g.gap, 6), "lo": round(v.lo, 6), "hi": round(v.hi, 6), "verdict": word,
+           "detectable_gap": None if math.isnan(v.detectable) else round(v.detectable, 4),
+           "seeds_needed": v.seeds_needed}
+    old_word = r.verdict if isinstance(r.verdict, str) else "no verdict"
+    new["changed"] = bool(word != old_word or abs(new["gap"] - r.gap) > 1e-6
+                          or (not math.isnan(v.lo) and abs(new["lo"] - r.lo) > 1e-4))
+    return new
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose one of: {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(df.astype(object).where(df.notna(), None).to_dict(orient="records"), indent=1)
+    shown = df.copy()
+    for c in ("gap", "lo", "hi", "paper_value", "detectable_gap"):
+        shown[c] = shown[c].map(lambda x: "" if x is None or pd.isna(x) else f"{x:+.2f}")
+    shown["headline"] = shown["headline"].map(lambda h: "*" if h else "")
+    shown["seeds_needed"] = shown["seeds_needed"].map(lambda x: "" if x is None or pd.isna(x) else str(int(x)))
+    if fmt == "md":
+        return shown.to_markdown(index=False)
+    counts = df["verdict"].value_counts()
+    summary = ", ".join(f"{counts[w]} {w}" for w in counts.index)
+    return shown.to_string(index=False) + f"\n{len(df)} claim(s): {summary}"
