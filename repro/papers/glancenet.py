@@ -401,12 +401,12 @@ def stat_evidence(per_seed: Sequence[dict[str, torch.Tensor]], stat: Stat):
     return S.one_seed(*stat_spread(per_seed, stat), images=next(iter(per_seed[0].values())).shape[-1])
 
 
-def reduction_evidence(outs: Sequence[dict], base_cost: float):
+def reduction_evidence(outs: Sequence[dict], base_cost: float, arms=None):
     """The FLOPs reduction (%) of a policy against the backbone's cost, as per-image evidence: each test
     image's saving 1 - cost / base against nothing, so that the core's rule counts the seeds and the
-    test images (the mean of the savings is the reduction)."""
+    test images (the mean of the savings is the reduction); ``arms``: the runs behind both sides."""
     return gap_with_spread([1 - o["cost"].double() / base_cost for o in outs],
-                           [torch.zeros_like(o["cost"], dtype=torch.float64) for o in outs])
+                           [torch.zeros_like(o["cost"], dtype=torch.float64) for o in outs], arms=arms)
 
 
 def _right(outs: Sequence[dict]) -> list[torch.Tensor]:
@@ -549,14 +549,16 @@ def build_table1(request, runs, settings):
 
     paper_speedup = _paper("table1", "glancenet", "speedup")
     claims = [Claim(f"top-1 of GlanceNet (alpha={alpha:g}) minus DenseNet (points)",
-                    gap_with_spread(_right(learn), _right(policies["densenet"])),
+                    gap_with_spread(_right(learn), _right(policies["densenet"]), arms=("hem", "densenet")),
                     paper_gap(PAPER_NAME, "table1", "glancenet", "densenet", "top1")),
-              Claim("FLOPs reduction of GlanceNet vs DenseNet (%)", reduction_evidence(learn, base_cost),
+              Claim("FLOPs reduction of GlanceNet vs DenseNet (%)",
+                    reduction_evidence(learn, base_cost, arms=("hem", ())),
                     _paper("table1", "glancenet", "flops_reduction_pct"), headline=True),
               Claim("speed-up from FLOPs minus 1", stat_evidence(learn, lambda d: stats["speedup"](d) - 1),
                     None if paper_speedup is None else paper_speedup - 1),
               Claim("top-1 of learned minus validation-searched thresholds at the same validation cost (points)",
-                    gap_with_spread(_right(learn), _right(policies["glancenet-valsearch"])), None)]
+                    gap_with_spread(_right(learn), _right(policies["glancenet-valsearch"]), arms=("hem", "hem")),
+                    None)]
     (t0, row0), d_mf, g_mf = search[0], _paper("table1", "densenet", "mflops"), _paper("table1", "glancenet", "mflops")
     notes = [f"learned entropy thresholds (alpha={alpha:g}, seed 0): "
              f"{_thresholds(learned(glance_rr[0].results, alpha))}; searched on validation (seed 0): "
@@ -599,7 +601,7 @@ def build_hem(request, runs, settings):
         ours += [*cells(key, o, stats), *cells(key, last, {"top1_last_classifier": acc_stat}),
                  {"row": key, "column": "wall_speedup_batched", "value": wb}, *exit_shares(key, o, k_exits)]
     at_first = {key: [(d["exit"] == 0).double() for d in o] for key, o in outs.items()}
-    extra = gap_with_spread(at_first["hem"], at_first["no-hem"])
+    extra = gap_with_spread(at_first["hem"], at_first["no-hem"], arms=("hem", "no-hem"))
     ours.append({"row": "hem", "column": "first_bypass_extra_pct", "value": extra[0], "spread": extra[1]})
 
     claims = [Claim("top-1 with HEM minus without (points)",
@@ -661,7 +663,7 @@ def build_alpha(request, runs, settings):
     hcols = [c for c in df.columns if c.startswith("H_bypass") and not c.endswith("_spread")]
     lo_a, hi_a = outcomes(rrs, min(ALPHAS)), outcomes(rrs, max(ALPHAS))
     claims = [Claim("top-1 at alpha=1.0 minus alpha=0.1 (points; paper: larger alpha, higher accuracy)",
-                    gap_with_spread(_right(hi_a), _right(lo_a)), None, sign=+1),
+                    gap_with_spread(_right(hi_a), _right(lo_a), arms=("hem", "hem")), None, sign=+1),
               Claim("speed-up at alpha=1.0 minus alpha=0.1 (paper: larger alpha, slower)",
                     speedup_gap(hi_a, lo_a, rrs[0].results["backbone_cost"]), None, sign=-1)]
     notes = [_method_note(cfg), *[f"{c} along alpha 0.1 -> 1.0: {_trend(sweep[c])} (paper: falls)" for c in hcols],

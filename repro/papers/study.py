@@ -34,7 +34,7 @@ Policies (all fitted on the held-out validation split; never on test):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -716,6 +716,13 @@ def _analyse(key: str, request, runs, settings, device) -> dict:
             "gate_run": rg[0].cfg, "threshold_run": rt[0].cfg}
 
 
+def policy_runs(key: str, policy: str) -> tuple[str, ...]:
+    """The runs (the exits artifact's names) behind a policy on backbone ``key``: its outlying seeds
+    are shown on the claims that compare it (the study has no paper: a claim compares two policies)."""
+    extra = {"dgates": (f"{key}/gates",), "oracle_gates": (f"{key}/gates",), "learned": (f"{key}/thresholds",)}
+    return (key, *extra.get(policy, ()))
+
+
 def _ranking(a: dict, smoke: bool) -> tuple[list[str], list[Claim]]:
     """Per matched cost: the deployable policies ordered by accuracy, '>' only where the paired
     gap to the next one exceeds its spread, and a claim per neighbouring pair."""
@@ -733,7 +740,8 @@ def _ranking(a: dict, smoke: bool) -> tuple[list[str], list[Claim]]:
             ev = m.gap(p, q, j)
             gap, sp = ev
             text += (" > " if not smoke and abs(gap) > sp else " ≈ ") + LABELS[q]  # NaN spread: ≈
-            claims.append(Claim(f"{at}: {LABELS[p]} minus {LABELS[q]} (points)", ev))
+            claims.append(Claim(f"{at}: {LABELS[p]} minus {LABELS[q]} (points)",
+                                replace(ev, arms=(policy_runs(a["key"], p), policy_runs(a["key"], q)))))
         lines.append(f"ranking, {name} at {100 * f:.0f} % of the full cost: {text}"
                      + (" (smoke scale: no ranking)" if smoke else ""))
     return lines, claims
