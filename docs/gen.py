@@ -11,7 +11,11 @@ page under docs/; everything outside the markers is written by hand and left alo
   (kind, epochs, dataset), from the artifact's own run list (``repro.runner.plan``);
 - ``results`` (docs/papers/<paper>.md): the committed quick-scale outputs of every artifact
   (tables/quick/<paper>_<artifact>.md, figures/quick/<paper>_<artifact>.png and .csv);
-- ``index`` (docs/results.md): one row per committed quick-scale artifact;
+- ``index`` (docs/results.md): one row per committed quick-scale artifact, then per paper the
+  counts of its claims' verdicts and every claim (ours with its interval, the paper's, seeds,
+  verdict), read from the outputs' ``.claims.csv`` (repro.render.write_claims); an output without
+  one was rendered under the old rule, before the verdicts of issue 26: its claims are listed from
+  its header, not re-judged and with no verdict word;
 - ``suite`` (docs/results.md): the training time of ``make all-tables`` / ``make all-figures`` at
   quick scale, from the committed docs/suite-time.json (docs/suite_time.py);
 - ``bench`` (docs/performance.md): the figures of the committed bench/results.csv.
@@ -27,6 +31,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -42,6 +47,8 @@ BLOCK = re.compile(r"(<!-- (?P<name>[a-z-]+):begin -->\n)(?P<body>.*?)(<!-- (?P=
 CLAIM = re.compile(r"^(?P<what>.+?): ours (?P<ours>[-+−]?[\d.]+(?: ± <?[\d.na]+)?)"
                    r"(?:; paper (?P<paper>[-+−]?[\d.]+))? \((?P<verdict>[^()]*)\)$")
 QUICK_DIRS = ("tables/quick", "figures/quick")
+OLD_RULE = "old rule (before the verdicts of issue 26): not re-judged"
+VERDICTS = ("reproduced", "contradicted", "smaller than claimed", "inconclusive", "no verdict")
 SUITE_TIME = "docs/suite-time.json"  # written by docs/suite_time.py from a run store
 
 
@@ -101,7 +108,10 @@ def artifact_outputs(c: Committed, paper: str, artifact: str) -> dict:
     stem = f"{paper}_{artifact}"
     tables = [f"tables/quick/{stem}{s}" for s in (".md", ".csv", ".tex") if c.has(f"tables/quick/{stem}{s}")]
     figures = [f"figures/quick/{stem}{s}" for s in (".png", ".pdf", ".csv") if c.has(f"figures/quick/{stem}{s}")]
-    out = {"tables": tables, "figures": figures, "heading": "", "header": [], "body": ""}
+    claims = next((f"{d}/{stem}{s}" for d in QUICK_DIRS for s in (".claims.csv",) if c.has(f"{d}/{stem}{s}")), None)
+    evidence = [f"{d}/{stem}.evidence.npz" for d in QUICK_DIRS if c.has(f"{d}/{stem}.evidence.npz")]
+    out = {"tables": tables, "figures": figures, "heading": "", "header": [], "body": "",
+           "claims": claims, "evidence": evidence}
     if f"tables/quick/{stem}.md" in tables:
         out["heading"], out["header"], out["body"] = header_and_tables(c.text(f"tables/quick/{stem}.md"))
     elif f"figures/quick/{stem}.csv" in figures:
@@ -115,6 +125,76 @@ def _line(header: list[str], key: str) -> str:
 
 def _claims(header: list[str]) -> list[re.Match]:
     return [m for m in map(CLAIM.match, header) if m]
+
+
+def _float(x: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_claims(text: str) -> list[dict]:
+    """The rows of a ``.claims.csv`` (its "# " header lines skipped): claim, headline, kind, seeds,
+    gap, lo, hi, paper, verdict, detail and line, the numbers as floats (NaN where empty)."""
+    rows = csv.DictReader(io.StringIO("".join(line for line in text.splitlines(keepends=True)
+                                              if not line.startswith("#"))))
+    out = []
+    for r in rows:
+        out.append({**r, "headline": r.get("headline", "").strip().lower() == "true",
+                    "seeds": int(_float(r.get("seeds")) if not math.isnan(_float(r.get("seeds"))) else 0),
+                    **{k: _float(r.get(k)) for k in ("gap", "lo", "hi", "paper")},
+                    "verdict": (r.get("verdict") or "no verdict").strip()})
+    return out
+
+
+def _digits(values: list[float], anchors: list[float]) -> int:
+    """The fewest decimals (2..4) at which no value reads as one of the anchors it differs from (as
+    repro.stats prints a claim: "[+0.00, ...]" never stands for an interval that excludes 0)."""
+    for d in (2, 3, 4):
+        if all(round(v, d) != round(x, d) for v in values for x in anchors if v != x and not math.isnan(v)):
+            return d
+    return 4
+
+
+def ours_text(r: dict) -> str:
+    """A claim's ours: the gap and its interval, "+1.20 [+0.30, +2.10]"; a fixed quantity or a gap
+    without a spread: the gap alone."""
+    gap, lo, hi = r["gap"], r["lo"], r["hi"]
+    if math.isnan(gap):
+        return "—"
+    if r.get("kind") == "fixed":
+        return f"{gap:+.2f} (a fixed quantity)"
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{gap:+.2f} (no spread)"
+    p = r["paper"]
+    d = _digits([lo, hi, gap], [0.0] + ([] if math.isnan(p) else [abs(p), -abs(p)]))
+    return f"{gap:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]"
+
+
+def verdict_text(r: dict) -> str:
+    """The verdict word with its detail, as the claim line gives them ("no verdict: 1 seed" below 3)."""
+    word, detail = r["verdict"], (r.get("detail") or "").strip()
+    if word == "no verdict":
+        if r.get("kind") != "fixed" and 0 < r["seeds"] < 3:
+            return f"no verdict ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''}: below 3)"
+        return f"no verdict ({detail})" if detail else "no verdict"
+    return f"{word} ({detail})" if detail else word
+
+
+def artifact_claims(o: dict, c: Committed) -> tuple[list[dict], bool]:
+    """An artifact's claims and whether they follow the new rule: the rows of its ``.claims.csv``, or
+    (an output rendered before issue 26's verdicts, without one) its header's claim lines, each
+    marked as not re-judged, with no verdict word."""
+    if o.get("claims"):
+        return read_claims(c.text(o["claims"])), True
+    seeds = _line(o["header"], "seeds").split(" ")[0]
+    old = []
+    for m in _claims(o["header"]):
+        old.append({"claim": m["what"], "ours": m["ours"].replace("−", "-"), "paper": _float(
+            (m["paper"] or "").replace("−", "-")), "seeds": int(seeds) if seeds.isdigit() else 0,
+            "verdict": OLD_RULE, "headline": False})
+    return old, False
 
 
 # --------------------------------------------------------------------------- the blocks
@@ -209,7 +289,7 @@ def results_block(paper: str, man: dict, c: Committed) -> str:
         if not o["tables"] and not o["figures"]:
             out.append(f"not yet committed: run `repro {paper} {name}`\n")
             continue
-        out.append(_links(o["tables"] + o["figures"], "../../") + "\n")
+        out.append(_links(_files(o), "../../") + "\n")
         if stale(paper, name, o["header"]):
             out.append(f"**Made under an earlier quick protocol** (today's trains on {current_training(paper, name)}): "
                        f"`repro {paper} {name}` re-runs it.\n")
@@ -218,10 +298,26 @@ def results_block(paper: str, man: dict, c: Committed) -> str:
         if o["heading"]:
             out.append(f"**{o['heading']}**\n")
         if o["header"]:
-            out.append("\n".join(f"- {h}" for h in o["header"]) + "\n")
+            out.append("\n".join(f"- {h}" for h in (o["header"] if o["claims"] else map(_old_rule, o["header"])))
+                       + "\n")
         if o["body"]:
             out.append(o["body"] + "\n")
     return "\n".join(out)
+
+
+def _files(o: dict) -> list[str]:
+    """An artifact's committed files to link: tables, figures, then its claims and evidence files."""
+    return o["tables"] + o["figures"] + ([o["claims"]] if o.get("claims") else []) + o.get("evidence", [])
+
+
+def _old_rule(line: str) -> str:
+    """A header line of an output rendered before issue 26's verdicts: a claim line keeps its numbers
+    and loses its verdict (not re-judged); any other line is kept."""
+    m = CLAIM.match(line)
+    if not m:
+        return line
+    paper = f"; paper {m['paper']}" if m["paper"] else ""
+    return f"{m['what']}: ours {m['ours']}{paper} ({OLD_RULE})"
 
 
 def doc_page(paper: str, artifact: str) -> Path | None:
@@ -233,33 +329,57 @@ def doc_page(paper: str, artifact: str) -> Path | None:
     return None
 
 
+def _count_text(counts: Counter, old: int) -> str:
+    words = [*VERDICTS, *sorted(w for w in counts if w not in VERDICTS)]
+    text = " · ".join(f"{w} {counts[w]}" for w in words)
+    return text + (f" · {OLD_RULE}: {old}" if old else "")
+
+
 def index_block(man: dict, c: Committed) -> str:
-    rows = ["| artifact | ours (first claim) | paper | verdict | seeds | wall time | protocol | files |",
-            "|---|---|---|---|---|---|---|---|"]
-    missing = []
+    rows = ["| artifact | claims | seeds | wall time | protocol | files |", "|---|---|---|---|---|---|"]
+    missing, sections = [], []
     for paper, entry in man.items():
+        counts, old, lines = Counter(), 0, []
         for name, _description, _kind in entry["artifacts"]:
             o = artifact_outputs(c, paper, name)
             if not o["tables"] and not o["figures"]:
                 missing.append(f"`{paper} {name}`")
                 continue
-            claims = _claims(o["header"])
-            first = claims[0] if claims else None
-            ours = f"{first['what']}: {first['ours']}" if first else "—"
+            claims, judged = artifact_claims(o, c)
             seeds = _line(o["header"], "seeds").split(" (")[0] or "—"
             wall = _line(o["header"], "wall time") or "—"
             label = f"`{paper} {name}`"
             doc = doc_page(paper, name)
             page = f"[{label}]({doc.relative_to(DOCS).as_posix()})" if doc else label
             state = protocol(paper, name, o["header"])
-            cells = [page, ours, (first["paper"] or "—") if first else "—", first["verdict"] if first else "—",
-                     seeds, wall, "**earlier**: re-run to refresh" if state == "earlier" else state,
-                     _links(o["tables"] + o["figures"], "../")]
+            here = Counter(r["verdict"] for r in claims) if judged else Counter()
+            summary = ("—" if not claims else ", ".join(f"{n} {w}" for w, n in here.items()) if judged else
+                       f"{len(claims)}: {OLD_RULE}")
+            cells = [page, summary, seeds, wall, "**earlier**: re-run to refresh" if state == "earlier" else state,
+                     _links(_files(o), "../")]
             rows.append("| " + " | ".join(map(_cell, cells)) + " |")
+            counts += here
+            old += 0 if judged else len(claims)
+            for r in claims:
+                ours = ours_text(r) if judged else r["ours"]
+                paper_value = "—" if math.isnan(r["paper"]) else f"{r['paper']:+.2f}"
+                seeds_cell = str(r["seeds"]) if r["seeds"] else "—"
+                what = ("**" + r["claim"] + "**") if r["headline"] else r["claim"]
+                lines.append("| " + " | ".join(map(_cell, [f"`{name}`", what, ours, paper_value, seeds_cell,
+                                                           verdict_text(r) if judged else OLD_RULE])) + " |")
+        if lines:
+            sections.append(f"**`{paper}`**: {_count_text(counts, old)}\n\n"
+                            "| artifact | claim | ours [95 % interval] | paper | seeds | verdict |\n"
+                            "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     if len(rows) == 2:
         return "No quick-scale result is committed yet.\n"
     tail = (f"\nNot committed yet ({len(missing)}): {', '.join(missing)}.\n" if missing else "")
-    return "\n".join(rows) + "\n" + tail
+    claims_part = ("\n### Claims\n\nPer paper, the counts of its claims' verdicts and every claim (a headline claim "
+                   "in bold): ours with its interval, the paper's value, the seeds and the verdict, from the outputs' "
+                   "`.claims.csv`. Outputs rendered before the verdicts of issue 26 have no claims file: their claims "
+                   "are listed as the header gives them, " + OLD_RULE + ", with no verdict.\n\n" + "\n".join(sections)
+                   if sections else "")
+    return "\n".join(rows) + "\n" + tail + claims_part
 
 
 def suite_block(c: Committed) -> str:

@@ -5,6 +5,7 @@ import re
 import types
 from pathlib import Path
 
+import pytest
 import torch
 
 from repro.api import Request, Runs, Settings
@@ -38,7 +39,9 @@ def test_the_example_module_declares_named_runs_from_its_recipe_tables():
     assert len(DOC.read_text().split("```python\n")[1].split("```")[0].splitlines()) < 150
 
 
-def test_the_example_builds_a_table_and_a_figure_the_core_writes(tmp_path):
+def _build_example(tmp_path):
+    """The example's table1 and fig1 built from synthetic runs (400 test images, ls right on ~70 %, ce on
+    ~60 %, independently): the written paths, the table's Markdown and the per-image differences ls - ce."""
     from repro import artifacts
     from repro.runner import build_and_write
 
@@ -49,17 +52,37 @@ def test_the_example_builds_a_table_and_a_figure_the_core_writes(tmp_path):
     reg = artifacts.papers()
     reg[ls.PAPER_NAME] = ls.PAPER
     try:
-        table_runs = Runs.fixed({"ce": fake(0.6), "ls": fake(0.7)}, ls.table1_runs(request), request)
+        given = {"ce": fake(0.6), "ls": fake(0.7)}
+        table_runs = Runs.fixed(given, ls.table1_runs(request), request)
         paths = build_and_write("labelsmooth", "table1", request, table_runs, Settings(out_dir=tmp_path))
         fig_runs = Runs.fixed({n: fake(0.5) for n in ls.fig1_runs(request)}, ls.fig1_runs(request), request)
         paths += build_and_write("labelsmooth", "fig1", request, fig_runs, Settings(out_dir=tmp_path))
     finally:
         del reg[ls.PAPER_NAME]
-    assert sorted(p.name for p in paths) == ["labelsmooth_fig1.csv", "labelsmooth_fig1.pdf", "labelsmooth_fig1.png",
-                                             "labelsmooth_table1.csv", "labelsmooth_table1.md",
-                                             "labelsmooth_table1.tex"]
+    right = {k: (r[0].outputs["test_logits"][0].argmax(-1) == 0).double() for k, r in given.items()}
     md = (tmp_path / "tables" / "quick" / "labelsmooth_table1.md").read_text()
+    return paths, md, (right["ls"] - right["ce"]) * 100
+
+
+def test_the_example_builds_a_table_and_a_figure_the_core_writes(tmp_path):
+    paths, md, _ = _build_example(tmp_path)
+    names = sorted(p.name for p in paths)
+    assert {"labelsmooth_fig1.csv", "labelsmooth_fig1.pdf", "labelsmooth_fig1.png", "labelsmooth_table1.csv",
+            "labelsmooth_table1.md", "labelsmooth_table1.tex", "labelsmooth_table1.claims.csv"} <= set(names)
+    assert not any(n.startswith("labelsmooth_fig1.") and "claims" in n for n in names)  # fig1 claims nothing
     assert md.startswith("# labelsmooth table1: Top-1 (%) with and without label smoothing (paper: CIFAR-10) — "
                          "ours: fashion-mnist, quick scale")
-    assert "- gain of label smoothing over CE: ours +" in md and "beyond the spread" in md  # 0.7 vs 0.6 on 400
+    assert "- gain of label smoothing over CE: ours +" in md and "no claim gets a verdict below 3 seeds" in md
     assert "| label smoothing |" in md and " paper" not in md.split("\n\n")[-1]  # no reference CSV: no paper column
+
+
+@pytest.mark.xfail(strict=True, reason="docs/adding-a-paper.md's example splats the Gap, Claim(name, "
+                   "*gap_with_spread(...), paper_gap(...)): the spread lands in Claim.paper and the gap is judged "
+                   "as a fixed quantity ('ours +9.25 (a fixed quantity); paper +6.79 (reproduced)' at one seed)")
+def test_the_examples_claim_is_a_paired_gap_with_its_evidence(tmp_path):
+    paths, md, d = _build_example(tmp_path)
+    # one seed: the gap of the per-image differences and z x their standard error, no paper number, no verdict
+    half = 1.959964 * float(d.std()) / 20  # sqrt(400)
+    assert f"- gain of label smoothing over CE: ours {float(d.mean()):+.2f} ± {half:.2f} (test images only) " \
+           "(no verdict)" in md
+    assert "labelsmooth_table1.evidence.npz" in {p.name for p in paths}

@@ -47,16 +47,28 @@ def test_a_table_gets_the_papers_numbers_from_its_reference_csv(tmp_path):
 
 
 def test_claims_are_rendered_with_their_verdict_and_none_at_smoke(tmp_path):
+    """Per-seed gains 2, 2.5, 1.5: 2 ± 4.3027 x 0.5 / sqrt(3) = [+0.76, +3.24], above the paper's 0.69:
+    reproduced at 3 seeds (quick), a pipeline check at smoke, shown but not judged at one seed."""
     from repro.render import building
+    from repro.stats import one_seed, seeds_evidence
 
-    table = _table(claims=[Claim("gain at E-1", 2.0, 0.5, 0.69)])
-    for scale, verdict in (("quick", "reproduced: the paper's sign, beyond the spread, at 1 seed: the spread is over "
-                                     "test images, not seeds"),
-                           ("smoke", "smoke scale: a pipeline check, no verdict")):
-        request = Request(scale=scale)
+    three = _table(claims=[Claim("gain at E-1", seeds_evidence([2.0, 2.5, 1.5]), 0.69, headline=True)])
+    one = _table(claims=[Claim("gain at E-1", one_seed(2.0, 0.5), 0.69)])
+    for scale, seeds, table, line in (
+            ("quick", 3, three, "gain at E-1: ours +2.00 [+0.76, +3.24]; paper +0.69 (reproduced, larger than the paper's)"),
+            ("quick", 1, one, "gain at E-1: ours +2.00 ± 0.50 (test images only); paper +0.69 (no verdict)"),
+            ("smoke", 3, three, "gain at E-1: ours +2.00; paper +0.69 (smoke scale: a pipeline check, no verdict)")):
+        request = Request(scale=scale, seeds=seeds)
         with building(request):
-            (md, *_), = [write_outputs(table, "imta", "table2", request, _settings(tmp_path, scale))]
-        assert f"- gain at E-1: ours +2.00 ± 0.50; paper +0.69 ({verdict})" in md.read_text()
+            paths = write_outputs(table, "imta", "table2", request, _settings(tmp_path / f"{scale}{seeds}", scale))
+        assert sorted(p.name for p in paths) == ["imta_table2.claims.csv", "imta_table2.csv", "imta_table2.md",
+                                                 "imta_table2.tex"]  # no per-image evidence: no evidence file
+        md = next(p for p in paths if p.suffix == ".md").read_text()
+        assert f"- {line}" in md, md
+        assert ("no claim gets a verdict below 3 seeds" in md) == (seeds < 3)
+        claims = pd.read_csv(next(p for p in paths if p.name.endswith(".claims.csv")), comment="#")
+        assert claims["line"].tolist() == [line]
+        assert claims["verdict"].tolist() == ["reproduced" if (scale, seeds) == ("quick", 3) else "no verdict"]
 
 
 def test_a_named_output_gets_its_own_file_stem_and_a_figure_its_png_pdf_csv(tmp_path):
@@ -78,25 +90,36 @@ def test_a_build_returning_anything_else_is_refused(tmp_path):
         write_outputs(["not a table"], "imta", "table2", Request(), _settings(tmp_path))
 
 
-def test_gap_spread_one_seed_is_the_paired_bootstrap_of_the_per_sample_difference():
+def test_gap_spread_one_seed_is_over_the_paired_per_sample_difference():
+    """One seed: the half-width is z x the standard error of the per-sample differences (the test
+    images only): 20 of 100 differences are 1, the rest 0, so 1.96 x 100 x sqrt(0.2 x 0.8 / 99) = 7.879."""
     a = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1, 0, 1] * 10, dtype=torch.bool)
     b = torch.tensor([1, 0, 1, 0, 1, 0, 0, 1, 0, 1] * 10, dtype=torch.bool)
-    gap, spread = gap_with_spread([a], [b])
-    assert gap == pytest.approx(20.0)  # 7/10 - 5/10
-    lo, hi = bootstrap_ci(a.double() - b.double())
-    assert spread == pytest.approx((hi - lo) / 2) and 0 < spread < 20
+    g = gap_with_spread([a], [b])
+    gap, spread = g  # still unpacks as (gap, half-width) for the tables
+    assert gap == pytest.approx(20.0) and g.seeds == 1  # 7/10 - 5/10
+    assert spread == pytest.approx(1.959964 * 100 * math.sqrt(0.2 * 0.8 / 99), abs=1e-4)
+    lo, hi = bootstrap_ci(a.double() - b.double())  # the bootstrap of the same differences agrees roughly
+    assert abs(spread - (hi - lo) / 2) < 1.0
     # pairing matters: the same accuracies, unpaired independent half-widths would be wider
     la, ha = bootstrap_ci(a)
     lb, hb = bootstrap_ci(b)
     assert spread < math.hypot((ha - la) / 2, (hb - lb) / 2)
 
 
-def test_gap_spread_over_seeds_is_the_t_interval_of_the_per_seed_gaps():
+def test_gap_spread_over_seeds_counts_the_seeds_and_the_test_images_they_share():
+    """Seed 0: a right on all 10, b on the first 5 (gap 50); seed 1: a and b agree (gap 0).  Per-seed
+    gaps 50, 0: s^2 = 1250, the seed part 1250 / 2; the image means 0 (x5) and 50 (x5) leave MS_image =
+    MS_residual = 12500 / 9, so no image part: the half-width is t(0.975, 1) x sqrt(625) = 12.7062 x 25.
+    Three seeds with seed 2 = seed 0 add an image part: see tests/test_render.py."""
     ones, zeros = torch.ones(10, dtype=torch.bool), torch.zeros(10, dtype=torch.bool)
     half = torch.tensor([1] * 5 + [0] * 5, dtype=torch.bool)
-    gap, spread = gap_with_spread([ones, half], [half, half])  # per-seed gaps 50 and 0
-    assert gap == pytest.approx(25.0)
-    assert spread == pytest.approx(12.706 * math.sqrt(((50 - 25) ** 2 + (0 - 25) ** 2) / 1) / math.sqrt(2))
+    g = gap_with_spread([ones, half], [half, half], arms=("a", ["b1", "b2"]))  # per-seed gaps 50 and 0
+    gap, spread = g
+    assert gap == pytest.approx(25.0) and g.per_seed == (50.0, 0.0)
+    assert g.var_image == 0.0 and spread == pytest.approx(12.7062 * 25, abs=0.01)
+    assert g.arms == (("a",), ("b1", "b2"))  # each arm as the names of its runs, for outlying seeds
+    assert g.a.shape == (2, 10) and g.b.shape == (2, 10)  # the evidence itself, for the evidence file
     with pytest.raises(ValueError, match="same seeds"):
         gap_with_spread([ones, half], [zeros])
 

@@ -353,37 +353,47 @@ class _Run:
 def test_gaps_pair_the_runs_and_average_over_models():
     """A gap's claim pairs the runs on their shared test images (the core's rule, gap_with_spread), and
     Table 4's "mean over the 5 models" averages each image's correctness over the models first."""
-    from repro.exits import bootstrap_ci
-
     same = [1, 1, 1, 1, 1, 1, 0, 0]
     res = {"a": [_Run(same)], "b": [_Run(same)], "all": [_Run([1] * 8)], "none": [_Run([0] * 8)]}
+
+    def shown(c):
+        gap, half = c.evidence  # (gap, half-width of its 95 % interval), as a table shows it
+        return gap, half
+
     # identical predictions: 0 ± 0 (unpaired half-widths combined would give > 0)
     c = bl._gap("g", res, ["a"], ["b"], "table4")
-    assert (c.ours, c.spread, c.paper) == (0.0, 0.0, None)
+    assert shown(c) == (0.0, 0.0) and c.paper is None
     c = bl._gap("g", res, ["all"], ["none"], "table4")
-    assert (c.ours, c.spread) == (100.0, 0.0)
+    assert shown(c) == (100.0, 0.0)
     # the mean over two pairs: per image (0 + 1) / 2 = 0.5 -> 50 ± 0
     c = bl._gap("g", res, ["a", "all"], ["b", "none"], "table4", 1.0)
-    assert (c.ours, c.spread, c.paper) == (50.0, 0.0, 1.0)
-    # a mixed case: the bootstrap of the per-image differences (0, 0, 1, 1, -1, 0, 0, 0): +12.5
+    assert shown(c) == (50.0, 0.0) and c.paper == 1.0
+    assert c.evidence.arms == (("a", "all"), ("b", "none"))  # both arms' runs, for an outlying seed
+    # a mixed case at one seed: the per-image differences (0, 0, 1, 1, -1, 0, 0, 0) x 100: mean 12.5, sample
+    # variance 28750 / 7, the half-width 1.96 x sqrt(28750 / 7 / 8) = 44.41 (the test images only)
     res.update(c=[_Run([1, 1, 1, 1, 0, 0, 0, 0])], d=[_Run([1, 1, 0, 0, 1, 0, 0, 0])])
-    lo, hi = bootstrap_ci(torch.tensor([0, 0, 1, 1, -1, 0, 0, 0], dtype=torch.float64))
     c = bl._gap("g", res, ["c"], ["d"], "table4")
-    assert (c.ours, c.spread) == pytest.approx((12.5, (hi - lo) / 2), abs=5e-3)
-    # three seeds, 50 images: a beats b by 1, 2, 3 images (2, 4, 6 pp) -> 4 ± t(0.975, 2) · 2 / √3;
-    # the paper's gap of the same rows from the reference CSV
+    assert shown(c) == pytest.approx((12.5, 1.959964 * math.sqrt(28750 / 7 / 8)), abs=1e-4)
+    # three seeds, 50 images: a beats b by 1, 2, 3 images (2, 4, 6 points): the seed part s^2 / 3 = 4 / 3,
+    # the images they share (images 25, 26, 27 right in 3, 2, 1 of a's seeds) the part (MS_image -
+    # MS_residual) / 150 = (903.40 - 131.97) / 150 = 36 / 7: 4 ± sqrt(4.3027^2 x 4 / 3 + 1.96^2 x 36 / 7) = 4 ± 6.67
+    # (a t-interval over seeds alone, 4 ± 4.97, would miss the test images); the paper's gap from the reference CSV
     runs = {"shufflenetv2-0.5x/bias": [_Run([1] * (25 + k) + [0] * (25 - k)) for k in (1, 2, 3)],
             "shufflenetv2-0.5x/ce": [_Run([1] * 25 + [0] * 25) for _ in range(3)]}
     c = bl._gap("bias - ce", runs, ["shufflenetv2-0.5x/bias"], ["shufflenetv2-0.5x/ce"], "table4")
-    assert (c.ours, c.spread) == pytest.approx((4.0, 4.303 * 2 / math.sqrt(3)), abs=5e-3)
+    assert c.evidence.var_image == pytest.approx(36 / 7)
+    assert shown(c) == pytest.approx((4.0, math.sqrt(4.302653 ** 2 * 4 / 3 + 1.959964 ** 2 * 36 / 7)), abs=1e-4)
     assert c.paper == pytest.approx(1.5)
+    assert c.line() == ("bias - ce: ours +4.00 [-2.67, +10.67]; paper +1.50 (inconclusive, detectable gap "
+                        f"{c.evidence.detectable():.2f} at 80% power; the paper's 1.50 is out of reach of more seeds "
+                        "on this test set)")
     with pytest.raises(ValueError):  # different test images cannot be paired
         bl._gap("g", {"a": [_Run([1] * 8)], "b": [_Run([1] * 9)]}, ["a"], ["b"], "table4")
 
 
 def test_table3_build_from_fixed_runs(tmp_path):
     """table3 built from synthetic finished runs at quick scale: the paper's column beside ours, no Δ
-    outside the paper's setting, and a verdict on each claimed gain."""
+    outside the paper's setting, and each claimed gain with its spread but no verdict at one seed."""
     req = Request(scale="quick")
     named = bl.table3_runs(req)
     good, half = [1] * 400, [1, 0] * 200
@@ -391,15 +401,36 @@ def test_table3_build_from_fixed_runs(tmp_path):
     settings = Settings(runs_dir=tmp_path, out_dir=tmp_path, log=lambda m: None)
     paths = build_and_write("biasloss", "table3", req, Runs.fixed(fixed, named, req), settings)
     md = next(p for p in paths if p.suffix == ".md").read_text()
-    df = pd.read_csv(next(p for p in paths if p.suffix == ".csv"), comment="#")
+    df = pd.read_csv(next(p for p in paths if p.name == "biasloss_table3.csv"), comment="#")
     assert df["top1"].tolist() == [50, 50, 50, 100, 50]
     assert df["top1 paper"].tolist() == [75.2, 75.7, 75.5, 76.2, 75.3]
     assert not any(c.endswith(" Δ") for c in df.columns)
-    assert "both (SkipblockNet-M + bias - MobileNetV3-L + CE): ours +50.00 ± " in md
-    assert "paper +1.00 (reproduced: the paper's sign, beyond the spread" in md
-    assert "bias loss on MobileNetV3-L: ours +0.00; paper +0.50 (unresolved: no difference)" in md  # the same correctness
+    # 100 % against 50 %: the per-image differences are 0 or 100, half each: ± 1.96 x 50 x sqrt(400 / 399) / 20
+    assert ("both (SkipblockNet-M + bias - MobileNetV3-L + CE): ours +50.00 ± 4.91 (test images only); "
+            "paper +1.00 (no verdict)") in md
+    assert "bias loss on MobileNetV3-L: ours +0.00 ± 0.00 (test images only); paper +0.50 (no verdict)" in md
+    assert "no claim gets a verdict below 3 seeds" in md and "reproduced" not in md and "contradicted" not in md
     assert "scale: quick scale" in md
     assert "model: SkipblockNet / MobileNetV3, ImageNet stem (stride 2), every width x 0.5" in md
+
+
+def test_table3_at_three_seeds_gives_verdicts(tmp_path):
+    """The same build at 3 seeds: SkipblockNet-M + bias loss right on 100 % of the images in every seed,
+    the rest on 50 %: +50, no seed part (every seed alike) but the test images' part stays: the same
+    ± 4.91 as at one seed, above the paper's +1.00; identical correctness: 0 ± 0, short of the paper's +0.50."""
+    req = Request(scale="quick", seeds=3)
+    named = bl.table3_runs(req)
+    good, half = [1] * 400, [1, 0] * 200
+    fixed = {k: [_Run(good if k == "skipblocknet-m/bias" else half, classes=10) for _ in range(3)] for k in named}
+    settings = Settings(runs_dir=tmp_path, out_dir=tmp_path, log=lambda m: None)
+    paths = build_and_write("biasloss", "table3", req, Runs.fixed(fixed, named, req), settings)
+    md = next(p for p in paths if p.suffix == ".md").read_text()
+    assert ("both (SkipblockNet-M + bias - MobileNetV3-L + CE): ours +50.00 [+45.09, +54.91]; paper +1.00 "
+            "(reproduced, larger than the paper's)") in md
+    assert ("bias loss on MobileNetV3-L: ours +0.00 [+0.00, +0.00]; paper +0.50 (smaller than claimed, the interval "
+            "holds 0 and excludes the paper's gap)") in md
+    claims = pd.read_csv(tmp_path / "tables" / "quick" / "biasloss_table3.claims.csv", comment="#")
+    assert set(claims["verdict"]) <= {"reproduced", "smaller than claimed"} and (claims["seeds"] == 3).all()
 
 
 def test_paper_recipes():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -313,7 +314,16 @@ def test_fig4_and_imagenet_build_from_given_runs(tmp_path, seeds):
     gaps = [line for line in head if "hinge gates minus CE gates" in line]
     outside = [line for line in head if "outside both curves' range" in line]
     assert len(gaps) + len(outside) == 3 and gaps, head
-    assert all(" ± " in line and "paper" not in line.split(":", 1)[1] for line in gaps)
+    assert all("paper" not in line.split(":", 1)[1] for line in gaps)  # the paper gives a direction, no number
+    if seeds == 1:  # the test images' spread, shown, no verdict
+        assert all(" ± " in line and line.rstrip().endswith("(test images only) (no verdict)") for line in gaps), gaps
+    else:  # an interval over seeds and test images, and a verdict on the paper's direction (hinge better)
+        verdicts = ("(reproduced)", "(contradicted)", "(inconclusive, detectable gap ")
+        assert all(re.search(r"ours [-+][\d.]+ \[[-+][\d.]+, [-+][\d.]+\] \(", line) and " ± " not in line
+                   and any(v in line for v in verdicts) for line in gaps), gaps
+    claims = pd.read_csv(tmp_path / "figures" / "quick" / "dgate_fig4.claims.csv", comment="#")
+    assert len(claims) == len(gaps) and claims["headline"].all() and (claims["direction"] == 1).all()
+    assert (claims["verdict"] == "no verdict").all() == (seeds == 1)
     build_and_write("dgate", "imagenet", request, Runs.fixed({"hinge": given["hinge"]},
                                                              {"hinge": named["in-hinge"]}, request), settings)
     df = pd.read_csv(tmp_path / "tables" / "quick" / "dgate_imagenet.csv", comment="#")

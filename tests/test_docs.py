@@ -108,3 +108,119 @@ def test_the_index_links_each_artifact_to_its_paper_page_or_a_study_page_of_its_
     assert gen.doc_page("imta", "table2") == ROOT / "docs" / "papers" / "imta.md"
     assert gen.doc_page("study", "exits") == ROOT / "docs" / "study-exits.md"
     assert gen.doc_page("study", "nothing") is None and gen.doc_page("nopaper", "table1") is None
+
+
+# ---------------------------------------------------------------------------- claims in the index (issue 26)
+
+
+def _gen():
+    spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
+class _Committed:
+    """docs/gen.py's view of the last commit, given as {path: text}."""
+
+    def __init__(self, files: dict):
+        self.files, self.git = files, True
+
+    def has(self, path: str) -> bool:
+        return path in self.files
+
+    def text(self, path: str) -> str:
+        return self.files[path]
+
+
+def _claims_csv() -> str:
+    """A claims file as repro.render writes it: five claims at 3 seeds, one per verdict, the first a headline."""
+    from repro.render import building, claim, claims_frame
+    from repro.runner import Request
+    from repro.stats import seeds_evidence
+
+    five, zero = seeds_evidence([4.5, 5.0, 5.5]), seeds_evidence([-0.5, 0.5, 0.0])
+    with building(Request(scale="quick", seeds=3)) as ctx:
+        claim("gain at E-1", five, 1.2, headline=True)  # [+3.76, +6.24]: reproduced, larger than the paper's
+        claim("gain at E-2", five, -1.2)                # contradicted
+        claim("gain at E-3", zero, 3.0)                 # [-1.24, +1.24]: smaller than claimed
+        claim("gain at E-4", zero, 1.0)                 # inconclusive, 5 seeds for the paper's 1.00
+        claim("FLOPs cut", 49.25, 30.18)                # a fixed quantity: reproduced
+        frame = claims_frame(ctx.verdicts)
+    return "# imta table2: a heading\n# seeds: 3 seeds (...)\n" + frame.to_csv(index=False)
+
+
+def _files(with_claims: bool) -> dict:
+    md_new = ("# imta table2: Top-1\n\n- seeds: 3 seeds (claims: ...)\n- wall time: 1.0 min\n"
+              "- gain at E-1: ours +5.00 [+3.76, +6.24]; paper +1.20 (reproduced, larger than the paper's)\n\n| row |\n|---|\n")
+    md_old = ("# imta fig4: Budgeted batch\n\n- seeds: 1 seed (± is the 95 % bootstrap interval)\n"
+              "- first gap: ours +0.20 ± 1.01; paper +1.81 (reproduced: the paper's sign, beyond the spread)\n"
+              "- second gap: ours −0.50 ± 0.10 (contradicted: the opposite sign, beyond the spread, at 1 seed: the "
+              "spread is over test images, not seeds)\n"
+              "- third gap: ours +0.10 ± <0.01; paper +0.50 (unresolved: within the spread)\n\n| row |\n|---|\n")
+    files = {"tables/quick/imta_table2.md": md_new if with_claims else md_old.replace("imta fig4", "imta table2"),
+             "tables/quick/imta_table2.csv": "", "tables/quick/imta_fig4.md": md_old}
+    if with_claims:
+        files["tables/quick/imta_table2.claims.csv"] = _claims_csv()
+        files["tables/quick/imta_table2.evidence.npz"] = ""
+    return files
+
+
+MAN = {"imta": {"artifacts": [["table2", "", "table"], ["fig4", "", "figure"], ["fig7", "", "figure"]]}}
+
+
+def test_the_index_counts_every_claims_verdict_from_the_claims_files():
+    gen = _gen()
+    block = gen.index_block(MAN, _Committed(_files(True)))
+    lines = block.splitlines()
+    counts = next(line for line in lines if line.startswith("**`imta`**: "))
+    assert counts == ("**`imta`**: reproduced 2 · contradicted 1 · smaller than claimed 1 · inconclusive 1 · "
+                      "no verdict 0 · old rule (before the verdicts of issue 26): not re-judged: 3")  # fig4's three
+    rows = [line for line in lines if line.startswith("| `table2` |")]
+    assert rows == [
+        "| `table2` | **gain at E-1** | +5.00 [+3.76, +6.24] | +1.20 | 3 | reproduced (larger than the paper's) |",
+        "| `table2` | gain at E-2 | +5.00 [+3.76, +6.24] | -1.20 | 3 | contradicted |",
+        "| `table2` | gain at E-3 | +0.00 [-1.24, +1.24] | +3.00 | 3 | smaller than claimed (the interval holds 0 and "
+        "excludes the paper's gap) |",
+        "| `table2` | gain at E-4 | +0.00 [-1.24, +1.24] | +1.00 | 3 | inconclusive (detectable gap 1.55 at 80% power; "
+        "the paper's 1.00 needs about 5 seeds) |",
+        "| `table2` | FLOPs cut | +49.25 (a fixed quantity) | +30.18 | — | reproduced (a fixed quantity (a count, not a "
+        "measurement)) |"]
+    summary = next(line for line in lines if line.startswith("| [`imta table2`]"))
+    assert "| 2 reproduced, 1 contradicted, 1 smaller than claimed, 1 inconclusive |" in summary
+    assert "imta_table2.claims.csv" in summary and "imta_table2.evidence.npz" in summary
+    assert "Not committed yet (1): `imta fig7`." in block
+
+
+def test_outputs_without_a_claims_file_are_listed_under_the_old_rule_with_no_verdict_word():
+    gen = _gen()
+    block = gen.index_block(MAN, _Committed(_files(False)))
+    old = [line for line in block.splitlines() if line.startswith("| `fig4` |")]
+    # every claim, not only the first, each with its numbers and no verdict
+    assert len([line for line in block.splitlines() if line.startswith("| `table2` |")]) == 3
+    assert old == [
+        "| `fig4` | first gap | +0.20 ± 1.01 | +1.81 | 1 | old rule (before the verdicts of issue 26): not re-judged |",
+        "| `fig4` | second gap | -0.50 ± 0.10 | — | 1 | old rule (before the verdicts of issue 26): not re-judged |",
+        "| `fig4` | third gap | +0.10 ± <0.01 | +0.50 | 1 | old rule (before the verdicts of issue 26): not re-judged |"]
+    listed = "\n".join(line for line in block.splitlines() if not line.startswith("**`imta`**: "))  # less the counts
+    for word in ("reproduced", "contradicted", "unresolved", "beyond the spread", "inconclusive"):
+        assert word not in listed, word
+    assert "reproduced 0 · contradicted 0 · smaller than claimed 0 · inconclusive 0 · no verdict 0 · old rule (before " \
+           "the verdicts of issue 26): not re-judged: 6" in block
+    # the paper page's results section: the old header's claim lines keep their numbers, lose their verdicts
+    page = gen.results_block("imta", MAN, _Committed(_files(False)))
+    assert "- first gap: ours +0.20 ± 1.01; paper +1.81 (old rule (before the verdicts of issue 26): not re-judged)" \
+        in page
+    assert "- seeds: 1 seed (± is the 95 % bootstrap interval)" in page  # other header lines as they are
+    assert "reproduced" not in page and "contradicted" not in page
+
+
+def test_a_claims_files_rows_are_read_back_with_their_numbers():
+    gen = _gen()
+    rows = gen.read_claims(_claims_csv())
+    assert [r["claim"] for r in rows] == ["gain at E-1", "gain at E-2", "gain at E-3", "gain at E-4", "FLOPs cut"]
+    assert rows[0]["headline"] and not rows[1]["headline"] and rows[0]["seeds"] == 3
+    assert rows[0]["lo"] == pytest.approx(5 - 4.302653 * (0.25 / 3) ** 0.5, abs=1e-5)
+    assert gen.ours_text({**rows[0], "lo": 0.001, "hi": 1.9, "gap": 1.0, "paper": 3.0}) == "+1.000 [+0.001, +1.900]"
+    one = {**rows[3], "verdict": "no verdict", "seeds": 1, "kind": "images"}
+    assert gen.verdict_text(one) == "no verdict (1 seed: below 3)"

@@ -253,20 +253,26 @@ def _synthetic_hem_run(seed: int, n: int = 400):
 
 def test_alpha_build_from_fixed_runs_claims_paired_gaps(tmp_path):
     """The alpha artifact built from synthetic runs (no training): its claim is the paired gap of
-    repro.exits.gap_with_spread, with a verdict at quick scale, and every alpha of the bank is drawn."""
+    repro.exits.gap_with_spread (at one seed: the test images' spread, z x the standard error of the
+    per-image differences), shown without a verdict below 3 seeds, and every alpha of the bank is drawn."""
     from repro.runner import build_and_write
 
     request = Request(scale="quick")
     rrs = [_synthetic_hem_run(0)]
     runs = Runs.fixed({"hem": rrs}, {"hem": glance_runs(request)["hem"]}, request)
     paths = build_and_write("glancenet", "alpha", request, runs, Settings(out_dir=tmp_path))
-    csv = next(p for p in paths if p.suffix == ".csv")
+    csv = next(p for p in paths if p.name == "glancenet_alpha.csv")
     head = [line for line in csv.read_text().splitlines() if line.startswith("# ")]
-    gap, spread = gap_with_spread([o["correct"] for o in outcomes(rrs, 1.0)],
-                                  [o["correct"] for o in outcomes(rrs, 0.1)])
-    assert gap > spread > 0  # the synthetic bank: alpha 1.0 is more accurate, beyond the spread
+    d = (outcomes(rrs, 1.0)[0]["correct"].double() - outcomes(rrs, 0.1)[0]["correct"].double()) * 100
+    gap, spread = float(d.mean()), 1.959964 * float(d.std()) / math.sqrt(d.numel())
+    assert gap > spread > 0  # the synthetic bank: alpha 1.0 is more accurate, beyond the test images' spread
+    assert tuple(gap_with_spread([o["correct"] for o in outcomes(rrs, 1.0)],
+                                 [o["correct"] for o in outcomes(rrs, 0.1)])) == pytest.approx((gap, spread), abs=1e-4)
     line = next(h for h in head if h.startswith("# top-1 at alpha=1.0 minus alpha=0.1"))
-    assert f"ours {gap:+.2f} ± {spread:.2f}" in line and "(reproduced: the paper's sign, beyond the spread" in line
+    assert line.endswith(f"ours {gap:+.2f} ± {spread:.2f} (test images only) (no verdict)")
+    assert "no claim gets a verdict below 3 seeds" in csv.read_text()
+    claims = pd.read_csv(tmp_path / "figures" / "quick" / "glancenet_alpha.claims.csv", comment="#")
+    assert claims["verdict"].tolist() == ["no verdict"] * len(claims) and claims["direction"].tolist() == [1, -1]
     assert any("model: DenseNet L=10 k=12, bypasses after dense blocks 1, 2" in h for h in head)
     df = _read(csv)
     ours = df[df["source"] == "ours"]
