@@ -154,7 +154,8 @@ class Meta:
                   else "± is the 95 % bootstrap interval over test samples (half-width)")
         if self.seeds < MIN_SEEDS:
             spread += (f"; the seed-to-seed spread is {'unknown' if self.seeds == 1 else 'barely known'}, so no claim "
-                       f"gets a verdict below {MIN_SEEDS} seeds (--seeds {MIN_SEEDS}, or --seeds auto)")
+                       f"gets a verdict below {MIN_SEEDS} seeds (--seeds {MIN_SEEDS}, or --seeds auto), except a fixed "
+                       f"count such as a FLOPs cut, judged as it is")
         if ctx is not None and ctx.auto:
             spread += f"; {ctx.auto}"
         outlying = [f"outlying seeds (shown, not dropped; claims that use them give the verdict without them too): "

@@ -427,24 +427,26 @@ def validation_top1(run: Run) -> tuple[float, int] | None:
 
 
 def outlying_seeds(named: dict, request: Request, settings: Settings) -> list[tuple[str, int, float, float]]:
-    """Every named run whose validation top-1 at some seed is far from its siblings' (more than 3
-    robust deviations from their median, or within 5 points of chance: :func:`repro.stats.outlying`):
+    """Every named run whose validation top-1 at some seed is far from its siblings' (beyond 4 pooled
+    robust deviations and 2 points, or within 5 points of chance: :func:`repro.stats.outlying`):
     (name, seed, its top-1, the median).  Needs 3 seeds or more; shown in the header, never dropped."""
     from repro.stats import MIN_SEEDS, outlying
 
     if request.seeds < MIN_SEEDS or request.scale == "smoke":  # smoke runs sit near chance by design
         return []
-    out = []
+    groups, classes = {}, None
     for name, cfg in named.items():
         if cfg is None:
             continue
         got = [validation_top1(Run(settings.runs_dir, c)) for c in resolve(cfg, request)]
         if any(g is None for g in got):
             continue
-        vals = [g[0] for g in got]
-        med = statistics.median(vals)
-        out += [(name, s, vals[s], med) for s in outlying(vals, chance=100 / got[0][1])]
-    return out
+        groups[name] = [g[0] for g in got]
+        classes = got[0][1]
+    if not groups:
+        return []
+    return [(name, s, groups[name][s], statistics.median(groups[name]))
+            for name, s in outlying(groups, chance=100 / classes)]
 
 
 def _split_sizes(cfg: RunConfig, settings: Settings) -> tuple[int | None, int]:

@@ -76,9 +76,6 @@ def test_the_example_builds_a_table_and_a_figure_the_core_writes(tmp_path):
     assert "| label smoothing |" in md and " paper" not in md.split("\n\n")[-1]  # no reference CSV: no paper column
 
 
-@pytest.mark.xfail(strict=True, reason="docs/adding-a-paper.md's example splats the Gap, Claim(name, "
-                   "*gap_with_spread(...), paper_gap(...)): the spread lands in Claim.paper and the gap is judged "
-                   "as a fixed quantity ('ours +9.25 (a fixed quantity); paper +6.79 (reproduced)' at one seed)")
 def test_the_examples_claim_is_a_paired_gap_with_its_evidence(tmp_path):
     paths, md, d = _build_example(tmp_path)
     # one seed: the gap of the per-image differences and z x their standard error, no paper number, no verdict

@@ -277,8 +277,6 @@ def test_a_fixed_quantity_has_no_plus_minus_and_a_tiny_spread_is_not_shown_as_ze
             claim("x", 1.0, None, sign=2)
 
 
-@pytest.mark.xfail(strict=True, reason="repro.stats.claim_line returns a fixed quantity's line before it checks the "
-                   "smoke scale: the line says '(reproduced)' while repro.render.claim records no verdict")
 def test_a_fixed_quantity_at_smoke_scale_gets_no_verdict_either():
     with building(Request(scale="smoke")) as ctx:
         line = claim("FLOPs cut", 49.25, 30.18)
@@ -286,8 +284,6 @@ def test_a_fixed_quantity_at_smoke_scale_gets_no_verdict_either():
     assert "reproduced" not in line and "smoke" in line  # what the header shows must say the same
 
 
-@pytest.mark.xfail(strict=True, reason="repro.stats.claim_line labels every interval below 3 seeds '(test images "
-                   "only)' or '(no seed spread)', though at 2 seeds the half-width is the t-interval over the seeds")
 def test_a_two_seed_claim_does_not_say_its_spread_is_over_test_images_only():
     from repro.stats import seeds_evidence
 

@@ -199,10 +199,36 @@ def test_digits_never_contradict_the_verdict():
     assert "[+0.001, +1.120]" in line  # at 2 decimals the low end would read +0.00
 
 
-def test_outlying_seeds():
-    assert stats.outlying([85.0, 85.3, 80.0]) == [2]
-    assert stats.outlying([85.0, 85.3, 85.5]) == []
-    assert stats.outlying([85.0, 11.0], chance=10.0) == [1]
+def test_outlying_seeds_by_hand():
+    groups = {"a": [85.0, 85.3, 85.1], "b": [84.0, 84.4, 84.2], "c": [80.0, 86.0, 86.2]}
+    # each value against the mean of its run's other seeds, scaled to sigma: c seed 0 is 6.1 points off
+    assert stats.outlying(groups) == [("c", 0)]
+    assert stats.outlying({"a": [85.0, 85.3, 85.5]}) == []          # too few values to pool a scale
+    assert stats.outlying({"a": [85.0, 11.0]}, chance=10.0) == [("a", 1)]  # near chance: always shown
+
+
+def _false_flags(names: int, seeds: int, sd: float, reps: int, rng) -> float:
+    return float(np.mean([bool(stats.outlying({f"r{j}": list(85 + rng.normal(0, sd, seeds)) for j in range(names)},
+                                              chance=10.0)) for _ in range(reps)]))
+
+
+@pytest.mark.parametrize("names, seeds", [(3, 3), (6, 3), (3, 5), (6, 10)])
+def test_outlying_seeds_rarely_flag_a_clean_artifact(names, seeds):
+    """No outlier: normal seeds with a spread of 1 or 3 points; a flag is false (at most 5 % of artifacts)."""
+    rng = np.random.default_rng(names * 100 + seeds)
+    for sd in (1.0, 3.0):
+        assert _false_flags(names, seeds, sd, 500, rng) <= 0.05
+
+
+def test_outlying_seeds_find_a_collapsed_seed():
+    """A seed 8 points down (spread 1 point), 6 runs of 5 seeds: found most of the time."""
+    rng = np.random.default_rng(1)
+    found = 0
+    for _ in range(300):
+        groups = {f"r{j}": list(85 + rng.normal(0, 1, 5)) for j in range(6)}
+        groups["r0"][0] -= 8
+        found += ("r0", 0) in stats.outlying(groups)
+    assert found / 300 >= 0.6
 
 
 def test_evidence_round_trip(tmp_path):

@@ -602,7 +602,7 @@ def build_hem(request, runs, settings):
                  {"row": key, "column": "wall_speedup_batched", "value": wb}, *exit_shares(key, o, k_exits)]
     at_first = {key: [(d["exit"] == 0).double() for d in o] for key, o in outs.items()}
     extra = gap_with_spread(at_first["hem"], at_first["no-hem"], arms=("hem", "no-hem"))
-    ours.append({"row": "hem", "column": "first_bypass_extra_pct", "value": extra[0], "spread": extra[1]})
+    ours.append({"row": "hem", "column": "first_bypass_extra_pct", "value": extra.gap, "spread": extra.halfwidth()})
 
     claims = [Claim("top-1 with HEM minus without (points)",
                     gap_with_spread(_right(outs["hem"]), _right(outs["no-hem"]), arms=("hem", "no-hem")),

@@ -584,7 +584,9 @@ class Matched:
     re-evaluates the curve's costs too and interpolates again, which a per-sample correctness
     vector cannot express (tested equal to ``gap_with_spread`` where nothing is interpolated)."""
     est: dict   # policy -> seeds x len(FRACTIONS)
-    boot: dict  # policy -> len(FRACTIONS) x B (seed 0), or None with several seeds
+    boot: dict  # policy -> seeds x len(FRACTIONS) x B (the same resamples for every seed and policy)
+    arms: dict = None  # policy -> the run names behind it (outlying seeds)
+    n: int = 0         # test images
 
     def value(self, p: str, j: int) -> tuple[float, float]:
         v = self.est[p][:, j]
@@ -592,31 +594,45 @@ class Matched:
             return math.nan, math.nan
         if v.numel() > 1:
             return mean_and_spread(v.tolist())
-        return float(v[0]), _halfwidth(self.boot[p][j])
+        return float(v[0]), _halfwidth(self.boot[p][0, j])
 
     def gap(self, a: str, b: str, j: int):
         """The gap of policy ``a`` over ``b`` at matched cost j (a :class:`repro.stats.Gap`, which
-        unpacks as (gap, half-width)): over seeds, the t-interval of the per-seed gaps; at one seed,
-        the bootstrap over test images (no verdict)."""
+        unpacks as (gap, half-width)) by the core's rule (docs/statistics.md): the seed part from the
+        per-seed gaps, the test-image part that the seeds share from the paired bootstrap (a matched
+        cost re-interpolates each resample, which per-image scores cannot express).  With V1 the mean
+        over seeds of each seed's bootstrap variance of its gap and VS that of the seed-averaged gap,
+        VS = (s_b + s_i / S) / n and V1 = (s_b + s_i) / n, so the shared part s_b / n is
+        VS - (V1 - VS) / (S - 1).  At one seed: the bootstrap over test images (no verdict)."""
         from repro import stats
 
         d = self.est[a][:, j] - self.est[b][:, j]
+        arms = None if self.arms is None else (tuple(self.arms.get(a, ())), tuple(self.arms.get(b, ())))
         if d.isnan().any():
             return stats.one_seed(math.nan, math.nan)
-        if d.numel() > 1:
-            return stats.seeds_evidence(d.tolist())
-        return stats.one_seed(float(d[0]), _halfwidth(self.boot[a][j] - self.boot[b][j]))
+        bd = self.boot[a][:, j] - self.boot[b][:, j]  # seeds x B
+        if d.numel() == 1:
+            return replace(stats.one_seed(float(d[0]), _halfwidth(bd[0])), arms=arms)
+        ok = ~bd.isnan().any(0)
+        if ok.sum() < 0.9 * bd.shape[1]:  # too many resamples fall outside a curve: the seeds alone
+            return replace(stats.seeds_evidence(d.tolist()), arms=arms)
+        bd = bd[:, ok]
+        s = d.numel()
+        v1 = float(bd.var(1).mean())
+        vs = float(bd.mean(0).var())
+        shared = max(vs - (v1 - vs) / (s - 1), 0.0)
+        return stats.Gap(float(d.mean()), s, tuple(map(float, d)), "images", self.n, float(d.var()), shared, arms)
 
 
-def matched(per_seed: list[dict], xs: Sequence[float] = FRACTIONS) -> Matched:
+def matched(per_seed: list[dict], xs: Sequence[float] = FRACTIONS, arms: dict | None = None) -> Matched:
     est, boot = {}, {}
     n = per_seed[0]["none"].n
     ones = torch.ones(1, n)
-    W = bootstrap_weights(n) if len(per_seed) == 1 else None
+    W = bootstrap_weights(n)  # the same resamples for every seed and policy: paired
     for p in per_seed[0]:
         est[p] = torch.stack([curves[p].at(xs, ones)[:, 0] for curves in per_seed])
-        boot[p] = per_seed[0][p].at(xs, W) if W is not None else None
-    return Matched(est, boot)
+        boot[p] = torch.stack([curves[p].at(xs, W) for curves in per_seed])
+    return Matched(est, boot, arms, n)
 
 
 # ---------------------------------------------------------------------------- timing
