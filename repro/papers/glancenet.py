@@ -504,7 +504,7 @@ def _method_note(cfg: RunConfig) -> str:
 
 def _table(title: str, cfg: RunConfig, ours: list[dict], labels: dict, columns: list[str], notes, claims) -> Table:
     return Table(title, cfg.dataset, _model(cfg), CONVENTIONS[COST], ours, list(labels), columns, labels,
-                 notes=[_method_note(cfg), *notes], claims=claims)
+                 notes=[_method_note(cfg), *notes], claims=claims, column_names={"mflops": "mmacs"})
 
 
 def _thresholds(h: Sequence[float]) -> str:
@@ -573,7 +573,7 @@ def build_table1(request, runs, settings):
               "glancenet": f"GlanceNet, learned thresholds (alpha={alpha:g})",
               "glancenet-valsearch": "GlanceNet, thresholds searched on val at the same val cost"}
     cols = [*stats, "wall_speedup_b1", "wall_speedup_batched", *[f"exit{k + 1}_pct" for k in range(k_exits)]]
-    return _table("DenseNet vs GlanceNet: top-1 (%), average cost and speed-up", runs.config("hem"), ours, labels,
+    return _table("DenseNet vs GlanceNet: top-1 (%), average cost and speed-up (CIFAR-10)", runs.config("hem"), ours, labels,
                   cols, notes, claims)
 
 
@@ -621,7 +621,7 @@ def build_hem(request, runs, settings):
     labels = {"no-hem": f"GlanceNet without HEM (alpha={alpha:g})", "hem": f"GlanceNet with HEM (alpha={alpha:g})"}
     cols = ["top1", "top1_last_classifier", "mflops", "speedup", "wall_speedup_batched",
             *[f"exit{k + 1}_pct" for k in range(k_exits)], "first_bypass_extra_pct"]
-    return _table("Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%)", runs.config("hem"),
+    return _table("Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%) (CIFAR-10)", runs.config("hem"),
                   ours, labels, cols, notes, claims)
 
 

@@ -346,7 +346,7 @@ def _ablation_table(artifact: str):
         base = runs.config("baseline")
         notes = ([f"the same runs as imta table2 ({base.dataset} at this scale), set beside the paper's ImageNet "
                   "Table 3: its claims repeat table2's evidence"] if shared else [])
-        return Table("Top-1 (%) at every exit, ablation of GE / ISC / OFA", base.dataset, _model(base),
+        return Table(f"Top-1 (%) at every exit, ablation of GE / ISC / OFA ({'ImageNet' if artifact == 'table3' else 'CIFAR-100'})", base.dataset, _model(base),
                      CONVENTIONS[COST], ours, ROWS, cols, LABELS, notes=notes, claims=claims)
     return build
 
@@ -387,7 +387,7 @@ def build_table1(request, runs, settings):
     notes = ["params_m, madds_m: MSDNet (the baseline run), the network the paper's columns describe; "
              "imta_params_m, imta_madds_m: the GE+ISC+OFA model, ISC modules included (the paper prints "
              "MSDNet's numbers for its rows too)"]
-    return Table("Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base.dataset,
+    return Table("Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA (CIFAR-100)", base.dataset,
                  _model(base), CONVENTIONS[COST], ours, [f"exit{i + 1}" for i in range(len(mb))],
                  ["params_m", "madds_m", "msdnet_top1", "imta_params_m", "imta_madds_m", "imta_top1"],
                  reference=pd.DataFrame(remap), notes=notes)
