@@ -531,15 +531,32 @@ def place_legend(ax, where: str = "best", fontsize: float = 7) -> None:
         ax.legend(handles, [textwrap.fill(t, 30) for t in labels], fontsize=fontsize, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
     elif where == "below":
-        # under the tick labels and the x label, whatever the axes' final size: the pad in font sizes
-        fig = ax.figure
-        below_px = ax.bbox.y0 - ax.get_tightbbox(_renderer(fig)).y0
-        pad = (below_px * 72 / fig.dpi + 4) / fontsize
-        ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=2, framealpha=0.8,
-                  borderaxespad=pad)
+        legend_below(ax, handles, labels, fontsize=fontsize, ncol=2, framealpha=0.8)
     else:  # labels wrapped to the panel's width (less the handles)
         chars = max(24, int(ax.get_position().width * ax.figure.get_size_inches()[0] * 72 / (0.6 * fontsize)) - 12)
         ax.legend(handles, [textwrap.fill(t, chars) for t in labels], fontsize=fontsize, loc="best", framealpha=0.8)
+
+
+def legend_below(ax, handles, labels, fontsize: float = 7, **kw):
+    """A legend centred under the axes, below its tick labels and x label (whatever their size:
+    the gap is set again just before the final layout, :func:`save_figure`)."""
+    legend = ax.legend(handles, labels, fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, 0), **kw)
+
+    def pad() -> None:
+        fig = ax.figure
+        below_px = ax.bbox.y0 - ax.xaxis.get_tightbbox(_renderer(fig)).y0
+        legend.borderaxespad = (max(below_px, 0) * 72 / fig.dpi + 4) / fontsize
+
+    pad()
+    _before_layout(ax.figure).append(pad)
+    return legend
+
+
+def _before_layout(fig) -> list:
+    """Callbacks :func:`save_figure` runs just before the final layout."""
+    if not hasattr(fig, "_repro_before_layout"):
+        fig._repro_before_layout = []
+    return fig._repro_before_layout
 
 
 def note_on_axes(ax, text: str) -> None:
@@ -800,6 +817,8 @@ def save_figure(fig, meta: Meta, out_dir: Path, dpi: int = 150, data: pd.DataFra
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
+    for first in _before_layout(fig):
+        first()
     if titled:
         width_in, height_in = fig.get_size_inches()
         renderer = _renderer(fig)

@@ -32,7 +32,7 @@ from repro.exits import (SCORES, accuracy_with_spread, budgeted_correct, budgete
 from repro.flops import CONVENTIONS, count_exits
 from repro.models import create_model, msdnet
 from repro.reference_data import paper_gap
-from repro.render import dataset_name, paper_label, sweep_spread
+from repro.render import dataset_name, legend_below, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.train import freeze_except
 
@@ -642,7 +642,7 @@ def build_fig7(request, runs, settings):
                        label=f"{label} (Spearman ρ = {d['spearman_rho'].iloc[0]:.3f})")
         ax.set_xlabel("confidence rank at exit 1 (0 = least, 1 = most confident)")
         ax.set_ylabel("confidence rank at exit 2 (validation samples)")
-        ax.legend(fontsize=7, markerscale=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
+        legend_below(ax, *ax.get_legend_handles_labels(), fontsize=7, markerscale=4, ncol=1)
         return fig
 
     base = runs.config("baseline")
