@@ -86,20 +86,35 @@ class Committed:
 
 
 def header_and_tables(md: str) -> tuple[str, list[str], str]:
-    """A table file's heading, its header lines (the "- " lines) and the rest (its tables)."""
+    """A table file's heading, its header lines (the "- " lines, above its tables or in the
+    <details> block below them; a line wrapped onto "  " lines joined back) and the rest (its
+    summary lines and tables)."""
     lines = md.rstrip("\n").splitlines()
     heading = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else ""
-    header, i = [], 1 if heading else 0
-    while i < len(lines) and (lines[i].startswith("- ") or not lines[i].strip()):
-        if lines[i].startswith("- "):
-            header.append(lines[i][2:])
-        i += 1
-    return heading, header, "\n".join(lines[i:]).strip()
+    header, body, details, item = [], [], False, False
+    for line in lines[1 if heading else 0:]:
+        if line.startswith("<details>") or line.startswith("</details>"):
+            details = not line.startswith("</")
+        elif line.startswith("- "):
+            header.append(line[2:])
+        elif item and line.startswith("  ") and line.strip():
+            header[-1] += " " + line.strip()
+            continue
+        elif not details:
+            body.append(line)
+        item = line.startswith("- ")
+    return heading, header, "\n".join(body).strip()
 
 
 def csv_header(text: str) -> tuple[str, list[str]]:
-    """A figure CSV's heading and header lines (its leading "# " lines)."""
-    head = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    """A figure CSV's heading and header lines (its leading "# " lines; a line wrapped onto "#   "
+    lines joined back)."""
+    head: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#   ") and head:
+            head[-1] += " " + line[1:].strip()
+        elif line.startswith("# "):
+            head.append(line[2:])
     return (head[0], head[1:]) if head else ("", [])
 
 

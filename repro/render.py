@@ -29,6 +29,8 @@ from repro.reference_data import load_reference
 from repro.store import atomic_write_bytes
 
 MAX_MD_WIDTH = 200  # characters of a Markdown table row; wider tables are split into column groups
+MAX_LINE = 200      # characters of any line of an output (.md, .csv header, .tex): longer ones are wrapped
+FOOTER_PT = 8.0     # the figure footer's font size: figures print at their own size (their PDF page)
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,17 @@ _DATASET_NAMES = {"CIFAR-100": "cifar100", "CIFAR-10": "cifar10", "ImageNet": "i
 
 def label_paper_datasets(title: str, ours: str) -> str:
     """Mark every dataset a title names that is not ``ours`` as the paper's: "(CIFAR-10)" becomes
-    "(paper: CIFAR-10)" when we trained on Fashion-MNIST."""
+    "(paper: CIFAR-10)" when we trained on Fashion-MNIST, "with d-gates on ImageNet: top-1" becomes
+    "with d-gates (paper: ImageNet): top-1", and a name elsewhere "paper: CIFAR-10"."""
     pattern = "|".join(re.escape(n) for n in sorted(_DATASET_NAMES, key=len, reverse=True))
 
     def relabel(m: re.Match) -> str:
-        name = m.group(0)
-        return name if _DATASET_NAMES[name] == ours else f"paper: {name}"
+        name = m.group("name")
+        if _DATASET_NAMES[name] == ours:
+            return m.group(0)
+        return f" (paper: {name})" if m.group("prep") else f"paper: {name}"
 
-    return re.sub(rf"(?<!paper: )(?<![\w-])({pattern})(?![\w-])", relabel, title)
+    return re.sub(rf"(?P<prep> (?:on|in|for) )?(?<!paper: )(?<![\w-])(?P<name>{pattern})(?![\w-])", relabel, title)
 
 
 @dataclass
@@ -136,6 +141,7 @@ class Meta:
     notes: list[str] = field(default_factory=list)
     model: str = ""  # the model(s) the numbers come from
     reference: bool = True  # the paper has published numbers to compare with (a reference CSV)
+    verdicts: list = field(default_factory=list)  # the claims as rendered (name, evidence, paper, sign, Verdict, headline, line)
 
     def heading(self) -> str:
         """``<paper> <artifact>: <title> — ours: <dataset>, <scale> scale``."""
@@ -176,6 +182,138 @@ class Meta:
 
     def header_lines(self) -> list[str]:
         return [self.heading(), *self.lines()]
+
+    def seeds_short(self) -> str:
+        ctx = context()
+        n = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        return n + (f" ({ctx.auto})" if ctx is not None and ctx.auto else "")
+
+    def summary_lines(self) -> list[str]:
+        """What a table's .md says above the table (at most a few short lines): the dataset, scale
+        and seeds, whether the paper's numbers are comparable, and the claims' verdicts."""
+        scale = context().scale if context() else self.scale.split(" ")[0]
+        setting = ("our own runs only (the paper prints no numbers to compare)" if not self.reference else
+                   "the paper's setting: Δ = ours − paper" if context() is None or context().paper_setting else
+                   "not the paper's setting: the paper's numbers for reference, no Δ")
+        first = f"**Ours:** {dataset_name(self.dataset)}, {scale} scale, {self.seeds_short()} · {setting}"
+        box = verdict_box(self, headlines=2)
+        lines = [first] + ([f"**Claims:** {box[0]}"] + [f"**Headline:** {h}" for h in box[1:]] if box else [])
+        lines = [shorten_line(line, MAX_LINE - 1) for line in lines]
+        return [line + "\\" for line in lines[:-1]] + lines[-1:]  # one line each (a Markdown hard break)
+
+    def footer_lines(self) -> list[str]:
+        """A figure's footer: the provenance a reader needs beside the plot, short (the data CSV
+        beside it holds every header line): scale, dataset, network (no argument dicts), seeds,
+        training, cost convention, overrides, commit."""
+        ctx = context()
+        scale = ctx.scale if ctx else self.scale.split(" ")[0]
+        overrides = ", ".join(ctx.overrides) if ctx and ctx.overrides else "none"
+        parts = [f"{scale} scale", f"dataset: {self.dataset}"]
+        parts += [f"model: {model_names(self.model)}"] if self.model else []
+        parts += [f"seeds: {self.seeds_short()}"]
+        parts += [f"training: {ctx.training}"] if ctx and ctx.training else []
+        parts += [f"cost: {self.flops}", f"overrides: {overrides}", f"commit: {git_commit()}"]
+        return parts
+
+
+def model_names(model: str) -> str:
+    """``model`` less its argument dicts: ``msdnet_cifar_5exit {'nChannels': 4, ...}`` ->
+    ``msdnet_cifar_5exit``."""
+    prev = None
+    while prev != model:
+        prev, model = model, re.sub(r"\s*\{[^{}]*\}", "", model)
+    return re.sub(r"\s+([;,)])", r"\1", re.sub(r"[ \t]+", " ", model)).strip()
+
+
+def shorten_line(text: str, width: int = MAX_LINE) -> str:
+    """``text`` cut to ``width`` characters at a word, with an ellipsis."""
+    return text if len(text) <= width else textwrap.shorten(text, width, placeholder=" …")
+
+
+def wrap_line(text: str, width: int = MAX_LINE, first: str = "", rest: str = "  ") -> list[str]:
+    """``first + text`` as lines of at most ``width`` characters, broken at spaces; continuation
+    lines start with ``rest`` (a Markdown list item's indent; ``#   `` in a CSV header).  A word
+    longer than a line is broken too."""
+    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False,
+                         drop_whitespace=True) or [first.rstrip()]
+
+
+def join_wrapped(lines: Sequence[str], rest: str = "  ") -> list[str]:
+    """:func:`wrap_line` undone: a line starting with ``rest`` continues the one before."""
+    out: list[str] = []
+    for line in lines:
+        if out and line.startswith(rest) and line.strip():
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
+def read_header(path) -> list[str]:
+    """The header lines of an output file: a .csv's ``# `` lines, an .md's ``- `` items (above or
+    below its tables), wrapped lines joined back."""
+    text = Path(path).read_text()
+    if str(path).endswith(".md"):
+        items = [ln for ln in join_wrapped(text.splitlines()) if ln.startswith("- ")]
+        return [ln[2:] for ln in items]
+    head = [ln[1:] for ln in text.splitlines() if ln.startswith("#")]
+    return [ln[1:] if ln.startswith(" ") else ln for ln in join_wrapped(head, "   ")]
+
+
+def csv_head(lines: Sequence[str]) -> str:
+    """``lines`` as a CSV's ``# `` header, each wrapped to :data:`MAX_LINE` characters."""
+    return "".join(f"{w}\n" for line in lines for w in wrap_line(line, MAX_LINE, "# ", "#   "))
+
+
+def _verdict_words(rendered) -> list[tuple[str, str, bool, object]]:
+    """(name, verdict word or "", headline, evidence) of each rendered claim."""
+    from repro import stats
+
+    out = []
+    for name, g, paper, sign, v, headline, _line in rendered:
+        if v is None:
+            ctx = context()
+            g2 = g if isinstance(g, stats.Gap) else stats.fixed(float(g))
+            v = stats.verdict(g2, paper, sign, ctx.level if ctx else stats.LEVEL)
+        out.append((name, v.word, bool(headline), g))
+    return out
+
+
+def verdict_box(meta: Meta, headlines: int = 3, width: int = 110) -> list[str]:
+    """The claims' verdicts in a few short lines (a figure's verdict box, a table's summary): the
+    counts ("claims: 3 reproduced, 1 inconclusive"), or "no verdicts: <why>" at smoke scale or
+    below MIN_SEEDS seeds; then up to ``headlines`` headline claims with their verdicts.  [] for an
+    output without claims."""
+    from repro.stats import MIN_SEEDS
+
+    if not meta.verdicts:
+        return []
+    words = _verdict_words(meta.verdicts)
+    n = len(words)
+    ctx = context()
+    scale = ctx.scale if ctx is not None else meta.scale.split(" ")[0]
+    claims = f"{n} claim{'s' if n != 1 else ''}"
+    if scale == "smoke":
+        return [f"no verdicts: smoke scale, a pipeline check ({claims} not judged)"]
+    counts: dict[str, int] = {}
+    for _, w, _, _ in words:
+        counts[w or "no verdict"] = counts.get(w or "no verdict", 0) + 1
+    few = meta.seeds < MIN_SEEDS
+    if counts.get("no verdict") == n:
+        why = (f"{meta.seeds} seed{'s' if meta.seeds != 1 else ''}, a verdict needs {MIN_SEEDS} (--seeds "
+               f"{MIN_SEEDS} or --seeds auto)" if few else "no spread or no direction to judge")
+        return [f"no verdicts: {why}; {claims} not judged"]
+    order = ["reproduced", "smaller than claimed", "contradicted", "inconclusive", "differs", "no verdict"]
+    parts = [f"{counts[w]} {w}" for w in sorted(counts, key=lambda w: order.index(w) if w in order else 99)]
+    lines = ["claims: " + ", ".join(parts) + (f" (below {MIN_SEEDS} seeds only fixed counts are judged)"
+                                              if few and "no verdict" in counts else "")]
+    heads = [(name, w) for name, w, h, _ in words if h]
+    for name, w in heads[:headlines]:
+        word = w or "no verdict"
+        lines.append(textwrap.shorten(name, max(20, width - len(word) - 4), placeholder=" …") + f": {word}")
+    if len(heads) > headlines:
+        lines.append(f"… {len(heads) - headlines} more headline claims in the .claims.csv")
+    return lines
 
 
 def git_commit() -> str:
@@ -266,6 +404,15 @@ def markdown_groups(shown: pd.DataFrame, width: int = MAX_MD_WIDTH) -> list[str]
     return [shown[[first, *g]].to_markdown(index=False) for g in groups] or [shown.to_markdown(index=False)]
 
 
+def _wrap_source(text: str, width: int = MAX_LINE) -> str:
+    """LaTeX source with no line over ``width`` characters: a long line is broken at spaces (a
+    newline inside a paragraph or a tabular row is a space to TeX)."""
+    out = []
+    for line in text.split("\n"):
+        out += wrap_line(line, width, "", "  ") if len(line) > width else [line]
+    return "\n".join(out)
+
+
 def _latex(df: pd.DataFrame, caption: str, notes: Sequence[str] = ()) -> str:
     esc = lambda s: (str(s).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")  # noqa: E731
                      .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$"))
@@ -276,7 +423,20 @@ def _latex(df: pd.DataFrame, caption: str, notes: Sequence[str] = ()) -> str:
     lines += ["\\hline", "\\end{tabular}"]
     lines += ["\\par\\footnotesize " + esc(n) for n in notes]
     lines += ["\\end{table}", ""]
-    return "\n".join(lines)
+    return _wrap_source("\n".join(lines))
+
+
+def table_markdown(shown: pd.DataFrame, meta: Meta) -> str:
+    """A table's .md: the title and a few short lines (ours: dataset, scale, seeds; the claims'
+    verdicts) above the table, every header line (``- key: value``, wrapped under
+    :data:`MAX_LINE` characters) in a ``<details>`` block below it."""
+    md = [f"# {shorten_line(meta.heading(), MAX_LINE - 2)}", "", *meta.summary_lines()]
+    for table in markdown_groups(shown):
+        md += ["", table]
+    md += ["", "<details><summary>Provenance, notes and every claim</summary>", ""]
+    md += [w for line in meta.lines() for w in wrap_line(line, MAX_LINE, "- ", "  ")]
+    md += ["", "</details>"]
+    return "\n".join(md) + "\n"
 
 
 def write_table(df: pd.DataFrame, meta: Meta, out_dir: Path, digits: int = 2) -> list[Path]:
@@ -285,10 +445,7 @@ def write_table(df: pd.DataFrame, meta: Meta, out_dir: Path, digits: int = 2) ->
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
     df = without_delta(df)
     shown = to_display(df, digits)
-    md = [f"# {meta.heading()}", ""] + [f"- {line}" for line in meta.lines()]
-    for table in markdown_groups(shown):
-        md += ["", table]
-    atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), table_markdown(shown, meta))
     write_csv(df, meta, stem.with_suffix(".csv"))
     atomic_write_text(stem.with_suffix(".tex"), _latex(shown, meta.heading(), meta.lines()))
     return [stem.with_suffix(s) for s in (".md", ".csv", ".tex")]
@@ -299,8 +456,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_csv(df: pd.DataFrame, meta: Meta, path: Path) -> Path:
-    """``df`` as CSV under ``#`` lines of the header (read back with :func:`read_table_csv`)."""
-    head = "".join(f"# {line}\n" for line in meta.header_lines())
+    """``df`` as CSV under ``#`` lines of the header (read back with :func:`read_table_csv`; the
+    lines with :func:`read_header`)."""
+    head = csv_head(meta.header_lines())
     atomic_write_text(path, head + df.to_csv(index=False))
     return Path(path)
 
@@ -374,10 +532,32 @@ def place_legend(ax, where: str = "best", fontsize: float = 7) -> None:
         ax.legend(handles, [textwrap.fill(t, 30) for t in labels], fontsize=fontsize, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
     elif where == "below":
-        ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, framealpha=0.8)
+        legend_below(ax, handles, labels, fontsize=fontsize, ncol=2, framealpha=0.8)
     else:  # labels wrapped to the panel's width (less the handles)
         chars = max(24, int(ax.get_position().width * ax.figure.get_size_inches()[0] * 72 / (0.6 * fontsize)) - 12)
         ax.legend(handles, [textwrap.fill(t, chars) for t in labels], fontsize=fontsize, loc="best", framealpha=0.8)
+
+
+def legend_below(ax, handles, labels, fontsize: float = 7, **kw):
+    """A legend centred under the axes, below its tick labels and x label (whatever their size:
+    the gap is set again just before the final layout, :func:`save_figure`)."""
+    legend = ax.legend(handles, labels, fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, 0), **kw)
+
+    def pad() -> None:
+        fig = ax.figure
+        below_px = ax.bbox.y0 - ax.xaxis.get_tightbbox(_renderer(fig)).y0
+        legend.borderaxespad = (max(below_px, 0) * 72 / fig.dpi + 4) / fontsize
+
+    pad()
+    _before_layout(ax.figure).append(pad)
+    return legend
+
+
+def _before_layout(fig) -> list:
+    """Callbacks :func:`save_figure` runs just before the final layout."""
+    if not hasattr(fig, "_repro_before_layout"):
+        fig._repro_before_layout = []
+    return fig._repro_before_layout
 
 
 def note_on_axes(ax, text: str) -> None:
@@ -480,6 +660,81 @@ def _after_layout(fig) -> list:
     return fig._repro_after_layout
 
 
+def drawn_texts(fig) -> list[tuple[str, object]]:
+    """Every text a reader sees on ``fig`` after a draw, as (a short name, its window extent):
+    the figure's texts (title, verdict box, footer), and per visible axes its titles, axis labels,
+    the tick labels it draws, offset texts, annotations and texts, and its legend (as one box)."""
+    renderer = _renderer(fig)
+    fig.draw_without_rendering()
+    out: list[tuple[str, object]] = []
+
+    def add(name: str, t) -> None:
+        if t is not None and t.get_visible() and str(t.get_text()).strip():
+            out.append((f"{name} {str(t.get_text()).strip()[:40]!r}", t.get_window_extent(renderer)))
+
+    for t in dict.fromkeys([fig._suptitle, fig._supxlabel, fig._supylabel, *fig.texts]):  # the suptitle is a text too
+        add(getattr(t, "_repro_role", "title" if t is fig._suptitle else "figure text"), t)
+    for i, ax in enumerate(fig.axes):
+        if not ax.get_visible() or not ax.axison and not ax.texts:
+            continue
+        where = f"axes {i + 1}"
+        for t in (ax.title, ax._left_title, ax._right_title):
+            add(f"{where} title", t)
+        for axis, xy in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+            if not ax.axison or not axis.get_visible():
+                continue
+            add(f"{where} {xy} label", axis.label)
+            add(f"{where} {xy} offset", axis.offsetText)
+            for tick in axis._update_ticks():
+                add(f"{where} {xy} tick", tick.label1)
+                add(f"{where} {xy} tick", tick.label2)
+        for t in ax.texts:
+            add(f"{where} text", t)
+        legend = ax.get_legend()
+        if legend is not None and legend.get_visible():
+            out.append((f"{where} legend", legend.get_window_extent(renderer)))
+    for legend in fig.legends:
+        out.append(("figure legend", legend.get_window_extent(renderer)))
+    return out
+
+
+def text_problems(fig, tolerance: float = 1.0) -> list[str]:
+    """The texts of ``fig`` (:func:`drawn_texts`) that overlap another or leave the canvas, one
+    line each; [] for a clean figure.  Boxes are shrunk by ``tolerance`` pixels (texts that touch
+    are not overlapping)."""
+    from matplotlib.transforms import Bbox
+
+    width, height = fig.get_size_inches() * fig.dpi
+    items = [(n, Bbox.from_extents(b.x0 + tolerance, b.y0 + tolerance, b.x1 - tolerance, b.y1 - tolerance))
+             for n, b in drawn_texts(fig) if b.width > 0 and b.height > 0]
+    problems = [f"{n} leaves the canvas ({b.x0:.0f}..{b.x1:.0f} x {b.y0:.0f}..{b.y1:.0f} of {width:.0f} x {height:.0f} px)"
+                for n, b in items if b.x0 < 0 or b.y0 < 0 or b.x1 > width or b.y1 > height]
+    for i, (a, ba) in enumerate(items):
+        for b, bb in items[i + 1:]:
+            if ba.overlaps(bb):
+                problems.append(f"{a} overlaps {b}")
+    return problems
+
+
+_ON_SAVE: list = []  # callables (figure, meta) run by save_figure once the figure is laid out
+
+
+@contextlib.contextmanager
+def checking_layout():
+    """While it is open, every figure :func:`save_figure` writes is checked by :func:`text_problems`:
+    yields a dict, ``<paper>_<artifact>`` -> its problems."""
+    found: dict[str, list[str]] = {}
+
+    def check(fig, meta) -> None:
+        found[f"{meta.paper}_{meta.artifact}"] = text_problems(fig)
+
+    _ON_SAVE.append(check)
+    try:
+        yield found
+    finally:
+        _ON_SAVE.remove(check)
+
+
 def axes_lines(fig) -> list[str]:
     """What every panel of ``fig`` plots, for the data CSV's header: ``axes <n> (<title>): x = ...;
     y = ...; legend: a | b`` (colour bars and twin axes included)."""
@@ -530,6 +785,17 @@ def claim(name: str, evidence, paper: float | None = None, sign: int | None = No
     return line
 
 
+def _fit_lines(artist, lines: Sequence[str], chars: int, max_px: float, renderer) -> str:
+    """:func:`_fit_text` for several lines: each wrapped on its own, at one width."""
+    while True:
+        wrapped = "\n".join(textwrap.fill(line, max(chars, 20), subsequent_indent="  ") for line in lines)
+        artist.set_text(wrapped)
+        width = artist.get_window_extent(renderer).width
+        if width <= max_px or chars <= 20:
+            return wrapped
+        chars = min(chars - 1, int(chars * max_px / width))
+
+
 def _fit_text(artist, text: str, chars: int, max_px: float, renderer) -> str:
     """Wrap ``text`` at ``chars`` characters, narrower until the drawn ``artist`` fits ``max_px``."""
     while True:
@@ -552,16 +818,32 @@ def save_figure(fig, meta: Meta, out_dir: Path, dpi: int = 150, data: pd.DataFra
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
+    for first in _before_layout(fig):
+        first()
     if titled:
         width_in, height_in = fig.get_size_inches()
         renderer = _renderer(fig)
         width_px = width_in * fig.dpi
+        pad = 0.04 * fig.dpi  # 0.04 in between the stacked texts
         title = fig.suptitle("", fontsize=9, y=1 - 0.04 / height_in, va="top")
         _fit_text(title, meta.heading(), int(width_in * 13), 0.96 * width_px, renderer)
-        footer = fig.text(0.01, 0.005, "", fontsize=5.5, color="0.35", va="bottom")
-        _fit_text(footer, " | ".join(meta.lines()[:8 if meta.model else 7]), int(width_in * 24), 0.97 * width_px, renderer)
+        top_px = title.get_window_extent(renderer).y0 - pad
+        box = verdict_box(meta)
+        if box:  # the claims' verdicts under the title, in a box of their own
+            settled = any(w in box[0] for w in ("reproduced", "contradicted", "smaller than claimed"))
+            verdicts = fig.text(0.5, top_px / (height_in * fig.dpi), "", fontsize=7.5, ha="center", va="top",
+                                color="0.1", bbox={"boxstyle": "round,pad=0.3", "fc": "#eef4ee" if settled else "#f4f4f4",
+                                                   "ec": "0.6", "lw": 0.6})
+            verdicts._repro_role = "verdicts"
+            _fit_lines(verdicts, box, int(width_in * 16), 0.94 * width_px, renderer)
+            top_px = verdicts.get_window_extent(renderer).y0 - 3 * pad
+        footer = fig.text(0.01, 0.005, "", fontsize=FOOTER_PT, color="0.3", va="bottom")
+        footer._repro_role = "footer"
+        _fit_text(footer, " | ".join(meta.footer_lines()), int(width_in * 15), 0.97 * width_px, renderer)
         bottom = (footer.get_window_extent(renderer).height / fig.dpi + 0.06) / height_in
-        fig.tight_layout(rect=(0, bottom, 1, 1))  # tight_layout leaves room for the suptitle itself
+        title.set_in_layout(False)  # the rect leaves room for the title and the verdicts already
+        fig.tight_layout(rect=(0, bottom, 1, top_px / (height_in * fig.dpi)))
+        title.set_in_layout(True)
     for again in _after_layout(fig):
         again()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
@@ -570,10 +852,12 @@ def save_figure(fig, meta: Meta, out_dir: Path, dpi: int = 150, data: pd.DataFra
         fig.savefig(buf, dpi=dpi, format=p.suffix[1:])
         atomic_write_bytes(p, buf.getvalue())
     axes = axes_lines(fig)
+    for check in _ON_SAVE:
+        check(fig, meta)
     plt.close(fig)
     if data is not None:
         csv = stem.with_suffix(".csv")
-        head = "".join(f"# {line}\n" for line in [*meta.header_lines(), *axes])
+        head = csv_head([*meta.header_lines(), *axes])
         atomic_write_text(csv, head + data.to_csv(index=False))
         paths.append(csv)
     return paths
@@ -686,6 +970,7 @@ class Table:
     claims: Sequence[Claim] = ()
     digits: int = 2
     name: str = ""                   # several tables of one artifact: <paper>_<artifact>_<name>
+    column_names: dict[str, str] | None = None  # a column key -> its name in the outputs (a cost by its unit: "mmacs")
 
 
 @dataclass
@@ -756,6 +1041,7 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
         meta = meta_for(out, paper, artifact, request.scale, request.seeds)
         rendered = ctx.verdicts[before:] if ctx is not None else [
             (c.name, c.evidence, c.paper, c.sign, None, c.headline, c.line()) for c in out.claims]
+        meta.verdicts = list(rendered)
         if out.claims:
             out_dir = settings.tables_dir if isinstance(out, Table) else settings.figures_dir
             paths += write_claims(rendered, meta, Path(out_dir))
@@ -775,6 +1061,8 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
                 empty = {c for c in out.columns or dict.fromkeys(ours["column"])
                          if none or df[f"{c} paper"].isna().all()}
                 df = df[[c for c in df.columns if not any(str(c) in (f"{e} paper", f"{e} Δ") for e in empty)]]
+            if out.column_names:
+                df = df.rename(columns=lambda c: rename_column(str(c), out.column_names))
             paths += write_table(df, meta, settings.tables_dir, digits=out.digits)
         elif isinstance(out, Figure):
             if out.draw is not None:
@@ -786,6 +1074,16 @@ def write_outputs(built, paper: str, artifact: str, request, settings) -> list[P
                                       integer_x=out.integer_x, title=out.panel_title, paper_sharex=out.paper_sharex,
                                       **({"collapsed": out.collapsed} if out.collapsed else {}))
     return paths
+
+
+def rename_column(column: str, names: dict[str, str]) -> str:
+    """A wide table's column under its output name: ``mflops``, ``mflops ±``, ``mflops paper`` and
+    ``mflops Δ`` become ``mmacs``, ... with ``{"mflops": "mmacs"}``."""
+    for key, name in names.items():
+        for suffix in ("", " ±", " paper", " Δ"):
+            if column == key + suffix:
+                return name + suffix
+    return column
 
 
 # --------------------------------------------------------------------------- the claims' files
@@ -826,7 +1124,7 @@ def write_claims(rendered, meta: Meta, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{meta.paper}_{meta.artifact}"
     csv = stem.with_name(stem.name + ".claims.csv")
-    head = "".join(f"# {line}\n" for line in meta.header_lines())
+    head = csv_head(meta.header_lines())
     atomic_write_text(csv, head + claims_frame(rendered).to_csv(index=False))
     paths = [csv]
     with_evidence = [(name, g) for name, g, *_ in rendered if isinstance(g, stats.Gap) and g.a is not None]

@@ -350,7 +350,7 @@ def test_e2e_table1(smoke):
     assert len(df) == 4 and df["row"].iloc[0] == "DenseNet (baseline)"
     assert df["top1"].between(0, 100).all() and (df["top1 ±"] >= 0).all()
     assert df.loc[0, "speedup"] == 1 and df.loc[0, "flops_reduction_pct"] == 0
-    assert df.loc[2, "top1 paper"] == 92.36 and df.loc[2, "mflops paper"] == 186 and df.loc[0, "mflops paper"] == 276
+    assert df.loc[2, "top1 paper"] == 92.36 and df.loc[2, "mmacs paper"] == 186 and df.loc[0, "mmacs paper"] == 276
     assert (df["speedup"] * (1 - df["flops_reduction_pct"] / 100) - 1).abs().max() < 1e-6
     assert (df["wall_speedup_b1"] > 0).all() and (df["wall_speedup_batched"] > 0).all()
     fr = df.loc[1:, ["exit1_pct", "exit2_pct", "exit3_pct"]].sum(axis=1)

@@ -629,7 +629,7 @@ def build_table4(request, runs, settings) -> Table:
                          ((a, compact_arch(request, k)) for k, a in COMPACT.items())))
     frame = _nonempty_beside_paper(ours, "table4", list(COMPACT), ["params_m", "run_params_m", *LOSSES],
                                    {k: a.label for k, a in COMPACT.items()}, reference=remap)
-    return Table("Top-1 (%) of compact CNNs trained with CE, focal and bias loss", cfg.dataset, model,
+    return Table("Top-1 (%) of compact CNNs trained with CE, focal and bias loss (CIFAR-100)", cfg.dataset, model,
                  "params counted (M); no FLOPs in this table", frame=frame, notes=notes, claims=claims)
 
 
@@ -676,7 +676,7 @@ def build_table1(request, runs, settings) -> Table:
     frame = _nonempty_beside_paper(_family_rows(runs, TABLE1_ROWS), "table1", TABLE1_ROWS,
                                    ["mflops", "params_m", "top1", "top5", "run_mmacs", "run_params_m"],
                                    {k: f"{FAMILY[k].label} ({loss_of[k]})" for k in TABLE1_ROWS})
-    return Table("SkipblockNet family vs MobileNetV3: FLOPs, params, top-1", cfg.dataset,
+    return Table("SkipblockNet family vs MobileNetV3: FLOPs, params, top-1 (ImageNet)", cfg.dataset,
                  _family_model(request, cfg, settings), CONVENTIONS[COST], frame=frame, notes=notes, claims=claims)
 
 
@@ -772,7 +772,7 @@ def build_table3(request, runs, settings) -> Table:
              ("skip blocks vs wider MobileNetV3 (SkipblockNet-M CE - MobileNetV3-L 1.05x CE)", f"{s}/ce",
               "mobilenetv3-large-1.05x/ce")]
     cfg = runs.config(f"{s}/bias")
-    return Table("Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss", cfg.dataset,
+    return Table("Ablation: MobileNetV3-L vs SkipblockNet-M x CE vs bias loss (ImageNet)", cfg.dataset,
                  _family_model(request, cfg, settings), CONVENTIONS[COST], ours, keys, ["top1", "mflops", "params_m"],
                  labels, notes=[COUNTED_224, f"bias loss: {cfg.method}", _recipe(cfg)],
                  claims=[_gap(n, runs, [a], [b], "table3") for n, a, b in pairs])

@@ -1039,7 +1039,7 @@ def table1_runs(request) -> dict[str, RunConfig]:
 
 
 def build_table1(request, runs, settings) -> Table:
-    return _chain_table("CIFAR-10 top-1 (%), FLOPs and params reduction (%): DCP vs L1-norm pruning", "table1", runs,
+    return _chain_table("Top-1 (%), FLOPs and params reduction (%): DCP vs L1-norm pruning (CIFAR-10)", "table1", runs,
                         TABLE1_ARCHS, COLUMNS,
                         ["top1_change: top-1 minus the unpruned run's (pp); masked_top1: DCP network with its masks, "
                          "before export; paper numbers: the authors' README (pruned top-1, 'FLOPs pruned')"])
@@ -1059,7 +1059,7 @@ def build_imagenet(request, runs, settings) -> Table:
     drops = f" x{t.gamma:g} at epochs {t.milestone_epochs()}" if t.schedule == "multistep" and t.milestones else ""
     notes = [f"unpruned ResNet-50: {init}; DCP starts from it",
              f"DCP recipe: {which}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"]
-    return _chain_table("ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm", "imagenet",
+    return _chain_table("ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm (ImageNet)", "imagenet",
                         runs, ("resnet50",), ["top1", "top5", *COLUMNS[1:]], notes)
 
 

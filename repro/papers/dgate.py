@@ -876,7 +876,7 @@ def _dg_table(artifact: str, arch_name: str):
                  "claims: the paper's is the FLOPs saving at an accuracy drop, judged on the tuned rows (headline); "
                  "the top-1 change of the paper's threshold triples on our gates is shown without headline",
                  *time_notes]
-        return Table(f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image", cfg.dataset,
+        return Table(f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image (CIFAR-10)", cfg.dataset,
                      _model(cfg), _cost(request), long, ["original", *paper_rows, *tuned_keys], table_columns(request),
                      labels, reference=pd.DataFrame(ref_rows), notes=notes, claims=claims)
     return build

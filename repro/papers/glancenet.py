@@ -33,7 +33,7 @@ from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exi
 from repro.flops import CONVENTIONS, count_exits, count_model
 from repro.models import create_model
 from repro.reference_data import paper_gap, paper_value
-from repro.render import dataset_name, paper_label, sweep_spread
+from repro.render import dataset_name, legend_below, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, run_data
 
 PAPER_NAME = "glancenet"
@@ -504,7 +504,7 @@ def _method_note(cfg: RunConfig) -> str:
 
 def _table(title: str, cfg: RunConfig, ours: list[dict], labels: dict, columns: list[str], notes, claims) -> Table:
     return Table(title, cfg.dataset, _model(cfg), CONVENTIONS[COST], ours, list(labels), columns, labels,
-                 notes=[_method_note(cfg), *notes], claims=claims)
+                 notes=[_method_note(cfg), *notes], claims=claims, column_names={"mflops": "mmacs"})
 
 
 def _thresholds(h: Sequence[float]) -> str:
@@ -573,7 +573,7 @@ def build_table1(request, runs, settings):
               "glancenet": f"GlanceNet, learned thresholds (alpha={alpha:g})",
               "glancenet-valsearch": "GlanceNet, thresholds searched on val at the same val cost"}
     cols = [*stats, "wall_speedup_b1", "wall_speedup_batched", *[f"exit{k + 1}_pct" for k in range(k_exits)]]
-    return _table("DenseNet vs GlanceNet: top-1 (%), average cost and speed-up", runs.config("hem"), ours, labels,
+    return _table("DenseNet vs GlanceNet: top-1 (%), average cost and speed-up (CIFAR-10)", runs.config("hem"), ours, labels,
                   cols, notes, claims)
 
 
@@ -621,7 +621,7 @@ def build_hem(request, runs, settings):
     labels = {"no-hem": f"GlanceNet without HEM (alpha={alpha:g})", "hem": f"GlanceNet with HEM (alpha={alpha:g})"}
     cols = ["top1", "top1_last_classifier", "mflops", "speedup", "wall_speedup_batched",
             *[f"exit{k + 1}_pct" for k in range(k_exits)], "first_bypass_extra_pct"]
-    return _table("Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%)", runs.config("hem"),
+    return _table("Hard example weight on/off: top-1 (%), speed-up, exits per bypass (%) (CIFAR-10)", runs.config("hem"),
                   ours, labels, cols, notes, claims)
 
 
@@ -713,8 +713,7 @@ def build_alpha(request, runs, settings):
                 twin.set_ylim(float(pts[col].min()) - span, float(pts[col].max()) + span)
                 lines, names = ax.get_legend_handles_labels()
                 more, more_names = twin.get_legend_handles_labels()
-                ax.legend(lines + more, names + more_names, fontsize=7, loc="upper center",
-                          bbox_to_anchor=(0.5, -0.15), ncol=1)
+                legend_below(ax, lines + more, names + more_names, fontsize=7, ncol=1)
         for ax in axes:
             if lo is not None and hi is not None:
                 ax.axvspan(lo, hi, color="0.9", zorder=0)
@@ -725,8 +724,7 @@ def build_alpha(request, runs, settings):
         if lo is not None and hi is not None:
             keys.insert(0, Patch(color="0.9", label=f"grey: the paper's suggested alpha range ({lo:g}-{hi:g})"))
         lines, names = axes[2].get_legend_handles_labels()
-        axes[2].legend(lines + keys, names + [k.get_label() for k in keys], fontsize=7, loc="upper center",
-                       bbox_to_anchor=(0.5, -0.15), ncol=1)
+        legend_below(axes[2], lines + keys, names + [k.get_label() for k in keys], fontsize=7, ncol=1)
         return fig
 
     data = pd.concat([df.assign(source="ours"), paper.drop(columns="note").assign(source="paper")], ignore_index=True)

@@ -32,7 +32,7 @@ from repro.exits import (SCORES, accuracy_with_spread, budgeted_correct, budgete
 from repro.flops import CONVENTIONS, count_exits
 from repro.models import create_model, msdnet
 from repro.reference_data import paper_gap
-from repro.render import dataset_name, paper_label, sweep_spread
+from repro.render import dataset_name, legend_below, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.train import freeze_except
 
@@ -346,7 +346,7 @@ def _ablation_table(artifact: str):
         base = runs.config("baseline")
         notes = ([f"the same runs as imta table2 ({base.dataset} at this scale), set beside the paper's ImageNet "
                   "Table 3: its claims repeat table2's evidence"] if shared else [])
-        return Table("Top-1 (%) at every exit, ablation of GE / ISC / OFA", base.dataset, _model(base),
+        return Table(f"Top-1 (%) at every exit, ablation of GE / ISC / OFA ({'ImageNet' if artifact == 'table3' else 'CIFAR-100'})", base.dataset, _model(base),
                      CONVENTIONS[COST], ours, ROWS, cols, LABELS, notes=notes, claims=claims)
     return build
 
@@ -387,7 +387,7 @@ def build_table1(request, runs, settings):
     notes = ["params_m, madds_m: MSDNet (the baseline run), the network the paper's columns describe; "
              "imta_params_m, imta_madds_m: the GE+ISC+OFA model, ISC modules included (the paper prints "
              "MSDNet's numbers for its rows too)"]
-    return Table("Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA", base.dataset,
+    return Table("Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA (CIFAR-100)", base.dataset,
                  _model(base), CONVENTIONS[COST], ours, [f"exit{i + 1}" for i in range(len(mb))],
                  ["params_m", "madds_m", "msdnet_top1", "imta_params_m", "imta_madds_m", "imta_top1"],
                  reference=pd.DataFrame(remap), notes=notes)
@@ -642,7 +642,7 @@ def build_fig7(request, runs, settings):
                        label=f"{label} (Spearman ρ = {d['spearman_rho'].iloc[0]:.3f})")
         ax.set_xlabel("confidence rank at exit 1 (0 = least, 1 = most confident)")
         ax.set_ylabel("confidence rank at exit 2 (validation samples)")
-        ax.legend(fontsize=7, markerscale=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
+        legend_below(ax, *ax.get_legend_handles_labels(), fontsize=7, markerscale=4, ncol=1)
         return fig
 
     base = runs.config("baseline")
