@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from repro import stats
 from repro.api import Request, Runs, Settings, resolve
-from repro.render import CLAIM_COLUMNS
+from repro.render import CLAIM_COLUMNS, read_header
 from repro.runner import build_and_write, named_runs
 from repro.store import Run
 
@@ -75,7 +75,7 @@ def test_a_three_seed_build_writes_claims_whose_numbers_the_evidence_file_redoes
     assert list(df.columns) == CLAIM_COLUMNS and len(df) == 5
     assert set(df["verdict"]) <= WORDS and (df["seeds"] == 3).all() and (df["kind"] == "images").all()
     assert (df["level"] == 0.95).all()
-    md = files[f"{stem}.md"].read_text()
+    md = "".join(f"- {line}\n" for line in read_header(files[f"{stem}.md"]))
     for r in df.itertuples():  # every claim line of the header is the CSV's line, with its verdict word
         assert f"- {r.line}\n" in md and f"({r.verdict}" in r.line
     evidence = stats.read_evidence(files[f"{stem}.evidence.npz"])
@@ -111,8 +111,7 @@ def test_one_seed_outputs_give_no_verdict_anywhere_and_say_why_once(tmp_path):
         text = files[name].read_text()
         assert "reproduced" not in text and "contradicted" not in text, name
         assert "smaller than claimed" not in text and "inconclusive" not in text, name
-    md = files[f"{stem}.md"].read_text()
-    header = [line for line in md.splitlines() if line.startswith("- ")]
+    header = [f"- {line}" for line in read_header(files[f"{stem}.md"])]
     assert sum("no claim gets a verdict below 3 seeds" in line for line in header) == 1
     claim_lines = [line for line in header if ": ours " in line]
     assert len(claim_lines) == 5 and all(line.endswith("(test images only); paper " + line.split("; paper ")[1])
@@ -155,8 +154,7 @@ def test_an_outlying_seed_is_named_in_the_header_and_each_claim_using_it_gives_t
     assert outlying_seeds(named, request, settings) == [("skipblocknet-m/bias", 2, 10.0, 80.0)]
     verdicts: list = []
     paths = run_artifact(PAPER, ARTIFACT, request, settings, verdicts=verdicts)
-    md = next(p for p in paths if p.suffix == ".md").read_text()
-    header = [line[2:] for line in md.splitlines() if line.startswith("- ")]
+    header = read_header(next(p for p in paths if p.suffix == ".md"))
     outl = [line for line in header if line.startswith("outlying seeds")]
     assert len(outl) == 1 and "skipblocknet-m/bias seed 2: validation top-1 10.00 % against its siblings' median " \
                               "80.00 %" in outl[0] and "shown, not dropped" in outl[0]
@@ -189,7 +187,7 @@ def test_outliers_given_to_the_build_context_reach_a_fixed_runs_build(tmp_path):
     with building(request, outliers=[("mobilenetv3-large-1.05x/ce", 0, 11.0, 80.0)]) as ctx:
         built = _artifact().build(request, Runs.fixed(given, named_runs(_artifact(), request), request), settings)
         paths = write_outputs(built, PAPER, ARTIFACT, request, settings)
-    md = next(p for p in paths if p.suffix == ".md").read_text()
+    md = "\n".join(read_header(next(p for p in paths if p.suffix == ".md")))
     assert "mobilenetv3-large-1.05x/ce seed 0: validation top-1 11.00 % against its siblings' median 80.00 %" in md
     lines = {v[0]: v[-1] for v in ctx.verdicts}
     wider = "skip blocks vs wider MobileNetV3 (SkipblockNet-M CE - MobileNetV3-L 1.05x CE)"
@@ -234,8 +232,8 @@ def test_seeds_auto_at_smoke_scale_stops_at_the_first_look_and_says_so(tmp_path,
     looks = "3" if cap == 3 else "3, 5"
     assert f"--seeds auto: look 1 of {1 if cap == 3 else 2}, 3 seeds" in err and "look 2" not in err
     assert "stopped at 3 seeds: smoke scale gives no verdicts" in err
-    md = (tmp_path / "tables" / "smoke" / f"{PAPER}_{ARTIFACT}.md").read_text()
-    seeds_line = next(line for line in md.splitlines() if line.startswith("- seeds: "))
+    seeds_line = "- " + next(line for line in read_header(tmp_path / "tables" / "smoke" / f"{PAPER}_{ARTIFACT}.md")
+                             if line.startswith("seeds: "))
     assert seeds_line.startswith("- seeds: 3 seeds (") and f"--seeds auto: looks at {looks} seeds" in seeds_line
     assert "stopped at 3 seeds: smoke scale gives no verdicts" in seeds_line
     df = _claims(tmp_path / "tables" / "smoke" / f"{PAPER}_{ARTIFACT}.claims.csv")
