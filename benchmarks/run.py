@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from benchmarks import item1_sweep, item2_data, item3_train, item4_early_exit, item5_memory, item6_cuda
+from benchmarks import (item1_sweep, item2_data, item3_train, item4_early_exit, item5_memory, item6_cuda,
+                        item7_quick)
 from benchmarks.harness import FULL, ITEMS, QUICK, Figure, Sizes, machine, print_table, write_csv
 from repro.config import ConfigError
 
@@ -30,7 +31,7 @@ def check_args(items: str, ref_msdnet: str | None) -> tuple[str, ...]:
 
 def main(ref_msdnet: str | None = None, out: Path = Path("bench/results.csv"), quick: bool = False,
          items: Sequence[str] = ITEMS, sizes: Sizes | None = None) -> list[Figure]:
-    """Run the benchmark (``items``: which of 1-6), print the table, write ``out`` (CSV, one
+    """Run the benchmark (``items``: which of 1-7), print the table, write ``out`` (CSV, one
     row per figure, with the machine's description in every row) and, for a missed target,
     a profile next to it."""
     sz = sizes or (QUICK if quick else FULL)
@@ -59,6 +60,8 @@ def main(ref_msdnet: str | None = None, out: Path = Path("bench/results.csv"), q
         figures += item5_memory.run(sz, log)
     if "6" in items:
         figures += item6_cuda.run(sz, ref_msdnet, log, out_dir, mach)
+    if "7" in items:
+        figures += item7_quick.run(sz, log, out_dir)
     seconds = time.perf_counter() - t0
     print_table(figures, mach)
     log(f"bench took {seconds:.0f} s")

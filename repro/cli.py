@@ -231,7 +231,7 @@ def build_app() -> typer.Typer:
     @app.command("bench")
     def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),
                   out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False),
-                  items: str = typer.Option("1,2,3,4,5,6", help="Which items to run, e.g. 3,4.")):
+                  items: str = typer.Option("1,2,3,4,5,6,7", help="Which items to run, e.g. 3,4.")):
         """Speed and memory benchmarks against their targets (a checkout's benchmarks/; docs/performance.md)."""
         root = Path(__file__).resolve().parents[1]  # the checkout, when repro is not an installed wheel
         if not (root / "benchmarks" / "run.py").is_file():
