@@ -40,7 +40,7 @@ def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, s
                     workers=workers, compile=compile, log=_log)
 
 
-def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
+def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int | str,
          no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False, show_config: bool = False) -> None:
     import time
 
@@ -52,7 +52,8 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     from repro.runner import estimate_seconds, plan, preflight, run_artifact
     from repro.store import Run
 
-    launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
+    auto = jobs == "auto"
+    launch = make_launcher(launcher, jobs=1 if auto else int(jobs), wait=not no_wait, **cluster)
     plans = preflight(targets, request, settings, local=launcher == "local",
                       gpus_per_run=cluster.get("gpus_per_run", 1), check_runs=not dry_run)
     todo = {c.key: c for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
@@ -89,6 +90,9 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         launch = lambda cfgs, s: True  # noqa: E731  (everything is done: render only)
     elif todo:
         _log(_estimate_line(list(todo.values()), settings.runs_dir, estimate_seconds))
+    if auto and not no_train:
+        launch = _auto_launcher(launch, launcher, settings, len(todo) if not settings.force else
+                                sum(len(v) for v in plans.values()))
     t0 = time.time()
     if _THREADS_NOTE:
         _log(_THREADS_NOTE)  # once the input is known to be good: an error stays one line
@@ -111,6 +115,23 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
          f"{sum(len(v) for v in plans.values()) - len(todo)} reused, {len(written)} file(s) written"
          f"{'' if show else '; --show prints the tables'}")
+
+
+def _auto_launcher(launch, launcher: str, settings, runs: int):
+    """``--jobs auto`` (launch.resolve_auto): every CPU run, in this process or beside others, at
+    the same fixed thread count; several runs at once where the free cores or GPUs allow."""
+    import torch
+
+    from repro.launch import LocalParallel, resolve_auto
+
+    global _THREADS_NOTE
+    n, threads, note = resolve_auto(settings.device, runs, launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)  # this process: the runs it trains itself, and rendering
+        _THREADS_NOTE = ""
+    if note and runs:
+        _log(note)
+    return LocalParallel(n, threads=threads) if n > 1 else launch
 
 
 def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
@@ -143,7 +164,9 @@ def _make_command(targets_fn, multi: bool = False):
         force: bool = typer.Option(False, help="Retrain the runs even if they are done."),
         dry_run: bool = typer.Option(False, help="List the runs and their state; train nothing."),
         launcher: str = typer.Option("local", help="local or submitit (Slurm job array)."),
-        jobs: int = typer.Option(1, help="Local launcher: train up to N runs at once, one device each."),
+        jobs: str = typer.Option(os.environ.get("REPRO_JOBS") or "auto", help="Local launcher: train up to N "
+                                 "runs at once, one device each; auto (default, or $REPRO_JOBS): as the free cores "
+                                 "or GPUs allow, one thread per CPU run."),
         no_wait: bool = typer.Option(False, help="submitit: return after submitting; render later."),
         partition: Optional[str] = typer.Option(None, help="submitit: Slurm partition."),
         gpus_per_run: int = typer.Option(1, help="submitit: GPUs per run (> 1 starts torchrun in the job)."),
@@ -175,8 +198,8 @@ def _make_command(targets_fn, multi: bool = False):
             options.append((k.strip(), v.strip()))
         request = Request(scale=scale, seeds=seeds, dataset=dataset, epochs=epochs, train_limit=train_limit,
                           batch_size=batch_size, lr_scale=lr_scale, options=tuple(options))
-        if jobs < 1:
-            raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+        if jobs != "auto" and not (jobs.isdigit() and int(jobs) >= 1):
+            raise ConfigError(f"--jobs must be a positive integer or auto, got {jobs}")
         if compile and (device == "cpu" or (device == "auto" and not torch_cuda_available())):
             from repro.train import require_cpp_compiler
 

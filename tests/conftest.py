@@ -7,6 +7,9 @@ import torch
 # called in-process by the tests and by their subprocesses, keeps it through REPRO_THREADS.
 torch.set_num_threads(1)
 os.environ.setdefault("REPRO_THREADS", "1")
+# ... and one run at a time (`--jobs auto` would start runs in other processes when the load
+# allows, so a test's in-process patches would not reach them); tests/test_jobs_auto.py sets it.
+os.environ.setdefault("REPRO_JOBS", "1")
 
 
 import re  # noqa: E402
