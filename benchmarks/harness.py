@@ -44,6 +44,7 @@ class Sizes:
     quick_budget_s: float = 40.0    # ... stopping early past this many seconds per network
     quick_train_batches: int = 60   # ... training batches of the quick epoch timed (scaled to the epoch)
     quick_eval_limit: int | None = None  # ... images of each split timed for validation / output collection
+    quick_compile_nets: int = 1     # ... the first N networks (IMTA's MSDNet first) also compiled (train_compile)
 
 
 FULL = Sizes()

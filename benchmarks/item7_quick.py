@@ -241,10 +241,10 @@ def run(sz: Sizes, log, out_dir: Path) -> list[Figure]:
             mm16, f16 = matmul_call(torch.device("cpu"), torch.bfloat16, sz.gemm_n)
             yard["bf16 matmul"] = mm16
         rates: dict[str, list[float]] = {k: [] for k in yard}
-        for net in nets:
+        for i, net in enumerate(nets):
             calls = {v: train_call(net, v) for v in variants}
             compile_s = None
-            if compile_it:
+            if compile_it and i < sz.quick_compile_nets:
                 torch._dynamo.reset()
                 log(f"  7. compiling {net.label} (torch.compile, 1 thread) ...")
                 calls["compiled"] = train_call(net, "compiled")

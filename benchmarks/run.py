@@ -78,7 +78,17 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results.csv", help="the results CSV; profiles go next to it")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile (about a minute)")
     p.add_argument("--items", default=",".join(ITEMS), help="which items to run, e.g. 3,4")
+    p.add_argument("--gpu-check", action="store_true", help="the GPU check instead (benchmarks.gpu_check, "
+                   "make gpu-check): CUDA tests, a paper-scale IMTA run, kill and resume, torchrun, benchmark 6")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu-check: every step on the CPU at smoke sizes")
     a = p.parse_args(argv)
+    if a.gpu_check:
+        from benchmarks import gpu_check
+
+        return gpu_check.main(dry=a.dry_run)
+    if a.dry_run:
+        print("error: --dry-run goes with --gpu-check", file=sys.stderr)
+        return 2
     try:
         items = check_args(a.items, a.ref_msdnet)
         main(ref_msdnet=a.ref_msdnet, out=Path(a.out), quick=a.quick, items=items)
