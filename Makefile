@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # How the results runs were trained, written beside their training time (docs/suite-time.json).
 CONDITIONS ?= make results: one process with its default torch threads on $$(nproc) cores, load average $$(cut -d" " -f1-3 /proc/loadavg) at the end
 
-.PHONY: install test demo smoke all-tables all-figures results bench clean
+.PHONY: install test demo smoke all-tables all-figures results bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3, or run make PYTHON=/path/to/python3"; exit 1; }
@@ -65,6 +65,11 @@ results: install
 
 bench: install
 	$(BIN)/python -m benchmarks $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)
+
+# On one GPU, a few minutes: CUDA tests, a paper-scale IMTA run (AMP, channels_last), kill and resume,
+# torchrun with NCCL, benchmark 6; one table (docs/performance.md). DRY=1: every step on the CPU.
+gpu-check: install
+	$(BIN)/python -m benchmarks --gpu-check $(if $(DRY),--dry-run,)
 
 clean:
 	@echo "removing runs/ and the smoke outputs (committed quick/paper results under tables/ and figures/ are kept)"

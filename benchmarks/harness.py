@@ -18,7 +18,7 @@ from repro.exits import cpu_model
 from repro.timing import timed
 
 TARGETS = {"sweep": 100.0, "data": 20.0, "train": 1.2, "early_exit": 0.8, "memory_gib": 4.0}
-ITEMS = ("1", "2", "3", "4", "5", "6")
+ITEMS = ("1", "2", "3", "4", "5", "6", "7")
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,18 @@ class Sizes:
     ee_repeats: int = 7
     mem_batches: int = 100
     mem_eval_limit: int | None = None
+    quick_repeats: int = 5          # item 7: alternations per network
+    quick_budget_s: float = 40.0    # ... stopping early past this many seconds per network
+    quick_train_batches: int = 60   # ... training batches of the quick epoch timed (scaled to the epoch)
+    quick_eval_limit: int | None = None  # ... images of each split timed for validation / output collection
+    quick_compile_nets: int = 1     # ... the first N networks (IMTA's MSDNet first) also compiled (train_compile)
 
 
 FULL = Sizes()
 QUICK = Sizes(sweep_val=1000, sweep_test=2000, sweep_repeats=3, data_images=10000, data_ref_batches=25,
               data_ref_workers=(0, 2), gemm_n=1024, train_steps=3, train_min_steps=1, train_budget_s=10.0,
-              train_compile=False, ee_single=24, ee_repeats=3, mem_batches=20, mem_eval_limit=2000)
+              train_compile=False, ee_single=24, ee_repeats=3, mem_batches=20, mem_eval_limit=2000,
+              quick_repeats=2, quick_budget_s=4.0, quick_train_batches=8, quick_eval_limit=1000)
 
 
 @dataclass

@@ -26,7 +26,7 @@ def predicted_speedup(fractions: torch.Tensor, cumulative: torch.Tensor) -> floa
 def early_exit_models() -> list[tuple[str, nn.Module, tuple[int, int, int], str]]:
     """The three quick-scale multi-exit nets (random weights), their input and exit score.
 
-    MSDNet: IMTA's quick scale (5 exits, QUICK_ARGS), max-softmax confidence.
+    MSDNet: IMTA's quick scale (5 exits, ``imta.MODEL_ARGS["quick"]``), max-softmax confidence.
     GlanceNet: a plain DenseNet L=10, k=12 with bypasses after dense blocks 1 and 2 (the
     glancenet module's quick scale), entropy.  ResNet + d-gates: the ImageNet-style ResNet
     (Bottleneck) at width 8 with (1, 1, 2, 1) blocks (the dgate module's quick scale), gates
@@ -36,12 +36,13 @@ def early_exit_models() -> list[tuple[str, nn.Module, tuple[int, int, int], str]
     from repro.models.msdnet import msdnet_cifar_5exit
     from repro.models.resnet import resnet_cifar_imagenet_style
     from repro.models.staged import GatedBackbone
-    from repro.papers.imta import QUICK_ARGS
+    from repro.papers.imta import MODEL_ARGS
 
     shape = (1, 32, 32)  # Fashion-MNIST, padded to 32x32
     torch.manual_seed(0)
     return [
-        ("MSDNet (IMTA quick)", msdnet_cifar_5exit(num_classes=10, in_channels=1, **QUICK_ARGS), shape, "confidence"),
+        ("MSDNet (IMTA quick)", msdnet_cifar_5exit(num_classes=10, in_channels=1, **MODEL_ARGS["quick"]), shape,
+         "confidence"),
         ("GlanceNet (DenseNet L=10 k=12)", glance_densenet(10, 12, False, num_classes=10, in_channels=1),
          shape, "entropy"),
         ("ResNet + d-gates (w8, 1-1-2-1)",

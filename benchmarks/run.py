@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from benchmarks import item1_sweep, item2_data, item3_train, item4_early_exit, item5_memory, item6_cuda
+from benchmarks import (item1_sweep, item2_data, item3_train, item4_early_exit, item5_memory, item6_cuda,
+                        item7_quick)
 from benchmarks.harness import FULL, ITEMS, QUICK, Figure, Sizes, machine, print_table, write_csv
 from repro.config import ConfigError
 
@@ -30,7 +31,7 @@ def check_args(items: str, ref_msdnet: str | None) -> tuple[str, ...]:
 
 def main(ref_msdnet: str | None = None, out: Path = Path("bench/results.csv"), quick: bool = False,
          items: Sequence[str] = ITEMS, sizes: Sizes | None = None) -> list[Figure]:
-    """Run the benchmark (``items``: which of 1-6), print the table, write ``out`` (CSV, one
+    """Run the benchmark (``items``: which of 1-7), print the table, write ``out`` (CSV, one
     row per figure, with the machine's description in every row) and, for a missed target,
     a profile next to it."""
     sz = sizes or (QUICK if quick else FULL)
@@ -59,6 +60,8 @@ def main(ref_msdnet: str | None = None, out: Path = Path("bench/results.csv"), q
         figures += item5_memory.run(sz, log)
     if "6" in items:
         figures += item6_cuda.run(sz, ref_msdnet, log, out_dir, mach)
+    if "7" in items:
+        figures += item7_quick.run(sz, log, out_dir)
     seconds = time.perf_counter() - t0
     print_table(figures, mach)
     log(f"bench took {seconds:.0f} s")
@@ -75,7 +78,17 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results.csv", help="the results CSV; profiles go next to it")
     p.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile (about a minute)")
     p.add_argument("--items", default=",".join(ITEMS), help="which items to run, e.g. 3,4")
+    p.add_argument("--gpu-check", action="store_true", help="the GPU check instead (benchmarks.gpu_check, "
+                   "make gpu-check): CUDA tests, a paper-scale IMTA run, kill and resume, torchrun, benchmark 6")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu-check: every step on the CPU at smoke sizes")
     a = p.parse_args(argv)
+    if a.gpu_check:
+        from benchmarks import gpu_check
+
+        return gpu_check.main(dry=a.dry_run)
+    if a.dry_run:
+        print("error: --dry-run goes with --gpu-check", file=sys.stderr)
+        return 2
     try:
         items = check_args(a.items, a.ref_msdnet)
         main(ref_msdnet=a.ref_msdnet, out=Path(a.out), quick=a.quick, items=items)

@@ -51,7 +51,7 @@ def _settings(runs_dir, out_dir, data_root, device, force, amp, channels_last, s
                     workers=workers, compile=compile, log=_log, invocation=uuid.uuid4().hex[:12])
 
 
-def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int,
+def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launcher: str, jobs: int | str,
          no_wait: bool, cluster: dict, no_train: bool = False, show: bool = False, show_config: bool = False,
          level: float = 0.95, auto: str = "", write: bool = True) -> dict | None:
     """Check, plan, train (or reuse) and render ``targets``; with ``write`` False (a --seeds auto look)
@@ -66,7 +66,8 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     from repro.runner import estimate_seconds, plan, preflight, run_artifact
     from repro.store import Run
 
-    launch = make_launcher(launcher, jobs=jobs, wait=not no_wait, **cluster)
+    jobs_auto = jobs == "auto"
+    launch = make_launcher(launcher, jobs=1 if jobs_auto else int(jobs), wait=not no_wait, **cluster)
     plans = preflight(targets, request, settings, local=launcher == "local",
                       gpus_per_run=cluster.get("gpus_per_run", 1), dry_run=dry_run,
                       note=lambda msg: print(msg, file=sys.stderr))
@@ -104,6 +105,9 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         launch = lambda cfgs, s: True  # noqa: E731  (everything is done: render only)
     elif todo:
         _log(_estimate_line(list(todo.values()), settings.runs_dir, estimate_seconds))
+    if jobs_auto and not no_train:
+        launch = _auto_launcher(launch, launcher, settings, len(todo) if not settings.force else
+                                sum(len(v) for v in plans.values()))
     t0 = time.time()
     if _THREADS_NOTE:
         _log(_THREADS_NOTE)  # once the input is known to be good: an error stays one line
@@ -185,6 +189,23 @@ def _trained_here(todo, settings) -> tuple[int, int]:
     return here, other
 
 
+def _auto_launcher(launch, launcher: str, settings, runs: int):
+    """``--jobs auto`` (launch.resolve_auto): every CPU run, in this process or beside others, at
+    the same fixed thread count; several runs at once where the free cores or GPUs allow."""
+    import torch
+
+    from repro.launch import LocalParallel, resolve_auto
+
+    global _THREADS_NOTE
+    n, threads, note = resolve_auto(settings.device, runs, launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)  # this process: the runs it trains itself, and rendering
+        _THREADS_NOTE = ""
+    if note and runs:
+        _log(note)
+    return LocalParallel(n, threads=threads) if n > 1 else launch
+
+
 def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
     if not todo:
         return "nothing to train: every run is done"
@@ -217,7 +238,9 @@ def _make_command(targets_fn, multi: bool = False):
         force: bool = typer.Option(False, help="Retrain the runs even if they are done."),
         dry_run: bool = typer.Option(False, help="List the runs and their state; train nothing."),
         launcher: str = typer.Option("local", help="local or submitit (Slurm job array)."),
-        jobs: int = typer.Option(1, help="Local launcher: train up to N runs at once, one device each."),
+        jobs: str = typer.Option(os.environ.get("REPRO_JOBS") or "auto", help="Local launcher: train up to N "
+                                 "runs at once, one device each; auto (default, or $REPRO_JOBS): as the free cores "
+                                 "or GPUs allow, one thread per CPU run."),
         no_wait: bool = typer.Option(False, help="submitit: return after submitting; render later."),
         partition: Optional[str] = typer.Option(None, help="submitit: Slurm partition."),
         gpus_per_run: int = typer.Option(1, help="submitit: GPUs per run (> 1 starts torchrun in the job)."),
@@ -249,12 +272,16 @@ def _make_command(targets_fn, multi: bool = False):
             if k in options:
                 raise ConfigError(f"--set {k} is given twice ({k}={options[k]} and {k}={v}); give each key once")
             options[k] = v
-        auto, seeds = _parse_seeds(seeds, max_seeds)
+        seed_looks, seeds = _parse_seeds(seeds, max_seeds)
         # the bounds that need no plan, before torch is imported (the Request checks them again)
         for name, value in (("seeds", seeds), ("epochs", epochs), ("train_limit", train_limit),
                             ("batch_size", batch_size)):
             check_int(name, value)
-        check_cli(jobs=jobs, workers=workers, gpus_per_run=gpus_per_run, time_limit=time_limit,
+        if jobs != "auto":
+            if not (jobs.strip().isdigit() and int(jobs) >= 1):
+                raise ConfigError(f"--jobs must be a positive integer or auto, got {jobs}")
+            jobs = int(jobs)
+        check_cli(jobs=None if jobs == "auto" else jobs, workers=workers, gpus_per_run=gpus_per_run, time_limit=time_limit,
                   array_parallelism=array_parallelism)
         for flag, value in (("--runs-dir", runs_dir), ("--out-dir", out_dir), ("--data-root", data_root)):
             _not_empty(flag, value)
@@ -278,8 +305,8 @@ def _make_command(targets_fn, multi: bool = False):
                 raise ConfigError("--only applies to `repro all` and `repro <paper> all`")
             kinds = {(p, a[0]): a[2] for p, m in manifest.load().items() for a in m["artifacts"]}
             targets = [t for t in targets if kinds.get(t) == only]
-        if auto:
-            _run_auto(auto, targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show,
+        if seed_looks:
+            _run_auto(seed_looks, targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show,
                       show_config)
         else:
             _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config)
@@ -383,7 +410,7 @@ def build_app() -> typer.Typer:
     @app.command("bench")
     def bench_cmd(ref_msdnet: Optional[str] = typer.Option(None, help="A checkout of MSDNet-PyTorch to time."),
                   out: str = typer.Option("bench/results.csv"), quick: bool = typer.Option(False),
-                  items: str = typer.Option("1,2,3,4,5,6", help="Which items to run, e.g. 3,4.")):
+                  items: str = typer.Option("1,2,3,4,5,6,7", help="Which items to run, e.g. 3,4.")):
         """Speed and memory benchmarks against their targets (a checkout's benchmarks/; docs/performance.md)."""
         root = Path(__file__).resolve().parents[1]  # the checkout, when repro is not an installed wheel
         if not (root / "benchmarks" / "run.py").is_file():

@@ -243,14 +243,75 @@ def _name(c: RunConfig) -> str:
     return f"{c.paper}/{c.dirname}"
 
 
+# --------------------------------------------------------------------------- --jobs auto
+
+
+AUTO_THREADS = 1  # torch threads of a CPU run under --jobs auto (docs/performance.md, Threads)
+
+
+def auto_threads() -> int:
+    """Torch threads of every CPU run under ``--jobs auto``: ``$REPRO_THREADS``, else
+    ``$OMP_NUM_THREADS``, else :data:`AUTO_THREADS` (1).  Never the load, nor how many runs
+    train alongside: a CPU run's numbers depend on its thread count, and so do not depend on
+    how many runs ``auto`` starts at once."""
+    for var in ("REPRO_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "")
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return AUTO_THREADS
+
+
+def auto_jobs(runs: int, cores: int, machine_cores: int, load: float | None, threads: int, gpus: int = 0) -> int:
+    """How many of ``runs`` runs ``--jobs auto`` trains at once: one per GPU (``gpus`` visible),
+    else as many as the cores other processes leave free (``cores`` minus the 1-minute ``load``
+    average's share of them, as :func:`repro.cli.choose_threads` counts) hold runs of
+    ``threads`` threads; at least 1, at most ``runs``."""
+    if runs <= 1:
+        return 1
+    if gpus:
+        return max(1, min(runs, gpus))
+    busy = 0.0 if load is None else load * cores / max(machine_cores, cores)
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    return max(1, min(runs, free // max(1, threads)))
+
+
+def resolve_auto(device: str, runs: int, launcher: str = "local") -> tuple[int, int | None, str]:
+    """``--jobs auto``: (runs at once, torch threads per CPU run or None, what was chosen and why).
+
+    Under torchrun, with submitit, or with nothing to train: one at a time, as ``--jobs 1``.  On
+    CUDA: one run per visible GPU (threads as ``--jobs 1`` picks them).  On the CPU: every run
+    trains at :func:`auto_threads` threads, side by side as the free cores allow."""
+    import torch
+
+    if launcher != "local" or D.env().enabled or runs < 1:
+        return 1, None, ""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        gpus = 1 if device.startswith("cuda:") else torch.cuda.device_count()
+        n = auto_jobs(runs, 1, 1, None, 1, gpus=gpus)
+        return n, None, (f"repro: --jobs auto: {n} runs at once, one GPU each" if n > 1 else "")
+    threads = auto_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = None
+    n = auto_jobs(runs, cores, os.cpu_count() or cores, load, threads)
+    why = f"{cores} cores, load average {load:.1f}" if load is not None else f"{cores} cores"
+    return n, threads, (f"repro: --jobs auto: {n} run{'s' * (n > 1)} at once, {threads} torch thread"
+                        f"{'s' * (threads > 1)} each ({why}; --jobs 1 for one at a time, REPRO_THREADS to "
+                        f"choose the threads)")
+
+
 # --------------------------------------------------------------------------- --jobs N on this machine
 
 
 class LocalParallel:
-    """Up to ``jobs`` runs at once, each in its own process, one device each."""
+    """Up to ``jobs`` runs at once, each in its own process, one device each; on the CPU each
+    with ``threads`` torch threads ($REPRO_THREADS if set; default: an equal share of the cores)."""
 
-    def __init__(self, jobs: int, poll: float = 0.5):
-        self.jobs, self.poll = jobs, poll
+    def __init__(self, jobs: int, poll: float = 0.5, threads: int | None = None):
+        self.jobs, self.poll, self.threads = jobs, poll, threads
 
     def _slots(self, settings) -> list[dict[str, str]]:
         """The environment of each slot: one GPU each, or an equal share of the CPU cores."""
@@ -264,7 +325,7 @@ class LocalParallel:
             if self.jobs > len(visible):
                 settings.log(f"[jobs] {self.jobs} jobs share {len(visible)} GPU(s)")
             return [{"CUDA_VISIBLE_DEVICES": visible[i % len(visible)]} for i in range(self.jobs)]
-        threads = os.environ.get("REPRO_THREADS") or str(max(1, (os.cpu_count() or 1) // self.jobs))
+        threads = os.environ.get("REPRO_THREADS") or str(self.threads or max(1, (os.cpu_count() or 1) // self.jobs))
         return [{"OMP_NUM_THREADS": threads, "REPRO_THREADS": threads} for _ in range(self.jobs)]
 
     def __call__(self, cfgs: Sequence[RunConfig], settings) -> bool:

@@ -16,6 +16,9 @@ if "REPRO_CACHE_DIR" not in os.environ:
 
     os.environ["REPRO_CACHE_DIR"] = tempfile.mkdtemp(prefix="repro-test-cache-")
     atexit.register(shutil.rmtree, os.environ["REPRO_CACHE_DIR"], True)
+# ... and one run at a time (`--jobs auto` would start runs in other processes when the load
+# allows, so a test's in-process patches would not reach them); tests/test_jobs_auto.py sets it.
+os.environ.setdefault("REPRO_JOBS", "1")
 
 
 import re  # noqa: E402
