@@ -452,6 +452,36 @@ def build_app() -> typer.Typer:
             raise ConfigError(f"--format {format}: choose one of: {', '.join(claims.FORMATS)}")
         print(claims.render(claims.collect(Path(dir), scale, paper, recompute), format))
 
+    @app.command("curves")
+    def curves_cmd(paper: str = typer.Argument(..., help="The paper."),
+                   artifact: str = typer.Argument(..., help="The artifact, or all (one figure each)."),
+                   scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
+                   seeds: int = typer.Option(1, help="Draw seeds 0..N-1 of every run."),
+                   runs_dir: str = typer.Option("runs", help="The run store."),
+                   out_dir: str = typer.Option(".", help="figures/<scale>/ is written under it."),
+                   tensorboard: Optional[str] = typer.Option(None, "--tensorboard", metavar="DIR",
+                                                             help="Also write TensorBoard event files under DIR "
+                                                             "(needs the tensorboard extra).")):
+        """Every run's training curves (loss, validation top-1 per exit, learning rate) in one figure per
+        artifact: <out-dir>/figures/<scale>/<paper>_<artifact>.curves.png. Trains nothing."""
+        from repro.bounds import check_int
+
+        known = manifest.load()
+        if paper not in known:
+            raise ConfigError(f"unknown paper '{paper}'; choose one of: {', '.join(known)}")
+        arts = [a[0] for a in known[paper]["artifacts"]]
+        if artifact not in (*arts, "all"):
+            raise ConfigError(f"unknown artifact '{artifact}' for {paper}; choose one of: {', '.join(arts)}, all")
+        if scale not in SCALES:
+            raise ConfigError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
+        check_int("seeds", seeds)
+        for flag, value in (("--runs-dir", runs_dir), ("--out-dir", out_dir), ("--tensorboard", tensorboard)):
+            _not_empty(flag, value)
+        from repro import curves
+
+        curves.run(paper, arts if artifact == "all" else [artifact], scale, Path(runs_dir), Path(out_dir), seeds,
+                   tensorboard=Path(tensorboard) if tensorboard else None, log=_log)
+
     # the papers' names and help from the manifest: building the app imports no paper (nor torch)
     known = manifest.load()
     all_targets = lambda: [(p, a[0]) for p, m in known.items() for a in m["artifacts"]]  # noqa: E731
@@ -468,7 +498,7 @@ def build_app() -> typer.Typer:
     return app
 
 
-COMMANDS = ("list", "bench", "all", "claims")  # the commands beside the papers
+COMMANDS = ("list", "bench", "all", "claims", "curves")  # the commands beside the papers
 
 
 def _check_names(argv: list[str]) -> None:
