@@ -285,6 +285,7 @@ def _make_command(targets_fn, multi: bool = False):
             options[k] = v
         if force and no_train:
             raise ConfigError("--force retrains and --no-train trains nothing: give one of them")
+        _check_set(targets_fn(), options)  # before torch is imported: a bad --set is one line at once
         seed_looks, seeds = _parse_seeds(seeds, max_seeds)
         # the bounds that need no plan, before torch is imported (the Request checks them again)
         for name, value in (("seeds", seeds), ("epochs", epochs), ("train_limit", train_limit),
@@ -325,6 +326,30 @@ def _make_command(targets_fn, multi: bool = False):
             _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config)
 
     return command
+
+
+def _check_set(targets: list[tuple[str, str]], options: dict[str, str]) -> None:
+    """The ``--set`` keys and values, from the manifest (no paper module, no torch): the checks of
+    ``Paper.check_options``, with its messages; a value above the bound of a key whose message
+    explains the cost is left to the paper's own check (which says what the value would need)."""
+    from repro.artifacts import Option
+
+    known = manifest.load()
+    for p in dict.fromkeys(p for p, _ in targets):
+        m = known[p]
+        for key, raw in options.items():
+            if key not in m["options"]:
+                raise ConfigError(f"unknown option '--set {key}=...' for {p}; valid keys: "
+                                  f"{', '.join(m['options']) or 'none'}")
+            spec = m.get("specs", {}).get(key)
+            if not spec or spec["type"] is None:
+                continue
+            try:
+                Option.from_spec(spec).parse(key, raw)
+            except ConfigError as e:
+                if spec["cost"] and ("above its bound" in str(e) or "not below its bound" in str(e)):
+                    continue
+                raise
 
 
 def _parse_seeds(seeds: str, max_seeds: int) -> tuple[tuple[int, ...], int]:
@@ -572,13 +597,17 @@ def _device_arg(argv: list[str]) -> str | None:
 
 
 def _failures() -> tuple[type, tuple[type, ...]]:
-    """(runs failed, bad input or data) exception classes; imported only when something failed."""
-    from repro.data import DataUnavailable
-    from repro.launch import RunsFailed
-    from repro.store import CheckpointError, RunLocked
-    from repro.train import NonFiniteLoss
+    """(runs failed, bad input or data) exception classes, of the modules already imported: an
+    exception of a module never imported cannot have been raised, and importing them (torch)
+    would make a typo's one-line error take seconds."""
+    def loaded(module: str, name: str):
+        return getattr(sys.modules.get(module), name, None)
 
-    return RunsFailed, (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss)
+    runs_failed = loaded("repro.launch", "RunsFailed") or type("NeverRaised", (Exception,), {})
+    bad = [ConfigError, *(c for c in (loaded("repro.data", "DataUnavailable"), loaded("repro.store", "CheckpointError"),
+                                      loaded("repro.store", "RunLocked"), loaded("repro.train", "NonFiniteLoss"))
+                          if c is not None)]
+    return runs_failed, tuple(bad)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -601,6 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:
+        runs_failed, bad = _failures()
+        if isinstance(e, bad) and not isinstance(e, runs_failed) and "repro.store" not in sys.modules:
+            _fail(str(e))  # bad input before anything was read or written: no torch import for the message
         from repro.store import EXIT_DISK_FULL, DiskFull, is_disk_full
 
         if isinstance(e, DiskFull):

@@ -30,8 +30,11 @@ LR_COLUMN = "lr"
 def val_columns(columns: Sequence[str]) -> list[str]:
     """The validation accuracy columns of a metrics.csv, in exit order (``val_acc_exit2`` before
     ``val_acc_exit10``)."""
-    found = [c for c in columns if VAL_COLUMN.match(c)]
-    return sorted(found, key=lambda c: (int(m.group()) if (m := re.search(r"\d+$", c.split("_", 2)[-1])) else 0, c))
+    def exit_number(column: str) -> int:
+        suffix = VAL_COLUMN.match(column).group(2)
+        return int(re.search(r"\d+", suffix).group()) if suffix else 0
+
+    return sorted((c for c in columns if VAL_COLUMN.match(c)), key=lambda c: (exit_number(c), c))
 
 
 def read_metrics(path: Path):
