@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # How the results runs were trained, written beside their training time (docs/suite-time.json).
 CONDITIONS ?= make results: one process with its default torch threads on $$(nproc) cores, load average $$(cut -d" " -f1-3 /proc/loadavg) at the end
 
-.PHONY: install test demo smoke all-tables all-figures results bench gpu-check clean
+.PHONY: install data test demo smoke all-tables all-figures results bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3, or run make PYTHON=/path/to/python3"; exit 1; }
@@ -21,24 +21,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
-	$(BIN)/python -m pytest -q
-
-# Data first, as .ci/run does: when the loader would not find Fashion-MNIST on disk
-# (repro.data.find_fashion_mnist) and apt-get is there, Debian's dataset-fashion-mnist; else the
-# loader tries torchvision's download, then says where to put the files.
-demo: install
+# Fashion-MNIST, which the end-to-end tests, the smoke and quick scales and the demo read: when the loader
+# would not find it on disk (repro.data.find_fashion_mnist) and apt-get is there, Debian's
+# dataset-fashion-mnist; else torchvision's download into the data root (the loader's own fallback).
+# Never fails: without the data the end-to-end tests are skipped (and counted in pytest's summary).
+data: install
 	@if ! $(BIN)/python -c 'import sys; from repro.data import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)'; then \
 		if command -v apt-get >/dev/null 2>&1; then \
 			echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist"; \
 			sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 			($$sudo apt-get update -qq && $$sudo apt-get install -y -qq dataset-fashion-mnist) \
-				|| echo "warning: could not install dataset-fashion-mnist; repro will try torchvision's download"; \
+				|| echo "warning: could not install dataset-fashion-mnist; trying torchvision's download"; \
 		else \
-			echo "Fashion-MNIST not found and no apt-get: repro will try torchvision's download"; \
+			echo "Fashion-MNIST not found and no apt-get"; \
 		fi; \
+		$(BIN)/python -c 'import sys; from repro.data import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)' || \
+			$(BIN)/python -c 'from repro.data import load_arrays; load_arrays("fashion-mnist", None, download=True)' 2>&1 | tail -1 || true; \
 	fi
-	$(BIN)/repro imta table2 --scale quick
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+# One seed of IMTA's table2 into demo/ (git-ignored), never over the committed three-seed tables/quick/.
+DEMO_DIR ?= demo
+demo: install data
+	$(BIN)/repro imta table2 --scale quick --out-dir $(DEMO_DIR)
+	@echo "make demo: wrote $(DEMO_DIR)/tables/quick/imta_table2.md (and .csv, .tex); the committed three-seed result is tables/quick/imta_table2.md"
 
 # Smoke models are tiny: one intra-op thread is as fast, and does not thrash on a busy machine.
 smoke: install
@@ -62,6 +70,9 @@ results: install
 	$(BIN)/repro all --scale quick
 	$(BIN)/python docs/suite_time.py --runs-dir runs --conditions "$(CONDITIONS)"
 	$(BIN)/python docs/gen.py
+	@stray=$$(git status --porcelain --untracked-files=all -- . ':!tables/quick' ':!figures/quick' ':!docs'); \
+	if [ -n "$$stray" ]; then echo "warning: make results changed files outside tables/quick, figures/quick and docs:"; echo "$$stray"; fi
+	@echo "make results: the new results are in tables/quick/, figures/quick/ and docs/ (git status lists them); commit them"
 
 bench: install
 	$(BIN)/python -m benchmarks $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)
@@ -72,5 +83,5 @@ gpu-check: install
 	$(BIN)/python -m benchmarks --gpu-check $(if $(DRY),--dry-run,)
 
 clean:
-	@echo "removing runs/ and the smoke outputs (committed quick/paper results under tables/ and figures/ are kept)"
-	rm -rf runs tables/smoke figures/smoke
+	@echo "removing runs/, demo/ and the smoke outputs (committed quick/paper results under tables/ and figures/ are kept)"
+	rm -rf runs demo tables/smoke figures/smoke

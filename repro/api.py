@@ -115,6 +115,8 @@ class Settings:
     # this command's id, written to the meta.json of every run it trains (its jobs' too): the
     # summary tells runs it trained from runs another process trained while it waited
     invocation: str = ""
+    # the command's "run k of N" over all its artifacts (repro.runner.JobProgress); None: per artifact
+    progress: object = None
 
     @property
     def tables_dir(self) -> Path:

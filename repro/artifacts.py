@@ -107,6 +107,22 @@ class Option:
                 raise ConfigError(f"--set {key}={raw}: out of range; valid: {want}")
         return value
 
+    _PLAIN = {"str": str, "int": int, "float": float, "bool": bool}
+
+    def spec(self) -> dict:
+        """What :meth:`parse` checks, as plain data for the manifest (the CLI checks a ``--set`` value
+        from it before importing torch); ``type`` None: a custom parser, checked by the paper only."""
+        name = getattr(self.type, "__name__", "")
+        return {"type": name if self.type in self._PLAIN.values() else None, "choices": list(self.choices),
+                "low": self.low, "high": self.high, "above": self.above, "below": self.below,
+                "cost": self.cost is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Option":
+        """An Option from :meth:`spec` (no help, no cost explanation)."""
+        return cls("", type=cls._PLAIN[spec["type"]], choices=tuple(spec["choices"]), low=spec["low"],
+                   high=spec["high"], above=spec["above"], below=spec["below"])
+
     def describe(self) -> str:
         default = "" if self.default is None else f", default {self.default}"
         want = self.valid_range()

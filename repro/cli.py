@@ -63,7 +63,7 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     keep_freed_memory()  # large activations reuse heap memory instead of fresh pages (docs/performance.md)
     _set_threads()
     from repro.launch import make_launcher
-    from repro.runner import estimate_seconds, plan, preflight, run_artifact
+    from repro.runner import JobProgress, estimate_seconds, plan, preflight, run_artifact
     from repro.store import Run
 
     jobs_auto = jobs == "auto"
@@ -71,7 +71,10 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     plans = preflight(targets, request, settings, local=launcher == "local",
                       gpus_per_run=cluster.get("gpus_per_run", 1), dry_run=dry_run,
                       note=lambda msg: print(msg, file=sys.stderr))
-    todo = {c.key: c for cfgs in plans.values() for c in cfgs if not Run(settings.runs_dir, c).done}
+    # the runs this command trains: those not done, or every planned one under --force (not with --no-train,
+    # which trains nothing)
+    retrain = settings.force and not no_train
+    todo = {c.key: c for cfgs in plans.values() for c in cfgs if retrain or not Run(settings.runs_dir, c).done}
     if show_config and not dry_run:
         raise ConfigError("--show-config goes with --dry-run (it prints the resolved run configs and trains nothing)")
     if dry_run and show_config:
@@ -92,7 +95,9 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         for (p, a), cfgs in plans.items():
             print(f"{p} {a}: {len(cfgs)} run(s)")
             for c in cfgs:
-                print(f"  {Run(settings.runs_dir, c).state():8s} {c.paper}/{c.dirname}  "
+                state = Run(settings.runs_dir, c).state()
+                state = "retrain" if state == "done" and c.key in todo else state  # --force
+                print(f"  {state:8s} {c.paper}/{c.dirname}  "
                       f"[{c.kind}, {c.dataset}, {c.train.epochs} ep]")
         print(_estimate_line(list(todo.values()), settings.runs_dir, estimate_seconds))
         return
@@ -105,9 +110,10 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
         launch = lambda cfgs, s: True  # noqa: E731  (everything is done: render only)
     elif todo:
         _log(_estimate_line(list(todo.values()), settings.runs_dir, estimate_seconds))
+    # run k of N over every artifact of the command, with the time left (in-process training)
+    settings.progress = JobProgress(list(todo.values()), settings.runs_dir) if todo and not no_train else None
     if jobs_auto and not no_train:
-        launch = _auto_launcher(launch, launcher, settings, len(todo) if not settings.force else
-                                sum(len(v) for v in plans.values()))
+        launch = _auto_launcher(launch, launcher, settings, len(todo))
     t0 = time.time()
     if _THREADS_NOTE:
         _log(_THREADS_NOTE)  # once the input is known to be good: an error stays one line
@@ -123,10 +129,11 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
             _log("runs submitted; run the same command again (without --no-wait) to render once they are done")
             return
     written, judged = [], {}
-    for p, a in targets:
+    for i, (p, a) in enumerate(targets, 1):
         verdicts: list = []
         paths = run_artifact(p, a, request, settings, launch=launch if no_train else None, level=level, auto=auto,
-                             write=write, verdicts=verdicts)
+                             write=write, verdicts=verdicts,
+                             progress_of=f" (artifact {i} of {len(targets)})" if len(targets) > 1 else "")
         judged[(p, a)] = verdicts
         if not write:
             continue
@@ -141,7 +148,7 @@ def _run(targets: list[tuple[str, str]], request, settings, dry_run: bool, launc
     trained, elsewhere = _trained_here(todo.values(), settings)
     by_other = f" ({elsewhere} trained by another process meanwhile)" if elsewhere else ""
     _log(f"done in {time.time() - t0:.0f} s: {trained} run(s) trained, "
-         f"{sum(len(v) for v in plans.values()) - len(todo) + elsewhere} reused{by_other}, "
+         f"{len({c.key for v in plans.values() for c in v}) - len(todo) + elsewhere} reused{by_other}, "
          f"{len(written)} file(s) written{'' if show else '; --show prints the tables'}")
     interrupts.note_finished()
     return judged
@@ -207,6 +214,8 @@ def _auto_launcher(launch, launcher: str, settings, runs: int):
 
 
 def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
+    from repro.runner import duration
+
     if not todo:
         return "nothing to train: every run is done"
     known = [estimate_seconds(c, runs_dir) for c in todo]
@@ -214,10 +223,12 @@ def _estimate_line(todo, runs_dir, estimate_seconds) -> str:
     if not have:
         return (f"{len(todo)} run(s) to train; no time estimate (no finished run of the same kind in "
                 f"{runs_dir} to scale from)")
-    approx = sum(have) / 60
-    part = "" if len(have) == len(todo) else f" for {len(have)} of them"
-    return (f"{len(todo)} run(s) to train, about {approx:.0f} min{part} on this machine (from the wall time of "
-            f"finished runs of the same kind, scaled by epochs and training images)")
+    how = ("from the wall time of finished runs of the same kind, scaled by epochs and training images")
+    if len(have) == len(todo):
+        return f"{len(todo)} run(s) to train, about {duration(sum(have))} on this machine ({how})"
+    return (f"{len(todo)} run(s) to train; an estimate exists for {len(have)} of them: about "
+            f"{duration(sum(have))} on this machine ({how}); the other {len(todo) - len(have)} have no finished "
+            f"run of the same kind to scale from")
 
 
 def _make_command(targets_fn, multi: bool = False):
@@ -225,8 +236,8 @@ def _make_command(targets_fn, multi: bool = False):
         scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
         dataset: Optional[str] = typer.Option(None, help="Override the dataset (cifar10, cifar100, imagenet, fashion-mnist)."),
         data_root: Optional[str] = typer.Option(None, help="Where datasets live (default $REPRO_DATA or ~/.cache/repro)."),
-        seeds: str = typer.Option("1", help="Train every run with seeds 0..N-1, or 'auto': 3, 5, 7, 10 seeds "
-                                  "(up to --max-seeds) until every headline claim is settled (docs/statistics.md)."),
+        seeds: str = typer.Option("1", help="N (1 to 100): every run with seeds 0..N-1; auto: 3, 5, 7, then 10 "
+                                  "seeds (up to --max-seeds) until every headline claim is settled."),
         max_seeds: int = typer.Option(10, help="With --seeds auto: the most seeds it trains."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         epochs: Optional[int] = typer.Option(None, help="Override every run's epochs."),
@@ -235,31 +246,31 @@ def _make_command(targets_fn, multi: bool = False):
         lr_scale: Optional[float] = typer.Option(None, help="Multiply every run's learning rate (new runs)."),
         runs_dir: str = typer.Option("runs", help="The run store."),
         out_dir: str = typer.Option(".", help="tables/ and figures/ are written under it."),
-        force: bool = typer.Option(False, help="Retrain the runs even if they are done."),
-        dry_run: bool = typer.Option(False, help="List the runs and their state; train nothing."),
+        force: bool = typer.Option(False, "--force", help="Retrain the runs even if they are done."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and their state; train nothing."),
         launcher: str = typer.Option("local", help="local or submitit (Slurm job array)."),
         jobs: str = typer.Option(os.environ.get("REPRO_JOBS") or "auto", help="Local launcher: train up to N "
                                  "runs at once, one device each; auto (default, or $REPRO_JOBS): as the free cores "
                                  "or GPUs allow, one thread per CPU run."),
-        no_wait: bool = typer.Option(False, help="submitit: return after submitting; render later."),
+        no_wait: bool = typer.Option(False, "--no-wait", help="submitit: return after submitting; render later."),
         partition: Optional[str] = typer.Option(None, help="submitit: Slurm partition."),
         gpus_per_run: int = typer.Option(1, help="submitit: GPUs per run (> 1 starts torchrun in the job)."),
         time_limit: int = typer.Option(24 * 60, help="submitit: minutes per job."),
         array_parallelism: int = typer.Option(16, help="submitit: jobs of the array running at once."),
         amp: bool = typer.Option(True, help="Mixed precision on CUDA."),
-        channels_last: bool = typer.Option(False, help="channels_last memory format on CUDA."),
-        sync_bn: bool = typer.Option(False, help="SyncBatchNorm under torchrun."),
-        compile: bool = typer.Option(False, "--compile", help="torch.compile the model for training: "
-                                     "minutes of compiling first, then faster steps (docs/performance.md)."),
+        channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format on CUDA."),
+        sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm under torchrun."),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the model: minutes of "
+                                     "compiling per run, then faster steps; for long runs."),
         workers: int = typer.Option(8, help="DataLoader workers (ImageNet only)."),
         no_train: bool = typer.Option(False, "--no-train", help="Render from the runs that exist; list the "
-                                      "missing ones and exit 1 if any are."),
+                                      "missing ones and exit 2 if any are."),
         show: bool = typer.Option(False, "--show", help="Print the tables (Markdown) after writing them."),
         show_config: bool = typer.Option(False, "--show-config", help="With --dry-run: print every planned run's "
                                          "resolved config as JSON (what its hash is computed from)."),
         only: Optional[str] = typer.Option(None, "--only", help="table or figure: only the artifacts of that kind "
                                            "(repro all, repro <paper> all)."),
-        set_: list[str] = typer.Option([], "--set", help="Paper-specific option KEY=VALUE (repeatable); the "
+        set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Paper-specific option KEY=VALUE (repeatable); the "
                                        "paper's keys are listed by `repro <paper> --help`."),
     ):
         from repro.bounds import check_cli, check_int
@@ -272,6 +283,9 @@ def _make_command(targets_fn, multi: bool = False):
             if k in options:
                 raise ConfigError(f"--set {k} is given twice ({k}={options[k]} and {k}={v}); give each key once")
             options[k] = v
+        if force and no_train:
+            raise ConfigError("--force retrains and --no-train trains nothing: give one of them")
+        _check_set(targets_fn(), options)  # before torch is imported: a bad --set is one line at once
         seed_looks, seeds = _parse_seeds(seeds, max_seeds)
         # the bounds that need no plan, before torch is imported (the Request checks them again)
         for name, value in (("seeds", seeds), ("epochs", epochs), ("train_limit", train_limit),
@@ -312,6 +326,30 @@ def _make_command(targets_fn, multi: bool = False):
             _run(targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show, show_config)
 
     return command
+
+
+def _check_set(targets: list[tuple[str, str]], options: dict[str, str]) -> None:
+    """The ``--set`` keys and values, from the manifest (no paper module, no torch): the checks of
+    ``Paper.check_options``, with its messages; a value above the bound of a key whose message
+    explains the cost is left to the paper's own check (which says what the value would need)."""
+    from repro.artifacts import Option
+
+    known = manifest.load()
+    for p in dict.fromkeys(p for p, _ in targets):
+        m = known[p]
+        for key, raw in options.items():
+            if key not in m["options"]:
+                raise ConfigError(f"unknown option '--set {key}=...' for {p}; valid keys: "
+                                  f"{', '.join(m['options']) or 'none'}")
+            spec = m.get("specs", {}).get(key)
+            if not spec or spec["type"] is None:
+                continue
+            try:
+                Option.from_spec(spec).parse(key, raw)
+            except ConfigError as e:
+                if spec["cost"] and ("above its bound" in str(e) or "not below its bound" in str(e)):
+                    continue
+                raise
 
 
 def _parse_seeds(seeds: str, max_seeds: int) -> tuple[tuple[int, ...], int]:
@@ -377,7 +415,7 @@ def _run_auto(marks, targets, request, settings, dry_run, launcher, jobs, no_wai
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+    app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                       help="Reproduce tables and accuracy-vs-FLOPs figures of efficient-CNN papers.")
 
     @app.command("list")
@@ -439,6 +477,36 @@ def build_app() -> typer.Typer:
             raise ConfigError(f"--format {format}: choose one of: {', '.join(claims.FORMATS)}")
         print(claims.render(claims.collect(Path(dir), scale, paper, recompute), format))
 
+    @app.command("curves")
+    def curves_cmd(paper: str = typer.Argument(..., help="The paper."),
+                   artifact: str = typer.Argument(..., help="The artifact, or all (one figure each)."),
+                   scale: str = typer.Option("quick", help=f"One of: {', '.join(SCALES)}."),
+                   seeds: int = typer.Option(1, help="Draw seeds 0..N-1 of every run."),
+                   runs_dir: str = typer.Option("runs", help="The run store."),
+                   out_dir: str = typer.Option(".", help="figures/<scale>/ is written under it."),
+                   tensorboard: Optional[str] = typer.Option(None, "--tensorboard", metavar="DIR",
+                                                             help="Also write TensorBoard event files under DIR "
+                                                             "(needs the tensorboard extra).")):
+        """Every run's training curves (loss, validation top-1 per exit, learning rate) in one figure per
+        artifact: <out-dir>/figures/<scale>/<paper>_<artifact>.curves.png. Trains nothing."""
+        from repro.bounds import check_int
+
+        known = manifest.load()
+        if paper not in known:
+            raise ConfigError(f"unknown paper '{paper}'; choose one of: {', '.join(known)}")
+        arts = [a[0] for a in known[paper]["artifacts"]]
+        if artifact not in (*arts, "all"):
+            raise ConfigError(f"unknown artifact '{artifact}' for {paper}; choose one of: {', '.join(arts)}, all")
+        if scale not in SCALES:
+            raise ConfigError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
+        check_int("seeds", seeds)
+        for flag, value in (("--runs-dir", runs_dir), ("--out-dir", out_dir), ("--tensorboard", tensorboard)):
+            _not_empty(flag, value)
+        from repro import curves
+
+        curves.run(paper, arts if artifact == "all" else [artifact], scale, Path(runs_dir), Path(out_dir), seeds,
+                   tensorboard=Path(tensorboard) if tensorboard else None, log=_log)
+
     # the papers' names and help from the manifest: building the app imports no paper (nor torch)
     known = manifest.load()
     all_targets = lambda: [(p, a[0]) for p, m in known.items() for a in m["artifacts"]]  # noqa: E731
@@ -455,7 +523,7 @@ def build_app() -> typer.Typer:
     return app
 
 
-COMMANDS = ("list", "bench", "all", "claims")  # the commands beside the papers
+COMMANDS = ("list", "bench", "all", "claims", "curves")  # the commands beside the papers
 
 
 def _check_names(argv: list[str]) -> None:
@@ -529,13 +597,17 @@ def _device_arg(argv: list[str]) -> str | None:
 
 
 def _failures() -> tuple[type, tuple[type, ...]]:
-    """(runs failed, bad input or data) exception classes; imported only when something failed."""
-    from repro.data import DataUnavailable
-    from repro.launch import RunsFailed
-    from repro.store import CheckpointError, RunLocked
-    from repro.train import NonFiniteLoss
+    """(runs failed, bad input or data) exception classes, of the modules already imported: an
+    exception of a module never imported cannot have been raised, and importing them (torch)
+    would make a typo's one-line error take seconds."""
+    def loaded(module: str, name: str):
+        return getattr(sys.modules.get(module), name, None)
 
-    return RunsFailed, (ConfigError, DataUnavailable, CheckpointError, RunLocked, NonFiniteLoss)
+    runs_failed = loaded("repro.launch", "RunsFailed") or type("NeverRaised", (Exception,), {})
+    bad = [ConfigError, *(c for c in (loaded("repro.data", "DataUnavailable"), loaded("repro.store", "CheckpointError"),
+                                      loaded("repro.store", "RunLocked"), loaded("repro.train", "NonFiniteLoss"))
+                          if c is not None)]
+    return runs_failed, tuple(bad)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -558,6 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:
+        runs_failed, bad = _failures()
+        if isinstance(e, bad) and not isinstance(e, runs_failed) and "repro.store" not in sys.modules:
+            _fail(str(e))  # bad input before anything was read or written: no torch import for the message
         from repro.store import EXIT_DISK_FULL, DiskFull, is_disk_full
 
         if isinstance(e, DiskFull):

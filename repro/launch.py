@@ -95,7 +95,8 @@ def portable(settings):
     """Settings for another process: absolute paths, a plain logger, force already applied."""
     absolute = lambda p: Path(p).resolve() if p is not None else None  # noqa: E731
     return dataclasses.replace(settings, runs_dir=absolute(settings.runs_dir), out_dir=absolute(settings.out_dir),
-                               data_root=absolute(settings.data_root), log=_log_main, force=False, forced=set())
+                               data_root=absolute(settings.data_root), log=_log_main, force=False, forced=set(),
+                               progress=None)
 
 
 def wait_for_parent(cfg: RunConfig, settings, poll: float = 5.0) -> None:
@@ -222,10 +223,10 @@ class _Display:
     def __init__(self, log: Callable[[str], None], label: str, every: float = 300.0):
         self.log, self.label, self.every, self.last, self.t = log, label, every, None, 0.0
 
-    def show(self, counts: dict[str, int], extra: str = "") -> None:
+    def show(self, counts: dict[str, int], extra: str | Callable[[], str] = "") -> None:
         line = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("done", "failed"))
         if line != self.last or time.time() - self.t > self.every:
-            self.log(f"[{self.label}] {line}{extra}")
+            self.log(f"[{self.label}] {line}{extra() if callable(extra) else extra}")
             self.last, self.t = line, time.time()
 
 
@@ -376,7 +377,7 @@ class LocalParallel:
                     running[c.key] = self._start(c, settings, slots[slot], slot)
                     started.add(c.key)
                     counts["running"] += 1
-                display.show(counts)
+                display.show(counts, lambda: self._left(todo, counts, settings))
                 if not running and counts["running"] == 0 and counts["waiting"] == 0:
                     break
                 if not running and counts["waiting"] and not any(
@@ -394,6 +395,16 @@ class LocalParallel:
                 fh.close()
         _fail(failed, todo, settings.log)
         return True
+
+    def _left(self, todo: Sequence[RunConfig], counts: dict[str, int], settings) -> str:
+        """' of N; about 3 min for 4 run(s) to go': over the whole command (one launch trains every
+        artifact's runs), from finished runs of the same kind (repro.runner.eta_text)."""
+        from repro.runner import eta_text
+
+        left = [c for c in todo if not Run(settings.runs_dir, c).done]
+        if not left:
+            return f" (of {len(todo)})"
+        return f" (of {len(todo)}; {eta_text(left, settings.runs_dir, 'run(s) to go', at_once=self.jobs)})"
 
     def _start(self, cfg: RunConfig, settings, env_extra: dict, slot: int):
         run = Run(settings.runs_dir, cfg)

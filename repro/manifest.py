@@ -21,6 +21,7 @@ def build() -> dict:
     return {p.name: {"title": p.title,
                      "artifacts": [[a.name, a.description, a.output_kind] for a in p.artifacts.values()],
                      "options": {k: (o.describe() if isinstance(o, Option) else str(o)) for k, o in p.options.items()},
+                     "specs": {k: o.spec() for k, o in p.options.items() if isinstance(o, Option)},
                      "runs": {a.name: _planned(a) for a in p.artifacts.values()}}
             for p in papers().values()}
 

@@ -1014,7 +1014,12 @@ def scale_note(scale: str) -> str:
     ctx = context()
     if scale == "paper" and ctx is not None and not ctx.paper_setting:
         return "paper scale, with overrides (not the paper's setting)"
-    return SCALE_NOTES.get(scale, f"{scale} scale")
+    note = SCALE_NOTES.get(scale, f"{scale} scale")
+    epochs = [o.split()[1] for o in (ctx.overrides if ctx is not None else ()) if o.startswith("--epochs ")]
+    if epochs:  # the scale's own schedule is not what trained: say what did
+        note = note.replace("1 epoch", f"{epochs[0]} epoch{'s' * (epochs[0] != '1')} (--epochs)")
+        note = note.replace("a few epochs", f"{epochs[0]} epoch{'s' * (epochs[0] != '1')} (--epochs)")
+    return note
 
 
 def meta_for(out: Table | Figure, paper: str, artifact: str, scale: str, seeds: int) -> Meta:

@@ -354,20 +354,69 @@ def check_data(name: str, root: Path | None, download: bool = True, image_size: 
     return None
 
 
+def duration(seconds: float) -> str:
+    """A time estimate in words: seconds below a minute, minutes below 90, else hours."""
+    if seconds < 59.5:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def eta_text(cfgs: Sequence[RunConfig], runs_dir: Path, what: str = "run(s)", at_once: int = 1) -> str:
+    """'about 3 min for 5 run(s)', or for how many of them an estimate exists (:func:`estimate_seconds`:
+    finished runs of the same kind in the store), or 'no time estimate yet'; ``at_once``: runs
+    trained side by side (the time is divided by it)."""
+    known = [s for s in (estimate_seconds(c, runs_dir) for c in cfgs) if s is not None]
+    if not known:
+        return "no time estimate yet"
+    total = sum(known) / max(1, min(at_once, len(known)))
+    if len(known) == len(cfgs):
+        return f"about {duration(total)} for {len(cfgs)} {what}"
+    return (f"about {duration(total)} for {len(known)} of the {len(cfgs)} {what} "
+            f"(the others have no finished run of the same kind to estimate from)")
+
+
+class JobProgress:
+    """'run k of N' over a whole command (every artifact it builds), with the time the runs still
+    to go are estimated to take from finished runs of the same kind (the ones this command just
+    trained included): one log line as each run starts."""
+
+    def __init__(self, todo: Sequence[RunConfig], runs_dir: Path):
+        self.todo = {c.key: c for c in todo}
+        self.runs_dir = Path(runs_dir)
+        self.started: list[str] = []
+
+    def start(self, cfg: RunConfig) -> str:
+        if cfg.key not in self.todo:  # not foreseen (a parent); counted from here on
+            self.todo[cfg.key] = cfg
+        if cfg.key not in self.started:
+            self.started.append(cfg.key)
+        k = self.started.index(cfg.key) + 1
+        left = [cfg] + [c for key, c in self.todo.items() if key not in self.started]
+        return (f"run {k} of {len(self.todo)}: {cfg.paper}/{cfg.dirname} "
+                f"({eta_text(left, self.runs_dir, 'run(s) left')})")
+
+
 def ensure(cfgs: Sequence[RunConfig], settings: Settings) -> None:
-    todo = [c for c in cfgs if not Run(settings.runs_dir, c).done or settings.force]
+    todo = [c for c in cfgs if not Run(settings.runs_dir, c).done
+            or (settings.force and c.key not in settings.forced)]
+    progress = settings.progress
     for i, cfg in enumerate(todo, 1):
-        settings.log(f"run {i} of {len(todo)}: {cfg.paper}/{cfg.dirname}")
+        settings.log(progress.start(cfg) if isinstance(progress, JobProgress) else
+                     f"run {i} of {len(todo)}: {cfg.paper}/{cfg.dirname}")
         execute(cfg, settings)
 
 
 def run_artifact(paper_name: str, artifact_name: str, request: Request, settings: Settings,
                  launch: Callable[[Sequence[RunConfig], Settings], bool] | None = None, *, level: float = 0.95,
-                 auto: str = "", write: bool = True, verdicts: list | None = None) -> list[Path]:
+                 auto: str = "", write: bool = True, verdicts: list | None = None, progress_of: str = ""
+                 ) -> list[Path]:
     """Make sure the artifact's runs are done (or launched), then build it. Returns written paths.
     ``level``: the claims' confidence level; ``auto``: the header's --seeds auto line; without
     ``write`` the build's claims are judged but nothing is written (--seeds auto's looks);
-    ``verdicts`` collects (claim, evidence, paper, sign, verdict, headline, line) of every claim."""
+    ``verdicts`` collects (claim, evidence, paper, sign, verdict, headline, line) of every claim;
+    ``progress_of`` (' (artifact 2 of 9)') goes into its 'building' line."""
     paper = get_paper(paper_name)
     artifact = paper.artifact(artifact_name)
     paper.check_options(request.options)
@@ -378,6 +427,8 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
         return []  # launched elsewhere and not waiting
     if not D.env().is_main:
         return []
+    settings.log(f"{paper_name} {artifact_name}{progress_of}: building from {len(cfgs)} run(s) (evaluation, "
+                 f"thresholds, intervals, claims){', then writing' if write else ''}…")
     from dataclasses import replace
 
     from repro.render import building, claim, run_set_digest, training_note, write_outputs
