@@ -46,6 +46,7 @@ MAX_LR = 1e3
 # on the machine (``jobs_bound``).
 CLI_BOUNDS: dict[str, Bound] = {
     "seeds": Bound(1, 100, "each seed retrains every run; the t-interval over seeds is tight long before"),
+    "max_seeds": Bound(3, 100, "--seeds auto: a verdict needs 3 seeds; its looks stop at 3, 5, 7, 10 by default"),
     "epochs": Bound(1, 10_000, "the papers' longest schedule is 350 epochs"),
     "batch_size": Bound(1, 65_536, "a larger batch does not fit a GPU's memory at any scale"),
     "train_limit": Bound(1, None, "the training split of the run's dataset, less its held-out images"),

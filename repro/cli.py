@@ -357,7 +357,7 @@ def _parse_seeds(seeds: str, max_seeds: int) -> tuple[tuple[int, ...], int]:
     from repro.bounds import check_int
 
     if seeds.strip().lower() == "auto":
-        check_int("seeds", max_seeds)
+        check_int("max_seeds", max_seeds)
         from repro.stats import MIN_SEEDS, looks
 
         if max_seeds < MIN_SEEDS:

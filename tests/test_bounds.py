@@ -155,7 +155,9 @@ def test_every_numeric_command_line_option_has_a_bound():
         if {int, float} & {hint, *typing.get_args(hint)}:
             seen.add(name)
             assert name in CLI_BOUNDS, f"--{name.replace('_', '-')} is numeric but has no bound in repro.bounds"
-    assert {"seeds", "epochs", "batch_size", "lr_scale", "train_limit", "jobs", "workers"} <= seen
+    assert {"max_seeds", "epochs", "batch_size", "lr_scale", "train_limit", "workers"} <= seen
+    # --seeds (N or auto) and --jobs (N or auto) are read as text, then bounded as integers
+    assert {"seeds", "jobs"} <= set(CLI_BOUNDS)
 
 
 def test_the_readme_states_the_bounds():
@@ -222,7 +224,7 @@ def test_the_summary_counts_runs_another_process_trained_as_reused(tmp_path, cap
 
     cfgs = runner.plan(get_paper("imta").artifact("fig7"), runner.Request(scale="smoke"))
 
-    def run_artifact(paper, artifact, request, settings, launch=None):  # ensure() waited for the locks, reused
+    def run_artifact(paper, artifact, request, settings, launch=None, **_):  # ensure() waited for the locks, reused
         for c in runner.plan(get_paper(paper).artifact(artifact), request):
             run = Run(settings.runs_dir, c)
             run.prepare()

@@ -243,7 +243,7 @@ def test_seeds_auto_at_smoke_scale_stops_at_the_first_look_and_says_so(tmp_path,
 
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "abc"], "--seeds 'abc': give a whole number of seeds (1 to 100) or auto"),
-    (["--seeds", "auto", "--max-seeds", "2"], "--max-seeds 2 is below 3, the fewest seeds a verdict needs"),
+    (["--seeds", "auto", "--max-seeds", "2"], "--max-seeds must be 3 or more, got 2"),
 ])
 def test_bad_seeds_options_are_one_line_errors(tmp_path, capsys, args, message):
     code, err = _cli([PAPER, ARTIFACT, "--scale", "smoke", *args, "--runs-dir", str(tmp_path / "runs"),
