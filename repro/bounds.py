@@ -136,6 +136,23 @@ def check_train_limit(train_limit: int | None, cfgs) -> None:
             check_int("train_limit", train_limit, known[0], known[1])
 
 
+def check_last_batch(cfgs) -> None:
+    """No run ends an epoch on a batch of one image: BatchNorm cannot train on one (a 1-d BatchNorm
+    fails; a 2-d one normalises a sample by itself), and a run with one training image cannot
+    train at all.  Checked where the training images are known without reading the data."""
+    for c in cfgs:
+        for run in (c, *c.ancestors()):
+            known = split_size(run)
+            if known is None or run.train.drop_last:
+                continue
+            n = min(run.data.train_limit, known[0]) if run.data.train_limit else known[0]
+            b = run.train.batch_size
+            if n < 2 or n % b == 1:
+                why = "one training image" if n < 2 else f"{n:,} training images in batches of {b} end on a batch of one"
+                raise ConfigError(f"run {run.paper}/{run.name}: {why}, which BatchNorm cannot train on; "
+                                  f"change --train-limit or --batch-size")
+
+
 def check_world(cfgs, world: int, why: str) -> None:
     """Every run's global batch splits evenly over ``world`` processes (DDP: one share per rank)."""
     if world <= 1:

@@ -44,22 +44,24 @@ def collect(root: Path, scale: str = "quick", paper: str | None = None, recomput
         p, artifact = _split_stem(path, papers)
         if paper is not None and p != paper:
             continue
-        df = pd.read_csv(path, comment="#")
-        evidence = {}
-        if recompute:
-            npz = path.with_name(path.name.removesuffix(".claims.csv") + ".evidence.npz")
-            if npz.exists():
-                from repro.stats import read_evidence
+        df = _read_claims(path)
+        evidence, npz = {}, path.with_name(path.name.removesuffix(".claims.csv") + ".evidence.npz")
+        if recompute and npz.exists():
+            from repro.stats import read_evidence
 
+            try:
                 evidence = read_evidence(npz)
+            except Exception as e:  # any garbage: one line naming the file
+                raise ConfigError(f"{npz}: not an evidence file ({type(e).__name__}: {str(e)[:80]}); render the "
+                                  f"artifact again to rewrite it") from None
         for r in df.itertuples(index=False):
             row = {"paper": p, "artifact": artifact, "claim": r.claim, "headline": bool(r.headline),
                    "seeds": int(r.seeds), "gap": r.gap, "lo": r.lo, "hi": r.hi,
                    "paper_value": None if pd.isna(r.paper) else float(r.paper), "verdict": r.verdict,
                    "detectable_gap": None if pd.isna(r.detectable_gap) else float(r.detectable_gap),
                    "seeds_needed": None if pd.isna(r.seeds_needed) else int(r.seeds_needed)}
-            if recompute:
-                row["changed"] = False
+            if recompute:  # "changed": True/False where redone, None where there is nothing to redo from
+                row["changed"] = None
                 if r.claim in evidence and scale != "smoke":  # smoke scale: no verdicts to redo
                     row.update(_rejudge(evidence[r.claim], r))
             rows.append(row)
@@ -68,6 +70,32 @@ def collect(root: Path, scale: str = "quick", paper: str | None = None, recomput
         raise ConfigError(f"no claims files (*.claims.csv) in {where}" + (f" for {paper}" if paper else "")
                           + "; render an artifact first, or give --dir and --scale")
     return pd.DataFrame(rows)
+
+
+def _read_claims(path: Path) -> pd.DataFrame:
+    """A claims file, checked: its columns, and numbers where numbers go (one line naming the file
+    otherwise)."""
+    from repro.render import CLAIM_COLUMNS
+
+    def bad(why: str):
+        return ConfigError(f"{path}: {why}; render the artifact again to rewrite it")
+
+    try:
+        df = pd.read_csv(path, comment="#")
+    except Exception as e:  # empty, binary, unparsable: one line
+        raise bad(f"not a claims file ({type(e).__name__}: {str(e)[:80]})") from None
+    missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
+    if missing:
+        raise bad(f"no {', '.join(missing)} column(s)")
+    for c in ("seeds", "gap"):
+        v = pd.to_numeric(df[c], errors="coerce")
+        if v.isna().any():
+            raise bad(f"its {c} column holds {df[c][v.isna()].iloc[0]!r}, not a number")
+    for c in ("lo", "hi", "level", "paper", "direction", "detectable_gap", "seeds_needed"):
+        v = pd.to_numeric(df[c], errors="coerce")
+        if (v.isna() & df[c].notna()).any():
+            raise bad(f"its {c} column holds {df[c][v.isna() & df[c].notna()].iloc[0]!r}, not a number")
+    return df
 
 
 def _rejudge(ab, r) -> dict:

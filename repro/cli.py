@@ -605,9 +605,24 @@ def _failures() -> tuple[type, tuple[type, ...]]:
 
     runs_failed = loaded("repro.launch", "RunsFailed") or type("NeverRaised", (Exception,), {})
     bad = [ConfigError, *(c for c in (loaded("repro.data", "DataUnavailable"), loaded("repro.store", "CheckpointError"),
+                                      loaded("repro.store", "NotAFolder"),
                                       loaded("repro.store", "RunLocked"), loaded("repro.train", "NonFiniteLoss"))
                           if c is not None)]
     return runs_failed, tuple(bad)
+
+
+MAX_THREADS = 1024  # torch threads per process: no CPU has more cores, and OpenMP pools allocate per thread
+
+
+def _check_env() -> None:
+    """The environment variables that set numbers, before anything reads them: one line each."""
+    for var, low, high in (("REPRO_THREADS", 1, MAX_THREADS), ("REPRO_JOBS", 1, None)):
+        raw = os.environ.get(var)
+        if raw is None or raw == "" or (var == "REPRO_JOBS" and raw.strip() == "auto"):
+            continue
+        if not raw.strip().isascii() or not raw.strip().isdigit() or int(raw) < low or (high and int(raw) > high):
+            valid = f"{low} to {high}" if high else f"{low} or more, or auto"
+            raise ConfigError(f"{var}={raw!r}: give a whole number, {valid} (or unset it)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -619,6 +634,7 @@ def main(argv: list[str] | None = None) -> None:
 
         D.init_from_env()
     try:
+        _check_env()
         _check_names(argv)
         rv = build_app()(argv, standalone_mode=False)
     except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument

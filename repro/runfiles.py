@@ -10,6 +10,8 @@ alone.  Called by :class:`repro.store.Run` (``results()``, ``outputs()``, ``metr
 """
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,9 +46,24 @@ class CheckedDict(dict):
         return dict, (dict(self),)
 
 
+def _nan_at(x: Any, where: str = "") -> str | None:
+    """The first NaN in a JSON value (a key path), or None; infinities are legitimate (a threshold of
+    -inf: the last exit takes every sample)."""
+    if isinstance(x, float) and math.isnan(x):
+        return where or "a value"
+    if isinstance(x, dict):
+        return next((w for k, v in x.items() if (w := _nan_at(v, f"{where}.{k}" if where else str(k)))), None)
+    if isinstance(x, list):
+        return next((w for i, v in enumerate(x) if (w := _nan_at(v, f"{where}[{i}]"))), None)
+    return None
+
+
 def results(run: "Run", data: Any) -> dict:
     if not isinstance(data, dict):
         raise _corrupt(run, run.results_path, f"a JSON {type(data).__name__}, not an object")
+    bad = _nan_at(data)
+    if bad:
+        raise _corrupt(run, run.results_path, f"{bad} is NaN; repro never writes one")
     return CheckedDict(data, run, run.results_path)
 
 
@@ -56,6 +73,18 @@ def _classes(run: "Run") -> int | None:
 
     info = DATASETS.get(run.cfg.dataset)
     return info.num_classes if info is not None and run.cfg.dataset != "imagenet" else None
+
+
+def _split_size(run: "Run", split: str) -> int | None:
+    """The images of the run's validation split (its split.pt) where it saved one; the test split's
+    size is not known here (None)."""
+    if split != "val":
+        return None
+    try:
+        saved = torch.load(run.dir / "split.pt", map_location="cpu", weights_only=True)
+        return int(len(saved["val"]))
+    except Exception:  # no split.pt (a run stored before it existed, or from elsewhere): unchecked
+        return None
 
 
 def outputs(run: "Run", out: Any) -> dict:
@@ -73,6 +102,12 @@ def outputs(run: "Run", out: Any) -> dict:
             continue
         if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
             raise _corrupt(run, path, f"{split}_labels is not a 1-d tensor")
+        if labels.numel() == 0:
+            raise _corrupt(run, path, f"{split}_labels is empty: the {split} split holds no image")
+        expected = _split_size(run, split)
+        if expected is not None and labels.numel() != expected:
+            raise _corrupt(run, path, f"{split}_labels has {labels.numel()} samples; the run's {split} split "
+                                      f"holds {expected}")
         if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise _corrupt(run, path, f"{split}_labels is a {labels.dtype} tensor, not class indices")
         n_cls = classes

@@ -307,6 +307,11 @@ def preflight(targets: Sequence[tuple[str, str]], request: Request, settings: Se
     every = list({c.key: c for cfgs in plans.values() for c in cfgs}.values())
     bounds.check_lr(request.lr_scale, every)
     bounds.check_train_limit(request.train_limit, every)
+    bounds.check_last_batch(every)
+    for folder in sorted({Run(settings.runs_dir, c).dir.parent for c in every}):  # <runs>/<paper>
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder} is a file where a folder is needed for the runs of {folder.name}; move it "
+                              f"away, or give another --runs-dir")
     if not local and gpus_per_run > 1:
         bounds.check_world(every, gpus_per_run, f"--gpus-per-run {gpus_per_run}")
     elif D.env().world > 1:

@@ -449,7 +449,10 @@ def pack(x: np.ndarray) -> dict:
 
 def unpack(d: dict) -> np.ndarray:
     if "bits" in d:
-        return np.unpackbits(d["bits"], axis=-1, count=int(d["n"])).astype(np.float64)
+        n, width = int(d["n"]), int(d["bits"].shape[-1])
+        if not 8 * width - 7 <= n <= 8 * width:
+            raise ValueError(f"{n} images do not fit {width} packed bytes")
+        return np.unpackbits(d["bits"], axis=-1, count=n).astype(np.float64)
     return np.asarray(d["float"], dtype=np.float64)
 
 

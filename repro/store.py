@@ -54,12 +54,23 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+RESULTS_MAX_BYTES = 64 * 2**20  # no results.json of a run comes near it
+
+
+class NotAFolder(ValueError):
+    """A path the run store needs as a folder is a file (one line: ``error: ...``)."""
+
+
 def make_dirs(path: Path) -> None:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFull(path) from None
+        if isinstance(e, (NotADirectoryError, FileExistsError)):
+            blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), path)
+            raise NotAFolder(f"{blocker} is a file where a folder is needed for {path}; move it away, or "
+                             f"give another --runs-dir / --out-dir") from None
         raise
 
 
@@ -235,7 +246,11 @@ class Run:
         from repro import runfiles
 
         try:
-            out = json.loads(self.results_path.read_text())
+            with open(self.results_path, "rb") as f:  # bounded: a results.json is kilobytes
+                raw = f.read(RESULTS_MAX_BYTES + 1)
+            if len(raw) > RESULTS_MAX_BYTES:
+                raise CorruptRun(self, self.results_path, f"over {RESULTS_MAX_BYTES // 2**20} MiB, not a results file")
+            out = json.loads(raw.decode())
         except (OSError, ValueError) as e:
             raise CorruptRun(self, self.results_path, f"{type(e).__name__}: {str(e)[:80]}") from None
         return runfiles.results(self, out)

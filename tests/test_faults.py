@@ -107,6 +107,32 @@ def _rows(key, f):
     return _outputs_edit(lambda o: o.__setitem__(key, f(o[key])))
 
 
+def _nan_first(x):
+    """The first number of a nested JSON value replaced by NaN."""
+    if isinstance(x, list):
+        return [_nan_first(x[0]), *x[1:]] if x else x
+    if isinstance(x, dict):
+        k = next(iter(x))
+        return {**x, k: _nan_first(x[k])}
+    return float("nan")
+
+
+def _endless_results(d: Path):
+    """results.json larger than any run writes (a link to /dev/zero in the sweep: a bounded read)."""
+    with open(d / "results.json", "wb") as f:
+        f.truncate(65 * 2**20)  # sparse: no disk used
+
+
+def _cut_val(n: int):
+    def edit(d: Path):
+        out = torch.load(d / "outputs.pt", weights_only=True)
+        out["val_labels"] = out["val_labels"][:n]
+        for k in [k for k in out if k.startswith("val_") and k.endswith("logits")]:
+            out[k] = out[k][..., :n, :]
+        torch.save(out, d / "outputs.pt")
+    return edit
+
+
 # (id, artifact, run, file, how it is broken, words of the message)
 FILE_CASES = [
     ("results-no-thresholds", "glancenet hem", GLANCE_HEM, "results.json",
@@ -136,6 +162,13 @@ FILE_CASES = [
      ["not class indices"]),
     ("logits-4-d", "glancenet hem", GLANCE_HEM, "outputs.pt", _rows("val_logits", lambda t: t[None]),
      ["4 dimensions"]),
+    # the hostile sweep of issue 25 (bench/sweep-issue25.md): run files that parse but lie
+    ("results-nan-threshold", "glancenet hem", GLANCE_HEM, "results.json",
+     _json_edit(lambda r: {**r, "thresholds": _nan_first(r["thresholds"])}), ["is NaN"]),
+    ("results-endless", "glancenet hem", GLANCE_HEM, "results.json", _endless_results, ["MiB, not a results file"]),
+    ("outputs-empty-val", "glancenet hem", GLANCE_HEM, "outputs.pt", _cut_val(0), ["val_labels is empty"]),
+    ("outputs-val-cut", "glancenet hem", GLANCE_HEM, "outputs.pt", _cut_val(100),
+     ["val_labels has 100 samples", "split holds"]),
 ]
 
 

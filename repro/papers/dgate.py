@@ -47,7 +47,10 @@ GATES_AFTER = (0, 1, 2)  # after ResNet stages / DenseNet dense blocks 1, 2, 3 (
 HINGES = ("ovr", "weston-watkins", "crammer-singer")
 
 def _existing_file(raw: str) -> str:
-    if not Path(raw).expanduser().is_file():
+    p = Path(raw).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{raw} is a folder, not a checkpoint file")
+    if not p.is_file():
         raise ValueError(f"no such file: {raw}")
     return raw
 
@@ -59,7 +62,9 @@ def _grid_cost(points: int) -> str:
     """What tuning three gates on ``points`` thresholds each holds: the exact search keeps about
     three float64 tensors of (points + 1)^3 combinations (cascade_grid)."""
     n = (points + 1) ** 3
-    return f"its exact search over 3 gates holds {n:,} combinations: about {24 * n / 1e9:.1f} GB"
+    gb = 24 * n / 1e9
+    count, size = (f"{n:,}", f"{gb:.1f}") if n < 10 ** 15 else (f"{n:.3g}", f"{gb:.3g}")
+    return f"its exact search over 3 gates holds {count} combinations: about {size} GB"
 
 
 OPTIONS = {
