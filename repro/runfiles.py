@@ -38,12 +38,34 @@ class CheckedDict(dict):
 
     def __getitem__(self, key):
         try:
-            return dict.__getitem__(self, key)
+            value = dict.__getitem__(self, key)
         except KeyError:
             raise _corrupt(self._run, self._path, f"it has no '{key}'") from None
+        check = TYPED.get(key)
+        if check is not None and not check(value):
+            raise _corrupt(self._run, self._path, f"its '{key}' is {str(value)[:40]!r}, not {check.__doc__}")
+        return value
+
+    def bad(self, why: str):
+        """The error for a value a reader found wrong (one line naming the file and its run's folder)."""
+        return _corrupt(self._run, self._path, why)
 
     def __reduce__(self):  # pickles (and deep-copies) as the plain dict it holds
         return dict, (dict(self),)
+
+
+def _numbers(x: Any) -> bool:
+    """a list of numbers"""
+    return isinstance(x, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
+
+
+def _number_lists(x: Any) -> bool:
+    """a list of lists of numbers"""
+    return isinstance(x, list) and all(_numbers(v) for v in x)
+
+
+# keys several readers use, and the type they expect (the others are each paper's own)
+TYPED = {"costs": _numbers, "alphas": _numbers}
 
 
 def _nan_at(x: Any, where: str = "") -> str | None:

@@ -311,7 +311,12 @@ def train_glancenet(ctx) -> dict:
 
 def learned(result: dict, alpha: float) -> list[float]:
     """The learned entropy thresholds of ``alpha`` stored in a run's results."""
-    for a, h in zip(result["alphas"], result["thresholds"]):
+    alphas, bank = result["alphas"], result["thresholds"]
+    if not (isinstance(bank, list) and len(bank) == len(alphas)
+            and all(isinstance(h, list) and all(isinstance(v, (int, float)) for v in h) for h in bank)):
+        why = f"its thresholds are not one list of numbers per alpha ({len(alphas)} alphas)"
+        raise result.bad(why) if hasattr(result, "bad") else ValueError(why)
+    for a, h in zip(alphas, bank):
         if abs(a - alpha) < 1e-6:
             return h
     raise KeyError(f"alpha {alpha} was not trained; the bank holds {result['alphas']}")
