@@ -21,14 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--scale", "smoke"]
 
 
-def _exit(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_cli import _exit  # noqa: E402  (argv -> exit code, stdout, stderr)
 
 
 def _done_fig7(tmp_path) -> list[Path]:
