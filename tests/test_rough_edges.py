@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from repro.cli import main
 from test_bad_inputs import _fake_done_runs
 
 ROOT = Path(__file__).resolve().parents[1]
