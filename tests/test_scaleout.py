@@ -334,14 +334,17 @@ def _stopper(dir_: Path) -> Path:
             import signal
             import repro.train as _T
             _phase, _epoch, _sig = _spec.split(":")
-            _append = _T.append_metrics
-            def _append_then_stop(path, row):
-                _append(path, row)
-                marker = path.parent / f".stopped-{_phase}-{_epoch}"
-                if row["phase"] == _phase and row["epoch"] == int(_epoch) and not marker.exists():
+            from pathlib import Path as _P
+            _save = _T.atomic_torch_save
+            def _save_then_stop(obj, path):  # the epoch's row is logged first, then its checkpoint
+                _save(obj, path)
+                path = _P(path)
+                marker = path.parent.parent / f".stopped-{_phase}-{_epoch}"
+                if (path.parent.name == "ckpt" and path.stem == _phase and isinstance(obj, dict)
+                        and obj.get("epoch") == int(_epoch) and not marker.exists()):
                     marker.touch()
                     os.kill(os.getpid(), getattr(signal, _sig))
-            _T.append_metrics = _append_then_stop
+            _T.atomic_torch_save = _save_then_stop
     """))
     return dir_
 
