@@ -65,6 +65,22 @@ class Figure:
     note: str = ""
 
 
+class FirstImages:
+    """The batches of ``batches`` up to ``n`` images (the batch that reaches ``n`` included); ``n``
+    None: all of them."""
+
+    def __init__(self, batches, n: int | None):
+        self.b, self.n = batches, n
+
+    def __iter__(self):
+        seen = 0
+        for x, y in self.b:
+            if self.n is not None and seen >= self.n:
+                return
+            seen += x.shape[0]
+            yield x, y
+
+
 def alternate(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 1,
               budget_s: float | None = None, min_repeats: int = 2, stat: str = "median",
               clock: str = "wall") -> dict[str, float]:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.harness import Figure, Sizes, alternate, write_profile
+from benchmarks.harness import Figure, FirstImages, Sizes, alternate, write_profile
 from benchmarks.item3_train import conv_linear_macs, matmul_call
 from repro.nn import threads
 
@@ -169,18 +168,7 @@ def epoch_split(sz: Sizes, log) -> list[Figure]:
     opt = make_optimizer(model.parameters(), cfg.train)
     n_train = len(data.train)
 
-    class Head:
-        def __init__(self, b, n):
-            self.b, self.n = b, n
-
-        def __iter__(self):
-            seen = 0
-            for x, y in self.b:
-                if seen >= self.n:
-                    return
-                seen += x.shape[0]
-                yield x, y
-
+    Head = FirstImages
     def count(b):
         return sum(x.shape[0] for x, _ in b)
 

@@ -164,7 +164,7 @@ class Meta:
                        f"count such as a FLOPs cut, judged as it is")
         if ctx is not None and ctx.auto:
             spread += f"; {ctx.auto}"
-        outlying = [f"outlying seeds (shown, not dropped; claims that use them give the verdict without them too): "
+        outlying = ["outlying seeds (shown, not dropped; claims that use them give the verdict without them too): "
                     + "; ".join(f"{name} seed {seed}: validation top-1 {val:.2f} % against its siblings' median "
                                 f"{med:.2f} %" for name, seed, val, med in ctx.outliers)] if ctx and ctx.outliers else []
         overrides = ", ".join(ctx.overrides) if ctx and ctx.overrides else "none"

@@ -33,7 +33,7 @@ from repro.models.staged import MaskSlot, prune_channels
 from repro.reference_data import load_reference, paper_value
 from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
-from repro.store import atomic_torch_save, load_checkpoint
+from repro.store import atomic_torch_save
 from repro.train import tracked
 
 PAPER_NAME = "dcp"
