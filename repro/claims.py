@@ -110,7 +110,8 @@ def _rejudge(ab, r) -> dict:
            "detectable_gap": None if math.isnan(v.detectable) else round(v.detectable, 4),
            "seeds_needed": v.seeds_needed}
     old_word = r.verdict if isinstance(r.verdict, str) else "no verdict"
-    new["changed"] = bool(word != old_word or abs(new["gap"] - r.gap) > 1e-6
+    # evidence of fractions is stored as float32: agreement to 1e-4 points is the same number
+    new["changed"] = bool(word != old_word or abs(new["gap"] - r.gap) > 1e-4
                           or (not math.isnan(v.lo) and abs(new["lo"] - r.lo) > 1e-4))
     return new
 
