@@ -124,3 +124,18 @@ def test_recompute_without_an_evidence_file_says_nothing_was_redone(tmp_path):
     assert p.returncode == 0, p.stderr
     header, row = p.stdout.strip().splitlines()[:2]
     assert header.endswith(",changed") and row.endswith(",")  # empty: not redone, not "False"
+
+
+@pytest.mark.parametrize("content, words", [("garbage", "not a loadable checkpoint"), ("list", "not a state dict")])
+def test_a_checkpoint_that_is_not_a_state_dict_is_refused_before_any_run_folder(content, words, tmp_path):
+    import torch
+
+    ckpt = tmp_path / "backbone.pt"
+    if content == "garbage":
+        ckpt.write_bytes(bytes(range(200)))
+    else:
+        torch.save({"model": [1, 2, 3]}, ckpt)
+    p = _repro(["dgate", "table1", *SMOKE, "--set", f"backbone_checkpoint={ckpt}", "--runs-dir", str(tmp_path / "runs")],
+               tmp_path)
+    _one_line(p, words)
+    assert not (tmp_path / "runs").exists()

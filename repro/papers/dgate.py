@@ -201,6 +201,22 @@ def load_backbone_state(backbone: nn.Module, state: dict, source: str = "checkpo
 _DIGESTS: dict[tuple, str] = {}
 
 
+def _check_state_dict(p: Path, given: str) -> None:
+    """The checkpoint loads (weights only) as a state dict of tensors, or holds one under "model" or
+    "state_dict": checked when the run is planned, before any run folder is made."""
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, pickled code: one line
+        raise ConfigError(f"--set backbone_checkpoint={given}: not a loadable checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:80] if str(e) else ''}); give a state dict saved by torch.save")
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise ConfigError(f"--set backbone_checkpoint={given}: holds a {type(obj).__name__}, not a state dict of "
+                          f"tensors; give one saved by torch.save(model.state_dict(), path)")
+
+
 def checkpoint_identity(path: str) -> tuple[str, str]:
     """Absolute path and sha256 prefix of a backbone checkpoint (part of the run's hash)."""
     p = Path(path).expanduser().resolve()
@@ -209,6 +225,7 @@ def checkpoint_identity(path: str) -> tuple[str, str]:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
+        _check_state_dict(p, path)
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
