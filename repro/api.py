@@ -236,12 +236,18 @@ class RunContext:
         D.per_rank_batch(batch_size or self.cfg.train.batch_size)  # the global batch must split evenly
         return _cached_data(self.cfg.dataset, self.cfg.data, batch_size or self.cfg.train.batch_size,
                             self.settings.data_root, str(self.device), self.cfg.seed, e.rank, e.world,
-                            self.cfg.train.drop_last, self.settings.channels_last and self.device.type == "cuda",
-                            self.settings.workers)
+                            self.cfg.train.drop_last, self.channels_last, self.settings.workers)
+
+    @property
+    def channels_last(self) -> bool:
+        """The run trains in channels_last: its TrainSpec says so (part of its identity), or
+        ``--channels-last`` on CUDA."""
+        return (self.cfg.train.memory_format == "channels_last"
+                or (self.settings.channels_last and self.device.type == "cuda"))
 
     def to_device(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
-        if self.settings.channels_last and self.device.type == "cuda":
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 

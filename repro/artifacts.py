@@ -32,6 +32,10 @@ class Artifact:
     runs: Callable[[Request], dict[str, RunConfig]]
     build: Callable[[Request, Runs, Settings], Table | Figure | list[Table | Figure]]
     kind: str = ""  # "table" or "figure"; by default a name starting with "fig" is a figure
+    # The runs (names in ``runs(request)``) whose convergence its verdicts rest on: at a scale that
+    # tests convergence (quick), each is trained again for twice its epochs (seed 0), and without
+    # that test passing the artifact's claims get no verdict (repro.convergence, docs/calibration.md).
+    baselines: tuple[str, ...] = ()
 
     @property
     def output_kind(self) -> str:

@@ -47,6 +47,7 @@ class BuildContext:
     level: float = 0.95           # the confidence level of the claims' intervals (lower per look under --seeds auto)
     auto: str = ""                # --seeds auto: how many seeds were trained and why it stopped
     outliers: tuple = ()          # (run name, seed, its validation top-1, the median of its siblings')
+    convergence: object = None    # repro.convergence.Check (None: the scale does not test it)
     verdicts: list = field(default_factory=list, compare=False)  # (claim, Verdict, headline), as rendered
 
     @property
@@ -61,11 +62,11 @@ _CONTEXT: ContextVar[BuildContext | None] = ContextVar("repro_build_context", de
 
 @contextlib.contextmanager
 def building(request, runs: int = 0, wall_seconds: float = 0.0, threads: Sequence[int] = (), training: str = "",
-             run_set: str = "", level: float = 0.95, auto: str = "", outliers: Sequence = ()):
+             run_set: str = "", level: float = 0.95, auto: str = "", outliers: Sequence = (), convergence=None):
     """Set the :class:`BuildContext` of ``request`` while an artifact builds; yields it (its
     ``verdicts`` fill as the claims are rendered)."""
     ctx = BuildContext(request.scale, request.seeds, tuple(request.overrides()), runs, wall_seconds,
-                       tuple(sorted(set(threads))), training, run_set, level, auto, tuple(outliers))
+                       tuple(sorted(set(threads))), training, run_set, level, auto, tuple(outliers), convergence)
     token = _CONTEXT.set(ctx)
     try:
         yield ctx
@@ -176,6 +177,7 @@ class Meta:
         model = [f"model: {self.model}"] if self.model else []
         training = [f"training: {ctx.training}"] if ctx and ctx.training else []
         training += [f"run set: {ctx.run_set} (digest of the seed-0 run folders)"] if ctx and ctx.run_set else []
+        training += convergence_lines(ctx)
         return [f"scale: {self.scale}", f"dataset: {self.dataset}", *model, f"seeds: {seeds} ({spread})",
                 f"overrides: {overrides}", f"comparison: {setting}", f"cost: {self.flops}",
                 f"commit: {git_commit()}", *wall, *training, *outlying, *self.notes]
@@ -212,8 +214,21 @@ class Meta:
         parts += [f"model: {model_names(self.model)}"] if self.model else []
         parts += [f"seeds: {self.seeds_short()}"]
         parts += [f"training: {ctx.training}"] if ctx and ctx.training else []
+        conv = convergence_lines(ctx)
+        parts += [conv[0]] if conv else []
         parts += [f"cost: {self.flops}", f"overrides: {overrides}", f"commit: {git_commit()}"]
         return parts
+
+
+def convergence_lines(ctx) -> list[str]:
+    """The header's convergence lines: the test's outcome (docs/calibration.md), then its numbers."""
+    c = ctx.convergence if ctx is not None else None
+    if c is None:
+        return []
+    head = ("convergence: passed (every baseline's validation top-1 moves less than 0.3 points at every exit "
+            "when trained twice as long): claims get verdicts" if c.converged else
+            f"convergence: {c.reason}: no verdicts")
+    return [head, *(f"convergence test: {line}" for line in c.lines)]
 
 
 def model_names(model: str) -> str:
@@ -299,6 +314,10 @@ def verdict_box(meta: Meta, headlines: int = 3, width: int = 110) -> list[str]:
     for _, w, _, _ in words:
         counts[w or "no verdict"] = counts.get(w or "no verdict", 0) + 1
     few = meta.seeds < MIN_SEEDS
+    conv = ctx.convergence if ctx is not None else None
+    if counts.get("no verdict") == n and conv is not None and not conv.converged and not few:
+        why = "not converged" if "converged" in conv.reason else "convergence not tested"
+        return [f"no verdicts: {why} (docs/calibration.md); {claims} not judged"]
     if counts.get("no verdict") == n:
         why = (f"{meta.seeds} seed{'s' if meta.seeds != 1 else ''}, a verdict needs {MIN_SEEDS} (--seeds "
                f"{MIN_SEEDS} or --seeds auto)" if few else "no spread or no direction to judge")
@@ -770,6 +789,11 @@ def claim(name: str, evidence, paper: float | None = None, sign: int | None = No
     line, v = stats.claim_line(name, g, paper, sign, level, scale)
     if scale == "smoke":  # a pipeline check: no verdict, whatever the numbers
         v = stats.Verdict("", v.lo, v.hi, v.level, "smoke scale", v.detectable)
+    elif ctx is not None and ctx.convergence is not None and not ctx.convergence.converged and g.kind != "fixed":
+        # an unconverged protocol: no verdict, whatever its numbers (docs/calibration.md)
+        why = "not converged" if "converged" in ctx.convergence.reason else "convergence not tested"
+        v = stats.Verdict("", v.lo, v.hi, v.level, why, v.detectable)
+        line = _without_verdict(line) + f" (no verdict: {why})"
     if ctx is not None and scale != "smoke":
         drop = sorted({s for run, s, *_ in ctx.outliers if g.arms and any(run in side for side in g.arms)})
         if drop:
@@ -783,6 +807,12 @@ def claim(name: str, evidence, paper: float | None = None, sign: int | None = No
     if ctx is not None:
         ctx.verdicts.append((name, g, paper, sign, v, headline, line))
     return line
+
+
+def _without_verdict(line: str) -> str:
+    """A claim line without its last parenthesised verdict (kept: ours, the interval, the paper's)."""
+    cut = line.rfind(" (")
+    return line[:cut] if cut > 0 and line.endswith(")") else line
 
 
 def _fit_lines(artist, lines: Sequence[str], chars: int, max_px: float, renderer) -> str:

@@ -44,11 +44,16 @@ def named_runs(artifact: Artifact, request: Request) -> dict[str, RunConfig]:
 
 def plan(artifact: Artifact, request: Request) -> list[RunConfig]:
     """Every run an artifact needs, ancestors before descendants, each once."""
+    from repro.convergence import twins
+
     out: dict[str, RunConfig] = {}
     for cfg in named_runs(artifact, request).values():
         for seeded in resolve(cfg, request):
             for c in [*reversed(seeded.ancestors()), seeded]:
                 out.setdefault(c.key, c)
+    for tw in twins(artifact, request).values():  # the convergence test's runs (docs/calibration.md)
+        for c in [*reversed(tw.ancestors()), tw]:
+            out.setdefault(c.key, c)
     return sorted(out.values(), key=lambda c: len(c.ancestors()))
 
 
@@ -436,6 +441,7 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
                  f"thresholds, intervals, claims){', then writing' if write else ''}…")
     from dataclasses import replace
 
+    from repro import convergence
     from repro.render import building, claim, run_set_digest, training_note, write_outputs
 
     settings = replace(settings, scale=request.scale)
@@ -452,7 +458,8 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
                   threads=[m["threads"] for m in metas if "threads" in m],
                   training=training_note(cfgs, lambda c: _split_sizes(c, settings)),
                   run_set=run_set_digest(f"{c.paper}/{c.dirname}" for c in cfgs if c.seed == 0),
-                  level=level, auto=auto, outliers=outlying_seeds(named, request, settings)) as ctx:
+                  level=level, auto=auto, outliers=outlying_seeds(named, request, settings),
+                  convergence=convergence.check(artifact, request, settings)) as ctx:
         built = artifact.build(request, Runs(request, settings, named), settings)
         if write:
             paths = write_outputs(built, paper_name, artifact_name, request, settings)

@@ -26,6 +26,9 @@ class Scale:
     dataset: str | None   # None: the paper's own dataset
     data: DataSpec | None  # None: the paper's own split sizes, at the paper's input size
     description: str
+    # the scale's protocols must pass the convergence test before a claim gets a verdict
+    # (repro.convergence: a twin of each baseline trained for twice its epochs)
+    converge: bool = False
 
 
 SCALES: dict[str, Scale] = {
@@ -33,7 +36,8 @@ SCALES: dict[str, Scale] = {
                    DataSpec(train_limit=512, val_size=256, test_limit=512, image_size=SMALL_SIZE),
                    "512 training images, 1 epoch, narrow models (CI; < 60 s per artifact on 2 CPU cores)"),
     "quick": Scale("quick", "fashion-mnist", DataSpec(val_size=5000, image_size=SMALL_SIZE),
-                   "Fashion-MNIST (55k train / 5k held-out val / 10k test), small models, a few epochs"),
+                   "Fashion-MNIST (55k train / 5k held-out val / 10k test), small models trained until converged",
+                   converge=True),
     "paper": Scale("paper", None, None, "the paper's dataset, architecture and full schedule (GPU)"),
 }
 

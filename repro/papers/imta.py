@@ -144,32 +144,29 @@ def _sgd(epochs: int, batch: int = 64, lr: float = 0.1, milestones: tuple = (0.5
 
 # (phase I, phase II) per scale: the paper's CIFAR recipe (300 epochs, /10 at 150 and 225; then 180,
 # /10 at 90 and 135; batch 64), its ImageNet one (90 + 90 epochs, batch 256, /10 at 30 and 60) and
-# the CPU scales' few epochs.
+# the CPU scales'.  Quick (docs/calibration.md, the convergence rule): all 55k training images,
+# phase I 8 epochs and phase II 5 (the paper's 180/300), each a cosine decay from the paper's rate,
+# and the run's convergence tested by a twin trained twice as long (repro.runner.convergence_twins).
 RECIPES = {"paper": (_sgd(300), _sgd(180)),
            "paper-imagenet": (_sgd(90, 256, milestones=(1 / 3, 2 / 3)),) * 2,
-           "quick": (_sgd(2, milestones=(0.5,)), _sgd(1, milestones=())),
+           "quick": (replace(_sgd(8), schedule="cosine", milestones=()),
+                     replace(_sgd(5), schedule="cosine", milestones=())),
+           # the earlier budget-first protocol, kept for the artifacts whose MSDNets the convergence
+           # rule cannot afford (table1, fig2, fig3, fig5): their headers say "not converged"
+           "quick-budget": (_sgd(2, milestones=(0.5,)), _sgd(1, milestones=())),
            "smoke": (_sgd(1, lr=0.05, milestones=()), _sgd(1, lr=0.05, milestones=()))}
-# The quick scale trains on half of Fashion-MNIST's 55k training images: on all of them a phase-I
-# epoch took 592 s at the reference load, so table2's five runs took about 47 minutes, over the
-# 30-minute budget, and the calibration rule halves the training set before it cuts epochs
-# (docs/papers/imta.md).
-TRAIN_LIMITS = {"quick": 27_500}
-# Artifacts whose MSDNets cost more than table2's (or whose family has two members) were still over
-# the budget on 27.5k images and are halved again by the same rule.  Their one-seed cost relative to
-# table2's 5-exit MSDNet (its three runs of a member: 24 min measured) is the ratio of a phase-I
-# training step's time measured in one process: 4 exits 0.61, 6 exits 1.64, 7 exits 2.36,
-# 8 exits 3.20, step 4 1.66, step 6 2.52 (docs/papers/imta.md).  fig2 and fig5 measured 54.1 and
-# 42.9 min on 6,875 images (the estimate missed the fixed per-epoch validation pass), so the rule
-# halved them once more.
-ARTIFACT_TRAIN_LIMITS = {"table1": {"quick": 13_750},   # 7 exits: ~57 min est. on 27.5k, 28.4 measured on 13,750
-                         "fig2": {"quick": 3_437},      # 6 + 8 exits: 54.1 min on 6,875, 26.9 on 3,437
-                         "fig3": {"quick": 13_750},     # 4 + 5 exits: ~39 min est. on 27.5k, 25.5 measured on 13,750
-                         "fig5": {"quick": 3_437}}      # steps 4 + 6: 42.9 min on 6,875, 22.9 on 3,437
+# The budget-first protocol's training-set sizes (the earlier rule halved them until an artifact fitted
+# 30 minutes): half of Fashion-MNIST for the 5-exit net, and less for the costlier MSDNets and families.
+TRAIN_LIMITS: dict[str, int] = {}
+ARTIFACT_TRAIN_LIMITS = {"table1": {"quick": 13_750}, "fig2": {"quick": 3_437},
+                         "fig3": {"quick": 13_750}, "fig5": {"quick": 3_437}}
 
 
-def phase_specs(scale: str, imagenet: bool = False) -> tuple[TrainSpec, TrainSpec]:
+def phase_specs(scale: str, imagenet: bool = False, budget: bool = False) -> tuple[TrainSpec, TrainSpec]:
     """The (phase I, phase II) training recipes at ``scale`` (``imagenet``: the paper's ImageNet
-    recipe, at paper scale only)."""
+    recipe, at paper scale only; ``budget``: the budget-first quick protocol)."""
+    if budget and scale == "quick":
+        return RECIPES["quick-budget"]
     return RECIPES["paper-imagenet" if imagenet and scale == "paper" else scale]
 
 
@@ -184,7 +181,7 @@ def phase2_method(request, isc: bool, ofa: bool) -> dict:
 
 def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset: str = "cifar100",
                   model: str | None = None, args: dict | None = None, tag: str = "",
-                  train_limits: dict[str, int] = TRAIN_LIMITS) -> dict[str, RunConfig]:
+                  train_limits: dict[str, int] | None = None) -> dict[str, RunConfig]:
     """The five rows of Tables 2/3: {row key: run}.  ``model``/``args`` pick another MSDNet
     (a member of a figure's family); ``tag`` goes into the run names; ``train_limits`` is the
     artifact's calibrated training-set size per scale (``ARTIFACT_TRAIN_LIMITS``)."""
@@ -196,7 +193,7 @@ def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset
     data = run_data(request, dataset, IMAGENET_SIZE if imagenet else CIFAR_SIZE, train_limits)
     # the ImageNet MSDNet's pooling plan needs 224 px, the CIFAR one's exactly 32
     need_size(PAPER_NAME, model, data, dataset, IMAGENET_SIZE if model == "msdnet_imagenet" else CIFAR_SIZE)
-    p1, p2 = phase_specs(scale, imagenet)
+    p1, p2 = phase_specs(scale, imagenet, budget=bool(train_limits))
     stem = f"{model}{tag}"
     base = RunConfig(paper=PAPER_NAME, name=f"{stem}-phase1", kind="phase1", dataset=dataset, model=model,
                      model_args=args, method={"ge": False}, train=p1, data=data)
@@ -488,7 +485,7 @@ def family_members(request, artifact: str, paper_dataset: str = "cifar100", imag
                    ) -> list[tuple[str, dict[str, RunConfig]]]:
     """(member label, its ablation runs) for every MSDNet of a budgeted-batch figure's family."""
     sizes = FAMILIES[artifact][request.scale]
-    limits = ARTIFACT_TRAIN_LIMITS.get(artifact, TRAIN_LIMITS)
+    limits = ARTIFACT_TRAIN_LIMITS.get(artifact)
     out = []
     for n in sizes:
         if imagenet:  # 5 blocks, stepmode even, base = step
@@ -657,15 +654,19 @@ PAPER = Paper(
         Artifact("table1", "Per-exit params, MADDs and top-1 of MSDNet vs IMTA (7 exits, CIFAR-100)",
                  table1_runs, build_table1),
         Artifact("table2", "Ablation GE / ISC / OFA x exits E-1..E-5 (CIFAR-100)", table2_runs,
-                 _ablation_table("table2")),
+                 _ablation_table("table2"), baselines=("baseline",)),
         Artifact("table3", "Ablation GE / ISC / OFA on ImageNet (smaller scales: table2's runs)",
-                 table3_runs, _ablation_table("table3")),
+                 table3_runs, _ablation_table("table3"),
+                 baselines=("baseline",)),
         _budget_figure("fig2", "Budgeted batch, MSDNet vs IMTA (CIFAR-10)", "cifar10"),
         _budget_figure("fig3", "Budgeted batch, MSDNet vs IMTA (CIFAR-100)", "cifar100"),
         _budget_figure("fig5", "Budgeted batch, MSDNet vs IMTA (ImageNet)", "cifar100", imagenet=True),
-        Artifact("fig4", "Ablation as budgeted-batch curves (CIFAR-100)", fig4_runs, build_fig4),
-        Artifact("fig6", "Validation accuracy per epoch with and without GE", fig6_runs, build_fig6),
-        Artifact("fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", fig7_runs, build_fig7),
+        Artifact("fig4", "Ablation as budgeted-batch curves (CIFAR-100)", fig4_runs, build_fig4,
+                 baselines=("baseline",)),
+        Artifact("fig6", "Validation accuracy per epoch with and without GE", fig6_runs, build_fig6,
+                 baselines=("baseline",)),
+        Artifact("fig7", "Confidence rank at exit 1 vs exit 2, with and without ISC", fig7_runs, build_fig7,
+                 baselines=("baseline",)),
     ]},
     trainers={"phase1": train_phase1, "phase2": train_phase2},
     options={k: Option(help, str, choices[0], choices=choices) for k, (choices, help) in OPTION_SPECS.items()},
