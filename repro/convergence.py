@@ -40,15 +40,20 @@ def twins(artifact, request) -> dict:
 
 
 def exit_top1(run) -> list[float] | None:
-    """A finished run's validation top-1 (%) at every exit (outputs.pt's ``val_logits``)."""
+    """A finished run's validation top-1 (%) at every exit, from outputs.pt's ``val_logits``
+    (exits x N x C, or N x C) or ``val_preds`` (exits x N, or N); None without either."""
     try:
         out = run.outputs()
-        logits, labels = out["val_logits"], out["val_labels"]
+        labels = out["val_labels"]
+        if "val_logits" in out:
+            preds = out["val_logits"].argmax(-1)
+        else:
+            preds = out["val_preds"]
     except Exception:  # no outputs, or none on validation
         return None
-    if logits.dim() == 2:
-        logits = logits.unsqueeze(0)
-    return [float((z.argmax(-1) == labels).double().mean() * 100) for z in logits]
+    if preds.dim() == 1:
+        preds = preds.unsqueeze(0)
+    return [float((p == labels).double().mean() * 100) for p in preds]
 
 
 @dataclass(frozen=True)

@@ -892,6 +892,6 @@ PAPER = Paper(
            "on the same backbones"),
     artifacts={"exits": Artifact("exits", "Every exit policy on MSDNet, MSDNet+IMTA and GlanceNet: accuracy vs cost "
                                  "figures and a matched-cost table with real speed-ups", exits_runs, build_exits,
-                                 kind="table")},
+                                 kind="table", baselines=("msdnet", "glancenet"))},
     trainers={"gates": train_gates, "thresholds": train_thresholds},
 )
