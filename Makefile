@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # How the results runs were trained, written beside their training time (docs/suite-time.json).
 CONDITIONS ?= make results: one process with its default torch threads on $$(nproc) cores, load average $$(cut -d" " -f1-3 /proc/loadavg) at the end
 
-.PHONY: install data test demo smoke all-tables all-figures results bench gpu-check clean
+.PHONY: install data test demo smoke all-tables all-figures results headline bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3, or run make PYTHON=/path/to/python3"; exit 1; }
@@ -73,6 +73,16 @@ results: install
 	@stray=$$(git status --porcelain --untracked-files=all -- . ':!tables/quick' ':!figures/quick' ':!docs'); \
 	if [ -n "$$stray" ]; then echo "warning: make results changed files outside tables/quick, figures/quick and docs:"; echo "$$stray"; fi
 	@echo "make results: the new results are in tables/quick/, figures/quick/ and docs/ (git status lists them); commit them"
+
+# The papers' headline claims on the converged quick protocols (docs/calibration.md, docs/claims.md):
+# every artifact that holds one, --seeds auto up to 10, cheapest first; it prints its run count and
+# estimate, then trains; killed, it resumes from HEADLINE_RUNS.  Outputs go to HEADLINE_OUT (git-ignored).
+HEADLINE_RUNS ?= runs
+HEADLINE_OUT  ?= headline
+headline: install data
+	$(BIN)/repro all --only headline --scale quick --seeds auto --max-seeds 10 --runs-dir $(HEADLINE_RUNS) --dry-run | tail -1
+	$(BIN)/repro all --only headline --scale quick --seeds auto --max-seeds 10 --runs-dir $(HEADLINE_RUNS) --out-dir $(HEADLINE_OUT)
+	@echo "make headline: wrote $(HEADLINE_OUT)/tables/quick and $(HEADLINE_OUT)/figures/quick; repro claims --dir $(HEADLINE_OUT) lists the verdicts"
 
 bench: install
 	$(BIN)/python -m benchmarks $(if $(REF_MSDNET),--ref-msdnet $(REF_MSDNET),)

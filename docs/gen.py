@@ -16,6 +16,10 @@ page under docs/; everything outside the markers is written by hand and left alo
   verdict), read from the outputs' ``.claims.csv`` (repro.render.write_claims); an output without
   one was rendered under the old rule, before the verdicts of issue 26: its claims are listed from
   its header, not re-judged and with no verdict word;
+- ``claims`` (docs/claims.md): per paper, every headline claim of its headline artifacts (the
+  manifest's ``headline``) with the paper's gap, ours with its interval, the seeds, the detectable
+  gap, the verdict and the protocol's convergence test, from the committed ``.claims.csv`` and
+  header; an artifact not yet rendered on the converged protocol says so;
 - ``suite`` (docs/results.md): the training time of ``make all-tables`` / ``make all-figures`` at
   quick scale, from the committed docs/suite-time.json (docs/suite_time.py);
 - ``bench`` (docs/performance.md): the figures of the committed bench/results.csv.
@@ -397,6 +401,43 @@ def index_block(man: dict, c: Committed) -> str:
     return "\n".join(rows) + "\n" + tail + claims_part
 
 
+def _convergence(header: list[str]) -> str:
+    """The header's convergence outcome, short: passed / not converged / not tested / "" (none)."""
+    line = _line(header, "convergence")
+    if not line:
+        return ""
+    if line.startswith("passed"):
+        return "passed"
+    return "not tested" if "no convergence test" in line else "not converged"
+
+
+def claims_block(man: dict, c: Committed) -> str:
+    """docs/claims.md: every headline claim of every paper, with its evidence and verdict."""
+    out = []
+    for paper, entry in man.items():
+        heads = entry.get("headline", [])
+        if not heads:
+            continue
+        rows = ["| artifact | claim | paper | ours [95 % interval] | seeds | detectable gap | verdict | convergence |",
+                "|---|---|---|---|---|---|---|---|"]
+        for name in heads:
+            o = artifact_outputs(c, paper, name)
+            label = f"`{paper} {name}`"
+            conv = _convergence(o["header"])
+            claims, judged = artifact_claims(o, c) if (o["tables"] or o["figures"]) else ([], False)
+            if not judged or not conv:
+                rows.append("| " + " | ".join(map(_cell, [label, "not rendered on the converged protocol yet "
+                                                          "(`make headline`)", "", "", "", "", "", ""])) + " |")
+                continue
+            for r in (x for x in claims if x["headline"]):
+                det = _float(r.get("detectable_gap"))
+                rows.append("| " + " | ".join(map(_cell, [
+                    label, r["claim"], "—" if math.isnan(r["paper"]) else f"{r['paper']:+.2f}", ours_text(r),
+                    str(r["seeds"] or "—"), "—" if math.isnan(det) else f"{det:.2f}", verdict_text(r), conv])) + " |")
+        out.append(f"### {entry['title']} (`{paper}`)\n\n" + "\n".join(rows) + "\n")
+    return "\n".join(out)
+
+
 def suite_block(c: Committed) -> str:
     if not c.has(SUITE_TIME):
         return f"No {SUITE_TIME} is committed yet: run `python docs/suite_time.py`.\n"
@@ -462,6 +503,8 @@ def render(page: Path, text: str, man: dict, c: Committed) -> str:
             return bench_block(c)
         if name == "suite":
             return suite_block(c)
+        if name == "claims":
+            return claims_block(man, c)
         raise SystemExit(f"{page}: unknown generated block '{name}'")
 
     fenced = _fenced(text)

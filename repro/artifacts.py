@@ -36,6 +36,9 @@ class Artifact:
     # tests convergence (quick), each is trained again for twice its epochs (seed 0), and without
     # that test passing the artifact's claims get no verdict (repro.convergence, docs/calibration.md).
     baselines: tuple[str, ...] = ()
+    # it holds one of the paper's headline claims (docs/claims.md): `make headline` trains it
+    # (`repro all --only headline`)
+    headline: bool = False
 
     @property
     def output_kind(self) -> str:

@@ -268,7 +268,8 @@ def _make_command(targets_fn, multi: bool = False):
         show: bool = typer.Option(False, "--show", help="Print the tables (Markdown) after writing them."),
         show_config: bool = typer.Option(False, "--show-config", help="With --dry-run: print every planned run's "
                                          "resolved config as JSON (what its hash is computed from)."),
-        only: Optional[str] = typer.Option(None, "--only", help="table or figure: only the artifacts of that kind "
+        only: Optional[str] = typer.Option(None, "--only", help="table or figure: only the artifacts of that kind; "
+                                           "headline: only those holding a paper's headline claims "
                                            "(repro all, repro <paper> all)."),
         set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Paper-specific option KEY=VALUE (repeatable); the "
                                        "paper's keys are listed by `repro <paper> --help`."),
@@ -313,12 +314,16 @@ def _make_command(targets_fn, multi: bool = False):
                        array_parallelism=array_parallelism, request=request)
         targets = targets_fn()
         if only is not None:
-            if only not in ("table", "figure"):
-                raise ConfigError(f"--only {only}: choose one of: table, figure")
+            if only not in ("table", "figure", "headline"):
+                raise ConfigError(f"--only {only}: choose one of: table, figure, headline")
             if len(targets) == 1 and not multi:
                 raise ConfigError("--only applies to `repro all` and `repro <paper> all`")
-            kinds = {(p, a[0]): a[2] for p, m in manifest.load().items() for a in m["artifacts"]}
-            targets = [t for t in targets if kinds.get(t) == only]
+            if only == "headline":
+                heads = {(p, a) for p, m in manifest.load().items() for a in m.get("headline", [])}
+                targets = [t for t in targets if t in heads]
+            else:
+                kinds = {(p, a[0]): a[2] for p, m in manifest.load().items() for a in m["artifacts"]}
+                targets = [t for t in targets if kinds.get(t) == only]
         if seed_looks:
             _run_auto(seed_looks, targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show,
                       show_config)
@@ -371,6 +376,10 @@ def _parse_seeds(seeds: str, max_seeds: int) -> tuple[tuple[int, ...], int]:
         raise ConfigError(f"--seeds {seeds!r}: give a whole number of seeds (1 to 100) or auto") from None
 
 
+# a verdict's detail when the protocol, not the seeds, withholds it (repro.render.claim)
+NO_VERDICT_PROTOCOL = ("not converged", "convergence not tested")
+
+
 def _run_auto(marks, targets, request, settings, dry_run, launcher, jobs, no_wait, cluster, no_train, show,
               show_config) -> None:
     """--seeds auto: train and judge at each look (3, 5, 7, 10 seeds, up to the cap), every interval at
@@ -397,9 +406,22 @@ def _run_auto(marks, targets, request, settings, dry_run, launcher, jobs, no_wai
                       level=level, write=False)
         if judged is None:  # submitted elsewhere, not waiting
             return
+        unconverged = []
         for (p, a), verdicts in judged.items():
             heads = [v for v in verdicts if v[5]] or verdicts
+            if any(v[4].detail in NO_VERDICT_PROTOCOL for v in heads):  # more seeds cannot give a verdict
+                unconverged.append(f"{p} {a}")
+                continue
             open_claims += [f"{p} {a}: {v[0]}" for v in heads if not v[4].settled]
+        if unconverged:  # written now, at this look, and left out of the later ones
+            _log(f"--seeds auto: no verdict can come from more seeds of {', '.join(unconverged)}: its protocol "
+                 f"did not pass the convergence test (docs/calibration.md); not adding seeds for it")
+            stop = [t for t in targets if f"{t[0]} {t[1]}" in unconverged]
+            _run(stop, req, settings, dry_run, launcher, jobs, no_wait, cluster, True, show, False, level=level,
+                 auto=f"{plan_text}; stopped at {n} seeds: the protocol did not pass the convergence test")
+            targets = [t for t in targets if t not in stop]
+            if not targets:
+                return
         if request.scale == "smoke":  # no verdicts at smoke scale: nothing more seeds could settle
             open_claims, last = [], True
         if not open_claims or last:

@@ -86,7 +86,7 @@ def check(artifact, request, settings) -> Check | None:
         if a is None or b is None:
             reasons.append(f"{name}: no validation outputs")
             continue
-        change = [y - x for x, y in zip(a, b)]
+        change = [round(y - x, 6) for x, y in zip(a, b)]  # k/n percentages: no float noise at the 0.3 edge
         worst = max(range(len(change)), key=lambda i: abs(change[i]))
         e = base.train.epochs
         lines.append(f"{name} ({base.model}): validation top-1 at {e} → {2 * e} epochs: "

@@ -22,6 +22,7 @@ def build() -> dict:
                      "artifacts": [[a.name, a.description, a.output_kind] for a in p.artifacts.values()],
                      "options": {k: (o.describe() if isinstance(o, Option) else str(o)) for k, o in p.options.items()},
                      "specs": {k: o.spec() for k, o in p.options.items() if isinstance(o, Option)},
+                     "headline": [a.name for a in p.artifacts.values() if a.headline],
                      "runs": {a.name: _planned(a) for a in p.artifacts.values()}}
             for p in papers().values()}
 

@@ -945,7 +945,7 @@ PAPER = Paper(
         Artifact("table3", "Ablation MobileNetV3-L / SkipblockNet-M x CE / bias loss", table3_runs, build_table3,
                  baselines=("mobilenetv3-large-1.0x/ce", "skipblocknet-m/ce")),
         Artifact("table4", "Compact CNNs (CIFAR-100) trained with CE, focal and bias loss", table4_runs, build_table4,
-                 baselines=tuple(f"{k}/ce" for k in COMPACT)),
+                 baselines=tuple(f"{k}/ce" for k in COMPACT), headline=True),
         Artifact("table5", "Per-sample feature variance at the 5th/20th/last conv, CE vs bias loss", table5_runs,
                  build_table5, baselines=("skipblocknet-m/ce", "mobilenetv3-large-1.0x/ce", "shufflenet/ce")),
         Artifact("fig1", "Top-1 vs FLOPs of the SkipblockNet family (ours vs paper)", table1_runs, build_fig1,

@@ -1217,7 +1217,7 @@ PAPER = Paper(
     artifacts={a.name: a for a in [
         Artifact("table1", "CIFAR-10 VGG-16 / ResNet-32 / ResNet-56: unpruned, DCP and L1-norm pruning at the same "
                  "FLOPs (top-1, FLOPs and params reduction)", table1_runs, build_table1,
-                 baselines=tuple(f"{a}/unpruned" for a in TABLE1_ARCHS)),
+                 baselines=tuple(f"{a}/unpruned" for a in TABLE1_ARCHS), headline=True),
         Artifact("fig-ratio", "Top-1 vs FLOPs reduction over a sweep of pr, DCP vs L1-norm", ratio_runs,
                  build_fig_ratio, baselines=("unpruned",)),
         Artifact("fig-channels", "Channels kept per layer, and the active set over training (VGG-16, ResNet-32)",

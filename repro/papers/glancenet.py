@@ -817,9 +817,10 @@ PAPER = Paper(
     title="Sun & Pang, GlanceNets: efficient CNNs with adaptive hard example mining (Sci China Inf Sci 2018)",
     artifacts={a.name: a for a in [
         Artifact("table1", "DenseNet vs GlanceNet (alpha 0.9): top-1, MFLOPs, reduction, speed-up (FLOPs, wall clock)",
-                 table1_runs, build_table1, kind="table", baselines=("densenet",)),
+                 table1_runs, build_table1, kind="table", baselines=("densenet",),
+                 headline=True),
         Artifact("hem", "alpha 0.5 with and without the hard example weight: top-1, speed-up, exits per bypass",
-                 hem_runs, build_hem, kind="table", baselines=("no-hem",)),
+                 hem_runs, build_hem, kind="table", baselines=("no-hem",), headline=True),
         Artifact("alpha", "Top-1, speed-up and learned thresholds against alpha 0.1..1.0 (figure + CSV)",
                  alpha_runs, build_alpha, kind="figure", baselines=("hem",)),
         Artifact("tradeoff", "Accuracy vs cost: learned thresholds per alpha, validation-searched curve, DenseNet",

@@ -1,0 +1,141 @@
+"""The convergence test (repro.convergence, docs/calibration.md): twins, the rule, and what an
+unconverged protocol does to its claims."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro import convergence, stats
+from repro.api import Request, Settings, resolve
+from repro.artifacts import Artifact, get_paper
+from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec
+from repro.render import building, claim
+from repro.runner import named_runs, plan
+from repro.store import Run
+
+
+def _cfg(**train) -> RunConfig:
+    return RunConfig(paper="imta", name="base", kind="phase1", dataset="fashion-mnist", model="m", model_args={},
+                     method={}, train=TrainSpec(epochs=4, **train), data=DataSpec())
+
+
+def test_twin_doubles_epochs_only():
+    c = _cfg(schedule="cosine", milestones=())
+    t = convergence.twin(c)
+    assert t.train.epochs == 8 and replace(t.train, epochs=4) == c.train
+    assert t.seed == c.seed and t.data == c.data and t.key != c.key
+
+
+def test_memory_format_is_identity_and_checked():
+    assert _cfg().key == _cfg(memory_format="contiguous").key  # the default leaves old hashes alone
+    assert _cfg(memory_format="channels_last").key != _cfg().key
+    with pytest.raises(ConfigError, match="memory_format"):
+        TrainSpec(memory_format="nhwc")
+
+
+def _artifact(baselines=("a",)) -> Artifact:
+    runs = {"a": _cfg(), "b": replace(_cfg(), name="other", method={"x": 1})}
+    return Artifact("t", "test", lambda r: runs, lambda r, rs, s: None, baselines=baselines)
+
+
+def test_twins_only_at_a_scale_that_tests_convergence():
+    art = _artifact()
+    quick = plan(art, Request(scale="quick", seeds=3))
+    assert [c.name for c in quick].count("base" + convergence.TWIN_SUFFIX) == 1  # seed 0 only
+    assert len(quick) == 2 * 3 + 1
+    for scale in ("smoke", "paper"):
+        assert all(convergence.TWIN_SUFFIX not in c.name for c in plan(art, Request(scale=scale)))
+    # the twin carries the request's overrides (here the epochs, then doubled)
+    tw = convergence.twins(art, Request(scale="quick", epochs=3))["a"]
+    assert tw.train.epochs == 6
+    with pytest.raises(ValueError, match="baselines"):
+        convergence.twins(_artifact(("nope",)), Request(scale="quick"))
+
+
+def _write(runs_dir: Path, cfg: RunConfig, accs: list[float], n: int = 1000, classes: int = 10) -> None:
+    """A finished run whose outputs give exactly ``accs`` (%) validation top-1 at its exits."""
+    run = Run(runs_dir, cfg)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    labels = torch.arange(n) % classes
+    logits = torch.zeros(len(accs), n, classes)
+    for e, acc in enumerate(accs):
+        right = int(round(acc * n / 100))
+        pred = labels.clone()
+        pred[right:] = (labels[right:] + 1) % classes
+        logits[e, torch.arange(n), pred] = 1.0
+    torch.save({"val_logits": logits, "val_labels": labels, "test_logits": logits, "test_labels": labels},
+               run.outputs_path)
+    run.write_results({"val_acc": accs})
+
+
+@pytest.mark.parametrize("base, twin, passed, why", [
+    ([85.0, 91.0], [85.2, 91.1], True, ""),
+    ([85.0, 91.0], [85.4, 91.1], False, "+0.40 points at exit 1"),   # an early exit still moving
+    ([85.0, 91.0], [85.0, 90.7], False, "-0.30 points at exit 2"),   # 0.3 is not under 0.3
+    ([80.0, 89.0], [80.1, 89.1], False, "89.0 % validation top-1"),  # flat but below 90 %
+])
+def test_check_applies_the_rule(tmp_path, base, twin, passed, why):
+    art = _artifact()
+    req = Request(scale="quick")
+    cfg0 = resolve(named_runs(art, req)["a"], req)[0]
+    _write(tmp_path, cfg0, base)
+    _write(tmp_path, convergence.twins(art, req)["a"], twin)
+    got = convergence.check(art, req, Settings(runs_dir=tmp_path))
+    assert got.converged is passed
+    assert why in got.reason
+    assert got.lines and "→" in got.lines[0]
+
+
+def test_no_test_without_baselines_and_none_at_smoke(tmp_path):
+    got = convergence.check(_artifact(()), Request(scale="quick"), Settings(runs_dir=tmp_path))
+    assert not got.converged and "no convergence test" in got.reason
+    assert convergence.check(_artifact(), Request(scale="smoke"), Settings(runs_dir=tmp_path)) is None
+
+
+def _claim_under(check) -> tuple[str, stats.Verdict]:
+    g = stats.seeds_evidence([2.0, 2.1, 1.9, 2.05, 1.95])  # a clear gap: reproduced when converged
+    with building(Request(scale="quick", seeds=5), convergence=check) as ctx:
+        line = claim("gain", g, paper=1.0)
+    return line, ctx.verdicts[0][4]
+
+
+def test_an_unconverged_protocol_gets_no_verdict():
+    line, v = _claim_under(convergence.Check("", ("a: ...",)))
+    assert v.word == "reproduced"
+    line, v = _claim_under(convergence.Check("baseline not converged: a changes +0.50 points", ()))
+    assert v.word == "" and v.detail == "not converged"
+    assert line.endswith("(no verdict: not converged)") and "reproduced" not in line
+    line, v = _claim_under(convergence.Check("its protocol has no convergence test (over budget)", ()))
+    assert v.detail == "convergence not tested"
+
+
+def test_fixed_counts_keep_their_verdict_when_unconverged():
+    with building(Request(scale="quick", seeds=5), convergence=convergence.Check("baseline not converged: x", ())) as ctx:
+        claim("FLOPs cut", 36.0, paper=30.0)
+    assert ctx.verdicts[0][4].word == "reproduced"
+
+
+def test_every_quick_artifact_declares_its_test_or_says_it_has_none():
+    """Every artifact of every paper names baselines among its runs, except those whose protocol the
+    rule cannot afford (docs/calibration.md lists them: IMTA's table1, fig2, fig3, fig5, and the
+    bias-loss latency-free nothing else)."""
+    from repro.artifacts import papers
+
+    untested = set()
+    for p in papers().values():
+        for a in p.artifacts.values():
+            if not a.baselines:
+                untested.add(f"{p.name} {a.name}")
+                continue
+            assert convergence.twins(a, Request(scale="quick"))  # names its runs
+    assert untested == {"imta table1", "imta fig2", "imta fig3", "imta fig5"}
+
+
+def test_headline_artifacts_are_declared():
+    heads = {(p, a.name) for p in ("imta", "glancenet", "dgate", "biasloss", "dcp")
+             for a in get_paper(p).artifacts.values() if a.headline}
+    assert heads == {("imta", "table2"), ("imta", "fig4"), ("glancenet", "table1"), ("glancenet", "hem"),
+                     ("dgate", "table1"), ("dgate", "fig4"), ("biasloss", "table4"), ("dcp", "table1")}
