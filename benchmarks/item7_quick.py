@@ -35,6 +35,7 @@ class QuickNet:
     batch: int
     make: Callable[[], tuple[nn.Module, Callable, nn.Module]]
     steps_per_epoch: int = 0
+    memory_format: str = "contiguous"  # what the quick protocol's TrainSpec trains in (the default path)
 
 
 def _cfg(paper: str, artifact: str, name: str):
@@ -71,7 +72,7 @@ def quick_networks() -> list[QuickNet]:
         def seeded():
             torch.manual_seed(0)
             return make(cfg)
-        nets.append(QuickNet(paper, label, cfg.train.batch_size, seeded, _steps(cfg)))
+        nets.append(QuickNet(paper, label, cfg.train.batch_size, seeded, _steps(cfg), cfg.train.memory_format))
 
     c = _cfg("imta", "table2", "msdnet_cifar_5exit-phase1")
     add("IMTA", "MSDNet 5 exits (imta table2 phase I)", c,
@@ -130,7 +131,7 @@ def train_call(net: QuickNet, variant: str) -> Callable[[], None]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(net.batch, *SHAPE, generator=g)
     y = torch.randint(0, CLASSES, (net.batch,), generator=g)
-    if variant == "channels_last":
+    if variant == "channels_last" or (variant == "default" and net.memory_format == "channels_last"):
         module = module.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     train_model = compiled(module) if variant == "compiled" else module
@@ -260,7 +261,8 @@ def run(sz: Sizes, log, out_dir: Path) -> list[Figure]:
                 if native and v != "bf16 autocast":
                     note += f" ({100 * ips * flop_per_img / rate16:.1f} % of bf16's)"
                 if v == "default":
-                    note += "; the default path is eager fp32 (repro.train.fit on the CPU)"
+                    note += (f"; the default path is eager fp32 in {net.memory_format} (the quick protocol's "
+                             "TrainSpec.memory_format, repro.train.fit on the CPU)")
                 if v == "compiled" and compile_s is not None:
                     saved = t["eager fp32"] - t["compiled"]
                     pays = (f"pays after {compile_s / saved:.0f} steps (a quick run takes {net.steps_per_epoch}"
