@@ -94,3 +94,15 @@ def test_help_and_list_import_no_torch(argv):
             "print('torch' in sys.modules)" % (argv,))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-500:]
+
+
+def test_only_headline_plans_the_headline_artifacts_and_their_convergence_twins(tmp_path, capsys):
+    code, out, _ = _exit(["all", "--only", "headline", "--scale", "quick", "--dry-run", "--runs-dir",
+                          str(tmp_path)], capsys)
+    assert code == 0
+    listed = {line.split()[1].split("/")[0] for line in out.splitlines() if line.strip().startswith("missing")}
+    assert listed == {"imta", "glancenet", "dgate", "biasloss", "dcp"}  # not the study
+    assert "-2x-epochs-s0-" in out  # each baseline's convergence twin, seed 0
+    assert "-2x-epochs-s1-" not in out
+    code, _, err = _exit(["all", "--only", "headlines", "--dry-run"], capsys)
+    assert code != 0 and "choose one of: table, figure, headline" in err

@@ -224,3 +224,23 @@ def test_a_claims_files_rows_are_read_back_with_their_numbers():
     assert gen.ours_text({**rows[0], "lo": 0.001, "hi": 1.9, "gap": 1.0, "paper": 3.0}) == "+1.000 [+0.001, +1.900]"
     one = {**rows[3], "verdict": "no verdict", "seeds": 1, "kind": "images"}
     assert gen.verdict_text(one) == "no verdict (1 seed: below 3)"
+
+
+def test_the_claims_page_lists_headline_claims_with_their_evidence_and_convergence():
+    gen = _gen()
+    man = {"imta": {"title": "IMTA", "headline": ["table2", "fig4"], "artifacts": MAN["imta"]["artifacts"]}}
+    files = _files(True)
+    conv = "- convergence: passed (every baseline's validation top-1 moves less than 0.3 points ...): claims get verdicts\n"
+    files["tables/quick/imta_table2.md"] = files["tables/quick/imta_table2.md"].replace("- wall time", conv + "- wall time")
+    block = gen.claims_block(man, _Committed(files))
+    rows = [line for line in block.splitlines() if line.startswith("| `imta")]
+    # only the headline claim of table2, with the paper's gap, ours, seeds, detectable gap, verdict, convergence
+    assert rows[0] == ("| `imta table2` | gain at E-1 | +1.20 | +5.00 [+3.76, +6.24] | 3 | 1.55 | reproduced (larger "
+                       "than the paper's) | passed |")
+    # fig4 was rendered before the converged protocols (no claims file, no convergence line): said so
+    assert rows[1].startswith("| `imta fig4` | not rendered on the converged protocol yet")
+    assert len(rows) == 2
+    # an unconverged header reads "not converged"
+    files["tables/quick/imta_table2.md"] = files["tables/quick/imta_table2.md"].replace(
+        conv, "- convergence: baseline not converged: baseline changes +0.50 points at exit 1: no verdicts\n")
+    assert "| not converged |" in gen.claims_block(man, _Committed(files))
