@@ -570,11 +570,17 @@ def test_table1_fig1_table2_smoke(smoke_dir):
     assert "1 intra-op thread" in md and "CUDA" in md
 
 
-def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
-    """docs/papers/biasloss.md: over budget on all 55k images, the calibration rule halved the training set."""
+def test_the_quick_scale_trains_on_all_the_data_for_ten_epochs_unless_overridden():
+    """docs/calibration.md (converge first): all 55k images, 10 cosine epochs, crop + flip, channels_last;
+    the convergence test's twin of each network's CE run trains 20."""
     from repro.artifacts import get_paper
     from repro.runner import plan
 
     art = get_paper("biasloss").artifact("table4")
-    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    cfgs = plan(art, Request(scale="quick"))
+    assert {c.data.train_limit for c in cfgs} == {None} and {c.data.augment for c in cfgs} == {"crop_flip"}
+    assert {c.train.memory_format for c in cfgs} == {"channels_last"} and {c.train.schedule for c in cfgs} == {"cosine"}
+    twins = [c for c in cfgs if c.name.endswith("-2x-epochs")]
+    assert {c.train.epochs for c in cfgs if c not in twins} == {10} and {c.train.epochs for c in twins} == {20}
+    assert len(twins) == 5 and all(c.method == {**c.method, "loss": "ce"} for c in twins)
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=4000))} == {4000}

@@ -570,12 +570,18 @@ def test_imagenet_smoke(smoke):
     assert "our own training run" in md
 
 
-def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
-    """docs/papers/dcp.md: over budget on all 55k images, the calibration rule halved the training set."""
+def test_the_quick_scale_trains_on_all_the_data_and_fine_tunes_l1_as_long_as_dcp_trains():
+    """docs/calibration.md (converge first): all 55k images, 10 cosine epochs for the unpruned run and
+    DCP, and L1-norm pruning fine-tuned for as long (equal training after the pruning decision)."""
     from repro.api import Request
     from repro.artifacts import get_paper
     from repro.runner import plan
 
     art = get_paper("dcp").artifact("table1")
-    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    cfgs = plan(art, Request(scale="quick"))
+    assert {c.data.train_limit for c in cfgs} == {None}
+    for c in cfgs:
+        if c.kind == "l1":
+            assert c.train.epochs == c.parent.train.epochs == 10 and c.method["batches_frac"] == 1.0
+            assert c.train.lr == pytest.approx(c.parent.train.lr / 10)
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=2000))} == {2000}

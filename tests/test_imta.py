@@ -409,28 +409,34 @@ def test_imagenet_budget_figure_trains_steps_4_6_7():
     assert len(imta.PAPER.artifacts["fig5"].runs(Request(scale="smoke"))) == 4
 
 
-def test_the_quick_scale_trains_on_the_calibrated_half_of_the_training_set_unless_overridden():
-    """docs/papers/imta.md: over budget on all 55k images, the calibration rule halved the training set."""
+def test_the_quick_scale_trains_on_all_the_data_unless_overridden():
+    """docs/calibration.md (converge first): the 5-exit runs on all 55k images, phase I 8 cosine epochs,
+    phase II 5; the convergence twin of the MSDNet baseline 16."""
     from repro.api import Request
     from repro.artifacts import get_paper
     from repro.runner import plan
 
     art = get_paper("imta").artifact("table2")
-    assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {27_500}
+    cfgs = plan(art, Request(scale="quick"))
+    assert {c.data.train_limit for c in cfgs} == {None}
+    assert {(c.kind, c.train.epochs, c.train.schedule) for c in cfgs} == {
+        ("phase1", 8, "cosine"), ("phase2", 5, "cosine"), ("phase1", 16, "cosine")}
+    assert [c.name for c in cfgs if c.train.epochs == 16] == ["msdnet_cifar_5exit-phase1-2x-epochs"]
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=3000))} == {3000}
     assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}
 
 
-def test_the_costlier_artifacts_halve_their_training_set_again_and_the_override_still_wins():
+def test_the_costlier_artifacts_keep_the_budget_first_protocol_and_the_override_still_wins():
     """docs/papers/imta.md: table1 (7 exits) and fig3 (4 + 5 exits) on 13,750 images, fig2 (6 + 8
-    exits) and fig5 (steps 4 + 6) on 3,437; table2/fig4 keep 27,500, so fig3's 5-exit member is
-    its own run, not table2's; smoke and --train-limit are untouched."""
+    exits) and fig5 (steps 4 + 6) on 3,437, 2 + 1 epochs (the earlier rule: no convergence test);
+    table2/fig4 train on all the data, so fig3's 5-exit member is its own run, not table2's; smoke
+    and --train-limit are untouched."""
     from repro.api import Request
     from repro.artifacts import get_paper
     from repro.runner import plan
 
     paper = get_paper("imta")
-    want = {"table1": 13_750, "fig2": 3_437, "fig3": 13_750, "fig5": 3_437, "fig4": 27_500, "table2": 27_500}
+    want = {"table1": 13_750, "fig2": 3_437, "fig3": 13_750, "fig5": 3_437, "fig4": None, "table2": None}
     for name, limit in want.items():
         art = paper.artifact(name)
         assert {c.data.train_limit for c in plan(art, Request(scale="quick"))} == {limit}, name
