@@ -54,19 +54,6 @@ class Request:
     # declares the keys it takes as Options and reads them typed with OPTIONS.read(request).
     options: tuple[tuple[str, str], ...] = ()
 
-    def option(self, key: str, default=None, choices=None, type=str):
-        """The value of ``--set key=...`` converted with ``type``, else ``default``."""
-        raw = dict(self.options).get(key)
-        if raw is None:
-            return default
-        try:
-            value = parse_bool(raw) if type is bool else type(raw)
-        except ValueError:
-            raise ConfigError(f"--set {key}={raw}: expected a {type.__name__}") from None
-        if choices is not None and value not in choices:
-            raise ConfigError(f"--set {key}={raw}: choose one of: {', '.join(map(str, choices))}")
-        return value
-
     def __post_init__(self):
         get_scale(self.scale)
         from repro.bounds import check_int
