@@ -9,7 +9,8 @@
 - the output types a build returns (:class:`~repro.render.Table`, :class:`~repro.render.Figure`,
   :class:`~repro.render.Claim`, :class:`~repro.render.Series`), which the core writes;
 - the paper's declarations (:class:`~repro.artifacts.Paper`, :class:`~repro.artifacts.Artifact`,
-  :class:`~repro.artifacts.Option`) and configs (:class:`~repro.config.RunConfig`,
+  :class:`~repro.artifacts.Option`, :class:`~repro.artifacts.Options`: its ``--set`` keys, read back
+  typed with ``OPTIONS.read(request).<key>``) and configs (:class:`~repro.config.RunConfig`,
   :class:`~repro.config.TrainSpec`, :class:`~repro.config.DataSpec`).
 
 A paper module imports this module (and models, losses, evaluation helpers), never the
@@ -27,15 +28,16 @@ import torch
 from torch import nn
 
 from repro import distributed as D
-from repro.artifacts import Artifact, Option, Paper, parse_bool  # noqa: F401  (re-exported)
+from repro.artifacts import Artifact, Option, Options, OptionValues, Paper, parse_bool  # noqa: F401  (re-exported)
 from repro.config import ConfigError, DataSpec, RunConfig, TrainSpec, check_positive, override  # noqa: F401
 from repro.data import Data, first_test_images as _first_images, load_data
 from repro.render import Claim, Figure, Series, Table  # noqa: F401  (re-exported)
 from repro.scales import Scale, get_scale
 from repro.store import CheckpointError, CorruptRun, Run, atomic_torch_save, load_checkpoint
 
-__all__ = ["Artifact", "Claim", "ConfigError", "DataSpec", "Figure", "Option", "Paper", "Request", "RunConfig",
-           "RunContext", "RunResult", "Runs", "Series", "Settings", "Table", "TrainSpec", "first_test_images"]
+__all__ = ["Artifact", "Claim", "ConfigError", "DataSpec", "Figure", "Option", "OptionValues", "Options", "Paper",
+           "Request", "RunConfig", "RunContext", "RunResult", "Runs", "Series", "Settings", "Table", "TrainSpec",
+           "first_test_images"]
 
 
 @dataclass(frozen=True)
@@ -48,22 +50,9 @@ class Request:
     train_limit: int | None = None
     batch_size: int | None = None
     lr_scale: float | None = None  # multiplies every run's learning rate
-    # Paper-specific options from `--set KEY=VALUE` (e.g. dgate's hinge variant); each paper
-    # declares the keys it takes in Paper.options.
+    # Paper-specific options from `--set KEY=VALUE` (e.g. dgate's hinge variant), as given; each paper
+    # declares the keys it takes as Options and reads them typed with OPTIONS.read(request).
     options: tuple[tuple[str, str], ...] = ()
-
-    def option(self, key: str, default=None, choices=None, type=str):
-        """The value of ``--set key=...`` converted with ``type``, else ``default``."""
-        raw = dict(self.options).get(key)
-        if raw is None:
-            return default
-        try:
-            value = parse_bool(raw) if type is bool else type(raw)
-        except ValueError:
-            raise ConfigError(f"--set {key}={raw}: expected a {type.__name__}") from None
-        if choices is not None and value not in choices:
-            raise ConfigError(f"--set {key}={raw}: choose one of: {', '.join(map(str, choices))}")
-        return value
 
     def __post_init__(self):
         get_scale(self.scale)

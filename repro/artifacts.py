@@ -3,7 +3,8 @@
 A paper module in ``repro/papers/`` defines ``PAPER = Paper(...)``: its artifacts
 (each a set of named runs plus a function that turns the finished runs into table and
 figure data, which the core writes), its trainers (one function per kind of run) and its ``--set`` keys, each a
-typed :class:`Option` (type, default, choices or range, declared once).  The core
+typed :class:`Option` (type, default, choices or range, declared once), which the paper reads back typed
+with ``OPTIONS.read(request)`` (:class:`Options`).  The core
 imports every module in that package, so adding a paper means adding one module and one
 reference CSV; nothing in the core names a paper.  docs/adding-a-paper.md walks through
 an example.
@@ -62,7 +63,9 @@ class Option:
 
     ``type`` is ``str``, ``int``, ``float`` (finite only), ``bool`` or any parser that raises
     ValueError on a bad value; ``choices`` and the inclusive bounds ``low``/``high`` (or the
-    exclusive ``above``/``below``) restrict it further.  ``default`` is what the help shows.
+    exclusive ``above``/``below``) restrict it further.  ``default`` is what the help shows and what
+    a paper reads when the key is not given (text is parsed like a given value: ``"0,1"`` of a
+    list type); None: the paper computes it (per scale or architecture), :meth:`OptionValues.given`.
     A numeric key must have an upper bound (``high``, ``below`` or ``choices``:
     tests/test_bounds.py checks every paper's); ``cost(value)``, if given, says what a value
     above it would need (``"it needs about 24 GB"``) in the one-line error.
@@ -99,7 +102,7 @@ class Option:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--set {key}={raw}: expected a finite number{'; ' + want if want else ''}")
         if self.choices and value not in self.choices:
-            raise ConfigError(f"--set {key}={raw}: {want}")
+            raise ConfigError(f"--set {key}={raw}: choose {want}")
         values = value if isinstance(value, (tuple, list)) else [value]
         for v in values:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -113,6 +116,12 @@ class Option:
             if (self.low is not None and v < self.low) or (self.above is not None and v <= self.above):
                 raise ConfigError(f"--set {key}={raw}: out of range; valid: {want}")
         return value
+
+    def value(self, key: str, raw: str | None) -> Any:
+        """What a paper reads: ``raw`` (the ``--set`` text) parsed and checked, else the default."""
+        if raw is not None:
+            return self.parse(key, raw)
+        return self.parse(key, self.default) if isinstance(self.default, str) else self.default
 
     _PLAIN = {"str": str, "int": int, "float": float, "bool": bool}
 
@@ -140,13 +149,67 @@ def _num(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+class Options(dict):
+    """A paper's ``--set`` keys, ``{key: Option}``, declared once; ``OPTIONS.read(request)`` gives
+    their values under a request, typed and checked by their Options (:class:`OptionValues`), so a
+    paper never restates a key's type, default, choices or range where it reads it."""
+
+    def __init__(self, declared=(), **more):
+        super().__init__(declared, **more)
+        for key, opt in self.items():
+            if not isinstance(opt, Option):
+                raise TypeError(f"option {key!r} must be declared as an Option, not {type(opt).__name__}")
+
+    def read(self, request: Request | None) -> OptionValues:
+        """The values under ``request`` (None: no ``--set`` given, every key its default)."""
+        return OptionValues(self, request.options if request is not None else ())
+
+
+class OptionValues:
+    """A paper's option values under one request.  ``values.key`` (or ``values["key"]``) is the
+    ``--set key=...`` value parsed by the key's Option (a bad value raises its one-line
+    ConfigError), else the Option's default; ``values.given("key", otherwise)`` is the parsed value,
+    else ``otherwise``, for a key whose default the paper computes (per scale or architecture; its
+    Option declares none).  Reading a key the paper did not declare is a KeyError."""
+    __slots__ = ("_declared", "_raw")
+
+    def __init__(self, declared: Options, options: tuple[tuple[str, str], ...] = ()):
+        self._declared, self._raw = declared, dict(options)
+
+    def _option(self, key: str) -> Option:
+        if key not in self._declared:
+            raise KeyError(f"no option {key!r} is declared; declared: {', '.join(self._declared) or 'none'}")
+        return self._declared[key]
+
+    def given(self, key: str, otherwise: Any = None) -> Any:
+        """The value given for ``key``, else ``otherwise``: the paper's own default of a key that
+        declares none (one computed per scale or architecture)."""
+        opt = self._option(key)
+        if otherwise is not None and opt.default is not None:
+            raise TypeError(f"option {key!r} declares its default ({opt.default}): read it as values.{key}")
+        raw = self._raw.get(key)
+        return otherwise if raw is None else opt.parse(key, raw)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._option(key).value(key, self._raw.get(key))
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or key not in self._declared:
+            raise AttributeError(f"no option {key!r} is declared; declared: {', '.join(self._declared) or 'none'}")
+        return self[key]
+
+
 @dataclass
 class Paper:
     name: str
     title: str
     artifacts: dict[str, Artifact]
     trainers: dict[str, Callable[[RunContext], dict]] = field(default_factory=dict)
-    options: dict[str, Option] = field(default_factory=dict)  # `--set KEY=VALUE` keys
+    options: Options = field(default_factory=Options)  # `--set KEY=VALUE` keys
+
+    def __post_init__(self):
+        if not isinstance(self.options, Options):
+            self.options = Options(self.options)
 
     def check_options(self, options) -> None:
         """Every ``--set`` key known to this paper and its value valid (type, choices, range)."""
@@ -154,9 +217,7 @@ class Paper:
             if key not in self.options:
                 valid = ", ".join(self.options) or "none"
                 raise ConfigError(f"unknown option '--set {key}=...' for {self.name}; valid keys: {valid}")
-            opt = self.options[key]
-            if isinstance(opt, Option):
-                opt.parse(key, raw)
+            self.options[key].parse(key, raw)
 
     def artifact(self, name: str) -> Artifact:
         if name not in self.artifacts:

@@ -16,12 +16,12 @@ PATH = Path(__file__).resolve().parent / "papers" / "manifest.json"
 
 def build() -> dict:
     """The manifest from the live registry (imports every paper module)."""
-    from repro.artifacts import Option, papers
+    from repro.artifacts import papers
 
     return {p.name: {"title": p.title,
                      "artifacts": [[a.name, a.description, a.output_kind] for a in p.artifacts.values()],
-                     "options": {k: (o.describe() if isinstance(o, Option) else str(o)) for k, o in p.options.items()},
-                     "specs": {k: o.spec() for k, o in p.options.items() if isinstance(o, Option)},
+                     "options": {k: o.describe() for k, o in p.options.items()},
+                     "specs": {k: o.spec() for k, o in p.options.items()},
                      "headline": [a.name for a in p.artifacts.values() if a.headline],
                      "runs": {a.name: _planned(a) for a in p.artifacts.values()}}
             for p in papers().values()}

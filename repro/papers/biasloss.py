@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.api import Artifact, Claim, ConfigError, DataSpec, Figure, Option, Paper, RunConfig, Table, TrainSpec
+from repro.api import (Artifact, Claim, ConfigError, DataSpec, Figure, Option, Options, Paper, RunConfig, Table,
+                       TrainSpec)
 from repro.data import run_info
 from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, time_call, topk_accuracy
 from repro.exits import cpu_model as cpu_name
@@ -171,17 +172,14 @@ def make_step(loss_fn: nn.Module):
 def method_for(loss: str, request=None) -> dict:
     """The ``method`` dict of a run trained with ``loss``; only the chosen loss's options enter
     it, so changing a bias-loss option does not retrain the CE and focal runs."""
-    opt = (lambda k, d, **kw: request.option(k, d, **kw)) if request is not None else (lambda k, d, **kw: d)
+    opts = OPTIONS.read(request)
     if loss == "ce":
         return {"loss": "ce"}
     if loss == "focal":
-        return {"loss": "focal", "gamma": opt("focal_gamma", 2.0, type=float)}
+        return {"loss": "focal", "gamma": opts.focal_gamma}
     if loss == "bias":
-        clamp = opt("bias_clamp", True, type=bool)
-        return {"loss": "bias", "alpha": opt("bias_alpha", 0.3, type=float), "beta": opt("bias_beta", 0.3, type=float),
-                "scaling": opt("bias_scaling", "local", choices=("local", "global")),
-                "clamp": [0.5, 1.5] if clamp else None,
-                "formula": opt("bias_formula", "paper", choices=("paper", "code_v1")), "eps": 1e-8}
+        return {"loss": "bias", "alpha": opts.bias_alpha, "beta": opts.bias_beta, "scaling": opts.bias_scaling,
+                "clamp": [0.5, 1.5] if opts.bias_clamp else None, "formula": opts.bias_formula, "eps": 1e-8}
     raise ConfigError(f"unknown loss '{loss}'; choose one of: {', '.join(LOSSES)}")
 
 # ============================================================================ models
@@ -260,10 +258,10 @@ TABLE1_PAIRS = [("skipblocknet-xs", "mobilenetv3-small-1.0x"), ("skipblocknet-s"
 
 def family_args(arch: Arch, scale: str, request=None) -> dict:
     """model_args of a family row at ``scale`` (the request's ``first_block`` / ``mnv3_last_channel``)."""
-    opt = (lambda k, d, c: request.option(k, d, c)) if request is not None else (lambda k, d, c: d)
+    opts = OPTIONS.read(request)
     a = dict(arch.paper)
     a["width_mult"] = round(a["width_mult"] * FAMILY_WIDTH[scale], 6)
-    if arch.model == "skipblocknet" and opt("first_block", "authors", FIRST_BLOCKS) == "torchvision":
+    if arch.model == "skipblocknet" and opts.first_block == "torchvision":
         a.pop("first_block", None)
     if arch.model in skipblocknet.MNV3_LAST_CHANNEL:
         # the paper-width model's last channel, reduced with the scale; written only where it differs from
@@ -271,7 +269,7 @@ def family_args(arch: Arch, scale: str, request=None) -> dict:
         a.pop("last_channel", None)
         base = skipblocknet.MNV3_LAST_CHANNEL[arch.model]
         last = skipblocknet.make_divisible(base * FAMILY_WIDTH[scale])
-        if opt("mnv3_last_channel", "fixed", MNV3_LAST) == "fixed" and last != skipblocknet.make_divisible(
+        if opts.mnv3_last_channel == "fixed" and last != skipblocknet.make_divisible(
                 base * a["width_mult"]):
             a["last_channel"] = last
     if FAMILY_BN_MOMENTUM[scale] is not None:
@@ -283,13 +281,13 @@ def compact_arch(request, key: str, scale: str | None = None) -> tuple[str, dict
     """(model, args) of a Table 4 row at ``scale`` with the request's options applied."""
     scale = scale or request.scale
     arch = COMPACT[key]
-    model, args = arch.model, arch.args(scale)
+    model, args, opts = arch.model, arch.args(scale), OPTIONS.read(request)
     if key == "shufflenetv2-0.5x":
-        args["width"] = request.option("shufflenet_width", 0.5, choices=(0.5, 1.0), type=float)
+        args["width"] = opts.shufflenet_width
     if key == "squeezenet":
-        args["bn"] = request.option("squeezenet", "bn", choices=("bn", "torchvision")) == "bn"
+        args["bn"] = opts.squeezenet == "bn"
     if key == "densenet-k12":
-        choice = request.option("densenet", "k12", choices=tuple(DENSENET_CHOICES))
+        choice = opts.densenet
         if scale == "paper":  # the choice is between paper-scale DenseNets
             model, args = DENSENET_CHOICES[choice][0], dict(DENSENET_CHOICES[choice][1])
     return model, args
@@ -336,7 +334,7 @@ def cifar_spec(request) -> tuple[TrainSpec, str]:
     """Table 4's CIFAR-100 recipe (TrainSpec, augmentation)."""
     if request.scale in REDUCED_RECIPES:
         return REDUCED_RECIPES[request.scale], "none"
-    return CIFAR_RECIPES[request.option("cifar_recipe", "paper", choices=tuple(CIFAR_RECIPES))]
+    return CIFAR_RECIPES[OPTIONS.read(request).cifar_recipe]
 
 
 def imagenet_spec(request) -> TrainSpec:
@@ -376,7 +374,7 @@ def family_run(request, key: str, loss: str) -> RunConfig:
 def family_loss(request, key: str) -> str:
     """Table 1: SkipblockNets with bias loss (``--set loss=...`` changes it), MobileNetV3 with CE."""
     if key.startswith("skipblocknet"):
-        return request.option("loss", "bias", choices=LOSSES)
+        return OPTIONS.read(request).loss
     return "ce"
 
 
@@ -576,8 +574,8 @@ def _inputs(cfg: RunConfig, settings) -> str:
 def _family_model(request, cfg: RunConfig, settings) -> str:
     """The trained SkipblockNet / MobileNetV3 models, as the header's model line."""
     w = FAMILY_WIDTH[request.scale]
-    fb = request.option("first_block", "authors", FIRST_BLOCKS)
-    last = request.option("mnv3_last_channel", "fixed", MNV3_LAST)
+    opts = OPTIONS.read(request)
+    fb, last = opts.first_block, opts.mnv3_last_channel
     return ("SkipblockNet / MobileNetV3, ImageNet stem (stride 2)" + ("" if w == 1 else f", every width x {w}")
             + f", {_inputs(cfg, settings)}; SkipblockNet's first block "
             + ("has the authors' 1x1 expansion conv" if fb == "authors" else "is torchvision's (no expansion conv)")
@@ -906,9 +904,9 @@ def build_table2(request, runs, settings) -> Table:
 
 # ============================================================================ the paper
 
-OPTIONS = {
+OPTIONS = Options({
     "loss": Option("loss of the SkipblockNet rows of table1/table2/fig1 (the paper's: bias); table3/table4/table5 "
-                   "compare losses and always train each", str, "bias", choices=("ce", "focal", "bias")),
+                   "compare losses and always train each", str, "bias", choices=LOSSES),
     "bias_scaling": Option("local: batch min-max (paper); global: the authors' code's running minimum", str, "local",
                            choices=("local", "global")),
     "bias_clamp": Option("clamp z to [0.5, 1.5] (paper Sec. 5; the code has no clamp)", bool, True),
@@ -917,10 +915,10 @@ OPTIONS = {
     "bias_alpha": Option("alpha of the bias loss weight", float, 0.3, low=-10, high=10),
     "bias_beta": Option("beta of the bias loss weight", float, 0.3, low=-10, high=10),
     "first_block": Option("SkipblockNet's first block: the authors' (with its 1x1 16->16 expansion conv) or "
-                          "torchvision's (without)", str, "authors", choices=("authors", "torchvision")),
+                          "torchvision's (without)", str, "authors", choices=FIRST_BLOCKS),
     "mnv3_last_channel": Option("MobileNetV3's classifier hidden width: fixed (1280, Small 1024, at every width, as "
                                 "the MobileNetV3 reference and Table 1) or scaled (1280*w, torchvision's builders)",
-                                str, "fixed", choices=("fixed", "scaled")),
+                                str, "fixed", choices=MNV3_LAST),
     "focal_gamma": Option("focal loss gamma (the paper does not state it)", float, 2.0, low=0, high=10),
     "shufflenet_width": Option("Table 4's ShuffleNetV2 width (0.5: the paper's label; the authors' code trains 1.0)",
                                float, 0.5, choices=(0.5, 1.0)),
@@ -929,10 +927,10 @@ OPTIONS = {
                          choices=("bn", "torchvision")),
     "densenet": Option("Table 4's DenseNet at paper scale: k12 = L=100 k=12 (7.0 M), bc = DenseNet-BC L=100 k=12 "
                        "(0.8 M), 121 = the authors' CIFAR DenseNet-121 (k=32)", str, "k12",
-                       choices=("k12", "bc", "121")),
+                       choices=tuple(DENSENET_CHOICES)),
     "cifar_recipe": Option("Table 4's schedule at paper scale: paper (Sec. 5.2) or code (the authors' train.py: 160 "
-                           "epochs, wd 1e-4, x0.1 at 80/122, crop+flip)", str, "paper", choices=("paper", "code")),
-}
+                           "epochs, wd 1e-4, x0.1 at 80/122, crop+flip)", str, "paper", choices=tuple(CIFAR_RECIPES)),
+})
 
 PAPER = Paper(
     name=PAPER_NAME,

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.api import Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec
+from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
+                       TrainSpec)
 from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, topk_accuracy
 from repro.flops import CONVENTIONS, count_by_module
 from repro.models import create_model, resnet, resnet50_dcp, vgg
@@ -602,7 +603,7 @@ def _rates(raw: str) -> tuple[float, ...]:
 
 _rates.__name__ = "comma-separated pruning rates"
 
-OPTIONS = {
+OPTIONS = Options({
     "pr": Option("DCP pruning rate (fraction of all maskable channels dropped) for table1, fig-channels and "
                  "imagenet (default: VGG-16 0.42, ResNet-32/56 0.5, ResNet-50 0.3)", float, low=0, below=1),
     "prs": Option("pruning rates swept by fig-ratio (default per scale, e.g. quick 0.3,0.5,0.7)", _rates,
@@ -614,7 +615,7 @@ OPTIONS = {
                           "200/300 epochs CIFAR, 5 of 60 ImageNet)", float, low=0, below=1),
     "imagenet_recipe": Option("which main2.py of the authors: head (60 epochs, lr 0.01 for the first epoch then "
                               "0.1, x0.1 at 36/48/54, decay 0.6->0.7->0.8->1.0) or superseded (90 epochs, lr 0.01, "
-                              "x0.1 at 13/22/28, constant decay 0.6)", str, "head", choices=("head", "superseded")),
+                              "x0.1 at 13/22/28, constant decay 0.6)", str, "head", choices=IMAGENET_RECIPES),
     "select": Option("topk: exactly N - round(N*pr) channels kept; code: the authors' strict threshold", str, "topk",
                      choices=("topk", "code")),
     "scope": Option("global: one ranking over all layers (the authors' code); layer: top 1-pr of every layer (the "
@@ -625,23 +626,13 @@ OPTIONS = {
                    "scratch", choices=("scratch", "pretrained")),
     "imagenet_init": Option("paper-scale ImageNet unpruned ResNet-50: torchvision (the authors' pretrained weights) "
                             "or train (our own 90-epoch run)", str, "torchvision", choices=("torchvision", "train")),
-}
-
-
-def _parse_prs(raw: str) -> tuple[float, ...]:
-    try:
-        prs = tuple(float(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"--set prs={raw}: expected comma-separated numbers, e.g. 0.3,0.5,0.7") from None
-    if not prs or any(not 0 <= p < 1 for p in prs):
-        raise ConfigError(f"--set prs={raw}: every pruning rate must be in [0, 1)")
-    return prs
+})
 
 
 def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfig]:
     """The three runs of one (architecture, pr): {"unpruned", "dcp", "l1"} (l1 ← dcp ← unpruned)."""
-    arch = ARCHS[arch_key]
-    if arch.paper_dataset == "imagenet" and request.option("imagenet_recipe", "head", IMAGENET_RECIPES) == "superseded":
+    arch, opts = ARCHS[arch_key], OPTIONS.read(request)
+    if arch.paper_dataset == "imagenet" and opts.imagenet_recipe == "superseded":
         arch = RESNET50_SUPERSEDED
     scale = request.scale
     recipe = RECIPES[scale](arch)
@@ -651,9 +642,8 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
     if arch.model == "vgg16_cifar":  # its classifier flattens the last 1x1 map of a 32-px image
         need_size(PAPER_NAME, f"{arch.label} ({arch.model})", data, dataset, CIFAR_SIZE)
     args = dict(arch.args[scale])
-    pr = float(request.option("pr", arch.pr, type=float)) if pr is None else float(pr)
-    init = arch.dcp_init if arch.paper_dataset == "imagenet" else request.option(
-        "init", "scratch", ("scratch", "pretrained"))
+    pr = float(opts.given("pr", arch.pr)) if pr is None else float(pr)
+    init = arch.dcp_init if arch.paper_dataset == "imagenet" else opts.init
     base_train, ft_train, ft_frac = recipe.base, recipe.finetune, recipe.finetune_fraction
     dcp_train = recipe.pretrained if init == "pretrained" else recipe.base
     if init == "pretrained" and scale != "paper":
@@ -663,15 +653,11 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
         ft_train, ft_frac = replace(ft_train, epochs=dcp_train.epochs), 1.0
     # warm-up: the same fraction of the DCP schedule as the authors' epochs
     authors = arch.pretrained_train if init == "pretrained" and arch.pretrained_train else arch.train
-    warmup = request.option("warmup_frac", arch.warmup_epochs / authors.epochs, type=float)
-    if not 0 <= warmup < 1:
-        raise ConfigError(f"--set warmup_frac={warmup}: must be in [0, 1)")
-    decay_default = arch.pretrained_decay if init == "pretrained" else 0.6
-    decay = request.option("decay", decay_default, type=float)
+    warmup = opts.given("warmup_frac", arch.warmup_epochs / authors.epochs)
+    decay = opts.given("decay", arch.pretrained_decay if init == "pretrained" else 0.6)
     # one global ranking (the code, the default) or one per layer; the key is only written when
     # it is not the default, so default runs keep their identity
-    scope_value = request.option("scope", "global", ("global", "layer"))
-    scope = {} if scope_value == "global" else {"scope": scope_value}
+    scope = {} if opts.scope == "global" else {"scope": opts.scope}
     # main2.py at HEAD: the decay rises at the lr drops (every scale, as fractions of the DCP iterations)
     # and the first epoch runs at lr 0.01 (paper scale); keys only written when used, so CIFAR runs and
     # the superseded recipe keep their identity
@@ -682,17 +668,17 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
         head.update(start_epochs=arch.start_epochs, start_lr=arch.start_lr)
     base_init = "train"
     if arch.paper_dataset == "imagenet" and scale == "paper" and dataset == "imagenet":
-        base_init = request.option("imagenet_init", "torchvision", ("torchvision", "train"))
+        base_init = opts.imagenet_init
     base = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-unpruned", kind="unpruned", dataset=dataset,
                      model=arch.model, model_args=args, method={"init": base_init}, train=base_train, data=data)
     dcp = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-dcp-pr{pr:g}", kind="dcp", dataset=dataset, model=arch.model,
                     model_args=args, train=dcp_train, data=data, parent=base,
                     method={"pr": pr, "decay": decay, "warmup_frac": round(warmup, 6), "u_init": arch.u_init,
-                            "select": request.option("select", "topk", ("topk", "code")), "guard": True,
+                            "select": opts.select, "guard": True,
                             "init": init, **scope, **head})
     l1 = RunConfig(paper=PAPER_NAME, name=f"{arch_key}-dcp-pr{pr:g}-l1", kind="l1", dataset=dataset,
                    model=arch.model, model_args=args, train=ft_train, data=data, parent=dcp,
-                   method={"criterion": "l1", "match": request.option("l1_match", "flops", ("flops", "layers")),
+                   method={"criterion": "l1", "match": opts.l1_match,
                            "batches_frac": ft_frac})
     return {"unpruned": base, "dcp": dcp, "l1": l1}
 
@@ -1063,7 +1049,7 @@ def build_imagenet(request, runs, settings) -> Table:
             if runs.config("resnet50/unpruned").method["init"] == "torchvision"
             else "our own training run (stands in for the authors' pretrained ResNet-50)")
     t = runs.config("resnet50/dcp").train
-    which = ("main2.py at HEAD" if request.option("imagenet_recipe", "head", IMAGENET_RECIPES) == "head"
+    which = ("main2.py at HEAD" if OPTIONS.read(request).imagenet_recipe == "head"
              else "main2.py as of 28c135c (superseded)")
     drops = f" x{t.gamma:g} at epochs {t.milestone_epochs()}" if t.schedule == "multistep" and t.milestones else ""
     notes = [f"unpruned ResNet-50: {init}; DCP starts from it",
@@ -1073,10 +1059,9 @@ def build_imagenet(request, runs, settings) -> Table:
 
 
 def _ratio_setup(request) -> tuple[str, tuple[float, ...]]:
-    arch = request.option("ratio_arch", "resnet32", ("vgg16", "resnet32", "resnet56"))
-    raw = request.option("prs", None)
-    sweep = RATIO_SWEEP_VGG if arch == "vgg16" else RATIO_SWEEP
-    prs = _parse_prs(raw) if raw is not None else sweep[request.scale]
+    opts = OPTIONS.read(request)
+    arch = opts.ratio_arch
+    prs = opts.given("prs", (RATIO_SWEEP_VGG if arch == "vgg16" else RATIO_SWEEP)[request.scale])
     return arch, tuple(sorted(set(prs)))
 
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec,
-                       first_test_images)
+from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
+                       TrainSpec, first_test_images)
 from repro.data import TensorBatches, class_names, held_in_memory, run_info
 from repro.exits import bootstrap_ci, correct_at_cost, early_exit, gap_with_spread, mean_and_spread, time_call
 from repro.flops import count_exits, count_model
@@ -67,8 +67,8 @@ def _grid_cost(points: int) -> str:
     return f"its exact search over 3 gates holds {count} combinations: about {size} GB"
 
 
-OPTIONS = {
-    "hinge": Option("multi-class hinge of the d-gates", str, "ovr", choices=("ovr", "weston-watkins", "crammer-singer")),
+OPTIONS = Options({
+    "hinge": Option("multi-class hinge of the d-gates", str, "ovr", choices=HINGES),
     "l2": Option("lambda of the L2 penalty (lambda/2)*||W||^2 on the gate weights", float, 1e-4, low=0, high=100),
     "backbone_checkpoint": Option("a trained backbone state dict (ours, a GatedBackbone's, or torchvision's ResNet "
                                   "layout): skips backbone training; applies to every backbone the artifact uses",
@@ -84,7 +84,7 @@ OPTIONS = {
     "time_batch": Option("batch size of the real early-exit timing (1: per-image latency, as the paper)", int, 1,
                          low=1, high=1024),
     "time_images": Option("test images timed (default 1000 paper, 256 quick, 32 smoke)", int, low=1, high=50_000),
-}
+})
 
 # ---------------------------------------------------------------------------- losses
 
@@ -627,7 +627,8 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
         model = "resnet101_imagenet" if big and scale == "paper" else "resnet101"
     args = dict(MODEL_ARGS[scale]["densenet201" if arch == "densenet201" else "resnet101"])
     bmethod: dict = {}
-    ckpt = request.option("backbone_checkpoint")
+    opts = OPTIONS.read(request)
+    ckpt = opts.backbone_checkpoint
     if ckpt:
         path, digest = checkpoint_identity(ckpt)
         bmethod = {"checkpoint": path, "checkpoint_sha256": digest}
@@ -635,13 +636,12 @@ def arch_runs(request, arch: str) -> dict[str, RunConfig]:
                          dataset=dataset, model=model, model_args=args, method=bmethod,
                          train=BACKBONE_RECIPES["paper-imagenet" if big and scale == "paper" else scale], data=data)
     in_memory = held_in_memory(dataset, data)  # as load_data will read it, at this size and split
-    features = request.option("features", "cached" if in_memory else "online", ("cached", "online"))
+    features = opts.given("features", "cached" if in_memory else "online")
     if features == "cached" and not in_memory:
         raise ConfigError(f"--set features=cached needs a dataset held in memory, but {dataset} at "
                           f"{data.image_size}x{data.image_size} is read through a DataLoader; use features=online")
-    common = {"gates_after": list(GATES_AFTER), "l2": request.option("l2", 1e-4, type=float),
-              "standardize": request.option("standardize", True, type=bool), "features": features}
-    hinge = request.option("hinge", "ovr", HINGES)
+    common = {"gates_after": list(GATES_AFTER), "l2": opts.l2, "standardize": opts.standardize, "features": features}
+    hinge = opts.hinge
     gspec = gate_train_spec(scale, features == "online")
     mk = lambda tag, method: RunConfig(  # noqa: E731
         paper=PAPER_NAME, name=f"{model}-gates-{tag}", kind="gates", dataset=dataset, model=model, model_args=args,
@@ -755,8 +755,9 @@ def _timed(request, settings, runs, rows: dict[str, list[dict]]) -> tuple[dict[s
     table: ms per image per row, and the notes saying how it was timed and that it agrees with the
     stored outputs."""
     device = D.resolve_device(settings.device)
-    batch = request.option("time_batch", 1, type=int)
-    images = request.option("time_images", {"paper": 1000, "quick": 256, "smoke": 32}[request.scale], type=int)
+    opts = OPTIONS.read(request)
+    batch = opts.time_batch
+    images = opts.given("time_images", {"paper": 1000, "quick": 256, "smoke": 32}[request.scale])
     r0 = runs[0]
     net = _load_gated(r0, settings, device)
     x = first_test_images(r0.cfg, settings, images, device)
@@ -796,8 +797,8 @@ def table_columns(request) -> list[str]:
 
 def _dg_rows(request, runs, margins: dict[str, float], fixed: dict[str, list[float]]):
     """Per row key: per-seed dicts of acc, cost, fractions, thresholds, correct; and the original's."""
-    method = request.option("tune", "grid", ("grid", "greedy"))
-    points = request.option("grid_points", 40, type=int)
+    opts = OPTIONS.read(request)
+    method, points = opts.tune, opts.grid_points
     rows: dict[str, list[dict]] = {}
     for r in runs:
         o, res = r.outputs, r.results
@@ -895,7 +896,7 @@ def _dg_table(artifact: str, arch_name: str):
         notes = [_gate_note(cfg),
                  "thresholds of the tuned rows: fitted on the held-out validation split for the target "
                  "(our backbone's validation top-1 minus the paper's accuracy margin of the row); "
-                 f"tune={request.option('tune', 'grid')}, {request.option('grid_points', 40, type=int)} "
+                 f"tune={OPTIONS.read(request).tune}, {OPTIONS.read(request).grid_points} "
                  "quantile candidates per gate + inf",
                  "paper columns of a tuned row: the paper's row at the same accuracy margin; "
                  "acc_drop = top-1 minus the original's; exitN_pct = test samples leaving at gate N",
@@ -959,8 +960,8 @@ def _curve(request, runs, score: str, active=(0, 1)) -> tuple[pd.DataFrame, list
     thresholds tuned on validation, cost and top-1 on test.  Also, per seed, the points' costs and
     per-sample test correctness (points x N), to compare two curves on the same samples."""
     div = cost_unit(request)[1]
-    method = request.option("tune", "grid", ("grid", "greedy"))
-    points = request.option("grid_points", 40, type=int)
+    opts = OPTIONS.read(request)
+    method, points = opts.tune, opts.grid_points
     frames, per_seed = [], []
     for seed, r in enumerate(runs):
         o, res = r.outputs, r.results

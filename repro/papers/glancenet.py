@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
-from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec,
-                       first_test_images)
+from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
+                       TrainSpec, first_test_images)
 from repro.data import dataset_info
 from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, gap_with_spread,
                          mean_and_spread, per_exit_accuracy, time_call)
@@ -163,9 +163,8 @@ def _sgd(epochs: int, milestones: tuple) -> TrainSpec:
 
 # Paper scale: Huang et al.'s CIFAR recipe (the letter states none): SGD Nesterov 0.9,
 # wd 1e-4, batch 64, lr 0.1 / 10 at 50 % and 75 % of 300 epochs.
-MODEL_ARGS = {"paper": dict(depth=40, growth=12, bottleneck=False),
-              "quick": dict(depth=10, growth=12, bottleneck=False),
-              "smoke": dict(depth=7, growth=4, bottleneck=False)}
+# The DenseNet's depth and growth per scale (--set depth/growth override them; bottleneck: the option's default)
+MODEL_ARGS = {"paper": dict(depth=40, growth=12), "quick": dict(depth=10, growth=12), "smoke": dict(depth=7, growth=4)}
 # Quick: the convergence rule's protocol (docs/calibration.md): all 55k images, 10 epochs of cosine
 # decay from the paper's rate, channels_last (1.4x faster on the CPU, bench item 7).
 RECIPES = {"paper": _sgd(300, (0.5, 0.75)),
@@ -177,12 +176,15 @@ TIMING = {"paper": (500, 10000, 500), "quick": (200, 2000, 250), "smoke": (24, 2
 
 
 def _block_list(raw: str) -> tuple[int, ...]:
-    return tuple(sorted({int(v) for v in raw.split(",") if v.strip()}))
+    blocks = tuple(sorted({int(v) for v in raw.split(",") if v.strip()}))
+    if not blocks:
+        raise ValueError("no block given")
+    return blocks
 
 
 _block_list.__name__ = "comma-separated block indices"
 
-OPTIONS = {
+OPTIONS = Options({
     "alpha": Option("alpha of table1; the threshold bank always holds 0.1..1.0 as well", float, 0.9, low=0, high=1),
     "hem_alpha": Option("alpha of the hem table", float, 0.5, low=0, high=1),
     "bypass_after": Option("dense blocks (0-based) followed by a bypass; the last block (2) feeds the backbone's "
@@ -194,37 +196,24 @@ OPTIONS = {
     "tnorm": Option("threshold loss distance: squared or absolute (the letter's ||.||_2 of a scalar)", str, "sq",
                     choices=("sq", "abs")),
     "hem_last": Option("apply the hard example weight to the backbone's own classifier too", bool, True),
-}
+})
 
 
 def _alpha(request, key: str) -> float:
     """The alpha of table1 (``alpha``) or of the hem table (``hem_alpha``)."""
-    a = request.option(key, OPTIONS[key].default, type=float)
-    if not 0 <= a <= 1:
-        raise ConfigError(f"--set {key}={a}: alpha must be in [0, 1]")
-    return round(a, 4)
+    return round(OPTIONS.read(request)[key], 4)
 
 
 def _arch(request) -> dict:
-    base = MODEL_ARGS[request.scale]
-    depth = request.option("depth", base["depth"], type=int)
-    growth = request.option("growth", base["growth"], type=int)
-    bottleneck = request.option("bottleneck", base["bottleneck"], type=bool)
-    raw = request.option("bypass_after", OPTIONS["bypass_after"].default)
-    try:
-        after = _block_list(raw)
-    except ValueError:
-        raise ConfigError(f"--set bypass_after={raw}: expected comma-separated block indices such as 0,1") from None
-    if not after or min(after) < 0 or max(after) > 1:
-        raise ConfigError(f"--set bypass_after={raw}: choose one or more of 0, 1 (the last dense block, 2, "
-                          f"feeds the backbone's own classifier)")
+    """The DenseNet and its bypasses: the options given, else the scale's (MODEL_ARGS)."""
+    opts, base = OPTIONS.read(request), MODEL_ARGS[request.scale]
+    depth, growth, bottleneck = (opts.given("depth", base["depth"]), opts.given("growth", base["growth"]),
+                                 opts.bottleneck)
     try:
         create_model("densenet_cifar", depth=depth, growth=growth, bottleneck=bottleneck)  # validates depth
     except ValueError as e:
         raise ConfigError(f"--set depth={depth}: {e}") from None
-    if growth < 1:
-        raise ConfigError(f"--set growth={growth}: must be a positive integer")
-    return {"depth": depth, "growth": growth, "bottleneck": bottleneck, "bypass_after": list(after)}
+    return {"depth": depth, "growth": growth, "bottleneck": bottleneck, "bypass_after": list(opts.bypass_after)}
 
 
 def glance_runs(request) -> dict[str, RunConfig]:
@@ -234,8 +223,8 @@ def glance_runs(request) -> dict[str, RunConfig]:
     data = run_data(request, dataset, CIFAR_SIZE, TRAIN_LIMITS)  # any size: the DenseNet pools adaptively
     arch = _arch(request)
     alphas = sorted(set(ALPHAS) | {_alpha(request, "alpha"), _alpha(request, "hem_alpha")})
-    tnorm = request.option("tnorm", "sq", choices=("sq", "abs"))
-    hem_last = request.option("hem_last", True, type=bool)
+    opts = OPTIONS.read(request)
+    tnorm, hem_last = opts.tnorm, opts.hem_last
     backbone = {k: arch[k] for k in ("depth", "growth", "bottleneck")}
     base = RunConfig(paper=PAPER_NAME, name="densenet", kind="densenet", dataset=dataset, model="densenet_cifar",
                      model_args=backbone, method={}, train=RECIPES[scale], data=data)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.api import Artifact, Claim, ConfigError, Figure, Option, Paper, RunConfig, Series, Table, TrainSpec
+from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
+                       TrainSpec)
 from repro.exits import (SCORES, accuracy_with_spread, budgeted_correct, budgeted_sweep, correct_at_cost, gap_with_spread,
                           per_exit_accuracy)
 from repro.flops import CONVENTIONS, count_exits
@@ -117,21 +118,17 @@ def make_step(method: dict, teacher: PhaseOneTeacher | None = None):
 
 # ---------------------------------------------------------------------------- runs
 
-# `--set KEY=VALUE` keys of this paper: key -> (choices, default, one-line help).  The first
-# choice is the default.
-OPTION_SPECS = {
-    "ofa_teacher": (("phase1", "self"), "OFA's teacher: phase1 (default, the authors' code: the frozen phase-I "
-                    "network's last exit) or self (the current model's last exit, detached)"),
-    "kl_reduction": (("mean", "batchmean"), "OFA's KL: mean (default, the released script's KLDivLoss: also "
-                     "divided by the number of classes) or batchmean (per-sample KL, C times stronger)"),
-    "phase2_init": (("fresh", "phase1"), "phase II's final classifiers: fresh (default, the authors' code "
-                    "re-creates them) or phase1 (start from phase I's)"),
-}
-
-
-def _option(request, key: str) -> str:
-    choices, _ = OPTION_SPECS[key]
-    return request.option(key, choices[0], choices)
+# `--set KEY=VALUE` keys of this paper (the first choice of each is the authors' code and the default).
+OPTIONS = Options({
+    "ofa_teacher": Option("OFA's teacher: phase1 (default, the authors' code: the frozen phase-I network's last exit) "
+                          "or self (the current model's last exit, detached)", str, "phase1",
+                          choices=("phase1", "self")),
+    "kl_reduction": Option("OFA's KL: mean (default, the released script's KLDivLoss: also divided by the number of "
+                           "classes) or batchmean (per-sample KL, C times stronger)", str, "mean",
+                           choices=("mean", "batchmean")),
+    "phase2_init": Option("phase II's final classifiers: fresh (default, the authors' code re-creates them) or phase1 "
+                          "(start from phase I's)", str, "fresh", choices=("fresh", "phase1")),
+})
 
 # Reduced MSDNets for CPU scales: the same layout as the paper's configs, narrower.
 MODEL_ARGS = {"paper": {}, "quick": {"nChannels": 8, "growthRate": 4, "head_channels": 32},
@@ -172,10 +169,10 @@ def phase_specs(scale: str, imagenet: bool = False, budget: bool = False) -> tup
 
 def phase2_method(request, isc: bool, ofa: bool) -> dict:
     """A phase-II run's method: ISC and/or OFA; the OFA keys only when OFA is on."""
-    method = {"isc": isc, "isc_detach": True, "ofa": ofa, "phase2_init": _option(request, "phase2_init")}
+    opts = OPTIONS.read(request)
+    method = {"isc": isc, "isc_detach": True, "ofa": ofa, "phase2_init": opts.phase2_init}
     if ofa:  # T and g: the authors' released script (run_IMTA.sh)
-        method.update(T=1.0, ofa_weight=0.1, kl_reduction=_option(request, "kl_reduction"),
-                      ofa_teacher=_option(request, "ofa_teacher"))
+        method.update(T=1.0, ofa_weight=0.1, kl_reduction=opts.kl_reduction, ofa_teacher=opts.ofa_teacher)
     return method
 
 
@@ -669,5 +666,5 @@ PAPER = Paper(
                  baselines=("baseline",)),
     ]},
     trainers={"phase1": train_phase1, "phase2": train_phase2},
-    options={k: Option(help, str, choices[0], choices=choices) for k, (choices, help) in OPTION_SPECS.items()},
+    options=OPTIONS,
 )
