@@ -69,9 +69,9 @@ CASES = [
     ("data-root-empty", ["imta", "table2", "--data-root", "", *DRY], {}, ["--data-root is empty"]),
     ("list-runs-dir-empty", ["list", "--runs-dir", ""], {}, ["--runs-dir is empty"]),
     # a batch that does not split over the processes of a run
-    ("batch-over-gpus", ["imta", "table2", "--batch-size", "3", "--gpus-per-run", "2", "--sync-bn",
+    ("batch-over-gpus", ["imta", "table2", "--batch-size", "5", "--gpus-per-run", "2", "--sync-bn",
                          "--launcher", "submitit", *DRY], {},
-     ["batch size 3", "does not split over 2 processes", "--gpus-per-run 2", "multiple of 2"]),
+     ["batch size 5", "does not split over 2 processes", "--gpus-per-run 2", "multiple of 2"]),
     ("set-twice", ["dgate", "table1", "--set", "grid_points=10", "--set", "grid_points=20", *DRY], {},
      ["--set grid_points is given twice", "grid_points=10", "grid_points=20"]),
 ]

@@ -62,7 +62,8 @@ def test_list_counts_runs_per_scale(tmp_path, capsys):
     code, out, _ = _exit(["list", "--runs-dir", str(tmp_path / "runs")], capsys)
     assert code == 0 and "per scale: smoke / quick / paper" in out
     imta = out.split("\nimta:")[1]
-    assert "2/2 / 0/2 / 0/2" in next(line for line in imta.splitlines() if line.strip().startswith("fig7"))
+    # quick: fig7's two runs and the convergence twin of its baseline
+    assert "2/2 / 0/3 / 0/2" in next(line for line in imta.splitlines() if line.strip().startswith("fig7"))
     code, out, _ = _exit(["list", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs")], capsys)
     imta = out.split("\nimta:")[1]
     assert "2/2" in next(line for line in imta.splitlines() if line.strip().startswith("fig7"))
