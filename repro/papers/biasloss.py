@@ -298,7 +298,6 @@ def compact_arch(request, key: str, scale: str | None = None) -> tuple[str, dict
 # Quick: the convergence rule's protocol (docs/calibration.md): all 55k images, 10 epochs of cosine
 # decay with a short warm-up, crop + flip (the authors' train.py), channels_last (1.3-2.3x faster on
 # these nets on the CPU, bench item 7).  Smoke: one epoch, no augmentation.
-TRAIN_LIMITS: dict[str, int] = {}
 REDUCED_RECIPES = {
     "quick": TrainSpec(epochs=10, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                        schedule="cosine", warmup_epochs=0.5, memory_format="channels_last"),
@@ -348,7 +347,7 @@ def _data_spec(request, dataset: str, augment: str, paper_size: int = CIFAR_SIZE
     """At ``paper_size`` at paper scale (224 for the ImageNet families); every model takes any size.
     Reduced scales: no augmentation (one epoch sees every image once: augmentation only slows
     convergence; measured on MobileNetV3-L x0.5, 20k images: 82.2 % without, 74.4 % with crop + flip)."""
-    return run_data(request, dataset, paper_size, TRAIN_LIMITS,
+    return run_data(request, dataset, paper_size,
                     augment={"quick": "crop_flip", "smoke": "none"}.get(request.scale, augment))
 
 

@@ -581,7 +581,6 @@ def _quick_recipe(arch: Arch) -> Recipe:
 
 
 RECIPES: dict[str, Callable[[Arch], Recipe]] = {"paper": _paper_recipe, "quick": _quick_recipe, "smoke": _cpu_recipe}
-TRAIN_LIMITS: dict[str, int] = {}
 
 
 TABLE1_ARCHS = ("vgg16", "resnet32", "resnet56")
@@ -638,7 +637,7 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
     recipe = RECIPES[scale](arch)
     dataset = request.dataset_for(arch.paper_dataset)
     data = run_data(request, dataset, IMAGENET_SIZE if arch.paper_dataset == "imagenet" else CIFAR_SIZE,
-                    TRAIN_LIMITS, **dict(recipe.data))
+                    **dict(recipe.data))
     if arch.model == "vgg16_cifar":  # its classifier flattens the last 1x1 map of a 32-px image
         need_size(PAPER_NAME, f"{arch.label} ({arch.model})", data, dataset, CIFAR_SIZE)
     args = dict(arch.args[scale])

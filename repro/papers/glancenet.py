@@ -170,7 +170,6 @@ MODEL_ARGS = {"paper": dict(depth=40, growth=12), "quick": dict(depth=10, growth
 RECIPES = {"paper": _sgd(300, (0.5, 0.75)),
            "quick": replace(_sgd(10, ()), schedule="cosine", memory_format="channels_last"),
            "smoke": _sgd(1, ())}
-TRAIN_LIMITS: dict[str, int] = {}
 # real early-exit timing: images timed one at a time, images timed in batches, that batch size
 TIMING = {"paper": (500, 10000, 500), "quick": (200, 2000, 250), "smoke": (24, 256, 128)}
 
@@ -220,7 +219,7 @@ def glance_runs(request) -> dict[str, RunConfig]:
     """{"densenet", "hem", "no-hem"}: the three trainings every artifact draws from."""
     scale = request.scale
     dataset = request.dataset_for("cifar10")
-    data = run_data(request, dataset, CIFAR_SIZE, TRAIN_LIMITS)  # any size: the DenseNet pools adaptively
+    data = run_data(request, dataset, CIFAR_SIZE)  # any size: the DenseNet pools adaptively
     arch = _arch(request)
     alphas = sorted(set(ALPHAS) | {_alpha(request, "alpha"), _alpha(request, "hem_alpha")})
     opts = OPTIONS.read(request)

@@ -154,7 +154,6 @@ RECIPES = {"paper": (_sgd(300), _sgd(180)),
            "smoke": (_sgd(1, lr=0.05, milestones=()), _sgd(1, lr=0.05, milestones=()))}
 # The budget-first protocol's training-set sizes (the earlier rule halved them until an artifact fitted
 # 30 minutes): half of Fashion-MNIST for the 5-exit net, and less for the costlier MSDNets and families.
-TRAIN_LIMITS: dict[str, int] = {}
 ARTIFACT_TRAIN_LIMITS = {"table1": {"quick": 13_750}, "fig2": {"quick": 3_437},
                          "fig3": {"quick": 13_750}, "fig5": {"quick": 3_437}}
 
