@@ -478,15 +478,20 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
 
 def validation_top1(run: Run) -> tuple[float, int] | None:
     """A finished run's validation top-1 (%) at its last exit and its class count, from its outputs
-    (``val_logits``, ``val_labels``); None where it saved none."""
+    (``val_logits``, or ``val_preds`` with the count from the labels, and ``val_labels``); None where
+    it saved none."""
     try:
         out = run.outputs()
-        logits, labels = out["val_logits"], out["val_labels"]
+        labels = out["val_labels"]
+        if "val_logits" in out:
+            logits = out["val_logits"]
+            preds, classes = (logits[-1] if logits.dim() == 3 else logits).argmax(-1), int(logits.shape[-1])
+        else:  # runs that keep only predictions (d-gates): the class count from the labels
+            preds = out["val_preds"]
+            preds, classes = (preds[-1] if preds.dim() == 2 else preds), int(labels.max()) + 1
     except Exception:  # no outputs, or none on validation: nothing to compare
         return None
-    if logits.dim() == 3:
-        logits = logits[-1]
-    return float((logits.argmax(-1) == labels).double().mean() * 100), int(logits.shape[-1])
+    return float((preds == labels).double().mean() * 100), classes
 
 
 def outlying_seeds(named: dict, request: Request, settings: Settings) -> list[tuple[str, int, float, float]]:

@@ -139,3 +139,19 @@ def test_headline_artifacts_are_declared():
              for a in get_paper(p).artifacts.values() if a.headline}
     assert heads == {("imta", "table2"), ("imta", "fig4"), ("glancenet", "table1"), ("glancenet", "hem"),
                      ("dgate", "table1"), ("dgate", "fig4"), ("biasloss", "table4"), ("dcp", "table1")}
+
+
+def test_runs_that_keep_only_predictions_are_read_too(tmp_path):
+    """d-gate runs save ``val_preds`` (exits x N), not logits: the test and the outlier check read them."""
+    from repro.runner import validation_top1
+
+    cfg = _cfg()
+    run = Run(tmp_path, cfg)
+    run.dir.mkdir(parents=True)
+    labels = torch.arange(100) % 10
+    preds = torch.stack([torch.where(torch.arange(100) < k, labels, (labels + 1) % 10) for k in (70, 93)])
+    torch.save({"val_preds": preds, "val_labels": labels, "test_preds": preds, "test_labels": labels},
+               run.outputs_path)
+    run.write_results({})
+    assert convergence.exit_top1(run) == [70.0, 93.0]
+    assert validation_top1(run) == (93.0, 10)
