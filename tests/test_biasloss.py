@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import smoke_cli
 from repro.config import ConfigError, DataSpec, override
 from repro.data import FASHION_MNIST_SYSTEM_DIR
 from repro.models import create_model
@@ -496,11 +497,8 @@ def smoke_dir(tmp_path_factory):
 
 
 def _cli(artifact: str, out: Path) -> None:
-    from repro.cli import main
-
     # --train-limit 128 keeps the whole file under a minute (2 steps per run); the rest is smoke scale
-    main(["biasloss", artifact, "--scale", "smoke", "--train-limit", "128", "--runs-dir", str(out / "runs"),
-          "--out-dir", str(out)])
+    smoke_cli("biasloss", artifact, out / "runs", out, train_limit=128)
 
 
 def _table(out: Path, artifact: str) -> pd.DataFrame:

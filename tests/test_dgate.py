@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from conftest import smoke_cli
 from repro.api import Request, Runs, Settings
 from repro.config import ConfigError, DataSpec, TrainSpec
 from repro.data import FASHION_MNIST_SYSTEM_DIR, dataset_info, default_data_root
@@ -355,10 +356,7 @@ def smoke_dir(tmp_path_factory):
 
 
 def _cli(artifact, out):
-    from repro.cli import main
-
-    main(["dgate", artifact, "--scale", "smoke", "--runs-dir", str(out / "runs"), "--out-dir", str(out),
-          "--set", "time_images=8"])
+    smoke_cli("dgate", artifact, out / "runs", out, options={"time_images": "8"})
 
 
 def _table(path: Path) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FMNIST_FOUND, FMNIST_MISSING, needs_fmnist
+from conftest import FMNIST_FOUND, FMNIST_MISSING, needs_fmnist, smoke_cli
 from repro import interrupts
 from repro.cli import main
 
@@ -47,7 +47,7 @@ def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults_store")
     for paper, art in (("glancenet", "hem"), ("imta", "fig6")):
         with pytest.raises(SystemExit) as e:
-            main([paper, art, *SMOKE, "--runs-dir", str(root / "runs"), "--out-dir", str(root / "out")])
+            smoke_cli(paper, art, root / "runs", root / "out")  # $REPRO_SMOKE_RUNS' runs copied in
             raise SystemExit(0)
         assert e.value.code in (0, None)
     return root / "runs"
