@@ -507,6 +507,7 @@ def _table(out: Path, artifact: str) -> pd.DataFrame:
     return pd.read_csv(out / "tables" / "smoke" / f"biasloss_{artifact}.csv", comment="#")
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_table4_smoke(smoke_dir):
     _cli("table4", smoke_dir)
@@ -522,6 +523,7 @@ def test_table4_smoke(smoke_dir):
     assert len(list((smoke_dir / "runs" / "biasloss").iterdir())) == 15
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_table3_and_table5_smoke(smoke_dir):
     _cli("table3", smoke_dir)
@@ -540,6 +542,7 @@ def test_table3_and_table5_smoke(smoke_dir):
     assert df["layer5_avg paper"].tolist() == [1.7, 2.0, 1.2, 1.4, 1.7, 1.9, 3.3, 3.0]
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_table1_fig1_table2_smoke(smoke_dir):
     _cli("table1", smoke_dir)

@@ -363,6 +363,7 @@ def _table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("artifact,arch", [("table1", "resnet101"), ("table2", "densenet201")])
 def test_e2e_tables(smoke_dir, artifact, arch):
@@ -380,6 +381,7 @@ def test_e2e_tables(smoke_dir, artifact, arch):
     assert "scale: smoke" in md and "seeds: 1 seed" in md and "2 x fvcore multiply-adds" in md and "batch 1" in md
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_imagenet(smoke_dir):
     _cli("imagenet", smoke_dir)
@@ -389,6 +391,7 @@ def test_e2e_imagenet(smoke_dir):
     assert df["top1"].iloc[:3].between(0, 100).all() and df["top1"].iloc[3:].isna().all()
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_fig4(smoke_dir):
     _cli("fig4", smoke_dir)
@@ -410,6 +413,7 @@ def test_e2e_fig4(smoke_dir):
     assert (smoke_dir / "figures" / "smoke" / "dgate_fig4.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_fig5(smoke_dir):
     _cli("fig5", smoke_dir)
@@ -422,6 +426,7 @@ def test_e2e_fig5(smoke_dir):
     assert (smoke_dir / "figures" / "smoke" / "dgate_fig5.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_fig7(smoke_dir):
     _cli("fig7", smoke_dir)

@@ -176,6 +176,7 @@ FILE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("case", FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_a_wrong_run_file_is_one_line_naming_it_and_the_folder_to_remove(case, store, tmp_path, capsys):
@@ -194,6 +195,7 @@ def test_a_wrong_run_file_is_one_line_naming_it_and_the_folder_to_remove(case, s
         list((tmp_path / "out").rglob("*.png")), "an output was written from a wrong run file"
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_removing_the_named_folder_retrains_that_run_only(store, tmp_path, capsys):
     runs = _copy(store, tmp_path)
@@ -316,6 +318,7 @@ DISK_CASES = [
 ]
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("case", DISK_CASES, ids=[c[0] for c in DISK_CASES])
 def test_a_full_disk_is_one_line_exit_3_and_resumable(case, store, tmp_path, capsys, monkeypatch):

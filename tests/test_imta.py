@@ -101,6 +101,7 @@ def test_phase2_trains_only_final_layers_and_keeps_bn_statistics():
     assert all(p.grad is not None for p in m.isc_classifiers.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_table2_smoke_end_to_end(tmp_path):
     smoke_cli("imta", "table2", tmp_path / "runs", tmp_path)  # $REPRO_SMOKE_RUNS' runs copied in
