@@ -39,8 +39,15 @@ data: install
 			$(BIN)/python -c 'from repro.data import load_arrays; load_arrays("fashion-mnist", None, download=True)' 2>&1 | tail -1 || true; \
 	fi
 
+# The smoke scale's run store: `make smoke` trains into it, and `make test` hands it to the suite as
+# REPRO_SMOKE_RUNS: the end-to-end smoke tests copy the finished runs it holds into their temporary
+# stores instead of training them again, and add the ones it lacks (tests/conftest.py). Runs are
+# found by their config's hash; after changing how a run trains, `make clean` (or SMOKE_RUNS= : every
+# test trains its own). The fast inner loop without the end-to-end tests: pytest -m "not slow".
+SMOKE_RUNS ?= runs
+
 test: install data
-	$(BIN)/python -m pytest -q
+	REPRO_SMOKE_RUNS=$(if $(SMOKE_RUNS),$(abspath $(SMOKE_RUNS))) $(BIN)/python -m pytest -q
 
 # One seed of IMTA's table2 into demo/ (git-ignored), never over the committed three-seed tables/quick/.
 DEMO_DIR ?= demo
@@ -50,7 +57,7 @@ demo: install data
 
 # Smoke models are tiny: one intra-op thread is as fast, and does not thrash on a busy machine.
 smoke: install
-	REPRO_THREADS=$${REPRO_THREADS:-1} $(BIN)/repro all --scale smoke
+	REPRO_THREADS=$${REPRO_THREADS:-1} $(BIN)/repro all --scale smoke --runs-dir $(or $(SMOKE_RUNS),runs)
 
 # Each prints how many runs it trains and the estimated time first (quick scale: hours on 2 cores).
 all-tables: install

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import smoke_cli
 from repro.config import ConfigError, DataSpec, override
 from repro.data import FASHION_MNIST_SYSTEM_DIR
 from repro.models import create_model
@@ -496,11 +497,8 @@ def smoke_dir(tmp_path_factory):
 
 
 def _cli(artifact: str, out: Path) -> None:
-    from repro.cli import main
-
     # --train-limit 128 keeps the whole file under a minute (2 steps per run); the rest is smoke scale
-    main(["biasloss", artifact, "--scale", "smoke", "--train-limit", "128", "--runs-dir", str(out / "runs"),
-          "--out-dir", str(out)])
+    smoke_cli("biasloss", artifact, out / "runs", out, train_limit=128)
 
 
 def _table(out: Path, artifact: str) -> pd.DataFrame:
@@ -509,6 +507,7 @@ def _table(out: Path, artifact: str) -> pd.DataFrame:
     return pd.read_csv(out / "tables" / "smoke" / f"biasloss_{artifact}.csv", comment="#")
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_table4_smoke(smoke_dir):
     _cli("table4", smoke_dir)
@@ -524,6 +523,7 @@ def test_table4_smoke(smoke_dir):
     assert len(list((smoke_dir / "runs" / "biasloss").iterdir())) == 15
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_table3_and_table5_smoke(smoke_dir):
     _cli("table3", smoke_dir)
@@ -542,6 +542,7 @@ def test_table3_and_table5_smoke(smoke_dir):
     assert df["layer5_avg paper"].tolist() == [1.7, 2.0, 1.2, 1.4, 1.7, 1.9, 3.3, 3.0]
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_table1_fig1_table2_smoke(smoke_dir):
     _cli("table1", smoke_dir)

@@ -520,6 +520,7 @@ def _read(path):
     return pd.read_csv(path, comment="#")
 
 
+@pytest.mark.slow
 def test_table1_smoke(smoke):
     md = (smoke / "tables" / "smoke" / "dcp_table1.md").read_text()
     assert "scale: smoke" in md and "dataset: fashion-mnist" in md and "fvcore" in md and "seeds: 1 seed" in md
@@ -536,6 +537,7 @@ def test_table1_smoke(smoke):
             ).__abs__().max() < 8
 
 
+@pytest.mark.slow
 def test_fig_ratio_smoke(smoke):
     assert (smoke / "figures" / "smoke" / "dcp_fig-ratio.png").stat().st_size > 1000
     df = _read(smoke / "figures" / "smoke" / "dcp_fig-ratio.csv")
@@ -550,6 +552,7 @@ def test_fig_ratio_smoke(smoke):
     assert "% of the unpruned model's MMACs" in axes[0] and "on Fashion-MNIST" in axes[0]
 
 
+@pytest.mark.slow
 def test_fig_channels_smoke(smoke):
     assert (smoke / "figures" / "smoke" / "dcp_fig-channels.pdf").exists()
     df = _read(smoke / "figures" / "smoke" / "dcp_fig-channels.csv")
@@ -561,6 +564,7 @@ def test_fig_channels_smoke(smoke):
     assert df.groupby("arch")["layer_index"].nunique().to_dict() == {"vgg16": 13, "resnet32": 15}
 
 
+@pytest.mark.slow
 def test_imagenet_smoke(smoke):
     df = _read(smoke / "tables" / "smoke" / "dcp_imagenet.csv")
     assert list(df["row"])[0] == "ResNet-50 unpruned" and len(df) == 3

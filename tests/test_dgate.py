@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from conftest import smoke_cli
 from repro.api import Request, Runs, Settings
 from repro.config import ConfigError, DataSpec, TrainSpec
 from repro.data import FASHION_MNIST_SYSTEM_DIR, dataset_info, default_data_root
@@ -355,16 +356,14 @@ def smoke_dir(tmp_path_factory):
 
 
 def _cli(artifact, out):
-    from repro.cli import main
-
-    main(["dgate", artifact, "--scale", "smoke", "--runs-dir", str(out / "runs"), "--out-dir", str(out),
-          "--set", "time_images=8"])
+    smoke_cli("dgate", artifact, out / "runs", out, options={"time_images": "8"})
 
 
 def _table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("artifact,arch", [("table1", "resnet101"), ("table2", "densenet201")])
 def test_e2e_tables(smoke_dir, artifact, arch):
@@ -382,6 +381,7 @@ def test_e2e_tables(smoke_dir, artifact, arch):
     assert "scale: smoke" in md and "seeds: 1 seed" in md and "2 x fvcore multiply-adds" in md and "batch 1" in md
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_imagenet(smoke_dir):
     _cli("imagenet", smoke_dir)
@@ -391,6 +391,7 @@ def test_e2e_imagenet(smoke_dir):
     assert df["top1"].iloc[:3].between(0, 100).all() and df["top1"].iloc[3:].isna().all()
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_fig4(smoke_dir):
     _cli("fig4", smoke_dir)
@@ -412,6 +413,7 @@ def test_e2e_fig4(smoke_dir):
     assert (smoke_dir / "figures" / "smoke" / "dgate_fig4.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_fig5(smoke_dir):
     _cli("fig5", smoke_dir)
@@ -424,6 +426,7 @@ def test_e2e_fig5(smoke_dir):
     assert (smoke_dir / "figures" / "smoke" / "dgate_fig5.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_e2e_fig7(smoke_dir):
     _cli("fig7", smoke_dir)

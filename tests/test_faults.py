@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FMNIST_FOUND, FMNIST_MISSING, needs_fmnist
+from conftest import FMNIST_FOUND, FMNIST_MISSING, needs_fmnist, smoke_cli
 from repro import interrupts
 from repro.cli import main
 
@@ -47,7 +47,7 @@ def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults_store")
     for paper, art in (("glancenet", "hem"), ("imta", "fig6")):
         with pytest.raises(SystemExit) as e:
-            main([paper, art, *SMOKE, "--runs-dir", str(root / "runs"), "--out-dir", str(root / "out")])
+            smoke_cli(paper, art, root / "runs", root / "out")  # $REPRO_SMOKE_RUNS' runs copied in
             raise SystemExit(0)
         assert e.value.code in (0, None)
     return root / "runs"
@@ -176,6 +176,7 @@ FILE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("case", FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_a_wrong_run_file_is_one_line_naming_it_and_the_folder_to_remove(case, store, tmp_path, capsys):
@@ -194,6 +195,7 @@ def test_a_wrong_run_file_is_one_line_naming_it_and_the_folder_to_remove(case, s
         list((tmp_path / "out").rglob("*.png")), "an output was written from a wrong run file"
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_removing_the_named_folder_retrains_that_run_only(store, tmp_path, capsys):
     runs = _copy(store, tmp_path)
@@ -316,6 +318,7 @@ DISK_CASES = [
 ]
 
 
+@pytest.mark.slow
 @needs_fmnist
 @pytest.mark.parametrize("case", DISK_CASES, ids=[c[0] for c in DISK_CASES])
 def test_a_full_disk_is_one_line_exit_3_and_resumable(case, store, tmp_path, capsys, monkeypatch):

@@ -73,6 +73,7 @@ ONE_PER_PAPER = [("imta", "fig7"), ("glancenet", "alpha"), ("dgate", "fig7"), ("
                  ("dcp", "imagenet")]
 
 
+@pytest.mark.slow
 def test_one_artifact_of_each_paper_runs_on_a_folder_dataset(tree, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     for paper, artifact in ONE_PER_PAPER:
@@ -100,6 +101,7 @@ def test_one_artifact_of_each_paper_runs_on_a_folder_dataset(tree, tmp_path):
     assert all(f",{c}," in fig7 for c in CLASSES)
 
 
+@pytest.mark.slow
 def test_imagenet_at_smoke_scale_is_read_at_32_px_with_its_tree_classes(tree, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     for paper in ("imta", "glancenet", "dgate", "biasloss", "dcp"):  # every artifact plans

@@ -328,6 +328,7 @@ def _read(path):
     return pd.read_csv(path, comment="#")
 
 
+@pytest.mark.slow
 def test_e2e_runs_are_shared(smoke):
     runs = sorted(p.name.split("-s0-")[0] for p in (smoke / "runs" / "glancenet").iterdir())
     assert runs == ["densenet", "glancenet-hem", "glancenet-nohem"]
@@ -342,6 +343,7 @@ def test_e2e_runs_are_shared(smoke):
     assert load_checkpoint(d / "thresholds.pt")["H"].shape == (len(res["alphas"]), 2)
 
 
+@pytest.mark.slow
 def test_e2e_table1(smoke):
     md = (smoke / "tables" / "smoke" / "glancenet_table1.md").read_text()
     assert "scale: smoke" in md and "dataset: fashion-mnist" in md and "fvcore" in md and "seeds: 1 seed" in md
@@ -358,6 +360,7 @@ def test_e2e_table1(smoke):
     assert (df.loc[1:, "exit1_pct ±"] >= 0).all()  # every cell has a spread
 
 
+@pytest.mark.slow
 def test_e2e_hem(smoke):
     df = _read(smoke / "tables" / "smoke" / "glancenet_hem.csv")
     assert list(df["row"]) == ["GlanceNet without HEM (alpha=0.5)", "GlanceNet with HEM (alpha=0.5)"]
@@ -369,6 +372,7 @@ def test_e2e_hem(smoke):
     assert "samples at the first bypass" in (smoke / "tables" / "smoke" / "glancenet_hem.md").read_text()
 
 
+@pytest.mark.slow
 def test_e2e_alpha(smoke):
     df = _read(smoke / "figures" / "smoke" / "glancenet_alpha.csv")
     paper, df = df[df["source"] == "paper"], df[df["source"] == "ours"]
@@ -385,6 +389,7 @@ def test_e2e_alpha(smoke):
     assert (smoke / "figures" / "smoke" / "glancenet_alpha.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_e2e_tradeoff(smoke):
     df = _read(smoke / "figures" / "smoke" / "glancenet_tradeoff.csv")
     paper, df = df[df["source"] == "paper"], df[df["source"] == "ours"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import smoke_cli
 from repro.papers.imta import exits_ce, ofa_loss
 from repro.runner import Request
 
@@ -100,11 +101,10 @@ def test_phase2_trains_only_final_layers_and_keeps_bn_statistics():
     assert all(p.grad is not None for p in m.isc_classifiers.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_table2_smoke_end_to_end(tmp_path):
-    from repro.cli import main
-
-    main(["imta", "table2", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path)])
+    smoke_cli("imta", "table2", tmp_path / "runs", tmp_path)  # $REPRO_SMOKE_RUNS' runs copied in
     md = (tmp_path / "tables" / "smoke" / "imta_table2.md").read_text()
     assert "scale: smoke" in md and "dataset: fashion-mnist" in md and "MSDNet's counter" in md
     df = pd.read_csv(tmp_path / "tables" / "smoke" / "imta_table2.csv", comment="#")
@@ -121,7 +121,7 @@ def test_table2_smoke_end_to_end(tmp_path):
         assert all((d / f).exists() for f in ("config.json", "results.json", "outputs.pt", "split.pt", "metrics.csv"))
     # asking again trains nothing: results are reused
     mtimes = {r: (tmp_path / "runs" / "imta" / r / "results.json").stat().st_mtime for r in runs}
-    main(["imta", "fig4", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path)])
+    smoke_cli("imta", "fig4", tmp_path / "runs", tmp_path)
     assert mtimes == {r: (tmp_path / "runs" / "imta" / r / "results.json").stat().st_mtime for r in runs}
     fig = pd.read_csv(tmp_path / "figures" / "smoke" / "imta_fig4.csv", comment="#")
     ours = fig[fig["source"] == "ours"]

@@ -149,6 +149,7 @@ def smoke_layout(tmp_path_factory):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paper", list(SMOKE_FIGURES))
 def test_no_text_of_a_smoke_figure_overlaps_another_or_leaves_the_canvas(smoke_layout, paper):
     mine = {k: v for k, v in smoke_layout.items() if k.startswith(paper + "_")}

@@ -290,6 +290,7 @@ def smoke(tmp_path_factory):
     return run_smoke(tmp_path_factory, "study", ["exits"])
 
 
+@pytest.mark.slow
 def test_smoke_writes_the_table_and_a_figure_per_backbone(smoke):
     tables, figures = smoke / "tables" / "smoke", smoke / "figures" / "smoke"
     for suffix in (".md", ".csv", ".tex"):
