@@ -172,6 +172,15 @@ class GatedBackbone(MultiExitNet):
             return self.heads[i](state)
         return self.backbone.forward_classifier(state)
 
+    @torch.no_grad()
+    def pooled_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Global-average-pooled feature maps at every early exit (what linear gates on them read)."""
+        feats, state = [], x
+        for i in range(len(self.heads)):
+            state = self.stage(i, state)
+            feats.append(state.float().mean((2, 3)))
+        return feats
+
 
 # ---------------------------------------------------------------------------
 # channel-mask slots (Dynamic Channel Propagation)

@@ -26,7 +26,7 @@ Policies (all fitted on the held-out validation split; never on test):
 2. entropy, budgeted batch;
 3. entropy thresholds learned by eq. 4 (one curve point per alpha);
 4. d-gates: the cascade's thresholds tuned on validation for a ladder of accuracy targets
-   (``dgate.tune_thresholds``: gate i only sees what gates 1..i-1 passed on);
+   (``exits.tune_thresholds``: gate i only sees what gates 1..i-1 passed on);
 5. max logit, and the margin between the two largest softmax scores, budgeted batch;
 6. the oracle (each sample leaves at the first exit that gets it right: a bound, computed on
    test, that no policy can beat) and no early exit.
@@ -45,9 +45,10 @@ from torch import nn
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Paper, RunConfig, Table, TrainSpec,
                        first_test_images)
-from repro.data import TensorBatches, dataset_info
-from repro.exits import (SCORES, budgeted_sweep, early_exit, exit_index_batch, inference_net,
-                         mean_and_spread, time_call)
+from repro.data import FeatureBatches, TensorBatches, dataset_info
+from repro.exits import (SCORES, budgeted_sweep, cascade_exit, cascade_grid, cheapest_reaching, collect_compact,
+                         early_exit, exit_index_batch, features_of, inference_net, mean_and_spread,
+                         threshold_grid, time_call)
 from repro.flops import CONVENTIONS, count_exits
 from repro.models.base import MultiExitNet
 from repro.models.msdnet import MSDNet
@@ -219,16 +220,6 @@ def gate_layers(net: MultiExitNet) -> nn.ModuleList:
     return nn.ModuleList(h.fc for h in net.heads)
 
 
-def gate_features(net: MultiExitNet, x: torch.Tensor) -> list[torch.Tensor]:
-    if isinstance(net, GatedMSDNet):
-        return net.pooled_features(x)
-    return dgate.pooled_features(net, x)
-
-
-def _features(net: MultiExitNet, batches) -> tuple[list[torch.Tensor], torch.Tensor]:
-    return dgate.features_of(net, batches, gate_features)
-
-
 def load_backbone(cfg: RunConfig, state, device) -> nn.Module:
     """The backbone of ``cfg`` with its weights: a state dict, or a finished run (its checked model.pt)."""
     net = BUILDERS[cfg.paper](cfg, dataset_info(cfg.dataset))
@@ -256,8 +247,8 @@ def train_gates(ctx) -> dict:
     if not isinstance(data.train, TensorBatches):
         raise ConfigError(f"study: d-gate features are cached from an in-memory dataset, not {cfg.dataset}")
     plain = TensorBatches(data.train.x, data.train.y, 500, info=info)  # un-augmented, in order
-    feats, y = _features(net, plain)
-    val_feats, _ = _features(net, data.val)
+    feats, y = features_of(net, plain)
+    val_feats, _ = features_of(net, data.val)
     bank = ctx.to_device(dgate.GateBank([lin.in_features for lin in layers], info.num_classes))
     if m["standardize"]:
         for i, f in enumerate(feats):
@@ -270,7 +261,7 @@ def train_gates(ctx) -> dict:
         return {f"val_acc_gate{i + 1}": float((d.argmax(1) == val_y).double().mean() * 100) for i, d in enumerate(outs)}
 
     ctx.fit(bank, dgate.gate_step(m["loss"], float(m["l2"])), "gates",
-            batches=dgate.FeatureBatches(feats, y, cfg.train.batch_size, cfg.seed), eval_fn=evaluate)
+            batches=FeatureBatches(feats, y, cfg.train.batch_size, cfg.seed), eval_fn=evaluate)
     with torch.no_grad():
         for i, lin in enumerate(layers):
             w, b = D.unwrap(bank).folded(i)
@@ -279,7 +270,7 @@ def train_gates(ctx) -> dict:
     ctx.save_model(layers, "gates")
     out = {}
     for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
-        for k, v in dgate.collect_compact(net, batches).items():
+        for k, v in collect_compact(net, batches).items():
             out[f"{split}_{k}"] = v
         out[f"{split}_labels"] = labels.cpu()
     ctx.save_outputs(**out)
@@ -312,7 +303,7 @@ def learn_thresholds(outputs: dict, method: dict, fit: Callable, device, batch_s
     vl, vy = outputs["val_logits"].float(), outputs["val_labels"]
     k, _, c = vl.shape
     bank = glancenet.ThresholdBank(method["alphas"], k - 1, c, norm=method["tnorm"]).to(device)
-    batches = dgate.FeatureBatches([vl[i].to(device) for i in range(k)], vy.to(device), batch_size, seed)
+    batches = FeatureBatches([vl[i].to(device) for i in range(k)], vy.to(device), batch_size, seed)
 
     def step(model, logits, y):
         return model(logits, y), logits[-1]
@@ -479,42 +470,19 @@ def _gate_split(gout: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return gout[f"{split}_scores"][:-1], correct
 
 
-def cheapest_reaching(grid: dict, grids: Sequence[torch.Tensor], targets: Sequence[float]) -> list[dict]:
-    """For each accuracy target (%), the threshold combination of ``dgate.cascade_grid``'s
-    output that reaches it at the lowest expected cost (ties: the more accurate), as
-    ``dgate.tune_thresholds(..., method="grid")`` chooses it (tested equal), from one grid
-    evaluation for all targets; every gate off (+inf) when nothing reaches the target."""
-    acc, cost = grid["acc"].flatten(), grid["cost"].flatten()
-    shape = tuple(grid["acc"].shape)
-    out = []
-    for target in targets:
-        ok = acc >= target - 1e-9
-        if not bool(ok.any()):
-            idx = tuple(len(g) - 1 for g in grids)
-        else:
-            c = torch.where(ok, cost, torch.full_like(cost, math.inf))
-            best = c.min()
-            cand = ok & (c <= best + 1e-9 * max(1.0, abs(float(best))))
-            flat = int(torch.where(cand, acc, torch.full_like(acc, -1.0)).argmax())
-            idx = tuple(int(v) for v in np.unravel_index(flat, shape))
-        out.append({"thresholds": [float(grids[d][j]) for d, j in enumerate(idx)], "acc": float(grid["acc"][idx]),
-                    "cost": float(grid["cost"][idx])})
-    return out
-
-
 def dgate_curve(gout: dict, gate_costs: Sequence[float], full: float, steps: int = 31) -> Curve:
     """d-gate thresholds tuned on validation for a ladder of ``steps`` validation accuracy
     targets, from the cheapest cascade's accuracy to the best reachable one: for each, the
-    cheapest combination of the exact cascade search (``dgate.cascade_grid``: gate i sees only
-    what gates 1..i-1 passed on) that reaches it, as ``dgate.tune_thresholds`` picks it; then
+    cheapest combination of the exact cascade search (``exits.cascade_grid``: gate i sees only
+    what gates 1..i-1 passed on) that reaches it, as ``exits.tune_thresholds`` picks it; then
     every gate off (the last exit alone, the paper's "original"); evaluated on test.  (The
     paper's targets, the backbone's accuracy minus a margin, are points of this ladder.)"""
     vs, vc = _gate_split(gout, "val")
     ts, tc = _gate_split(gout, "test")
     points = grid_points(vs.shape[0])
     with threads(1):
-        grids = [dgate.threshold_grid(s, points) for s in vs]
-        grid = dgate.cascade_grid(vs, vc, gate_costs, grids)
+        grids = [threshold_grid(s, points) for s in vs]
+        grid = cascade_grid(vs, vc, gate_costs, grids)
         lo = cheapest_reaching(grid, grids, [-1.0])[0]["acc"]
         seen, ths, vcost = set(), [], []
         for tuned in cheapest_reaching(grid, grids, np.linspace(lo, float(grid["acc"].max()), steps).tolist()):
@@ -527,7 +495,7 @@ def dgate_curve(gout: dict, gate_costs: Sequence[float], full: float, steps: int
         if not all(math.isinf(v) for v in ths[-1][:-1]):  # and every gate off: the curve ends at the last exit
             ths.append([math.inf] * len(grids) + [-math.inf])
             vcost.append(float(gate_costs[-1]) / full)
-        idx = torch.stack([dgate.cascade_exit(ts, t[:-1]) for t in ths])
+        idx = torch.stack([cascade_exit(ts, t[:-1]) for t in ths])
     rel = torch.as_tensor(list(gate_costs), dtype=torch.float64) / full
     return _points_curve(idx, tc, rel, vcost, ths, score="max_logit", net="gates",
                          fit="gates: training split (hinge); thresholds: val (cascade search)")
