@@ -537,6 +537,47 @@ def measure_speedup(net: MultiExitNet, x: torch.Tensor, thresholds: Sequence[flo
             "ms_early": 1000 * t_early / x.shape[0], "speedup": t_full / t_early}
 
 
+def split_accuracies(out: dict) -> dict[str, list[float]]:
+    """Top-1 (%) of every exit on validation and test, from a run's outputs (per-exit ``*_logits`` as
+    ``RunContext.collect_outputs`` saves them, or the ``*_preds`` of ``collect_compact_outputs``):
+    ``{"val_acc": [...], "test_acc": [...]}``, what a trainer's results.json reports."""
+    def acc(split: str) -> list[float]:
+        preds = out.get(f"{split}_preds")
+        if preds is None:
+            return per_exit_accuracy(out[f"{split}_logits"], out[f"{split}_labels"]).tolist()
+        return ((preds == out[f"{split}_labels"]).double().mean(1) * 100).tolist()
+    return {"val_acc": acc("val"), "test_acc": acc("test")}
+
+
+def per_exit_val_eval(data, unwrap: Callable[[nn.Module], nn.Module] | None = None) -> Callable[[nn.Module], dict]:
+    """An ``eval_fn`` for ``ctx.fit``: the validation top-1 of every exit after each epoch
+    (``val_acc_exit1``, ...) of the model (``unwrap(model)`` when the trained module wraps it)."""
+    from repro import distributed as D
+
+    def evaluate(model) -> dict:
+        inner = D.unwrap(model)
+        acc = per_exit_accuracy(collect_logits(unwrap(inner) if unwrap else inner, data.val), data.val_labels)
+        return {f"val_acc_exit{i + 1}": float(a) for i, a in enumerate(acc)}
+    return evaluate
+
+
+def outputs_per_seed(runs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One (test logits exits x N x C, test labels) per seed of a run (``runs``: its finished seeds)."""
+    return [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs]
+
+
+def correct_per_seed(runs, exit: int = -1) -> list[torch.Tensor]:
+    """Per seed, each test image's correctness at exit ``exit`` (default the last): what
+    :func:`gap_with_spread` pairs."""
+    return [lg[exit].argmax(-1) == lb for lg, lb in outputs_per_seed(runs)]
+
+
+def top1_with_spread(runs, exit: int = -1) -> tuple[float, float]:
+    """Test top-1 (%) at exit ``exit`` over a run's seeds, and its spread (:func:`accuracy_with_spread`)."""
+    mean, spread = accuracy_with_spread(outputs_per_seed(runs))
+    return mean[exit], spread[exit]
+
+
 def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[float], list[float]]:
     """Per-exit test accuracy (%) over seeds, and its spread.
 

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
@@ -173,6 +174,13 @@ def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.Averaged
                 e.copy_(c)
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def ce_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain training step of a single-output model: the cross-entropy of its output, and the output
+    (for the running accuracy).  A loss of its own is a step of the paper's (:data:`Step`)."""
+    out = model(x)
+    return F.cross_entropy(out, y), out
 
 
 def last_logits(logits) -> torch.Tensor:

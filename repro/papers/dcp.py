@@ -26,10 +26,11 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
-                       TrainSpec)
-from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, topk_accuracy
+                       TrainSpec, build_model, ce_step, model_names)
+from repro.exits import (collect_logits, correct_per_seed, gap_with_spread, mean_and_spread, top1_with_spread,
+                         topk_accuracy)
 from repro.flops import CONVENTIONS, count_by_module
-from repro.models import create_model, resnet, resnet50_dcp, vgg
+from repro.models import resnet, resnet50_dcp, vgg
 from repro.models.staged import MaskSlot, prune_channels
 from repro.reference_data import load_reference, paper_value
 from repro.render import dataset_name, paper_label
@@ -688,13 +689,8 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
 def _build(cfg: RunConfig, info) -> tuple[nn.Module, Callable[[nn.Module], list[MaskSlot]]]:
     if cfg.model not in SLOTS:
         raise ConfigError(f"dcp has no model '{cfg.model}'; choose one of: {', '.join(SLOTS)}")
-    model = create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
+    model = build_model(cfg, info)
     return model, SLOTS[cfg.model]
-
-
-def ce_step(model, x, y):
-    out = model(x)
-    return F.cross_entropy(out, y), out
 
 
 def dcp_step(ctrl: DCPController):
@@ -909,20 +905,6 @@ def _chains(request, archs: Sequence[str]) -> dict[str, RunConfig]:
     return {f"{a}/{m}": c for a in archs for m, c in chain(request, a).items()}
 
 
-def _models(cfgs: Sequence[RunConfig]) -> str:
-    return "; ".join(dict.fromkeys(f"{c.model} {c.model_args or ''}".strip() for c in cfgs))
-
-
-def _acc(rr) -> tuple[float, float]:
-    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in rr])
-    return mean[-1], spread[-1]
-
-
-def _correct(rr) -> list[torch.Tensor]:
-    """Per seed, each test image's correctness (for the paired gaps)."""
-    return [r.outputs["test_logits"][-1].argmax(-1) == r.outputs["test_labels"] for r in rr]
-
-
 def _value(rr, key: str) -> tuple[float, float]:
     return mean_and_spread([float(r.results[key]) for r in rr])
 
@@ -934,11 +916,11 @@ def _method_rows(runs, arch: str, top5: bool = False) -> list[dict]:
     for method in METHODS:
         key = f"{arch}/{method}"
         rr = runs[key]
-        cells = {"top1": _acc(rr), **({"top5": _value(rr, "top5")} if top5 else {})}
+        cells = {"top1": top1_with_spread(rr), **({"top5": _value(rr, "top5")} if top5 else {})}
         if method == "unpruned":
             cells.update(flops_reduction_pct=(0.0, math.nan), params_reduction_pct=(0.0, math.nan))
         else:
-            cells["top1_change"] = gap_with_spread(_correct(rr), _correct(base))
+            cells["top1_change"] = gap_with_spread(correct_per_seed(rr), correct_per_seed(base))
             cells.update({c: _value(rr, c) for c in ("flops_reduction_pct", "params_reduction_pct")})
         cells.update(mmacs=(_value(rr, "macs")[0] / 1e6, math.nan), params_m=(_value(rr, "params")[0] / 1e6, math.nan))
         if method == "dcp":
@@ -963,7 +945,7 @@ def _claims(runs, archs: Sequence[str]) -> list[Claim]:
     superiority but print neither an L1 nor an unpruned number, so there is no paper gap."""
     out = []
     for a in archs:
-        d, l1, u = (_correct(runs[f"{a}/{m}"]) for m in ("dcp", "l1", "unpruned"))
+        d, l1, u = (correct_per_seed(runs[f"{a}/{m}"]) for m in ("dcp", "l1", "unpruned"))
         label = ARCHS[a].label
         out += [Claim(f"{label}: DCP − L1-norm top-1 at the same FLOPs{_training_gap(runs, a)} "
                       "(paper: DCP is superior, no L1 number)",
@@ -1024,7 +1006,7 @@ def _chain_table(title: str, artifact: str, runs, archs: Sequence[str], columns:
                        columns=["row", "column", "value"])
     keys = [f"{a}/{m}" for a in archs for m in METHODS]
     cfgs = [runs.config(k) for k in keys]
-    return Table(title, cfgs[0].dataset, _models(cfgs), COST_LINE, ours, keys, columns, _labels(runs, archs),
+    return Table(title, cfgs[0].dataset, model_names(cfgs), COST_LINE, ours, keys, columns, _labels(runs, archs),
                  reference=ref, notes=[*notes, GAP_NOTE, *_check_notes(runs, archs)], claims=_claims(runs, archs))
 
 
@@ -1083,7 +1065,7 @@ def build_fig_ratio(request, runs, settings) -> Figure:
         points = []
         for pr in prs:
             rr = runs[f"{method}/pr{pr:g}"]
-            (x, x_spread), (y, e) = _value(rr, "flops_reduction_pct"), _acc(rr)
+            (x, x_spread), (y, e) = _value(rr, "flops_reduction_pct"), top1_with_spread(rr)
             points.append((x, y, e))
             frames.append({"method": name, "source": "ours", "pr": pr, "flops_reduction_pct": x,
                            "flops_reduction_spread": x_spread,
@@ -1092,7 +1074,7 @@ def build_fig_ratio(request, runs, settings) -> Figure:
         xs, ys, es = zip(*sorted(points, key=lambda t: t[0]))
         series.append(Series(name, list(xs), list(ys), list(es)))
     base = runs["unpruned"]
-    y, e = _acc(base)
+    y, e = top1_with_spread(base)
     series.append(Series(f"{label} unpruned", [0.0], [y], [e], kind="points"))
     frames.append({"method": "unpruned", "source": "ours", "pr": 0.0, "flops_reduction_pct": 0.0, "top1": y,
                    "top1_spread": e, "seeds": len(base)})
@@ -1105,7 +1087,7 @@ def build_fig_ratio(request, runs, settings) -> Figure:
     cfg = runs.config("unpruned")
     same = cfg.dataset == "cifar10" and request.scale == "paper"  # the paper's dataset: one axis
     return Figure(f"{label}: top-1 vs FLOPs reduction (pr swept), DCP vs L1-norm", cfg.dataset,
-                  _models([runs.config(k) for k in runs]), COST_LINE, series,
+                  model_names([runs.config(k) for k in runs]), COST_LINE, series,
                   f"FLOPs reduction (% of the unpruned model's MMACs, {COST})",
                   f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.DataFrame(frames), paper=paper,
                   paper_axes=None if same else ("FLOPs reduction (%, the README's \"FLOPs pruned\")",
@@ -1189,7 +1171,7 @@ def build_fig_channels(request, runs, settings) -> Figure:
         return fig
 
     cfgs = [runs.config(a) for a in CHANNEL_ARCHS]
-    return Figure("Channels kept per layer, and the active set over training", cfgs[0].dataset, _models(cfgs),
+    return Figure("Channels kept per layer, and the active set over training", cfgs[0].dataset, model_names(cfgs),
                   COST_LINE, data=pd.concat([df for _, _, df in panels.values()], ignore_index=True), draw=draw,
                   dpi=130, notes=["snapshots every 1/40 of training; flips = channels entering or leaving the "
                                   "active set"])

@@ -25,13 +25,12 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
-                       TrainSpec, first_test_images)
+                       TrainSpec, build_model, ce_step, first_test_images, model_name)
 from repro.data import FeatureBatches, TensorBatches, class_names, held_in_memory, run_info
 from repro.exits import (bootstrap_ci, cascade_eval, cascade_exit, cascade_grid, collect_compact, correct_at_cost,
-                          early_exit, features_of, gap_with_spread, mean_and_spread, rate_with_spread,
-                          threshold_grid, time_call, tune_thresholds)
+                         early_exit, features_of, gap_with_spread, mean_and_spread, rate_with_spread,
+                         split_accuracies, threshold_grid, time_call, tune_thresholds)
 from repro.flops import count_exits, count_model
-from repro.models import create_model
 from repro.models.resnet import from_torchvision_resnet
 from repro.models.staged import GatedBackbone
 from repro.nn import threads
@@ -39,7 +38,6 @@ from repro.reference_data import load_reference, paper_gap, paper_value
 from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
 from repro.store import load_checkpoint
-from repro.train import tracked
 
 PAPER_NAME = "dgate"
 COST = "flops2x"  # the paper's "FLOPs (G)" are 2 x multiply-adds
@@ -124,8 +122,7 @@ MODEL_ARGS = {"paper": {"resnet101": {}, "densenet201": {}},
                         "densenet201": {"growth": 4, "blocks": [1, 1, 1, 1], "init_features": 8}}}
 
 
-def build_backbone(cfg: RunConfig, info):
-    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
+build_backbone = build_model  # the untrained backbone of a run
 
 
 def build_gated(cfg: RunConfig, info) -> GatedBackbone:
@@ -240,26 +237,6 @@ def _moments(feats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor
     return [(f.mean(0), f.std(0)) for f in feats]
 
 
-def _save_split_outputs(ctx, net) -> dict:
-    data = ctx.data()
-    out = {}
-    for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
-        for k, v in collect_compact(D.unwrap(net), tracked(batches, f"outputs: {split}")).items():
-            out[f"{split}_{k}"] = v
-        out[f"{split}_labels"] = labels.cpu()
-    ctx.save_outputs(**out)
-    return out
-
-
-def _accs(out: dict, split: str) -> list[float]:
-    return ((out[f"{split}_preds"] == out[f"{split}_labels"]).double().mean(1) * 100).tolist()
-
-
-def _ce_step(model, x, y):
-    logits = model(x)
-    return F.cross_entropy(logits, y), logits
-
-
 def train_backbone(ctx) -> dict:
     cfg, data = ctx.cfg, ctx.data()
     info = data.info
@@ -272,11 +249,11 @@ def train_backbone(ctx) -> dict:
         def evaluate(model) -> dict:
             o = collect_compact(D.unwrap(model), data.val)
             return {"val_acc": float((o["preds"][0] == data.val_labels).double().mean() * 100)}
-        ctx.fit(backbone, _ce_step, "backbone", eval_fn=evaluate)
+        ctx.fit(backbone, ce_step, "backbone", eval_fn=evaluate)
     ctx.save_model(backbone)
-    out = _save_split_outputs(ctx, backbone)
+    acc = split_accuracies(ctx.collect_compact_outputs(backbone))
     cost = count_model(D.unwrap(backbone), (info.in_channels, info.image_size, info.image_size), COST)
-    return {"val_acc": _accs(out, "val")[0], "test_acc": _accs(out, "test")[0], "cost": cost.macs,
+    return {"val_acc": acc["val_acc"][0], "test_acc": acc["test_acc"][0], "cost": cost.macs,
             "params": cost.params, "cost_convention": COST, "loaded_from": source}
 
 
@@ -363,8 +340,7 @@ def train_gates(ctx) -> dict:
             head.fc.weight.copy_(w)
             head.fc.bias.copy_(b)
     ctx.save_model(net)
-    out = _save_split_outputs(ctx, net)
-    return {"val_acc": _accs(out, "val"), "test_acc": _accs(out, "test"), **gate_costs(D.unwrap(net), info)}
+    return {**split_accuracies(ctx.collect_compact_outputs(net)), **gate_costs(D.unwrap(net), info)}
 
 
 # ---------------------------------------------------------------------------- cascade evaluation
@@ -451,10 +427,6 @@ def cost_unit(request) -> tuple[str, float]:
 def _cost(request) -> str:
     return (f"{cost_unit(request)[0][0].upper()}FLOPs = 2 x fvcore multiply-adds (the paper's \"FLOPs\"; "
             "fvcore counts BatchNorm and pooling too), gate heads included")
-
-
-def _model(cfg: RunConfig) -> str:
-    return f"{cfg.model} {cfg.model_args or ''}".strip()
 
 
 def _gate_note(cfg: RunConfig) -> str:
@@ -676,7 +648,7 @@ def _dg_table(artifact: str, arch_name: str):
                  "the top-1 change of the paper's threshold triples on our gates is shown without headline",
                  *time_notes]
         return Table(f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image (CIFAR-10)", cfg.dataset,
-                     _model(cfg), _cost(request), long, ["original", *paper_rows, *tuned_keys], table_columns(request),
+                     model_name(cfg), _cost(request), long, ["original", *paper_rows, *tuned_keys], table_columns(request),
                      labels, reference=pd.DataFrame(ref_rows), notes=notes, claims=claims)
     return build
 
@@ -717,7 +689,7 @@ def build_imagenet(request, runs, settings):
               Claim("FLOPs saving of d-gates tuned on val for no top-1 drop vs ResNet-101 (%)",
                     saving_evidence(rows, "dgate", "resnet-101"),
                     paper_value(PAPER_NAME, "imagenet", "dgate", "flops_reduction_pct"))]
-    return Table("ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg.dataset, _model(cfg),
+    return Table("ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg.dataset, model_name(cfg),
                  _cost(request), long, IMAGENET_ROWS, ["top1", unit, "flops_reduction_pct", f"{unit}_saved"],
                  IMAGENET_LABELS, reference=_reference_in(request, "imagenet"), notes=notes, claims=claims)
 
@@ -798,7 +770,7 @@ def build_fig4(request, runs, settings):
                             sign=+1, headline=True))  # the paper: hinge-trained gates are the better ones at equal cost
     xlabel = f"average {'GFLOPs' if request.scale == 'paper' else 'MFLOPs'} per image (2 x multiply-adds, fvcore)"
     same = request.scale == "paper" and hinge.dataset == "cifar10"  # the paper's dataset and unit: one axis
-    return Figure("Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge.dataset, _model(hinge),
+    return Figure("Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge.dataset, model_name(hinge),
                   _cost(request), series, xlabel, f"test top-1 (%) on {dataset_name(hinge.dataset)}",
                   pd.concat([*frames, pd.DataFrame(precs)], ignore_index=True), paper=paper,
                   paper_axes=None if same else ("GFLOPs per image (the paper's: 2 x multiply-adds)",
@@ -878,7 +850,7 @@ def build_fig5(request, runs, settings):
         notes.append(f"cheapest grid point within 0.1 point of the original's top-1: (t1, t2) = "
                      f"({FIG5_GRID[j[0]]:.1f}, {FIG5_GRID[j[1]]:.1f}), FLOPs −{100 - rel[j]:.1f} %")
     panels = [("(a) average FLOPs, % of the original", rel, "viridis"), ("(b) test top-1 (%)", acc, "magma")]
-    return Figure("Cost and accuracy over the (t1, t2) grid of two d-gates", cfg.dataset, _model(cfg),
+    return Figure("Cost and accuracy over the (t1, t2) grid of two d-gates", cfg.dataset, model_name(cfg),
                   _cost(request), data=data, draw=lambda: _heatmaps(panels, FIG5_GRID), notes=notes)
 
 
@@ -937,7 +909,7 @@ def build_fig7(request, runs, settings):
         return fig
 
     return Figure("Per class: test samples each d-gate classifies correctly with distance ≥ 1", cfg.dataset,
-                  _model(cfg), _cost(request), data=data, draw=draw,
+                  model_name(cfg), _cost(request), data=data, draw=draw,
                   notes=[_gate_note(cfg), "bars: each gate on its own (every test sample); dark: under the cascade "
                          "dg(1.0,1.0,1.0), the samples that actually exit there correctly", f"mean over {n} seed(s)"])
 

@@ -44,11 +44,11 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Paper, RunConfig, Table, TrainSpec,
-                       first_test_images)
+                       first_test_images, model_name)
 from repro.data import FeatureBatches, TensorBatches, dataset_info
-from repro.exits import (SCORES, budgeted_sweep, cascade_exit, cascade_grid, cheapest_reaching, collect_compact,
+from repro.exits import (SCORES, budgeted_sweep, cascade_exit, cascade_grid, cheapest_reaching,
                          early_exit, exit_index_batch, features_of, inference_net, mean_and_spread,
-                         threshold_grid, time_call)
+                         split_accuracies, threshold_grid, time_call)
 from repro.flops import CONVENTIONS, count_exits
 from repro.models.base import MultiExitNet
 from repro.models.msdnet import MSDNet
@@ -268,19 +268,13 @@ def train_gates(ctx) -> dict:
             lin.weight.copy_(w)
             lin.bias.copy_(b)
     ctx.save_model(layers, "gates")
-    out = {}
-    for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
-        for k, v in collect_compact(net, batches).items():
-            out[f"{split}_{k}"] = v
-        out[f"{split}_labels"] = labels.cpu()
-    ctx.save_outputs(**out)
+    out = ctx.collect_compact_outputs(net)
     convention = ctx.ancestor().results["cost_convention"]
     plain_net = gated_net(backbone).to(ctx.device).eval()
     gate_layers(plain_net).load_state_dict(layers.state_dict())
     with threads(1):
         costs = count_exits(plain_net, (1, info.in_channels, info.image_size, info.image_size), convention)
-    acc = lambda s: ((out[f"{s}_preds"] == out[f"{s}_labels"]).double().mean(1) * 100).tolist()  # noqa: E731
-    return {"val_acc": acc("val"), "test_acc": acc("test"), "costs": costs["cost"].tolist(),
+    return {**split_accuracies(out), "costs": costs["cost"].tolist(),
             "params": costs["params"].tolist(), "cost_convention": convention}
 
 
@@ -682,10 +676,6 @@ def _pct(f: float) -> str:
     return f"{round(100 * f)}pct"
 
 
-def _model(cfg: RunConfig) -> str:
-    return f"{cfg.model} {cfg.model_args or ''}".strip()
-
-
 def _analyse(key: str, request, runs, settings, device) -> dict:
     """One backbone: every policy's curves per seed, the matched costs, and the timing."""
     native = BACKBONES[key].native_thresholds
@@ -793,7 +783,7 @@ def _figure(a: dict) -> Figure:
              "the d-gates predict with their own linear classifiers: the dotted oracle (over the cascade's exits) "
              "bounds them, the dashed one (the network's own exits) bounds every other policy"]
     return Figure(f"Every exit policy on {BACKBONES[a['key']].label}: accuracy vs cost", a["cfg"].dataset,
-                  _model(a["cfg"]), CONVENTIONS[a["convention"]], draw=draw, data=data, notes=notes, name=a["key"])
+                  model_name(a["cfg"]), CONVENTIONS[a["convention"]], draw=draw, data=data, notes=notes, name=a["key"])
 
 
 def build_exits(request, runs, settings) -> list:
@@ -843,7 +833,7 @@ def build_exits(request, runs, settings) -> list:
         notes, claims = notes + lines, claims + cs
     datasets = sorted({a["cfg"].dataset for a in analyses})
     dataset = datasets[0] if len(datasets) == 1 else ", ".join(f"{a['cfg'].dataset} ({a['key']})" for a in analyses)
-    model = "; ".join(f"{a['key']}: {_model(a['cfg'])}" for a in analyses)
+    model = "; ".join(f"{a['key']}: {model_name(a['cfg'])}" for a in analyses)
     nets = {c: ", ".join(BACKBONES[a["key"]].short for a in analyses if a["convention"] == c)
             for c in dict.fromkeys(a["convention"] for a in analyses)}
     cost = "relative to each network's full cost; " + "; ".join(f"{n}: {CONVENTIONS[c]}" for c, n in nets.items())
