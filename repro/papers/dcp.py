@@ -507,12 +507,6 @@ ARCHS: dict[str, Arch] = {
                      finetune=TrainSpec(epochs=20, batch_size=64, lr=0.001, schedule="constant", milestones=()),
                      start_epochs=1, start_lr=0.01, decay_milestones=(36 / 60, 48 / 60, 54 / 60)),
 }
-# --set imagenet_recipe=superseded: main2.py as of 28c135c (superseded the same day): lr 0.01, 90 epochs,
-# x0.1 at 13/22/28 (applied at the epochs written), warm-up 5 epochs, decay 0.6 throughout (no epoch_step).
-RESNET50_SUPERSEDED = replace(ARCHS["resnet50"], start_epochs=0, start_lr=0.0, decay_milestones=(),
-                              pretrained_train=TrainSpec(epochs=90, **{**_SGD, "lr": 0.01},
-                                                         milestones=(13 / 90, 22 / 90, 28 / 90)))
-IMAGENET_RECIPES = ("head", "superseded")
 
 
 def head_decay_schedule(decay: float, milestones: Sequence[float]) -> list[list[float]]:
@@ -613,9 +607,6 @@ OPTIONS = Options({
                     "ImageNet: the start of the rising schedule x, x+0.1, x+0.2, then 1.0)", float, low=0, high=1),
     "warmup_frac": Option("fraction of the DCP iterations with every channel active (default: the authors' 10 of "
                           "200/300 epochs CIFAR, 5 of 60 ImageNet)", float, low=0, below=1),
-    "imagenet_recipe": Option("which main2.py of the authors: head (60 epochs, lr 0.01 for the first epoch then "
-                              "0.1, x0.1 at 36/48/54, decay 0.6->0.7->0.8->1.0) or superseded (90 epochs, lr 0.01, "
-                              "x0.1 at 13/22/28, constant decay 0.6)", str, "head", choices=IMAGENET_RECIPES),
     "select": Option("topk: exactly N - round(N*pr) channels kept; code: the authors' strict threshold", str, "topk",
                      choices=("topk", "code")),
     "scope": Option("global: one ranking over all layers (the authors' code); layer: top 1-pr of every layer (the "
@@ -632,8 +623,6 @@ OPTIONS = Options({
 def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfig]:
     """The three runs of one (architecture, pr): {"unpruned", "dcp", "l1"} (l1 ← dcp ← unpruned)."""
     arch, opts = ARCHS[arch_key], OPTIONS.read(request)
-    if arch.paper_dataset == "imagenet" and opts.imagenet_recipe == "superseded":
-        arch = RESNET50_SUPERSEDED
     scale = request.scale
     recipe = RECIPES[scale](arch)
     dataset = request.dataset_for(arch.paper_dataset)
@@ -659,8 +648,8 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
     # it is not the default, so default runs keep their identity
     scope = {} if opts.scope == "global" else {"scope": opts.scope}
     # main2.py at HEAD: the decay rises at the lr drops (every scale, as fractions of the DCP iterations)
-    # and the first epoch runs at lr 0.01 (paper scale); keys only written when used, so CIFAR runs and
-    # the superseded recipe keep their identity
+    # and the first epoch runs at lr 0.01 (paper scale); keys only written when used, so CIFAR runs keep
+    # their identity
     head = {}
     if init == "pretrained" and arch.decay_milestones:
         head["decay_schedule"] = head_decay_schedule(decay, arch.decay_milestones)
@@ -1030,11 +1019,9 @@ def build_imagenet(request, runs, settings) -> Table:
             if runs.config("resnet50/unpruned").method["init"] == "torchvision"
             else "our own training run (stands in for the authors' pretrained ResNet-50)")
     t = runs.config("resnet50/dcp").train
-    which = ("main2.py at HEAD" if OPTIONS.read(request).imagenet_recipe == "head"
-             else "main2.py as of 28c135c (superseded)")
     drops = f" x{t.gamma:g} at epochs {t.milestone_epochs()}" if t.schedule == "multistep" and t.milestones else ""
     notes = [f"unpruned ResNet-50: {init}; DCP starts from it",
-             f"DCP recipe: {which}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"]
+             f"DCP recipe: main2.py at HEAD, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"]
     return _chain_table("ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm (ImageNet)", "imagenet",
                         runs, ("resnet50",), ["top1", "top5", *COLUMNS[1:]], notes)
 
