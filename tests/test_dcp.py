@@ -16,9 +16,9 @@ from repro.models.resnet50_dcp import maskable_layers as r50_slots
 from repro.models.resnet50_dcp import resnet50_dcp
 from repro.models.vgg import maskable_layers as vgg_slots
 from repro.models.vgg import vgg16_cifar
-from repro.papers.dcp import (ChannelMask, CostModel, DCPController, count_macs, count_params, dcp_controller,
-                              dcp_phases, dcp_step, export_pruned, l1_keep, match_uniform_fraction, select_channels,
-                              uniform_counts)
+from repro.models.staged import CostModel, export_pruned, l1_keep
+from repro.papers.dcp import (ChannelMask, DCPController, count_macs, count_params, dcp_controller, dcp_phases,
+                              dcp_step, match_uniform_fraction, select_channels, uniform_counts)
 from repro.train import fit
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

@@ -7,16 +7,14 @@ v_c = Σ_batch |Σ_{h,w} g·a| / (b·h·w), normalised by the layer's largest, a
 U[active] *= decay; U += v; after a warm-up only the top k = N - round(N·pr) channels by
 utility over all layers at once take part in forward and backward.  After training the
 masked channels are cut out for real (:func:`repro.models.staged.prune_channels`) and the
-cost is checked against :class:`CostModel`.  Baselines: the unpruned network and L1-norm
+cost is checked against :class:`~repro.models.staged.CostModel`.  Baselines: the unpruned network and L1-norm
 filter pruning at the same FLOPs, in a run chain unpruned -> dcp -> l1.
 docs/papers/dcp.md lists every choice and deviation.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -31,12 +29,12 @@ from repro.exits import (collect_logits, correct_per_seed, gap_with_spread, mean
                          topk_accuracy)
 from repro.flops import CONVENTIONS, count_by_module
 from repro.models import resnet, resnet50_dcp, vgg
-from repro.models.staged import MaskSlot, prune_channels
+from repro.models.staged import CostModel, MaskSlot, export_pruned, l1_keep
 from repro.reference_data import load_reference, paper_value
 from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.store import atomic_torch_save
-from repro.train import tracked
+from repro.train import EpochOffsetBatches, TruncatedBatches, tracked
 
 PAPER_NAME = "dcp"
 COST = "fvcore"  # the paper prints a percentage ("FLOPs pruned"): the convention hardly matters
@@ -352,74 +350,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class CostModel:
-    """The fvcore cost and parameter count of a maskable network as a function of how many
-    channels each slot keeps, from one count of the full network.
-
-    fvcore's cost of a conv is ``out_c · H·W · in_c · k²`` (linear: ``in · out``; BN in
-    eval: 2 per element), so slicing a slot's channels scales the producing conv and BN
-    by ``kept/C`` and the consumer by ``kept_in/C_in``; nothing else changes (ReLU,
-    max-pool and the mask's multiply are not counted).  Exact rational arithmetic: the
-    prediction must equal fvcore's count of the exported network to the unit.
-    """
-
-    def __init__(self, model: nn.Module, slots: Sequence[MaskSlot], input_shape: Sequence[int]):
-        total, by_module = _count(model, input_shape)
-        names = {id(m): n for n, m in model.named_modules()}
-        out_slot: dict[int, int] = {}
-        in_slot: dict[int, int] = {}
-        modules: dict[int, nn.Module] = {}
-        for j, s in enumerate(slots):
-            for m in (s.conv, s.bn):
-                out_slot[id(m)] = j
-                modules[id(m)] = m
-            for m in s.consumers:
-                in_slot[id(m)] = j
-                modules[id(m)] = m
-        self.sizes = [s.channels for s in slots]
-        self.total_macs, self.total_params = total, count_params(model)
-        self.terms: list[tuple[int, int, int, int | None, int | None]] = []
-        for mid, m in modules.items():
-            w = m.weight.numel() if getattr(m, "weight", None) is not None else 0
-            b = m.bias.numel() if getattr(m, "bias", None) is not None else 0
-            # a BN's bias is per channel like its weight; a conv's bias follows its outputs; a
-            # Linear consumer's bias follows its (unsliced) outputs
-            self.terms.append((int(by_module.get(names[mid], 0)), w, b, out_slot.get(mid), in_slot.get(mid)))
-
-    def predict(self, kept: Sequence[int]) -> tuple[int, int]:
-        """(fvcore MACs, params) of the network with ``kept[j]`` channels in slot j."""
-        if len(kept) != len(self.sizes):
-            raise ValueError("one kept count per slot")
-        macs, params = Fraction(self.total_macs), Fraction(self.total_params)
-        for m_macs, w, b, o, i in self.terms:
-            ro = Fraction(kept[o], self.sizes[o]) if o is not None else Fraction(1)
-            ri = Fraction(kept[i], self.sizes[i]) if i is not None else Fraction(1)
-            macs += m_macs * (ro * ri - 1)
-            params += w * (ro * ri - 1) + b * (ro - 1)
-        return int(round(macs)), int(round(params))
-
-
-def export_pruned(model: nn.Module, slots_fn: Callable[[nn.Module], list[MaskSlot]],
-                  keep: Sequence[torch.Tensor]) -> nn.Module:
-    """A physically smaller copy of ``model``: slot j keeps channels ``keep[j]`` (conv, BN with
-    its running statistics, and the consumer sliced; the mask slots back to Identity)."""
-    out = copy.deepcopy(model)
-    slots = slots_fn(out)
-    for s in slots:
-        s.clear_mask()
-    for s, idx in zip(slots, keep):
-        prune_channels(s, torch.as_tensor(idx, dtype=torch.long).sort().values)
-    return out
-
-
-def l1_keep(slot: MaskSlot, n: int) -> torch.Tensor:
-    """Li et al.: the ``n`` filters of the slot's conv with the largest L1 norm
-    (Σ|W| over input channels and kernel), in ascending channel order."""
-    norms = slot.conv.weight.detach().abs().sum(dim=(1, 2, 3))
-    order = torch.sort(norms, descending=True, stable=True).indices
-    return order[:n].sort().values.cpu()
-
-
 def uniform_counts(sizes: Sequence[int], fraction: float) -> list[int]:
     return [min(c, max(1, int(math.floor(c * fraction + 0.5)))) for c in sizes]
 
@@ -690,42 +620,6 @@ def dcp_step(ctrl: DCPController):
     return step
 
 
-class _Truncated:
-    """The first ``fraction`` of every epoch's training batches (Li et al.'s short fine-tuning at CPU scales)."""
-
-    def __init__(self, batches, fraction: float):
-        self.batches, self.n = batches, max(1, int(math.ceil(len(batches) * fraction)))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for i, b in enumerate(self.batches):
-            if i >= self.n:
-                break
-            yield b
-
-
-class _EpochOffset:
-    """The training batches, epoch ``e`` of a phase being epoch ``e + offset`` of the run (the data order
-    of a later phase continues the run's instead of repeating its first epochs)."""
-
-    def __init__(self, batches, offset: int):
-        self.batches, self.offset = batches, offset
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch + self.offset)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-
 def _val_eval(data):
     def evaluate(model) -> dict:
         return {"val_acc": topk_accuracy(collect_logits(D.unwrap(model), data.val), data.val_labels)}
@@ -800,7 +694,7 @@ def train_dcp(ctx) -> dict:
     ctrl.to(ctx.device)
     done = 0
     for phase, spec in dcp_phases(cfg):
-        ctx.fit(model, dcp_step(ctrl), phase, spec=spec, stateful=[ctrl], batches=_EpochOffset(data.train, done),
+        ctx.fit(model, dcp_step(ctrl), phase, spec=spec, stateful=[ctrl], batches=EpochOffsetBatches(data.train, done),
                 eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
         done += spec.epochs
     ctrl.finalize()
@@ -864,7 +758,7 @@ def train_l1(ctx) -> dict:
     model = export_pruned(model, slots_fn, keep)
     model = ctx.to_device(model)
     before = topk_accuracy(collect_logits(model, data.test), data.test_labels)
-    batches = data.train if m.get("batches_frac", 1.0) >= 1 else _Truncated(data.train, m["batches_frac"])
+    batches = data.train if m.get("batches_frac", 1.0) >= 1 else TruncatedBatches(data.train, m["batches_frac"])
     ctx.fit(model, ce_step, "finetune", batches=batches,
             eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
     ctx.save_model(model)
