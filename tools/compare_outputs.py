@@ -78,8 +78,8 @@ def compare_file(old: Path, new: Path, name: str, ignore_columns: re.Pattern, ig
     """The differences between two versions of one output CSV, one line each."""
     out: list[str] = []
     (h_old, b_old), (h_new, b_new) = _split(old), _split(new)
-    h_old = [h for h in h_old if not HEADER_IGNORED.match(h)]
-    h_new = [h for h in h_new if not HEADER_IGNORED.match(h)]
+    h_old = [h for h in h_old if not HEADER_IGNORED.search(h)]
+    h_new = [h for h in h_new if not HEADER_IGNORED.search(h)]
     for a, b in zip(h_old, h_new):
         if a != b:
             out.append(f"{name}: header: {a!r} -> {b!r}")
