@@ -21,6 +21,7 @@ from torch import nn
 from benchmarks.harness import Figure, FirstImages, Sizes, alternate, write_profile
 from benchmarks.item3_train import conv_linear_macs, matmul_call
 from repro.nn import threads
+from repro.train import ce_step
 
 SHAPE = (1, 32, 32)  # Fashion-MNIST, padded to 32x32
 CLASSES = 10
@@ -88,7 +89,7 @@ def quick_networks() -> list[QuickNet]:
         _cfg("glancenet", "table1", "glancenet-hem"), glance)
 
     add("d-gates", "ResNet w8 1-1-2-1 backbone (dgate table1)", _cfg("dgate", "table1", "resnet101-backbone"),
-        lambda c: (lambda m: (m, dgate._ce_step, m))(dgate.build_backbone(c, info)))
+        lambda c: (lambda m: (m, ce_step, m))(dgate.build_backbone(c, info)))
 
     def compact(c):
         net = create_model(c.model, num_classes=info.num_classes, in_channels=info.in_channels,

@@ -11,7 +11,10 @@
 - the paper's declarations (:class:`~repro.artifacts.Paper`, :class:`~repro.artifacts.Artifact`,
   :class:`~repro.artifacts.Option`, :class:`~repro.artifacts.Options`: its ``--set`` keys, read back
   typed with ``OPTIONS.read(request).<key>``) and configs (:class:`~repro.config.RunConfig`,
-  :class:`~repro.config.TrainSpec`, :class:`~repro.config.DataSpec`).
+  :class:`~repro.config.TrainSpec`, :class:`~repro.config.DataSpec`);
+- the vocabulary every trainer and build repeats: :func:`build_model` (a run's untrained model),
+  :func:`~repro.train.ce_step` (the cross-entropy training step), :func:`model_name` /
+  :func:`model_names` (the model line of an artifact's header).
 
 A paper module imports this module (and models, losses, evaluation helpers), never the
 runner.  docs/adding-a-paper.md walks through an example.
@@ -34,10 +37,11 @@ from repro.data import Data, first_test_images as _first_images, load_data
 from repro.render import Claim, Figure, Series, Table  # noqa: F401  (re-exported)
 from repro.scales import Scale, get_scale
 from repro.store import CheckpointError, CorruptRun, Run, atomic_torch_save, load_checkpoint
+from repro.train import ce_step  # noqa: F401  (re-exported)
 
 __all__ = ["Artifact", "Claim", "ConfigError", "DataSpec", "Figure", "Option", "OptionValues", "Options", "Paper",
            "Request", "RunConfig", "RunContext", "RunResult", "Runs", "Series", "Settings", "Table", "TrainSpec",
-           "first_test_images"]
+           "build_model", "ce_step", "first_test_images", "model_name", "model_names"]
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,39 @@ class RunContext:
         self.save_outputs(**out)
         return out
 
+    def collect_compact_outputs(self, model: nn.Module) -> dict:
+        """Per exit, on validation and test, what :func:`repro.exits.collect_compact` keeps of the
+        outputs (max output, max softmax, prediction), saved once in outputs.pt with the labels."""
+        from repro.exits import collect_compact
+        from repro.train import tracked
+
+        data, bare, out = self.data(), D.unwrap(model), {}
+        for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
+            for k, v in collect_compact(bare, tracked(batches, f"outputs: {split}")).items():
+                out[f"{split}_{k}"] = v
+            out[f"{split}_labels"] = labels.cpu()
+        self.save_outputs(**out)
+        return out
+
+
+
+def build_model(cfg: RunConfig, info, **extra) -> nn.Module:
+    """The untrained model of a run: its registered ``model`` built with its ``model_args`` for the
+    dataset ``info`` (classes, channels), plus ``extra`` factory arguments the paper derives."""
+    from repro.models import create_model
+
+    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args,
+                        **extra)
+
+
+def model_name(cfg: RunConfig) -> str:
+    """A run's model as an artifact's header names it: ``"<model> <model_args>"``."""
+    return f"{cfg.model} {cfg.model_args or ''}".strip()
+
+
+def model_names(cfgs: Sequence[RunConfig]) -> str:
+    """The distinct :func:`model_name` of several runs, in order, joined by "; "."""
+    return "; ".join(dict.fromkeys(model_name(c) for c in cfgs))
 
 
 def first_test_images(cfg: RunConfig, settings: Settings, n: int, device: torch.device) -> torch.Tensor:

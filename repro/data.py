@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from repro import distributed as D
 from repro.config import ConfigError, DataSpec
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -946,6 +947,15 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------- batches
 
 
+def shard_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """A training epoch's order of ``n`` samples: a permutation seeded by (seed, epoch), the same on
+    every rank, of which each rank takes every ``world``-th index (a disjoint shard, all of equal
+    length: the last ``n mod world`` of the permutation are left out)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    per_rank = n // world
+    return perm[: per_rank * world][rank :: world]
+
+
 class TensorBatches:
     """Mini-batches of an in-memory uint8 dataset, augmented and normalised on its device.
 
@@ -977,9 +987,7 @@ class TensorBatches:
         n = self.x.shape[0]
         if not self.train:
             return torch.arange(n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        per_rank = n // self.world
-        return perm[: per_rank * self.world][self.rank :: self.world]
+        return shard_order(n, self.seed, self.epoch, self.rank, self.world)
 
     def __len__(self) -> int:
         n = self.x.shape[0] // self.world if self.train else self.x.shape[0]
@@ -1019,6 +1027,35 @@ class TensorBatches:
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb
+
+
+class FeatureBatches:
+    """Shuffled mini-batches of stored tensors (pooled features, per-exit logits) with their labels:
+    TensorBatches' training interface and order (:func:`shard_order`) without images, for heads or
+    thresholds trained on what a frozen network computed once.  A batch is (list of tensors, labels)."""
+
+    def __init__(self, feats: list[torch.Tensor], y: torch.Tensor, batch_size: int, seed: int = 0) -> None:
+        e = D.env()
+        self.feats, self.y, self.seed = feats, y, seed
+        self.rank, self.world = e.rank, e.world
+        self.batch_size = max(1, batch_size // self.world)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        return self.y.shape[0]
+
+    def __len__(self) -> int:
+        return math.ceil((self.num_samples // self.world) / self.batch_size)
+
+    def __iter__(self):
+        order = shard_order(self.num_samples, self.seed, self.epoch, self.rank, self.world).to(self.y.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield [f.index_select(0, idx) for f in self.feats], self.y.index_select(0, idx)
 
 
 class LoaderBatches:

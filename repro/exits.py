@@ -8,6 +8,8 @@ samples x classes) and is vectorised over samples:
   p_k ∝ q^k; thresholds fitted on the held-out validation split, applied to test;
   expected cost = Σ_k fraction_k × cumulative cost_k;
 - fixed-threshold policies (GlanceNets' learned entropy thresholds, d-gate distances);
+- cascades of gates: every threshold combination's accuracy and cost at once
+  (:func:`cascade_grid`), the cheapest one reaching an accuracy (:func:`tune_thresholds`);
 - spreads: a bootstrap interval over test samples, a t-interval over seeds;
 - real early exit: an inference path that stops computing for samples that exit,
   compacting the batch between stages, and its timing.  docs/performance.md times it.
@@ -23,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from repro.config import ConfigError
 from repro.models.base import MultiExitNet
 from repro.nn import threads
 from repro.timing import time_call  # measure_speedup; the papers' timing artifacts import it from here too
@@ -61,6 +64,34 @@ def collect_logits(model: torch.nn.Module, batches, device: torch.device | None 
         chunks.append(out.float().cpu())
     model.train(was_training)
     return torch.cat(chunks, dim=1)
+
+
+@torch.no_grad()
+def collect_compact(net: nn.Module, batches) -> dict[str, torch.Tensor]:
+    """Per exit and sample (exits x N, CPU): the max output (a gate's max distance), the max softmax
+    and the argmax; what a run stores in place of the logits when only these are needed."""
+    was = net.training
+    net.eval()
+    scores, conf, preds = [], [], []
+    for x, _ in batches:
+        out = net(x)
+        out = torch.stack(list(out)).float() if isinstance(out, (list, tuple)) else out.float().unsqueeze(0)
+        scores.append(out.amax(-1).cpu())
+        conf.append(out.softmax(-1).amax(-1).cpu())
+        preds.append(out.argmax(-1).cpu())
+    net.train(was)
+    return {"scores": torch.cat(scores, 1), "conf": torch.cat(conf, 1), "preds": torch.cat(preds, 1)}
+
+
+@torch.no_grad()
+def features_of(net: nn.Module, batches) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The input of every gate over ``batches`` (``net.pooled_features(x)``, one matrix per gate) and
+    the labels: what gates trained on a frozen network learn from (:class:`repro.data.FeatureBatches`)."""
+    chunks, ys = [], []
+    for x, y in batches:
+        chunks.append(net.pooled_features(x))
+        ys.append(y)
+    return [torch.cat(c) for c in zip(*chunks)], torch.cat(ys)
 
 
 def per_exit_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -236,6 +267,125 @@ def fixed_thresholds(logits: torch.Tensor, labels: torch.Tensor, thresholds: Seq
     return evaluate_exits(exit_index(fn(logits), t), logits, labels, costs)
 
 
+# --------------------------------------------------------------------------- cascades of gates
+
+
+def cascade_exit(scores: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
+    """A cascade of gates (d-gates' Algorithm 1): the first gate i with score_i >= t_i, else k (the
+    final classifier).  ``scores``: gates x N."""
+    t = torch.as_tensor(list(thresholds), dtype=torch.float64)[:, None]
+    passes = torch.cat([scores.double() >= t, torch.ones(1, scores.shape[1], dtype=torch.bool)])
+    return passes.to(torch.uint8).argmax(0)
+
+
+def cascade_eval(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
+                 thresholds: Sequence[float]) -> dict:
+    """Accuracy (%), expected cost and exit fractions of fixed thresholds.
+
+    ``scores``: gates x N (the exit score of each gate); ``correct``: (gates+1) x N
+    (is exit i's prediction right); ``costs``: cumulative cost of each exit.
+    """
+    n = scores.shape[1]
+    e = cascade_exit(scores, thresholds)
+    ok = correct[e, torch.arange(n)]
+    c = torch.as_tensor(list(costs), dtype=torch.float64)[e]
+    frac = torch.bincount(e, minlength=scores.shape[0] + 1).double() / n * 100
+    return {"acc": float(ok.double().mean() * 100), "cost": float(c.mean()), "fractions": frac.tolist(),
+            "correct": ok, "exit": e, "sample_cost": c}
+
+
+def threshold_grid(scores: torch.Tensor, points: int) -> torch.Tensor:
+    """Candidate thresholds of one gate: ``points`` quantiles of its scores, then +inf (never exit)."""
+    q = torch.quantile(scores.double(), torch.linspace(0, 1, max(points, 2), dtype=torch.float64))
+    return torch.cat([torch.unique(q), torch.tensor([math.inf], dtype=torch.float64)])
+
+
+def cascade_grid(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
+                 grids: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accuracy (%) and expected cost of *every* threshold combination of a k-gate cascade.
+
+    ``grids[d]`` holds gate d's candidate thresholds (ascending).  With b_d = #{grid
+    values <= score}, a sample passes gate d at grid index j iff j < b_d, so it exits
+    at gate i iff b_d <= j_d for d < i and b_i > j_i.  Sums over samples are read off
+    histograms of (b_0..b_i) with prefix sums along d < i and a suffix sum along i:
+    O(N + Π G_d) for all combinations, no loop over samples or combinations.
+    Returns tensors of shape (G_0, ..., G_{k-1}).
+    """
+    k, n = scores.shape
+    sizes = [len(g) for g in grids]
+    b = [torch.searchsorted(g.double().contiguous(), s.double().contiguous(), right=True)
+         for g, s in zip(grids, scores)]
+    acc = torch.zeros(sizes, dtype=torch.float64)
+    cost = torch.zeros(sizes, dtype=torch.float64)
+    for i in range(k + 1):
+        dims = min(i + 1, k)
+        shape = [sizes[d] + 1 for d in range(dims)]
+        flat = torch.zeros(n, dtype=torch.long)
+        for d in range(dims):
+            flat = flat * shape[d] + b[d]
+        total = int(np.prod(shape))
+        sums = []
+        for w in (correct[i].double(), torch.ones(n, dtype=torch.float64)):
+            h = torch.bincount(flat, weights=w, minlength=total).view(shape)
+            for d in range(dims):
+                if d < i or i == k:  # gates before i (or all, for the final exit): failed, b_d <= j_d
+                    h = h.cumsum(d).narrow(d, 0, sizes[d])
+                else:  # gate i itself: passed, b_i > j_i
+                    h = h.flip(d).cumsum(d).flip(d).narrow(d, 1, sizes[d])
+            sums.append(h.reshape(h.shape + (1,) * (k - dims)))
+        acc = acc + sums[0]
+        cost = cost + sums[1] * float(costs[i])
+    return {"acc": acc * 100 / n, "cost": cost / n}
+
+
+def cheapest_reaching(grid: dict, grids: Sequence[torch.Tensor], targets: Sequence[float]) -> list[dict]:
+    """For each accuracy target (%), the threshold combination of a :func:`cascade_grid` that
+    reaches it at the lowest expected cost (ties: the more accurate), from one grid evaluation
+    for all targets; every gate off (+inf) when nothing reaches the target."""
+    acc, cost = grid["acc"].flatten(), grid["cost"].flatten()
+    shape = tuple(grid["acc"].shape)
+    out = []
+    for target in targets:
+        ok = acc >= target - 1e-9
+        if not bool(ok.any()):
+            idx = tuple(len(g) - 1 for g in grids)
+        else:
+            c = torch.where(ok, cost, torch.full_like(cost, math.inf))
+            best = c.min()
+            cand = ok & (c <= best + 1e-9 * max(1.0, abs(float(best))))
+            flat = int(torch.where(cand, acc, torch.full_like(acc, -1.0)).argmax())
+            idx = tuple(int(v) for v in np.unravel_index(flat, shape))
+        out.append({"thresholds": [float(grids[d][j]) for d, j in enumerate(idx)], "acc": float(grid["acc"][idx]),
+                    "cost": float(grid["cost"][idx])})
+    return out
+
+
+def tune_thresholds(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], target: float,
+                    points: int = 40, method: str = "grid", grids: Sequence[torch.Tensor] | None = None) -> dict:
+    """Thresholds reaching ``target`` accuracy (%) at the lowest expected cost, on the data given
+    (validation).  ``grid``: the cheapest combination of the whole grid (ties: the more
+    accurate; :func:`cheapest_reaching`); ``greedy``: gate by gate, t_i the cheapest with
+    t_1..t_{i-1} fixed and later gates off.  If nothing reaches the target, every gate is off (+inf)."""
+    if method not in ("grid", "greedy"):
+        raise ConfigError(f"--set tune={method}: choose one of: grid, greedy")
+    grids = list(grids) if grids is not None else [threshold_grid(s, points) for s in scores]
+    g = cascade_grid(scores, correct, costs, grids)
+    if method == "grid":
+        return cheapest_reaching(g, grids, [target])[0]
+    ok = g["acc"] >= target - 1e-9
+    idx = [len(x) - 1 for x in grids]
+    if bool(ok[tuple(idx)]):
+        for i in range(len(grids)):
+            sl = list(idx)
+            sl[i] = slice(None)
+            line_ok, line_cost = ok[tuple(sl)], g["cost"][tuple(sl)]
+            c = torch.where(line_ok, line_cost, torch.full_like(line_cost, math.inf))
+            idx[i] = int(c.argmin())
+    idx = tuple(idx)
+    return {"thresholds": [float(grids[d][j]) for d, j in enumerate(idx)], "acc": float(g["acc"][idx]),
+            "cost": float(g["cost"][idx])}
+
+
 # --------------------------------------------------------------------------- spread
 
 
@@ -385,6 +535,47 @@ def measure_speedup(net: MultiExitNet, x: torch.Tensor, thresholds: Sequence[flo
     t_early = time_call(early, device, warmup, repeats)
     return {"batch_size": batch_size, "ms_full": 1000 * t_full / x.shape[0],
             "ms_early": 1000 * t_early / x.shape[0], "speedup": t_full / t_early}
+
+
+def split_accuracies(out: dict) -> dict[str, list[float]]:
+    """Top-1 (%) of every exit on validation and test, from a run's outputs (per-exit ``*_logits`` as
+    ``RunContext.collect_outputs`` saves them, or the ``*_preds`` of ``collect_compact_outputs``):
+    ``{"val_acc": [...], "test_acc": [...]}``, what a trainer's results.json reports."""
+    def acc(split: str) -> list[float]:
+        preds = out.get(f"{split}_preds")
+        if preds is None:
+            return per_exit_accuracy(out[f"{split}_logits"], out[f"{split}_labels"]).tolist()
+        return ((preds == out[f"{split}_labels"]).double().mean(1) * 100).tolist()
+    return {"val_acc": acc("val"), "test_acc": acc("test")}
+
+
+def per_exit_val_eval(data, unwrap: Callable[[nn.Module], nn.Module] | None = None) -> Callable[[nn.Module], dict]:
+    """An ``eval_fn`` for ``ctx.fit``: the validation top-1 of every exit after each epoch
+    (``val_acc_exit1``, ...) of the model (``unwrap(model)`` when the trained module wraps it)."""
+    from repro import distributed as D
+
+    def evaluate(model) -> dict:
+        inner = D.unwrap(model)
+        acc = per_exit_accuracy(collect_logits(unwrap(inner) if unwrap else inner, data.val), data.val_labels)
+        return {f"val_acc_exit{i + 1}": float(a) for i, a in enumerate(acc)}
+    return evaluate
+
+
+def outputs_per_seed(runs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One (test logits exits x N x C, test labels) per seed of a run (``runs``: its finished seeds)."""
+    return [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs]
+
+
+def correct_per_seed(runs, exit: int = -1) -> list[torch.Tensor]:
+    """Per seed, each test image's correctness at exit ``exit`` (default the last): what
+    :func:`gap_with_spread` pairs."""
+    return [lg[exit].argmax(-1) == lb for lg, lb in outputs_per_seed(runs)]
+
+
+def top1_with_spread(runs, exit: int = -1) -> tuple[float, float]:
+    """Test top-1 (%) at exit ``exit`` over a run's seeds, and its spread (:func:`accuracy_with_spread`)."""
+    mean, spread = accuracy_with_spread(outputs_per_seed(runs))
+    return mean[exit], spread[exit]
 
 
 def accuracy_with_spread(runs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[float], list[float]]:

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repro import distributed as D
@@ -173,6 +174,49 @@ def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.Averaged
                 e.copy_(c)
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+class TruncatedBatches:
+    """The first ``fraction`` of every epoch's training batches (a fine-tuning shorter than an epoch)."""
+
+    def __init__(self, batches, fraction: float):
+        self.batches, self.n = batches, max(1, int(math.ceil(len(batches) * fraction)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i, b in enumerate(self.batches):
+            if i >= self.n:
+                break
+            yield b
+
+
+class EpochOffsetBatches:
+    """The training batches, epoch ``e`` of a phase being epoch ``e + offset`` of the run (the data order
+    of a later phase continues the run's instead of repeating its first epochs)."""
+
+    def __init__(self, batches, offset: int):
+        self.batches, self.offset = batches, offset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch + self.offset)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def ce_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain training step of a single-output model: the cross-entropy of its output, and the output
+    (for the running accuracy).  A loss of its own is a step of the paper's (:data:`Step`)."""
+    out = model(x)
+    return F.cross_entropy(out, y), out
 
 
 def last_logits(logits) -> torch.Tensor:

@@ -16,9 +16,9 @@ from repro.models.resnet50_dcp import maskable_layers as r50_slots
 from repro.models.resnet50_dcp import resnet50_dcp
 from repro.models.vgg import maskable_layers as vgg_slots
 from repro.models.vgg import vgg16_cifar
-from repro.papers.dcp import (ChannelMask, CostModel, DCPController, count_macs, count_params, dcp_controller,
-                              dcp_phases, dcp_step, export_pruned, l1_keep, match_uniform_fraction, select_channels,
-                              uniform_counts)
+from repro.models.staged import CostModel, export_pruned, l1_keep
+from repro.papers.dcp import (ChannelMask, DCPController, count_macs, count_params, dcp_controller, dcp_phases,
+                              dcp_step, match_uniform_fraction, select_channels, uniform_counts)
 from repro.train import fit
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -313,12 +313,6 @@ def test_paper_scale_configs_follow_the_authors_recipes():
     assert r50["dcp"].train.epochs == 60 and r50["dcp"].train.batch_size == 64  # main2.py at HEAD
     assert r50["dcp"].method["pr"] == 0.3 and r50["dcp"].method["decay"] == 0.6
     assert r50["dcp"].method["warmup_frac"] * 60 == pytest.approx(5, abs=1e-3)
-    # the superseded main2.py (28c135c): lr 0.01, 90 epochs, drops at 13/22/28, constant decay 0.6
-    old = chain(Request(scale="paper", options=(("imagenet_recipe", "superseded"),)), "resnet50")["dcp"]
-    assert old.train.epochs == 90 and old.train.lr == 0.01 and old.train.milestone_epochs() == [13, 22, 28]
-    assert old.method == {"pr": 0.3, "decay": 0.6, "warmup_frac": round(5 / 90, 6), "u_init": "inv_channels",
-                          "select": "topk", "guard": True, "init": "pretrained"}  # the runs made before HEAD's recipe
-    assert [(n, s.epochs, s.lr) for n, s in dcp_phases(old)] == [("dcp", 90, 0.01)]
     opts = Request(scale="paper", options=(("pr", "0.6"), ("init", "pretrained")))
     assert chain(opts, "vgg16")["dcp"].method["pr"] == 0.6 and chain(opts, "vgg16")["dcp"].method["decay"] == 0.7
     # full-size models build and cost what the model docs say (fvcore MACs at 32x32, 10 classes)
@@ -357,11 +351,6 @@ def test_imagenet_dcp_schedule_follows_main2_at_head():
     assert len(lrs) == 60 and lrs == pytest.approx(want_lr, rel=1e-9)
     assert decays == pytest.approx(want_decay, rel=1e-9)
     assert dcp_controller(cfg, r50_slots(resnet50_dcp(10, 3, width=4)), 7).warmup_iters == 5 * 7  # 5 of 60 epochs
-    # the superseded recipe: constant decay, 0.01 with drops at the epochs written
-    old = chain(Request(scale="paper", options=(("imagenet_recipe", "superseded"),)), "resnet50")["dcp"]
-    lrs, decays = _per_epoch(old, steps=3)
-    assert lrs == pytest.approx([0.01] * 13 + [1e-3] * 9 + [1e-4] * 6 + [1e-5] * 62, rel=1e-9)
-    assert decays == [0.6] * 90
     # CIFAR (main.py never calls epoch_step): one phase, constant decay
     vgg = chain(Request(scale="paper"), "vgg16")["dcp"]
     assert "decay_schedule" not in vgg.method and [n for n, _ in dcp_phases(vgg)] == ["dcp"]

@@ -1,8 +1,7 @@
-"""Decision gates (repro dgate): losses, Algorithm 1, threshold tuning, costs, frozen backbone, artifacts."""
+"""Decision gates (repro dgate): losses, costs, frozen backbone, artifacts (Algorithm 1 and the threshold
+search, core machinery: tests/test_exits.py)."""
 from __future__ import annotations
 
-import itertools
-import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +16,10 @@ from conftest import smoke_cli
 from repro.api import Request, Runs, Settings
 from repro.config import ConfigError, DataSpec, TrainSpec
 from repro.data import FASHION_MNIST_SYSTEM_DIR, dataset_info, default_data_root
-from repro.exits import early_exit
+from repro.exits import cascade_exit, collect_compact, early_exit
 from repro.flops import count_exits, count_model
+from repro.models.densenet import densenet201
+from repro.models.resnet import resnet101_cifar, resnet101_imagenet
 from repro.models.staged import GatedBackbone
 from repro.papers import dgate
 from repro.runner import build_and_write, execute
@@ -83,77 +84,12 @@ def test_standardised_gate_folds_into_a_plain_linear():
     torch.testing.assert_close(f @ w.T + b, bank([f])[0], rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------------------- Algorithm 1 and tuning
-
-
-def test_algorithm1_on_fixed_distances():
-    # max distances of 3 gates for 5 samples; thresholds (1.0, 0.5, 2.0)
-    scores = torch.tensor([[1.2, 0.3, 0.9, -1.0, 0.99],
-                           [0.1, 0.6, 0.7, 0.2, 0.4],
-                           [3.0, 0.0, 0.1, 2.0, 1.0]])
-    exits = dgate.cascade_exit(scores, [1.0, 0.5, 2.0])
-    assert exits.tolist() == [0, 1, 1, 2, 3]  # >= is an exit; 3 = the backbone's classifier
-    correct = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    ev = dgate.cascade_eval(scores, correct, [1.0, 2.0, 3.0, 4.0], [1.0, 0.5, 2.0])
-    assert ev["acc"] == pytest.approx(100 * 4 / 5)  # sample 3 exits at gate 2 where it is wrong
-    assert ev["cost"] == pytest.approx((1 + 2 + 2 + 3 + 4) / 5)
-    assert ev["fractions"] == pytest.approx([20.0, 40.0, 20.0, 20.0])
-    # +inf switches a gate off
-    assert dgate.cascade_exit(scores, [math.inf] * 3).tolist() == [3] * 5
-
-
-def _synthetic_cascade(n=300, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(3, n, generator=g) + torch.tensor([[0.0], [0.4], [0.8]])
-    # later exits are more often right, and a confident gate is more often right
-    p = torch.sigmoid(scores * 1.5 + torch.tensor([[-0.5], [0.2], [0.9]]))
-    correct = torch.cat([torch.rand(3, n, generator=g) < p, torch.rand(1, n, generator=g) < 0.93])
-    return scores, correct, [1.0, 2.2, 3.1, 4.0]
-
-
-def test_cascade_grid_matches_every_combination():
-    scores, correct, costs = _synthetic_cascade()
-    grids = [torch.tensor([-0.5, 0.3, 1.0, math.inf]), torch.tensor([0.0, 0.8, math.inf]),
-             torch.tensor([-1.0, 0.5, 1.5, 2.0, math.inf])]
-    g = dgate.cascade_grid(scores, correct, costs, grids)
-    for idx in itertools.product(*(range(len(x)) for x in grids)):
-        t = [float(grids[d][j]) for d, j in enumerate(idx)]
-        ev = dgate.cascade_eval(scores, correct, costs, t)
-        assert g["acc"][idx].item() == pytest.approx(ev["acc"])
-        assert g["cost"][idx].item() == pytest.approx(ev["cost"])
-
-
-@pytest.mark.parametrize("target", [75.0, 85.0, 90.0])
-def test_tuning_finds_the_cheapest_triple(target):
-    scores, correct, costs = _synthetic_cascade(seed=3)
-    grids = [dgate.threshold_grid(s, 12) for s in scores]
-    best = None
-    for t in itertools.product(*(g.tolist() for g in grids)):  # brute force, one triple at a time
-        ev = dgate.cascade_eval(scores, correct, costs, t)
-        if ev["acc"] >= target - 1e-9 and (best is None or ev["cost"] < best[1] - 1e-12):
-            best = (t, ev["cost"], ev["acc"])
-    got = dgate.tune_thresholds(scores, correct, costs, target, grids=grids)
-    assert best is not None
-    assert got["cost"] == pytest.approx(best[1])
-    assert got["acc"] >= target
-    ev = dgate.cascade_eval(scores, correct, costs, got["thresholds"])
-    assert ev["cost"] == pytest.approx(got["cost"]) and ev["acc"] == pytest.approx(got["acc"])
-    greedy = dgate.tune_thresholds(scores, correct, costs, target, grids=grids, method="greedy")
-    assert greedy["acc"] >= target and greedy["cost"] >= got["cost"] - 1e-9
-
-
-def test_unreachable_target_switches_every_gate_off():
-    scores, correct, costs = _synthetic_cascade()
-    got = dgate.tune_thresholds(scores, correct, costs, 101.0, points=8)
-    assert got["thresholds"] == [math.inf] * 3 and got["cost"] == pytest.approx(costs[-1])
-
-
 # ---------------------------------------------------------------------------- models, costs, early exit
 
 
 def _tiny(in_channels=1):
     torch.manual_seed(0)
-    return dgate.resnet101_cifar(10, in_channels, width=4, blocks=[1, 1, 1, 1])
+    return resnet101_cifar(10, in_channels, width=4, blocks=[1, 1, 1, 1])
 
 
 def test_subset_costs_match_a_network_built_with_those_gates():
@@ -174,9 +110,9 @@ def test_real_early_exit_agrees_with_stored_outputs():
         for h in net.heads:
             h.fc.weight.normal_(0, 3)
     x = torch.randn(40, 1, 32, 32)
-    out = dgate.collect_compact(net, [(x[:20], None), (x[20:], None)])
+    out = collect_compact(net, [(x[:20], None), (x[20:], None)])
     t = [float(out["scores"][i].median()) for i in range(3)]
-    e = dgate.cascade_exit(out["scores"][:3], t)
+    e = cascade_exit(out["scores"][:3], t)
     want = out["preds"][e, torch.arange(40)]
     preds, exits = early_exit(net, x, t, "max_logit")
     assert torch.equal(exits, e) and torch.equal(preds, want)
@@ -199,7 +135,7 @@ def test_paper_scale_gate_step_runs():
     cfg = dgate.arch_runs(Request(scale="paper"), "resnet101")["hinge"]
     net = dgate.build_gated(cfg, dataset_info("cifar10")).eval()
     assert [h.fc.in_features for h in net.heads] == [256, 512, 1024]
-    feats = dgate.pooled_features(net, torch.randn(2, 3, 32, 32))
+    feats = net.pooled_features(torch.randn(2, 3, 32, 32))
     bank = dgate.GateBank([256, 512, 1024], 10)
     loss, outs = dgate.gate_step("ovr", 1e-4)(bank, feats, torch.tensor([1, 7]))
     loss.backward()
@@ -214,13 +150,13 @@ def test_torchvision_resnet_weights_load():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
-    ours = dgate.resnet101_imagenet(10, 3, blocks=[1, 1, 1, 1]).eval()
+    ours = resnet101_imagenet(10, 3, blocks=[1, 1, 1, 1]).eval()
     dgate.load_backbone_state(ours, tv.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="does not fit"):
-        dgate.load_backbone_state(dgate.densenet201(10, 3, 4, [1, 1, 1, 1], 8), tv.state_dict())
+        dgate.load_backbone_state(densenet201(10, 3, 4, [1, 1, 1, 1], 8), tv.state_dict())
 
 
 # ---------------------------------------------------------------------------- runs and options

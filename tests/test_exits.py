@@ -1,4 +1,6 @@
-"""Early-exit evaluation: the budgeted-batch protocol against a per-sample reference."""
+"""Early-exit evaluation: the budgeted-batch protocol against a per-sample reference; cascades of gates
+(Algorithm 1 of the d-gate paper) and the threshold search against brute force."""
+import itertools
 import math
 
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 import torch
 
 from repro.exits import (budget_distributions, correct_at_cost, budgeted_sweep, early_exit, evaluate_exits, exit_index,
-                         fit_thresholds, fixed_thresholds, neg_entropy, confidence, accuracy_with_spread)
+                         fit_thresholds, fixed_thresholds, neg_entropy, confidence, accuracy_with_spread,
+                         cascade_eval, cascade_exit, cascade_grid, cheapest_reaching, threshold_grid, tune_thresholds)
 from repro.models.base import MultiExitNet
 
 
@@ -194,3 +197,84 @@ def test_budgeted_correct_is_the_sweeps_test_curve_sample_by_sample():
     assert ok.shape == (9, 200)
     assert np.allclose(ok.double().mean(1).numpy() * 100, sweep["acc"].to_numpy())
     assert np.allclose(xs, sweep["cost"].to_numpy())
+
+
+# --------------------------------------------------------------------------- cascades of gates
+
+
+def test_algorithm1_on_fixed_distances():
+    # max distances of 3 gates for 5 samples; thresholds (1.0, 0.5, 2.0)
+    scores = torch.tensor([[1.2, 0.3, 0.9, -1.0, 0.99],
+                           [0.1, 0.6, 0.7, 0.2, 0.4],
+                           [3.0, 0.0, 0.1, 2.0, 1.0]])
+    exits = cascade_exit(scores, [1.0, 0.5, 2.0])
+    assert exits.tolist() == [0, 1, 1, 2, 3]  # >= is an exit; 3 = the backbone's classifier
+    correct = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    ev = cascade_eval(scores, correct, [1.0, 2.0, 3.0, 4.0], [1.0, 0.5, 2.0])
+    assert ev["acc"] == pytest.approx(100 * 4 / 5)  # sample 3 exits at gate 2 where it is wrong
+    assert ev["cost"] == pytest.approx((1 + 2 + 2 + 3 + 4) / 5)
+    assert ev["fractions"] == pytest.approx([20.0, 40.0, 20.0, 20.0])
+    # +inf switches a gate off
+    assert cascade_exit(scores, [math.inf] * 3).tolist() == [3] * 5
+
+
+def _synthetic_cascade(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(3, n, generator=g) + torch.tensor([[0.0], [0.4], [0.8]])
+    # later exits are more often right, and a confident gate is more often right
+    p = torch.sigmoid(scores * 1.5 + torch.tensor([[-0.5], [0.2], [0.9]]))
+    correct = torch.cat([torch.rand(3, n, generator=g) < p, torch.rand(1, n, generator=g) < 0.93])
+    return scores, correct, [1.0, 2.2, 3.1, 4.0]
+
+
+def test_cascade_grid_matches_every_combination():
+    scores, correct, costs = _synthetic_cascade()
+    grids = [torch.tensor([-0.5, 0.3, 1.0, math.inf]), torch.tensor([0.0, 0.8, math.inf]),
+             torch.tensor([-1.0, 0.5, 1.5, 2.0, math.inf])]
+    g = cascade_grid(scores, correct, costs, grids)
+    for idx in itertools.product(*(range(len(x)) for x in grids)):
+        t = [float(grids[d][j]) for d, j in enumerate(idx)]
+        ev = cascade_eval(scores, correct, costs, t)
+        assert g["acc"][idx].item() == pytest.approx(ev["acc"])
+        assert g["cost"][idx].item() == pytest.approx(ev["cost"])
+
+
+@pytest.mark.parametrize("target", [75.0, 85.0, 90.0])
+def test_tuning_finds_the_cheapest_triple(target):
+    scores, correct, costs = _synthetic_cascade(seed=3)
+    grids = [threshold_grid(s, 12) for s in scores]
+    best = None
+    for t in itertools.product(*(g.tolist() for g in grids)):  # brute force, one triple at a time
+        ev = cascade_eval(scores, correct, costs, t)
+        if ev["acc"] >= target - 1e-9 and (best is None or ev["cost"] < best[1] - 1e-12):
+            best = (t, ev["cost"], ev["acc"])
+    got = tune_thresholds(scores, correct, costs, target, grids=grids)
+    assert best is not None
+    assert got["cost"] == pytest.approx(best[1])
+    assert got["acc"] >= target
+    ev = cascade_eval(scores, correct, costs, got["thresholds"])
+    assert ev["cost"] == pytest.approx(got["cost"]) and ev["acc"] == pytest.approx(got["acc"])
+    greedy = tune_thresholds(scores, correct, costs, target, grids=grids, method="greedy")
+    assert greedy["acc"] >= target and greedy["cost"] >= got["cost"] - 1e-9
+
+
+def test_unreachable_target_switches_every_gate_off():
+    scores, correct, costs = _synthetic_cascade()
+    got = tune_thresholds(scores, correct, costs, 101.0, points=8)
+    assert got["thresholds"] == [math.inf] * 3 and got["cost"] == pytest.approx(costs[-1])
+
+
+@pytest.mark.parametrize("gates", [2, 3, 4])
+def test_cheapest_reaching_picks_what_tune_thresholds_picks(gates):
+    g = torch.Generator().manual_seed(gates)
+    n = 400
+    scores = torch.randn(gates, n, generator=g)
+    correct = torch.rand(gates + 1, n, generator=g) < torch.linspace(0.4, 0.9, gates + 1)[:, None]
+    costs = [float(i + 1) for i in range(gates + 1)]
+    points = max(8, min(40, int(4e5 ** (1 / gates))))  # the study's grid_points
+    grids = [threshold_grid(s, points) for s in scores]
+    grid = cascade_grid(scores, correct, costs, grids)
+    targets = [-1.0, 40.0, 55.0, 62.5, 70.0, float(grid["acc"].max()), 101.0]
+    for t, mine in zip(targets, cheapest_reaching(grid, grids, targets)):
+        theirs = tune_thresholds(scores, correct, costs, t, points, "grid", grids)
+        assert mine == theirs, t

@@ -176,7 +176,7 @@ def _phase1_and_phase2(isc: bool, ofa: bool, options=()):
     cfg2 = runs[key]
     info = dataset_info("fashion-mnist")
     torch.manual_seed(0)
-    m1 = imta._build(cfg2.parent, info)
+    m1 = imta.build_model(cfg2.parent, info)
     with torch.no_grad():  # phase-I weights unlike any fresh init, BN statistics away from 0/1
         for p in m1.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -185,7 +185,7 @@ def _phase1_and_phase2(isc: bool, ofa: bool, options=()):
                 mod.running_mean.uniform_(-0.1, 0.1)
                 mod.running_var.uniform_(0.8, 1.2)
     m1.eval()
-    m2 = imta._build(cfg2, info)
+    m2 = imta.build_model(cfg2, info)
     trainable, teacher = imta.prepare_phase2(m2, m1.state_dict(), cfg2.method)
     return imta, cfg2, m1, m2, trainable, teacher
 
@@ -270,7 +270,7 @@ def test_table1_sizes_are_msdnets_at_paper_scale():
     for i, (name, cfg) in enumerate(named.items()):
         torch.manual_seed(i)
         outputs = {"test_logits": torch.randn(7, 50, 100), "test_labels": torch.randint(0, 100, (50,))}
-        given[name] = [_FakeRun(imta.exit_sizes(imta._build(cfg, info), info), outputs)]
+        given[name] = [_FakeRun(imta.exit_sizes(imta.build_model(cfg, info), info), outputs)]
 
     import tempfile
 

@@ -203,3 +203,16 @@ def test_glance_densenet_factory_defaults():
     assert net.num_exits == 3 and net.bypass_after == (0, 1)
     assert net.backbone.block_config == (4, 4, 4)
     assert len(net(torch.randn(2, 1, 32, 32))) == 3
+
+
+def test_every_papers_model_is_registered_without_importing_a_paper():
+    """``create_model`` finds the decision gates' ResNet-101s and DenseNet-201 from the registry alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from repro.models import create_model; "
+            "[create_model(n, num_classes=10, **a) for n, a in (('resnet101', {'width': 4, 'blocks': [1, 1, 1, 1]}), "
+            "('resnet101_imagenet', {'width': 4, 'blocks': [1, 1, 1, 1]}), "
+            "('densenet201', {'growth': 4, 'blocks': [1, 1, 1, 1], 'init_features': 8}))]; "
+            "assert not any(m.startswith('repro.papers.') for m in sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

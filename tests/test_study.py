@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from conftest import run_smoke
 
 from repro.api import Claim, Request
-from repro.exits import early_exit, neg_entropy
-from repro.papers import dgate, imta, study
+from repro.exits import cascade_exit, early_exit, neg_entropy
+from repro.papers import imta, study
 from repro.render import building, read_table_csv
 
 
@@ -220,22 +220,6 @@ def test_threshold_learner_reads_validation_outputs_only(tmp_path):
 # ---------------------------------------------------------------------------- d-gates, gated MSDNet
 
 
-@pytest.mark.parametrize("gates", [2, 3, 4])
-def test_cheapest_reaching_picks_what_tune_thresholds_picks(gates):
-    g = torch.Generator().manual_seed(gates)
-    n = 400
-    scores = torch.randn(gates, n, generator=g)
-    correct = torch.rand(gates + 1, n, generator=g) < torch.linspace(0.4, 0.9, gates + 1)[:, None]
-    costs = [float(i + 1) for i in range(gates + 1)]
-    points = study.grid_points(gates)
-    grids = [dgate.threshold_grid(s, points) for s in scores]
-    grid = dgate.cascade_grid(scores, correct, costs, grids)
-    targets = [-1.0, 40.0, 55.0, 62.5, 70.0, float(grid["acc"].max()), 101.0]
-    for t, mine in zip(targets, study.cheapest_reaching(grid, grids, targets)):
-        theirs = dgate.tune_thresholds(scores, correct, costs, t, points, "grid", grids)
-        assert mine == theirs, t
-
-
 @pytest.mark.parametrize("isc", [False, True])
 def test_gated_msdnet_keeps_the_last_exit_and_exits_like_its_stored_outputs(isc):
     from repro.models import create_model
@@ -255,7 +239,7 @@ def test_gated_msdnet_keeps_the_last_exit_and_exits_like_its_stored_outputs(isc)
     scores = torch.stack([o.amax(-1) for o in ours])
     t = [float(s.median()) for s in scores[:-1]]
     preds, exits = early_exit(gated, x, t + [-math.inf], "max_logit")
-    want = dgate.cascade_exit(scores[:-1], t)
+    want = cascade_exit(scores[:-1], t)
     assert torch.equal(exits, want)
     assert torch.equal(preds, torch.stack(ours).argmax(-1)[want, torch.arange(12)])
 

@@ -6,12 +6,13 @@
   ((L-4)/3 layers per block);
 - :class:`GlanceDenseNet`: a CIFAR DenseNet with a bypass (BN → ReLU → GAP → FC) after each
   dense block but the last; :func:`glance_densenet` defaults to L=40, k=12;
-- :func:`densenet201_cifar`: torchvision's DenseNet-201 with the CIFAR stem (decision gates).
+- :func:`densenet201_cifar`: torchvision's DenseNet-201 with the CIFAR stem (decision gates;
+  registered as ``densenet201``).
 
 Stage i is the transition before dense block i followed by the block, so an exit after
 stage i reads dense block i's output.  Sizes: docs/flops.md; the choice of L=40 for
-GlanceNets: docs/papers/glancenet.md.  ``densenet_cifar`` and ``glance_densenet`` are registered
-models (:func:`repro.models.create_model`).
+GlanceNets: docs/papers/glancenet.md.  ``densenet_cifar``, ``densenet201`` and ``glance_densenet``
+are registered models (:func:`repro.models.create_model`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from torchvision.models.densenet import _DenseBlock, _Transition
 from repro.models import register_model
 from repro.models.staged import BypassHead, GatedBackbone, StagedBackbone, init_weights
 
-__all__ = ["CifarDenseNet", "GlanceDenseNet", "densenet_cifar", "densenet201_cifar", "glance_densenet"]
+__all__ = ["CifarDenseNet", "GlanceDenseNet", "densenet_cifar", "densenet201", "densenet201_cifar", "glance_densenet"]
 
 
 class _PlainDenseLayer(nn.Module):
@@ -199,6 +200,13 @@ def densenet201_cifar(
         stem_norm=True,
     )
 
+
+
+@register_model("densenet201")
+def densenet201(num_classes: int = 10, in_channels: int = 3, growth: int = 32,
+                blocks: Sequence[int] = (6, 12, 48, 32), init_features: int = 64) -> CifarDenseNet:
+    """DenseNet-201 (k = 32, 6-12-48-32) with the CIFAR stem (torchvision's blocks): decision gates."""
+    return densenet201_cifar(num_classes, in_channels, growth, tuple(blocks), init_features)
 
 class GlanceDenseNet(GatedBackbone):
     """GlanceNet on a CIFAR DenseNet: a bypass after dense blocks ``bypass_after``.

@@ -2,7 +2,9 @@
 
 - :func:`resnet_cifar_imagenet_style`: the ImageNet ResNets (Bottleneck, four stages,
   64-128-256-512 planes) with the usual CIFAR stem (3x3 stride-1 first conv, no
-  max-pool): the decision-gate paper's CIFAR ResNet-101;
+  max-pool), registered at depth 101 as ``resnet101`` (the decision-gate paper's CIFAR
+  ResNet-101) and, with torchvision's ImageNet stem, ``resnet101_imagenet``
+  (:func:`from_torchvision_resnet` maps torchvision's weights onto both);
 - :func:`resnet_cifar`: He et al.'s CIFAR ResNet (6n+2 layers, 3 stages of n basic
   blocks, 16-32-64 channels) used by Dynamic Channel Propagation, with a channel-mask
   slot inside every basic block (:func:`maskable_layers`).
@@ -13,6 +15,7 @@ are in docs/flops.md.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
@@ -27,7 +30,10 @@ __all__ = [
     "CifarImageNetResNet",
     "CifarResNet",
     "MaskableBasicBlock",
+    "from_torchvision_resnet",
     "maskable_layers",
+    "resnet101_cifar",
+    "resnet101_imagenet",
     "resnet_cifar",
     "resnet_cifar_imagenet_style",
 ]
@@ -121,6 +127,47 @@ def resnet_cifar_imagenet_style(
         block, tuple(blocks) if blocks is not None else default_blocks, num_classes, in_channels, width
     )
 
+
+
+@register_model("resnet101")
+def resnet101_cifar(num_classes: int = 10, in_channels: int = 3, width: int = 64,
+                    blocks: Sequence[int] | None = None) -> CifarImageNetResNet:
+    """ResNet-101 (bottleneck, 3-4-23-3) with the CIFAR stem (torchvision's blocks): decision gates."""
+    return resnet_cifar_imagenet_style(101, num_classes, in_channels, width, blocks)
+
+
+@register_model("resnet101_imagenet")
+def resnet101_imagenet(num_classes: int = 1000, in_channels: int = 3, width: int = 64,
+                       blocks: Sequence[int] | None = None) -> CifarImageNetResNet:
+    """torchvision's ResNet-101 as a staged backbone: 7x7 stride-2 conv, BN, ReLU, 3x3 max-pool stem.
+
+    Same module tree as the CIFAR-stem model (``stages.0.0`` is the stem), so
+    :func:`from_torchvision_resnet` maps torchvision's weights onto either.
+    """
+    net = resnet_cifar_imagenet_style(101, num_classes, in_channels, width, blocks)
+    stem = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    init_weights(stem)
+    net.stages[0][0] = stem
+    return net
+
+
+def from_torchvision_resnet(state: dict) -> dict:
+    """torchvision ResNet keys (conv1, bn1, layerN.i, fc) -> the staged layout of :class:`CifarImageNetResNet`."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("conv1."):
+            k = "stages.0.0.0." + k[len("conv1."):]
+        elif k.startswith("bn1."):
+            k = "stages.0.0.1." + k[len("bn1."):]
+        elif re.match(r"layer\d+\.", k):
+            layer, idx, rest = k.split(".", 2)
+            n = int(layer[len("layer"):])
+            k = f"stages.{n - 1}.{int(idx) + (1 if n == 1 else 0)}.{rest}"
+        elif k.startswith("fc."):
+            k = "classifier.2." + k[len("fc."):]
+        out[k] = v
+    return out
 
 # ---------------------------------------------------------------------------
 # He et al. CIFAR ResNet (6n+2) with DCP mask slots

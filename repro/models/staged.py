@@ -10,11 +10,15 @@ Three small pieces shared by the ResNet, DenseNet and VGG families:
   GAP → Linear);
 - :class:`MaskSlot` / :func:`prune_channels`: where a channel mask may sit (after a
   BatchNorm, before its ReLU) and how to cut the masked channels out of the producing
-  conv/BN and the consuming conv/linear for real (docs/papers/dcp.md).
+  conv/BN and the consuming conv/linear for real (docs/papers/dcp.md);
+  :func:`export_pruned` does it for every slot of a copy, :func:`l1_keep` picks a slot's
+  filters by L1 norm (Li et al.), :class:`CostModel` predicts the pruned net's fvcore cost.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Sequence
 
 import torch
@@ -172,6 +176,15 @@ class GatedBackbone(MultiExitNet):
             return self.heads[i](state)
         return self.backbone.forward_classifier(state)
 
+    @torch.no_grad()
+    def pooled_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Global-average-pooled feature maps at every early exit (what linear gates on them read)."""
+        feats, state = [], x
+        for i in range(len(self.heads)):
+            state = self.stage(i, state)
+            feats.append(state.float().mean((2, 3)))
+        return feats
+
 
 # ---------------------------------------------------------------------------
 # channel-mask slots (Dynamic Channel Propagation)
@@ -258,3 +271,74 @@ def prune_channels(slot: MaskSlot, keep: torch.Tensor | Sequence[int]) -> None:
         else:
             raise TypeError(f"{slot.name}: cannot slice the inputs of {type(m).__name__}")
     slot.clear_mask()
+
+
+class CostModel:
+    """The fvcore cost and parameter count of a maskable network as a function of how many
+    channels each slot keeps, from one count of the full network.
+
+    fvcore's cost of a conv is ``out_c · H·W · in_c · k²`` (linear: ``in · out``; BN in
+    eval: 2 per element), so slicing a slot's channels scales the producing conv and BN
+    by ``kept/C`` and the consumer by ``kept_in/C_in``; nothing else changes (ReLU,
+    max-pool and the mask's multiply are not counted).  Exact rational arithmetic: the
+    prediction must equal fvcore's count of the exported network to the unit.
+    """
+
+    def __init__(self, model: nn.Module, slots: Sequence[MaskSlot], input_shape: Sequence[int]):
+        from repro.flops import count_by_module
+
+        total, by_module = count_by_module(model, input_shape, "fvcore")
+        total = int(total)
+        names = {id(m): n for n, m in model.named_modules()}
+        out_slot: dict[int, int] = {}
+        in_slot: dict[int, int] = {}
+        modules: dict[int, nn.Module] = {}
+        for j, s in enumerate(slots):
+            for m in (s.conv, s.bn):
+                out_slot[id(m)] = j
+                modules[id(m)] = m
+            for m in s.consumers:
+                in_slot[id(m)] = j
+                modules[id(m)] = m
+        self.sizes = [s.channels for s in slots]
+        self.total_macs, self.total_params = total, sum(p.numel() for p in model.parameters())
+        self.terms: list[tuple[int, int, int, int | None, int | None]] = []
+        for mid, m in modules.items():
+            w = m.weight.numel() if getattr(m, "weight", None) is not None else 0
+            b = m.bias.numel() if getattr(m, "bias", None) is not None else 0
+            # a BN's bias is per channel like its weight; a conv's bias follows its outputs; a
+            # Linear consumer's bias follows its (unsliced) outputs
+            self.terms.append((int(by_module.get(names[mid], 0)), w, b, out_slot.get(mid), in_slot.get(mid)))
+
+    def predict(self, kept: Sequence[int]) -> tuple[int, int]:
+        """(fvcore MACs, params) of the network with ``kept[j]`` channels in slot j."""
+        if len(kept) != len(self.sizes):
+            raise ValueError("one kept count per slot")
+        macs, params = Fraction(self.total_macs), Fraction(self.total_params)
+        for m_macs, w, b, o, i in self.terms:
+            ro = Fraction(kept[o], self.sizes[o]) if o is not None else Fraction(1)
+            ri = Fraction(kept[i], self.sizes[i]) if i is not None else Fraction(1)
+            macs += m_macs * (ro * ri - 1)
+            params += w * (ro * ri - 1) + b * (ro - 1)
+        return int(round(macs)), int(round(params))
+
+
+def export_pruned(model: nn.Module, slots_fn: Callable[[nn.Module], list[MaskSlot]],
+                  keep: Sequence[torch.Tensor]) -> nn.Module:
+    """A physically smaller copy of ``model``: slot j keeps channels ``keep[j]`` (conv, BN with
+    its running statistics, and the consumer sliced; the mask slots back to Identity)."""
+    out = copy.deepcopy(model)
+    slots = slots_fn(out)
+    for s in slots:
+        s.clear_mask()
+    for s, idx in zip(slots, keep):
+        prune_channels(s, torch.as_tensor(idx, dtype=torch.long).sort().values)
+    return out
+
+
+def l1_keep(slot: MaskSlot, n: int) -> torch.Tensor:
+    """Li et al.: the ``n`` filters of the slot's conv with the largest L1 norm
+    (Σ|W| over input channels and kernel), in ascending channel order."""
+    norms = slot.conv.weight.detach().abs().sum(dim=(1, 2, 3))
+    order = torch.sort(norms, descending=True, stable=True).indices
+    return order[:n].sort().values.cpu()

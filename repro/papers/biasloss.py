@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.api import (Artifact, Claim, ConfigError, DataSpec, Figure, Option, Options, Paper, RunConfig, Table,
-                       TrainSpec)
+                       TrainSpec, build_model)
 from repro.data import run_info
-from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, time_call, topk_accuracy
+from repro.exits import (collect_logits, correct_per_seed, gap_with_spread, mean_and_spread, time_call,
+                         top1_with_spread, topk_accuracy)
 from repro.exits import cpu_model as cpu_name
 from repro.flops import CONVENTIONS, count_model
 from repro.models import create_model, skipblocknet
@@ -474,8 +475,7 @@ def train(ctx) -> dict:
     cfg = ctx.cfg
     data = ctx.data()
     info = data.info
-    net = ctx.to_device(create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                                     input_size=info.image_size, **cfg.model_args))
+    net = ctx.to_device(build_model(cfg, info, input_size=info.image_size))
     loss_fn = make_loss(cfg.method).to(ctx.device)
     ctx.fit(WithFeatures(net), make_step(loss_fn), "train", stateful=[loss_fn])
     ctx.save_model(net)
@@ -518,18 +518,11 @@ def arch_cost(model: str, args: dict, num_classes: int = 1000, in_channels: int 
     return _arch_cost(model, tuple(sorted(args.items())), num_classes, in_channels, size, macs)
 
 
-def _top1(runs) -> tuple[float, float]:
-    """Top-1 (%) over the seeds of one run and its spread (:func:`repro.exits.accuracy_with_spread`)."""
-    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs])
-    return mean[0], spread[0]
-
-
 def _correct(*runs) -> list[torch.Tensor]:
     """Per seed, each test image's correctness, averaged over ``runs`` (one run's seeds each): the
     per-image difference of two such averages is the mean over the pairs of their differences, so
     :func:`gap_with_spread` of them is the gap of "the mean over the 5 models" with its paired spread."""
-    return [torch.stack([(r.outputs["test_logits"][0].argmax(-1) == r.outputs["test_labels"]).double()
-                         for r in seed]).mean(0) for seed in zip(*runs)]
+    return [torch.stack(seed).double().mean(0) for seed in zip(*(correct_per_seed(r) for r in runs))]
 
 
 def _gap(name: str, runs, a: list[str], b: list[str], artifact: str, paper: float | None = None,
@@ -600,7 +593,7 @@ def build_table4(request, runs, settings) -> Table:
         ours += [{"row": key, "column": "params_m", "value": params / 1e6},
                  {"row": key, "column": "run_params_m", "value": _mean_result(runs[f"{key}/ce"], "params") / 1e6}]
         for loss in LOSSES:
-            top1, spread = _top1(runs[f"{key}/{loss}"])
+            top1, spread = top1_with_spread(runs[f"{key}/{loss}"])
             ours.append({"row": key, "column": loss, "value": top1, "spread": spread})
     claims = [_gap(f"{COMPACT[key].label}: bias loss - {other}", runs, [f"{key}/bias"], [f"{key}/{other}"], "table4",
                    headline=other == "ce")
@@ -639,7 +632,7 @@ def _family_rows(runs, keys) -> list[dict]:
     for key in keys:
         arch, trained = FAMILY[key], runs[key]
         macs, params = arch_cost(arch.model, arch.paper)
-        top1, spread = _top1(trained)
+        top1, spread = top1_with_spread(trained)
         ours += [{"row": key, "column": "mflops", "value": macs / 1e6},
                  {"row": key, "column": "params_m", "value": params / 1e6},
                  {"row": key, "column": "top1", "value": top1, "spread": spread},
@@ -754,7 +747,7 @@ def build_table3(request, runs, settings) -> Table:
     ours = []
     for (k, _), row in zip(TABLE3_ROWS, keys):
         macs, params = arch_cost(FAMILY[k].model, FAMILY[k].paper)
-        top1, spread = _top1(runs[row])
+        top1, spread = top1_with_spread(runs[row])
         ours += [{"row": row, "column": "top1", "value": top1, "spread": spread},
                  {"row": row, "column": "mflops", "value": macs / 1e6},
                  {"row": row, "column": "params_m", "value": params / 1e6}]
@@ -880,7 +873,7 @@ def build_table2(request, runs, settings) -> Table:
             ours.append({"row": key, "column": "cuda_ms",
                          "value": measure_latency(net, torch.device("cuda"), 224, warmup, repeats)})
     for key in runs:
-        top1, spread = _top1(runs[key])
+        top1, spread = top1_with_spread(runs[key])
         ours.append({"row": key, "column": "top1", "value": top1, "spread": spread})
     overhead = lat["skipblocknet-m"] - lat["mobilenetv3-large-1.0x"]
     p_over = paper_gap(PAPER_NAME, "table2", "skipblocknet-m", "mobilenetv3-large-1.0x", "pixel4_ms")

@@ -7,16 +7,14 @@ v_c = Σ_batch |Σ_{h,w} g·a| / (b·h·w), normalised by the layer's largest, a
 U[active] *= decay; U += v; after a warm-up only the top k = N - round(N·pr) channels by
 utility over all layers at once take part in forward and backward.  After training the
 masked channels are cut out for real (:func:`repro.models.staged.prune_channels`) and the
-cost is checked against :class:`CostModel`.  Baselines: the unpruned network and L1-norm
+cost is checked against :class:`~repro.models.staged.CostModel`.  Baselines: the unpruned network and L1-norm
 filter pruning at the same FLOPs, in a run chain unpruned -> dcp -> l1.
 docs/papers/dcp.md lists every choice and deviation.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -26,16 +24,17 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
-                       TrainSpec)
-from repro.exits import accuracy_with_spread, collect_logits, gap_with_spread, mean_and_spread, topk_accuracy
+                       TrainSpec, build_model, ce_step, model_names)
+from repro.exits import (collect_logits, correct_per_seed, gap_with_spread, mean_and_spread, top1_with_spread,
+                         topk_accuracy)
 from repro.flops import CONVENTIONS, count_by_module
-from repro.models import create_model, resnet, resnet50_dcp, vgg
-from repro.models.staged import MaskSlot, prune_channels
+from repro.models import resnet, resnet50_dcp, vgg
+from repro.models.staged import CostModel, MaskSlot, export_pruned, l1_keep
 from repro.reference_data import load_reference, paper_value
 from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
 from repro.store import atomic_torch_save
-from repro.train import tracked
+from repro.train import EpochOffsetBatches, TruncatedBatches, tracked
 
 PAPER_NAME = "dcp"
 COST = "fvcore"  # the paper prints a percentage ("FLOPs pruned"): the convention hardly matters
@@ -351,74 +350,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class CostModel:
-    """The fvcore cost and parameter count of a maskable network as a function of how many
-    channels each slot keeps, from one count of the full network.
-
-    fvcore's cost of a conv is ``out_c · H·W · in_c · k²`` (linear: ``in · out``; BN in
-    eval: 2 per element), so slicing a slot's channels scales the producing conv and BN
-    by ``kept/C`` and the consumer by ``kept_in/C_in``; nothing else changes (ReLU,
-    max-pool and the mask's multiply are not counted).  Exact rational arithmetic: the
-    prediction must equal fvcore's count of the exported network to the unit.
-    """
-
-    def __init__(self, model: nn.Module, slots: Sequence[MaskSlot], input_shape: Sequence[int]):
-        total, by_module = _count(model, input_shape)
-        names = {id(m): n for n, m in model.named_modules()}
-        out_slot: dict[int, int] = {}
-        in_slot: dict[int, int] = {}
-        modules: dict[int, nn.Module] = {}
-        for j, s in enumerate(slots):
-            for m in (s.conv, s.bn):
-                out_slot[id(m)] = j
-                modules[id(m)] = m
-            for m in s.consumers:
-                in_slot[id(m)] = j
-                modules[id(m)] = m
-        self.sizes = [s.channels for s in slots]
-        self.total_macs, self.total_params = total, count_params(model)
-        self.terms: list[tuple[int, int, int, int | None, int | None]] = []
-        for mid, m in modules.items():
-            w = m.weight.numel() if getattr(m, "weight", None) is not None else 0
-            b = m.bias.numel() if getattr(m, "bias", None) is not None else 0
-            # a BN's bias is per channel like its weight; a conv's bias follows its outputs; a
-            # Linear consumer's bias follows its (unsliced) outputs
-            self.terms.append((int(by_module.get(names[mid], 0)), w, b, out_slot.get(mid), in_slot.get(mid)))
-
-    def predict(self, kept: Sequence[int]) -> tuple[int, int]:
-        """(fvcore MACs, params) of the network with ``kept[j]`` channels in slot j."""
-        if len(kept) != len(self.sizes):
-            raise ValueError("one kept count per slot")
-        macs, params = Fraction(self.total_macs), Fraction(self.total_params)
-        for m_macs, w, b, o, i in self.terms:
-            ro = Fraction(kept[o], self.sizes[o]) if o is not None else Fraction(1)
-            ri = Fraction(kept[i], self.sizes[i]) if i is not None else Fraction(1)
-            macs += m_macs * (ro * ri - 1)
-            params += w * (ro * ri - 1) + b * (ro - 1)
-        return int(round(macs)), int(round(params))
-
-
-def export_pruned(model: nn.Module, slots_fn: Callable[[nn.Module], list[MaskSlot]],
-                  keep: Sequence[torch.Tensor]) -> nn.Module:
-    """A physically smaller copy of ``model``: slot j keeps channels ``keep[j]`` (conv, BN with
-    its running statistics, and the consumer sliced; the mask slots back to Identity)."""
-    out = copy.deepcopy(model)
-    slots = slots_fn(out)
-    for s in slots:
-        s.clear_mask()
-    for s, idx in zip(slots, keep):
-        prune_channels(s, torch.as_tensor(idx, dtype=torch.long).sort().values)
-    return out
-
-
-def l1_keep(slot: MaskSlot, n: int) -> torch.Tensor:
-    """Li et al.: the ``n`` filters of the slot's conv with the largest L1 norm
-    (Σ|W| over input channels and kernel), in ascending channel order."""
-    norms = slot.conv.weight.detach().abs().sum(dim=(1, 2, 3))
-    order = torch.sort(norms, descending=True, stable=True).indices
-    return order[:n].sort().values.cpu()
-
-
 def uniform_counts(sizes: Sequence[int], fraction: float) -> list[int]:
     return [min(c, max(1, int(math.floor(c * fraction + 0.5)))) for c in sizes]
 
@@ -506,12 +437,6 @@ ARCHS: dict[str, Arch] = {
                      finetune=TrainSpec(epochs=20, batch_size=64, lr=0.001, schedule="constant", milestones=()),
                      start_epochs=1, start_lr=0.01, decay_milestones=(36 / 60, 48 / 60, 54 / 60)),
 }
-# --set imagenet_recipe=superseded: main2.py as of 28c135c (superseded the same day): lr 0.01, 90 epochs,
-# x0.1 at 13/22/28 (applied at the epochs written), warm-up 5 epochs, decay 0.6 throughout (no epoch_step).
-RESNET50_SUPERSEDED = replace(ARCHS["resnet50"], start_epochs=0, start_lr=0.0, decay_milestones=(),
-                              pretrained_train=TrainSpec(epochs=90, **{**_SGD, "lr": 0.01},
-                                                         milestones=(13 / 90, 22 / 90, 28 / 90)))
-IMAGENET_RECIPES = ("head", "superseded")
 
 
 def head_decay_schedule(decay: float, milestones: Sequence[float]) -> list[list[float]]:
@@ -612,9 +537,6 @@ OPTIONS = Options({
                     "ImageNet: the start of the rising schedule x, x+0.1, x+0.2, then 1.0)", float, low=0, high=1),
     "warmup_frac": Option("fraction of the DCP iterations with every channel active (default: the authors' 10 of "
                           "200/300 epochs CIFAR, 5 of 60 ImageNet)", float, low=0, below=1),
-    "imagenet_recipe": Option("which main2.py of the authors: head (60 epochs, lr 0.01 for the first epoch then "
-                              "0.1, x0.1 at 36/48/54, decay 0.6->0.7->0.8->1.0) or superseded (90 epochs, lr 0.01, "
-                              "x0.1 at 13/22/28, constant decay 0.6)", str, "head", choices=IMAGENET_RECIPES),
     "select": Option("topk: exactly N - round(N*pr) channels kept; code: the authors' strict threshold", str, "topk",
                      choices=("topk", "code")),
     "scope": Option("global: one ranking over all layers (the authors' code); layer: top 1-pr of every layer (the "
@@ -631,8 +553,6 @@ OPTIONS = Options({
 def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfig]:
     """The three runs of one (architecture, pr): {"unpruned", "dcp", "l1"} (l1 ← dcp ← unpruned)."""
     arch, opts = ARCHS[arch_key], OPTIONS.read(request)
-    if arch.paper_dataset == "imagenet" and opts.imagenet_recipe == "superseded":
-        arch = RESNET50_SUPERSEDED
     scale = request.scale
     recipe = RECIPES[scale](arch)
     dataset = request.dataset_for(arch.paper_dataset)
@@ -658,8 +578,8 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
     # it is not the default, so default runs keep their identity
     scope = {} if opts.scope == "global" else {"scope": opts.scope}
     # main2.py at HEAD: the decay rises at the lr drops (every scale, as fractions of the DCP iterations)
-    # and the first epoch runs at lr 0.01 (paper scale); keys only written when used, so CIFAR runs and
-    # the superseded recipe keep their identity
+    # and the first epoch runs at lr 0.01 (paper scale); keys only written when used, so CIFAR runs keep
+    # their identity
     head = {}
     if init == "pretrained" and arch.decay_milestones:
         head["decay_schedule"] = head_decay_schedule(decay, arch.decay_milestones)
@@ -688,13 +608,8 @@ def chain(request, arch_key: str, pr: float | None = None) -> dict[str, RunConfi
 def _build(cfg: RunConfig, info) -> tuple[nn.Module, Callable[[nn.Module], list[MaskSlot]]]:
     if cfg.model not in SLOTS:
         raise ConfigError(f"dcp has no model '{cfg.model}'; choose one of: {', '.join(SLOTS)}")
-    model = create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
+    model = build_model(cfg, info)
     return model, SLOTS[cfg.model]
-
-
-def ce_step(model, x, y):
-    out = model(x)
-    return F.cross_entropy(out, y), out
 
 
 def dcp_step(ctrl: DCPController):
@@ -703,42 +618,6 @@ def dcp_step(ctrl: DCPController):
         out = model(x)
         return F.cross_entropy(out, y), out
     return step
-
-
-class _Truncated:
-    """The first ``fraction`` of every epoch's training batches (Li et al.'s short fine-tuning at CPU scales)."""
-
-    def __init__(self, batches, fraction: float):
-        self.batches, self.n = batches, max(1, int(math.ceil(len(batches) * fraction)))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for i, b in enumerate(self.batches):
-            if i >= self.n:
-                break
-            yield b
-
-
-class _EpochOffset:
-    """The training batches, epoch ``e`` of a phase being epoch ``e + offset`` of the run (the data order
-    of a later phase continues the run's instead of repeating its first epochs)."""
-
-    def __init__(self, batches, offset: int):
-        self.batches, self.offset = batches, offset
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch + self.offset)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
 
 
 def _val_eval(data):
@@ -815,7 +694,7 @@ def train_dcp(ctx) -> dict:
     ctrl.to(ctx.device)
     done = 0
     for phase, spec in dcp_phases(cfg):
-        ctx.fit(model, dcp_step(ctrl), phase, spec=spec, stateful=[ctrl], batches=_EpochOffset(data.train, done),
+        ctx.fit(model, dcp_step(ctrl), phase, spec=spec, stateful=[ctrl], batches=EpochOffsetBatches(data.train, done),
                 eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
         done += spec.epochs
     ctrl.finalize()
@@ -879,7 +758,7 @@ def train_l1(ctx) -> dict:
     model = export_pruned(model, slots_fn, keep)
     model = ctx.to_device(model)
     before = topk_accuracy(collect_logits(model, data.test), data.test_labels)
-    batches = data.train if m.get("batches_frac", 1.0) >= 1 else _Truncated(data.train, m["batches_frac"])
+    batches = data.train if m.get("batches_frac", 1.0) >= 1 else TruncatedBatches(data.train, m["batches_frac"])
     ctx.fit(model, ce_step, "finetune", batches=batches,
             eval_fn=_val_eval(data) if cfg.train.epochs > 3 else None)
     ctx.save_model(model)
@@ -909,20 +788,6 @@ def _chains(request, archs: Sequence[str]) -> dict[str, RunConfig]:
     return {f"{a}/{m}": c for a in archs for m, c in chain(request, a).items()}
 
 
-def _models(cfgs: Sequence[RunConfig]) -> str:
-    return "; ".join(dict.fromkeys(f"{c.model} {c.model_args or ''}".strip() for c in cfgs))
-
-
-def _acc(rr) -> tuple[float, float]:
-    mean, spread = accuracy_with_spread([(r.outputs["test_logits"], r.outputs["test_labels"]) for r in rr])
-    return mean[-1], spread[-1]
-
-
-def _correct(rr) -> list[torch.Tensor]:
-    """Per seed, each test image's correctness (for the paired gaps)."""
-    return [r.outputs["test_logits"][-1].argmax(-1) == r.outputs["test_labels"] for r in rr]
-
-
 def _value(rr, key: str) -> tuple[float, float]:
     return mean_and_spread([float(r.results[key]) for r in rr])
 
@@ -934,11 +799,11 @@ def _method_rows(runs, arch: str, top5: bool = False) -> list[dict]:
     for method in METHODS:
         key = f"{arch}/{method}"
         rr = runs[key]
-        cells = {"top1": _acc(rr), **({"top5": _value(rr, "top5")} if top5 else {})}
+        cells = {"top1": top1_with_spread(rr), **({"top5": _value(rr, "top5")} if top5 else {})}
         if method == "unpruned":
             cells.update(flops_reduction_pct=(0.0, math.nan), params_reduction_pct=(0.0, math.nan))
         else:
-            cells["top1_change"] = gap_with_spread(_correct(rr), _correct(base))
+            cells["top1_change"] = gap_with_spread(correct_per_seed(rr), correct_per_seed(base))
             cells.update({c: _value(rr, c) for c in ("flops_reduction_pct", "params_reduction_pct")})
         cells.update(mmacs=(_value(rr, "macs")[0] / 1e6, math.nan), params_m=(_value(rr, "params")[0] / 1e6, math.nan))
         if method == "dcp":
@@ -963,7 +828,7 @@ def _claims(runs, archs: Sequence[str]) -> list[Claim]:
     superiority but print neither an L1 nor an unpruned number, so there is no paper gap."""
     out = []
     for a in archs:
-        d, l1, u = (_correct(runs[f"{a}/{m}"]) for m in ("dcp", "l1", "unpruned"))
+        d, l1, u = (correct_per_seed(runs[f"{a}/{m}"]) for m in ("dcp", "l1", "unpruned"))
         label = ARCHS[a].label
         out += [Claim(f"{label}: DCP − L1-norm top-1 at the same FLOPs{_training_gap(runs, a)} "
                       "(paper: DCP is superior, no L1 number)",
@@ -1024,7 +889,7 @@ def _chain_table(title: str, artifact: str, runs, archs: Sequence[str], columns:
                        columns=["row", "column", "value"])
     keys = [f"{a}/{m}" for a in archs for m in METHODS]
     cfgs = [runs.config(k) for k in keys]
-    return Table(title, cfgs[0].dataset, _models(cfgs), COST_LINE, ours, keys, columns, _labels(runs, archs),
+    return Table(title, cfgs[0].dataset, model_names(cfgs), COST_LINE, ours, keys, columns, _labels(runs, archs),
                  reference=ref, notes=[*notes, GAP_NOTE, *_check_notes(runs, archs)], claims=_claims(runs, archs))
 
 
@@ -1048,11 +913,9 @@ def build_imagenet(request, runs, settings) -> Table:
             if runs.config("resnet50/unpruned").method["init"] == "torchvision"
             else "our own training run (stands in for the authors' pretrained ResNet-50)")
     t = runs.config("resnet50/dcp").train
-    which = ("main2.py at HEAD" if OPTIONS.read(request).imagenet_recipe == "head"
-             else "main2.py as of 28c135c (superseded)")
     drops = f" x{t.gamma:g} at epochs {t.milestone_epochs()}" if t.schedule == "multistep" and t.milestones else ""
     notes = [f"unpruned ResNet-50: {init}; DCP starts from it",
-             f"DCP recipe: {which}, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"]
+             f"DCP recipe: main2.py at HEAD, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} {t.schedule}{drops}"]
     return _chain_table("ResNet-50 top-1/top-5 (%), FLOPs and params reduction (%): DCP vs L1-norm (ImageNet)", "imagenet",
                         runs, ("resnet50",), ["top1", "top5", *COLUMNS[1:]], notes)
 
@@ -1083,7 +946,7 @@ def build_fig_ratio(request, runs, settings) -> Figure:
         points = []
         for pr in prs:
             rr = runs[f"{method}/pr{pr:g}"]
-            (x, x_spread), (y, e) = _value(rr, "flops_reduction_pct"), _acc(rr)
+            (x, x_spread), (y, e) = _value(rr, "flops_reduction_pct"), top1_with_spread(rr)
             points.append((x, y, e))
             frames.append({"method": name, "source": "ours", "pr": pr, "flops_reduction_pct": x,
                            "flops_reduction_spread": x_spread,
@@ -1092,7 +955,7 @@ def build_fig_ratio(request, runs, settings) -> Figure:
         xs, ys, es = zip(*sorted(points, key=lambda t: t[0]))
         series.append(Series(name, list(xs), list(ys), list(es)))
     base = runs["unpruned"]
-    y, e = _acc(base)
+    y, e = top1_with_spread(base)
     series.append(Series(f"{label} unpruned", [0.0], [y], [e], kind="points"))
     frames.append({"method": "unpruned", "source": "ours", "pr": 0.0, "flops_reduction_pct": 0.0, "top1": y,
                    "top1_spread": e, "seeds": len(base)})
@@ -1105,7 +968,7 @@ def build_fig_ratio(request, runs, settings) -> Figure:
     cfg = runs.config("unpruned")
     same = cfg.dataset == "cifar10" and request.scale == "paper"  # the paper's dataset: one axis
     return Figure(f"{label}: top-1 vs FLOPs reduction (pr swept), DCP vs L1-norm", cfg.dataset,
-                  _models([runs.config(k) for k in runs]), COST_LINE, series,
+                  model_names([runs.config(k) for k in runs]), COST_LINE, series,
                   f"FLOPs reduction (% of the unpruned model's MMACs, {COST})",
                   f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.DataFrame(frames), paper=paper,
                   paper_axes=None if same else ("FLOPs reduction (%, the README's \"FLOPs pruned\")",
@@ -1189,7 +1052,7 @@ def build_fig_channels(request, runs, settings) -> Figure:
         return fig
 
     cfgs = [runs.config(a) for a in CHANNEL_ARCHS]
-    return Figure("Channels kept per layer, and the active set over training", cfgs[0].dataset, _models(cfgs),
+    return Figure("Channels kept per layer, and the active set over training", cfgs[0].dataset, model_names(cfgs),
                   COST_LINE, data=pd.concat([df for _, _, df in panels.values()], ignore_index=True), draw=draw,
                   dpi=130, notes=["snapshots every 1/40 of training; flips = channels entering or leaving the "
                                   "active set"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -26,20 +25,19 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
-                       TrainSpec, first_test_images)
-from repro.data import TensorBatches, class_names, held_in_memory, run_info
-from repro.exits import bootstrap_ci, correct_at_cost, early_exit, gap_with_spread, mean_and_spread, time_call
+                       TrainSpec, build_model, ce_step, first_test_images, model_name)
+from repro.data import FeatureBatches, TensorBatches, class_names, held_in_memory, run_info
+from repro.exits import (bootstrap_ci, cascade_eval, cascade_exit, cascade_grid, collect_compact, correct_at_cost,
+                         early_exit, features_of, gap_with_spread, mean_and_spread, rate_with_spread,
+                         split_accuracies, threshold_grid, time_call, tune_thresholds)
 from repro.flops import count_exits, count_model
-from repro.models import create_model, register_model
-from repro.models.densenet import densenet201_cifar
-from repro.models.resnet import resnet_cifar_imagenet_style
-from repro.models.staged import GatedBackbone, init_weights
+from repro.models.resnet import from_torchvision_resnet
+from repro.models.staged import GatedBackbone
 from repro.nn import threads
 from repro.reference_data import load_reference, paper_gap, paper_value
 from repro.render import dataset_name, paper_label
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, run_data
 from repro.store import load_checkpoint
-from repro.train import tracked
 
 PAPER_NAME = "dgate"
 COST = "flops2x"  # the paper's "FLOPs (G)" are 2 x multiply-adds
@@ -114,40 +112,9 @@ GATE_LOSSES = {"ovr": hinge_ovr, "weston-watkins": hinge_weston_watkins, "cramme
 
 # ---------------------------------------------------------------------------- models
 
-
-def resnet101_cifar(num_classes: int = 10, in_channels: int = 3, width: int = 64,
-                    blocks: Sequence[int] | None = None):
-    """ResNet-101 (bottleneck, 3-4-23-3) with the CIFAR stem (torchvision's blocks)."""
-    return resnet_cifar_imagenet_style(101, num_classes, in_channels, width, blocks)
-
-
-def resnet101_imagenet(num_classes: int = 1000, in_channels: int = 3, width: int = 64,
-                       blocks: Sequence[int] | None = None):
-    """torchvision's ResNet-101 as a staged backbone: 7x7 stride-2 conv, BN, ReLU, 3x3 max-pool stem.
-
-    Same module tree as the CIFAR-stem model (``stages.0.0`` is the stem), so
-    :func:`from_torchvision_resnet` maps torchvision's weights onto either.
-    """
-    net = resnet_cifar_imagenet_style(101, num_classes, in_channels, width, blocks)
-    stem = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False),
-                         nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-    init_weights(stem)
-    net.stages[0][0] = stem
-    return net
-
-
-def densenet201(num_classes: int = 10, in_channels: int = 3, growth: int = 32,
-                blocks: Sequence[int] = (6, 12, 48, 32), init_features: int = 64):
-    """DenseNet-201 (k = 32, 6-12-48-32) with the CIFAR stem (torchvision's blocks)."""
-    return densenet201_cifar(num_classes, in_channels, growth, tuple(blocks), init_features)
-
-
-register_model("resnet101", resnet101_cifar)
-register_model("resnet101_imagenet", resnet101_imagenet)
-register_model("densenet201", densenet201)
-
-# Reduced look-alikes for CPU scales: same block types and stage layout, narrower and shallower
-# (per scale, by family: "resnet101" sizes both ResNet-101s).
+# The backbones are registered models (repro.models: "resnet101", "resnet101_imagenet",
+# "densenet201"); reduced look-alikes for CPU scales: same block types and stage layout, narrower
+# and shallower (per scale, by family: "resnet101" sizes both ResNet-101s).
 MODEL_ARGS = {"paper": {"resnet101": {}, "densenet201": {}},
               "quick": {"resnet101": {"width": 8, "blocks": [1, 1, 2, 1]},
                         "densenet201": {"growth": 8, "blocks": [1, 2, 8, 5], "init_features": 16}},
@@ -155,30 +122,11 @@ MODEL_ARGS = {"paper": {"resnet101": {}, "densenet201": {}},
                         "densenet201": {"growth": 4, "blocks": [1, 1, 1, 1], "init_features": 8}}}
 
 
-def build_backbone(cfg: RunConfig, info):
-    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args)
+build_backbone = build_model  # the untrained backbone of a run
 
 
 def build_gated(cfg: RunConfig, info) -> GatedBackbone:
     return GatedBackbone(build_backbone(cfg, info), GATES_AFTER)
-
-
-def from_torchvision_resnet(state: dict) -> dict:
-    """torchvision ResNet keys (conv1, bn1, layerN.i, fc) -> our staged layout."""
-    out = {}
-    for k, v in state.items():
-        if k.startswith("conv1."):
-            k = "stages.0.0.0." + k[len("conv1."):]
-        elif k.startswith("bn1."):
-            k = "stages.0.0.1." + k[len("bn1."):]
-        elif re.match(r"layer\d+\.", k):
-            layer, idx, rest = k.split(".", 2)
-            n = int(layer[len("layer"):])
-            k = f"stages.{n - 1}.{int(idx) + (1 if n == 1 else 0)}.{rest}"
-        elif k.startswith("fc."):
-            k = "classifier.2." + k[len("fc."):]
-        out[k] = v
-    return out
 
 
 def load_backbone_state(backbone: nn.Module, state: dict, source: str = "checkpoint") -> None:
@@ -285,95 +233,8 @@ def gate_step(loss: str, l2: float):
     return step
 
 
-@torch.no_grad()
-def pooled_features(net: GatedBackbone, x: torch.Tensor) -> list[torch.Tensor]:
-    """Global-average-pooled feature maps at every gate (what the gates' Linear layers read)."""
-    feats, state = [], x
-    for i in range(len(net.heads)):
-        state = net.stage(i, state)
-        feats.append(state.float().mean((2, 3)))
-    return feats
-
-
-@torch.no_grad()
-def features_of(net: GatedBackbone, batches, features=None) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every gate's input over ``batches`` (``features(net, x)``, default :func:`pooled_features`) and the labels."""
-    features = features or pooled_features
-    chunks, ys = [], []
-    for x, y in batches:
-        chunks.append(features(net, x))
-        ys.append(y)
-    return [torch.cat(c) for c in zip(*chunks)], torch.cat(ys)
-
-
-class FeatureBatches:
-    """Shuffled mini-batches of stored features (same interface as repro.data.TensorBatches)."""
-
-    def __init__(self, feats: list[torch.Tensor], y: torch.Tensor, batch_size: int, seed: int = 0) -> None:
-        e = D.env()
-        self.feats, self.y, self.seed = feats, y, seed
-        self.rank, self.world = e.rank, e.world
-        self.batch_size = max(1, batch_size // self.world)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def num_samples(self) -> int:
-        return self.y.shape[0]
-
-    def __len__(self) -> int:
-        return math.ceil((self.num_samples // self.world) / self.batch_size)
-
-    def __iter__(self):
-        n = self.num_samples
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        per_rank = n // self.world
-        order = perm[: per_rank * self.world][self.rank:: self.world].to(self.y.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield [f.index_select(0, idx) for f in self.feats], self.y.index_select(0, idx)
-
-
 def _moments(feats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(f.mean(0), f.std(0)) for f in feats]
-
-
-@torch.no_grad()
-def collect_compact(net: nn.Module, batches) -> dict[str, torch.Tensor]:
-    """Per exit and sample: max output (the gates' max distance), max softmax and argmax."""
-    was = net.training
-    net.eval()
-    scores, conf, preds = [], [], []
-    for x, _ in batches:
-        out = net(x)
-        out = torch.stack(list(out)).float() if isinstance(out, (list, tuple)) else out.float().unsqueeze(0)
-        scores.append(out.amax(-1).cpu())
-        conf.append(out.softmax(-1).amax(-1).cpu())
-        preds.append(out.argmax(-1).cpu())
-    net.train(was)
-    return {"scores": torch.cat(scores, 1), "conf": torch.cat(conf, 1), "preds": torch.cat(preds, 1)}
-
-
-def _save_split_outputs(ctx, net) -> dict:
-    data = ctx.data()
-    out = {}
-    for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
-        for k, v in collect_compact(D.unwrap(net), tracked(batches, f"outputs: {split}")).items():
-            out[f"{split}_{k}"] = v
-        out[f"{split}_labels"] = labels.cpu()
-    ctx.save_outputs(**out)
-    return out
-
-
-def _accs(out: dict, split: str) -> list[float]:
-    return ((out[f"{split}_preds"] == out[f"{split}_labels"]).double().mean(1) * 100).tolist()
-
-
-def _ce_step(model, x, y):
-    logits = model(x)
-    return F.cross_entropy(logits, y), logits
 
 
 def train_backbone(ctx) -> dict:
@@ -388,11 +249,11 @@ def train_backbone(ctx) -> dict:
         def evaluate(model) -> dict:
             o = collect_compact(D.unwrap(model), data.val)
             return {"val_acc": float((o["preds"][0] == data.val_labels).double().mean() * 100)}
-        ctx.fit(backbone, _ce_step, "backbone", eval_fn=evaluate)
+        ctx.fit(backbone, ce_step, "backbone", eval_fn=evaluate)
     ctx.save_model(backbone)
-    out = _save_split_outputs(ctx, backbone)
+    acc = split_accuracies(ctx.collect_compact_outputs(backbone))
     cost = count_model(D.unwrap(backbone), (info.in_channels, info.image_size, info.image_size), COST)
-    return {"val_acc": _accs(out, "val")[0], "test_acc": _accs(out, "test")[0], "cost": cost.macs,
+    return {"val_acc": acc["val_acc"][0], "test_acc": acc["test_acc"][0], "cost": cost.macs,
             "params": cost.params, "cost_convention": COST, "loaded_from": source}
 
 
@@ -458,7 +319,7 @@ def train_gates(ctx) -> dict:
         if m["standardize"]:
             sums, n = None, 0
             for b, (x, _) in enumerate(data.train):
-                f = pooled_features(net, x)
+                f = net.pooled_features(x)
                 s = [(t.double().sum(0), (t.double() ** 2).sum(0)) for t in f]
                 sums = s if sums is None else [(a + c, b2 + d) for (a, b2), (c, d) in zip(sums, s)]
                 n += x.shape[0]
@@ -471,7 +332,7 @@ def train_gates(ctx) -> dict:
                 bank.set_stats(i, mu.float(), (s2 / n - mu ** 2).clamp_min(0).sqrt().float())
 
         def online(model, x, y):
-            return step(model, pooled_features(net, x), y)
+            return step(model, net.pooled_features(x), y)
         ctx.fit(bank, online, "gates")
     with torch.no_grad():
         for i, head in enumerate(net.heads):
@@ -479,113 +340,10 @@ def train_gates(ctx) -> dict:
             head.fc.weight.copy_(w)
             head.fc.bias.copy_(b)
     ctx.save_model(net)
-    out = _save_split_outputs(ctx, net)
-    return {"val_acc": _accs(out, "val"), "test_acc": _accs(out, "test"), **gate_costs(D.unwrap(net), info)}
+    return {**split_accuracies(ctx.collect_compact_outputs(net)), **gate_costs(D.unwrap(net), info)}
 
 
 # ---------------------------------------------------------------------------- cascade evaluation
-
-
-def cascade_exit(scores: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
-    """Algorithm 1 over a cascade: the first gate i with score_i >= t_i, else k (the final classifier)."""
-    t = torch.as_tensor(list(thresholds), dtype=torch.float64)[:, None]
-    passes = torch.cat([scores.double() >= t, torch.ones(1, scores.shape[1], dtype=torch.bool)])
-    return passes.to(torch.uint8).argmax(0)
-
-
-def cascade_eval(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
-                 thresholds: Sequence[float]) -> dict:
-    """Accuracy (%), expected cost and exit fractions of fixed thresholds.
-
-    ``scores``: gates x N (the exit score of each gate); ``correct``: (gates+1) x N
-    (is exit i's prediction right); ``costs``: cumulative cost of each exit.
-    """
-    n = scores.shape[1]
-    e = cascade_exit(scores, thresholds)
-    ok = correct[e, torch.arange(n)]
-    c = torch.as_tensor(list(costs), dtype=torch.float64)[e]
-    frac = torch.bincount(e, minlength=scores.shape[0] + 1).double() / n * 100
-    return {"acc": float(ok.double().mean() * 100), "cost": float(c.mean()), "fractions": frac.tolist(),
-            "correct": ok, "exit": e, "sample_cost": c}
-
-
-def threshold_grid(scores: torch.Tensor, points: int) -> torch.Tensor:
-    """Candidate thresholds of one gate: ``points`` quantiles of its scores, then +inf (never exit)."""
-    q = torch.quantile(scores.double(), torch.linspace(0, 1, max(points, 2), dtype=torch.float64))
-    return torch.cat([torch.unique(q), torch.tensor([math.inf], dtype=torch.float64)])
-
-
-def cascade_grid(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float],
-                 grids: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accuracy (%) and expected cost of *every* threshold combination of a k-gate cascade.
-
-    ``grids[d]`` holds gate d's candidate thresholds (ascending).  With b_d = #{grid
-    values <= score}, a sample passes gate d at grid index j iff j < b_d, so it exits
-    at gate i iff b_d <= j_d for d < i and b_i > j_i.  Sums over samples are read off
-    histograms of (b_0..b_i) with prefix sums along d < i and a suffix sum along i:
-    O(N + Π G_d) for all combinations, no loop over samples or combinations.
-    Returns tensors of shape (G_0, ..., G_{k-1}).
-    """
-    k, n = scores.shape
-    sizes = [len(g) for g in grids]
-    b = [torch.searchsorted(g.double().contiguous(), s.double().contiguous(), right=True)
-         for g, s in zip(grids, scores)]
-    acc = torch.zeros(sizes, dtype=torch.float64)
-    cost = torch.zeros(sizes, dtype=torch.float64)
-    for i in range(k + 1):
-        dims = min(i + 1, k)
-        shape = [sizes[d] + 1 for d in range(dims)]
-        flat = torch.zeros(n, dtype=torch.long)
-        for d in range(dims):
-            flat = flat * shape[d] + b[d]
-        total = int(np.prod(shape))
-        sums = []
-        for w in (correct[i].double(), torch.ones(n, dtype=torch.float64)):
-            h = torch.bincount(flat, weights=w, minlength=total).view(shape)
-            for d in range(dims):
-                if d < i or i == k:  # gates before i (or all, for the final exit): failed, b_d <= j_d
-                    h = h.cumsum(d).narrow(d, 0, sizes[d])
-                else:  # gate i itself: passed, b_i > j_i
-                    h = h.flip(d).cumsum(d).flip(d).narrow(d, 1, sizes[d])
-            sums.append(h.reshape(h.shape + (1,) * (k - dims)))
-        acc = acc + sums[0]
-        cost = cost + sums[1] * float(costs[i])
-    return {"acc": acc * 100 / n, "cost": cost / n}
-
-
-def tune_thresholds(scores: torch.Tensor, correct: torch.Tensor, costs: Sequence[float], target: float,
-                    points: int = 40, method: str = "grid", grids: Sequence[torch.Tensor] | None = None) -> dict:
-    """Thresholds reaching ``target`` accuracy (%) at the lowest expected cost, on the data given
-    (validation).  ``grid``: the cheapest combination of the whole grid (ties: the more
-    accurate); ``greedy``: gate by gate, t_i the cheapest with t_1..t_{i-1} fixed and later
-    gates off.  If nothing reaches the target, every gate is off (+inf)."""
-    grids = list(grids) if grids is not None else [threshold_grid(s, points) for s in scores]
-    g = cascade_grid(scores, correct, costs, grids)
-    ok = g["acc"] >= target - 1e-9
-    last = tuple(len(x) - 1 for x in grids)
-    if not bool(ok[last]) and not bool(ok.any()):
-        idx = last
-    elif method == "grid":
-        c = torch.where(ok, g["cost"], torch.full_like(g["cost"], math.inf))
-        best = c.min()
-        cand = ok & (c <= best + 1e-9 * max(1.0, abs(float(best))))
-        flat = torch.where(cand.flatten(), g["acc"].flatten(), torch.full((cand.numel(),), -1.0,
-                                                                          dtype=torch.float64)).argmax()
-        idx = tuple(int(v) for v in np.unravel_index(int(flat), tuple(cand.shape)))
-    elif method == "greedy":
-        idx = list(last)
-        if bool(ok[last]):
-            for i in range(len(grids)):
-                sl = list(idx)
-                sl[i] = slice(None)
-                line_ok, line_cost = ok[tuple(sl)], g["cost"][tuple(sl)]
-                c = torch.where(line_ok, line_cost, torch.full_like(line_cost, math.inf))
-                idx[i] = int(c.argmin())
-        idx = tuple(idx)
-    else:
-        raise ConfigError(f"--set tune={method}: choose one of: grid, greedy")
-    t = [float(grids[d][j]) for d, j in enumerate(idx)]
-    return {"thresholds": t, "acc": float(g["acc"][idx]), "cost": float(g["cost"][idx])}
 
 
 # ---------------------------------------------------------------------------- runs
@@ -671,10 +429,6 @@ def _cost(request) -> str:
             "fvcore counts BatchNorm and pooling too), gate heads included")
 
 
-def _model(cfg: RunConfig) -> str:
-    return f"{cfg.model} {cfg.model_args or ''}".strip()
-
-
 def _gate_note(cfg: RunConfig) -> str:
     m = cfg.method
     loss = "cross-entropy" if m["loss"] == "ce" else f"{m['loss']} hinge"
@@ -689,16 +443,6 @@ def _split(out: dict, split: str, score: str = "scores", gates: Sequence[int] = 
     correct = out[f"{split}_preds"] == out[f"{split}_labels"]
     k = correct.shape[0] - 1
     return out[f"{split}_{score}"][idx], correct[idx + [k]]
-
-
-def _accuracy(correct: Sequence[torch.Tensor]) -> tuple[float, float]:
-    """Top-1 (%) from each seed's per-sample correctness, with the core's spread of an accuracy
-    (:func:`repro.exits.accuracy_with_spread`'s rule, which takes logits): the 95 % t-interval over
-    seeds, or at one seed the half-width of the 95 % bootstrap interval over test samples."""
-    if len(correct) > 1:
-        return mean_and_spread([float(c.double().mean() * 100) for c in correct])
-    lo, hi = bootstrap_ci(correct[0])
-    return float(correct[0].double().mean() * 100), (hi - lo) / 2
 
 
 def _paper_triples(artifact: str) -> tuple[list[str], dict[str, float]]:
@@ -856,7 +600,7 @@ def _dg_table(artifact: str, arch_name: str):
         for key, seeds in rows.items():
             drop = (0.0, math.nan) if key == "original" else _vs_original(rows, key)
             gf, gf_s = mean_and_spread([s["cost"] / div for s in seeds])
-            vals = {"top1": _accuracy([s["correct"] for s in seeds]), "acc_drop": drop, unit: (gf, gf_s),
+            vals = {"top1": rate_with_spread([s["correct"] for s in seeds]), "acc_drop": drop, unit: (gf, gf_s),
                     "time_ms": (timing[key]["ms"], math.nan)}
             if key != "original":
                 vals["flops_reduction_pct"] = (100 * (1 - gf * div / orig_cost), math.nan)
@@ -904,7 +648,7 @@ def _dg_table(artifact: str, arch_name: str):
                  "the top-1 change of the paper's threshold triples on our gates is shown without headline",
                  *time_notes]
         return Table(f"{arch_name} with d-gates: top-1, average {unit[0].upper()}FLOPs, time per image (CIFAR-10)", cfg.dataset,
-                     _model(cfg), _cost(request), long, ["original", *paper_rows, *tuned_keys], table_columns(request),
+                     model_name(cfg), _cost(request), long, ["original", *paper_rows, *tuned_keys], table_columns(request),
                      labels, reference=pd.DataFrame(ref_rows), notes=notes, claims=claims)
     return build
 
@@ -927,7 +671,7 @@ def build_imagenet(request, runs, settings):
     orig_cost = float(np.mean([s["cost"] for s in rows["resnet-101"]]))
     long = []
     for key, seeds in rows.items():
-        acc, spread = _accuracy([s["correct"] for s in seeds])
+        acc, spread = rate_with_spread([s["correct"] for s in seeds])
         gf = float(np.mean([s["cost"] for s in seeds]))
         long += [{"row": key, "column": "top1", "value": acc, "spread": spread},
                  {"row": key, "column": unit, "value": gf / div}]
@@ -945,7 +689,7 @@ def build_imagenet(request, runs, settings):
               Claim("FLOPs saving of d-gates tuned on val for no top-1 drop vs ResNet-101 (%)",
                     saving_evidence(rows, "dgate", "resnet-101"),
                     paper_value(PAPER_NAME, "imagenet", "dgate", "flops_reduction_pct"))]
-    return Table("ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg.dataset, _model(cfg),
+    return Table("ResNet-101 with d-gates on ImageNet: top-1 and average GFLOPs", cfg.dataset, model_name(cfg),
                  _cost(request), long, IMAGENET_ROWS, ["top1", unit, "flops_reduction_pct", f"{unit}_saved"],
                  IMAGENET_LABELS, reference=_reference_in(request, "imagenet"), notes=notes, claims=claims)
 
@@ -1026,7 +770,7 @@ def build_fig4(request, runs, settings):
                             sign=+1, headline=True))  # the paper: hinge-trained gates are the better ones at equal cost
     xlabel = f"average {'GFLOPs' if request.scale == 'paper' else 'MFLOPs'} per image (2 x multiply-adds, fvcore)"
     same = request.scale == "paper" and hinge.dataset == "cifar10"  # the paper's dataset and unit: one axis
-    return Figure("Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge.dataset, _model(hinge),
+    return Figure("Accuracy vs FLOPs: hinge-trained vs cross-entropy-trained gates", hinge.dataset, model_name(hinge),
                   _cost(request), series, xlabel, f"test top-1 (%) on {dataset_name(hinge.dataset)}",
                   pd.concat([*frames, pd.DataFrame(precs)], ignore_index=True), paper=paper,
                   paper_axes=None if same else ("GFLOPs per image (the paper's: 2 x multiply-adds)",
@@ -1106,7 +850,7 @@ def build_fig5(request, runs, settings):
         notes.append(f"cheapest grid point within 0.1 point of the original's top-1: (t1, t2) = "
                      f"({FIG5_GRID[j[0]]:.1f}, {FIG5_GRID[j[1]]:.1f}), FLOPs −{100 - rel[j]:.1f} %")
     panels = [("(a) average FLOPs, % of the original", rel, "viridis"), ("(b) test top-1 (%)", acc, "magma")]
-    return Figure("Cost and accuracy over the (t1, t2) grid of two d-gates", cfg.dataset, _model(cfg),
+    return Figure("Cost and accuracy over the (t1, t2) grid of two d-gates", cfg.dataset, model_name(cfg),
                   _cost(request), data=data, draw=lambda: _heatmaps(panels, FIG5_GRID), notes=notes)
 
 
@@ -1165,7 +909,7 @@ def build_fig7(request, runs, settings):
         return fig
 
     return Figure("Per class: test samples each d-gate classifies correctly with distance ≥ 1", cfg.dataset,
-                  _model(cfg), _cost(request), data=data, draw=draw,
+                  model_name(cfg), _cost(request), data=data, draw=draw,
                   notes=[_gate_note(cfg), "bars: each gate on its own (every test sample); dark: under the cascade "
                          "dg(1.0,1.0,1.0), the samples that actually exit there correctly", f"mean over {n} seed(s)"])
 

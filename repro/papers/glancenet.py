@@ -26,10 +26,10 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
-                       TrainSpec, first_test_images)
+                       TrainSpec, build_model, ce_step, first_test_images)
 from repro.data import dataset_info
-from repro.exits import (SCORES, budgeted_sweep, collect_logits, early_exit, exit_index, gap_with_spread,
-                         mean_and_spread, per_exit_accuracy, time_call)
+from repro.exits import (SCORES, budgeted_sweep, early_exit, exit_index, gap_with_spread, mean_and_spread,
+                         per_exit_val_eval, split_accuracies, time_call)
 from repro.flops import CONVENTIONS, count_exits, count_model
 from repro.models import create_model
 from repro.reference_data import paper_gap, paper_value
@@ -235,16 +235,12 @@ def glance_runs(request) -> dict[str, RunConfig]:
     return {"densenet": base, "hem": hem, "no-hem": nohem}
 
 
-def build_model(cfg: RunConfig, info) -> nn.Module:
-    """The untrained DenseNet or GlanceNet of a run (what its ``model.pt`` loads into)."""
-    return create_model(cfg.model, **cfg.model_args, num_classes=info.num_classes, in_channels=info.in_channels)
-
-
 def _val_eval(data, unwrap: Callable[[nn.Module], nn.Module], bank_alphas: Sequence[float] = ()):
+    """Every exit's validation top-1 and the learned thresholds at ``bank_alphas`` after each epoch."""
+    exits = per_exit_val_eval(data, unwrap)
+
     def evaluate(model) -> dict:
-        inner = unwrap(D.unwrap(model))
-        acc = per_exit_accuracy(collect_logits(inner, data.val), data.val_labels)
-        row = {f"val_acc_exit{i + 1}": float(a) for i, a in enumerate(acc)}
+        row = exits(model)
         bank = getattr(D.unwrap(model), "bank", None)
         for alpha in bank_alphas:
             for i, h in enumerate(bank.thresholds(alpha)):
@@ -257,18 +253,11 @@ def train_densenet(ctx) -> dict:
     data = ctx.data()
     info = data.info
     model = ctx.to_device(build_model(ctx.cfg, info))
-
-    def step(m, x, y):
-        logits = m(x)
-        return F.cross_entropy(logits, y), logits
-
-    ctx.fit(model, step, "train", eval_fn=_val_eval(data, lambda m: m))
+    ctx.fit(model, ce_step, "train", eval_fn=per_exit_val_eval(data))
     ctx.save_model(model)
     out = ctx.collect_outputs(model)
     cost = count_model(model.eval(), (info.in_channels, info.image_size, info.image_size), convention=COST)
-    return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
-            "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
-            "cost": cost.macs, "params": cost.params, "cost_convention": COST}
+    return {**split_accuracies(out), "cost": cost.macs, "params": cost.params, "cost_convention": COST}
 
 
 def train_glancenet(ctx) -> dict:
@@ -288,9 +277,7 @@ def train_glancenet(ctx) -> dict:
     shape = (info.in_channels, info.image_size, info.image_size)
     costs = count_exits(net.eval(), shape, convention=COST)
     backbone = count_model(net.backbone, shape, convention=COST)
-    return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
-            "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
-            "alphas": list(m["alphas"]), "thresholds": [trainer.bank.thresholds(a) for a in m["alphas"]],
+    return {**split_accuracies(out), "alphas": list(m["alphas"]), "thresholds": [trainer.bank.thresholds(a) for a in m["alphas"]],
             "costs": costs["cost"].tolist(), "params": costs["params"].tolist(),
             "backbone_cost": backbone.macs, "backbone_params": backbone.params, "cost_convention": COST}
 

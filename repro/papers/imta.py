@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro import api
 from repro.api import (Artifact, Claim, ConfigError, Figure, Option, Options, Paper, RunConfig, Series, Table,
-                       TrainSpec)
-from repro.exits import (SCORES, accuracy_with_spread, budgeted_correct, budgeted_sweep, correct_at_cost, gap_with_spread,
-                          per_exit_accuracy)
+                       TrainSpec, model_name)
+from repro.exits import (SCORES, accuracy_with_spread, budgeted_correct, budgeted_sweep, correct_at_cost,
+                         correct_per_seed, gap_with_spread, outputs_per_seed, per_exit_val_eval, split_accuracies)
 from repro.flops import CONVENTIONS, count_exits
-from repro.models import create_model, msdnet
+from repro.models import msdnet
 from repro.reference_data import paper_gap
 from repro.render import dataset_name, legend_below, paper_label, sweep_spread
 from repro.scales import CIFAR_SIZE, IMAGENET_SIZE, need_size, run_data
@@ -203,27 +204,11 @@ def ablation_runs(request, exits: int = 5, imagenet: bool = False, paper_dataset
             "ofa": phase2(base, False, True, "ofa"), "ge+isc+ofa": phase2(ge, True, True, "ge-isc-ofa")}
 
 
-def _build(cfg: RunConfig, info) -> msdnet.MSDNet:
-    m = cfg.method
-    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, **cfg.model_args,
-                        gradient_equilibrium=bool(m.get("ge")), isc=bool(m.get("isc")),
-                        isc_detach=m.get("isc_detach", True))
-
-
 def build_model(cfg: RunConfig, info) -> msdnet.MSDNet:
     """The untrained MSDNet of a phase-I or phase-II run (what its ``model.pt`` loads into)."""
-    return _build(cfg, info)
-
-
-def _val_eval(data):
-    def evaluate(model) -> dict:
-        from repro.exits import collect_logits
-
-        from repro import distributed as D
-
-        acc = per_exit_accuracy(collect_logits(D.unwrap(model), data.val), data.val_labels)
-        return {f"val_acc_exit{i + 1}": float(a) for i, a in enumerate(acc)}
-    return evaluate
+    m = cfg.method
+    return api.build_model(cfg, info, gradient_equilibrium=bool(m.get("ge")), isc=bool(m.get("isc")),
+                           isc_detach=m.get("isc_detach", True))
 
 
 def exit_sizes(model: msdnet.MSDNet, info) -> dict:
@@ -235,15 +220,13 @@ def exit_sizes(model: msdnet.MSDNet, info) -> dict:
 def _finish(ctx, model, info) -> dict:
     ctx.save_model(model)
     out = ctx.collect_outputs(model)
-    return {"val_acc": per_exit_accuracy(out["val_logits"], out["val_labels"]).tolist(),
-            "test_acc": per_exit_accuracy(out["test_logits"], out["test_labels"]).tolist(),
-            **exit_sizes(model, info)}
+    return {**split_accuracies(out), **exit_sizes(model, info)}
 
 
 def train_phase1(ctx) -> dict:
     data = ctx.data()
-    model = ctx.to_device(_build(ctx.cfg, data.info))
-    ctx.fit(model, make_step(ctx.cfg.method), "phase1", eval_fn=_val_eval(data))
+    model = ctx.to_device(build_model(ctx.cfg, data.info))
+    ctx.fit(model, make_step(ctx.cfg.method), "phase1", eval_fn=per_exit_val_eval(data))
     return _finish(ctx, model, data.info)
 
 
@@ -270,7 +253,7 @@ def prepare_phase2(model: msdnet.MSDNet, parent_state: dict, method: dict
 
 def train_phase2(ctx) -> dict:
     data = ctx.data()
-    model = ctx.to_device(_build(ctx.cfg, data.info))
+    model = ctx.to_device(build_model(ctx.cfg, data.info))
     trainable, teacher = prepare_phase2(model, ctx.parent_state(), ctx.cfg.method)
     ctx.fit(model, make_step(ctx.cfg.method, teacher), "phase2", params=trainable)
     if teacher is not None:
@@ -285,20 +268,6 @@ def train_phase2(ctx) -> dict:
 LABELS = {"baseline": "MSDNet (no GE/ISC/OFA)", "ge": "GE", "isc": "ISC", "ofa": "OFA", "ge+isc+ofa": "GE+ISC+OFA"}
 ROWS = list(LABELS)
 COST_LABEL = "average cost per image (MMACs, MSDNet's counter)"
-
-
-def _model(cfg: RunConfig) -> str:
-    return f"{cfg.model} {cfg.model_args or ''}".strip()
-
-
-def _tests(runs) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One (test logits exits x N x C, test labels) per seed."""
-    return [(r.outputs["test_logits"], r.outputs["test_labels"]) for r in runs]
-
-
-def _correct(runs, k: int) -> list[torch.Tensor]:
-    """Per seed, each test image's correctness at exit ``k``."""
-    return [lg[k].argmax(-1) == lb for lg, lb in _tests(runs)]
 
 
 def table2_runs(request):
@@ -326,20 +295,20 @@ def _ablation_table(artifact: str):
         cols = [f"E-{i + 1}" for i in range(5)]
         ours = []
         for key in ROWS:
-            mean, spread = accuracy_with_spread(_tests(runs[key]))
+            mean, spread = accuracy_with_spread(outputs_per_seed(runs[key]))
             ours += [{"row": key, "column": c, "value": v, "spread": s} for c, v, s in zip(cols, mean, spread)]
         shared = artifact == "table3" and shares_table2_runs(request)
         which = " (table2's runs, beside the paper's ImageNet gain)" if shared else ""
         # a table3 on table2's runs repeats table2's claims: its own headline only with its own (ImageNet) runs
         claims = [Claim(f"gain of GE+ISC+OFA over MSDNet at {c}{which}",
-                        gap_with_spread(_correct(runs["ge+isc+ofa"], k), _correct(runs["baseline"], k),
+                        gap_with_spread(correct_per_seed(runs["ge+isc+ofa"], k), correct_per_seed(runs["baseline"], k),
                                         arms=("ge+isc+ofa", "baseline")),
                         paper_gap(PAPER_NAME, artifact, "ge+isc+ofa", "baseline", c), headline=not shared)
                   for k, c in enumerate(cols)]
         base = runs.config("baseline")
         notes = ([f"the same runs as imta table2 ({base.dataset} at this scale), set beside the paper's ImageNet "
                   "Table 3: its claims repeat table2's evidence"] if shared else [])
-        return Table(f"Top-1 (%) at every exit, ablation of GE / ISC / OFA ({'ImageNet' if artifact == 'table3' else 'CIFAR-100'})", base.dataset, _model(base),
+        return Table(f"Top-1 (%) at every exit, ablation of GE / ISC / OFA ({'ImageNet' if artifact == 'table3' else 'CIFAR-100'})", base.dataset, model_name(base),
                      CONVENTIONS[COST], ours, ROWS, cols, LABELS, notes=notes, claims=claims)
     return build
 
@@ -354,7 +323,7 @@ def build_table1(request, runs, settings):
 
     from repro.reference_data import load_reference
 
-    (mb, sb), (mf, sf) = (accuracy_with_spread(_tests(runs[k])) for k in ("msdnet", "imta"))
+    (mb, sb), (mf, sf) = (accuracy_with_spread(outputs_per_seed(runs[k])) for k in ("msdnet", "imta"))
     # params_m / madds_m: the network the paper's columns describe, MSDNet (the baseline run);
     # imta_params_m / imta_madds_m: the IMTA model, whose ISC modules add to both.
     res, res_isc = runs["msdnet"][0].results, runs["imta"][0].results
@@ -381,7 +350,7 @@ def build_table1(request, runs, settings):
              "imta_params_m, imta_madds_m: the GE+ISC+OFA model, ISC modules included (the paper prints "
              "MSDNet's numbers for its rows too)"]
     return Table("Per-exit params (M), inference MADDs (M) and top-1 (%), MSDNet vs IMTA (CIFAR-100)", base.dataset,
-                 _model(base), CONVENTIONS[COST], ours, [f"exit{i + 1}" for i in range(len(mb))],
+                 model_name(base), CONVENTIONS[COST], ours, [f"exit{i + 1}" for i in range(len(mb))],
                  ["params_m", "madds_m", "msdnet_top1", "imta_params_m", "imta_madds_m", "imta_top1"],
                  reference=pd.DataFrame(remap), notes=notes)
 
@@ -459,7 +428,7 @@ def _budget_figure_out(request, artifact: str, title: str, cfg: RunConfig, serie
     same = bool(paper) and PAPER_POINTS[artifact][0] == "table1" and request.scale == "paper" \
         and cfg.dataset == PAPER_POINTS[artifact][1]
     note = "" if paper else "the paper's curves: not transcribed (figure only; repro/reference/README.md)"
-    return Figure(title, cfg.dataset, "; ".join(_model(c) for c in (models or [cfg])), CONVENTIONS[COST], series, COST_LABEL,
+    return Figure(title, cfg.dataset, "; ".join(model_name(c) for c in (models or [cfg])), CONVENTIONS[COST], series, COST_LABEL,
                   f"test top-1 (%) on {dataset_name(cfg.dataset)}", pd.concat([data, pdata], ignore_index=True),
                   paper=paper, paper_axes=None if same else axes, paper_title=ptitle, legend="right", note=note,
                   notes=notes, claims=claims)
@@ -601,7 +570,7 @@ def build_fig6(request, runs, settings):
     base = runs.config("baseline")
     epochs = frames[0]["epoch"]
     note = (f"{len(epochs)} epoch at this scale: one point per curve" if len(epochs) == 1 else "")
-    return Figure("Validation accuracy (mean over exits) per epoch, with and without GE", base.dataset, _model(base),
+    return Figure("Validation accuracy (mean over exits) per epoch, with and without GE", base.dataset, model_name(base),
                   CONVENTIONS[COST], series, "epoch (phase I)", "validation top-1 (%), mean over exits",
                   pd.concat(frames, ignore_index=True), integer_x=True, note=note,
                   notes=["band: half-width of the 95 % t-interval over seeds (none for one seed)"])
@@ -639,7 +608,7 @@ def build_fig7(request, runs, settings):
         return fig
 
     base = runs.config("baseline")
-    return Figure("Confidence rank at exit 1 vs exit 2, with and without ISC", base.dataset, _model(base),
+    return Figure("Confidence rank at exit 1 vs exit 2, with and without ISC", base.dataset, model_name(base),
                   CONVENTIONS[COST], data=data, draw=draw)
 
 

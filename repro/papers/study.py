@@ -26,7 +26,7 @@ Policies (all fitted on the held-out validation split; never on test):
 2. entropy, budgeted batch;
 3. entropy thresholds learned by eq. 4 (one curve point per alpha);
 4. d-gates: the cascade's thresholds tuned on validation for a ladder of accuracy targets
-   (``dgate.tune_thresholds``: gate i only sees what gates 1..i-1 passed on);
+   (``exits.tune_thresholds``: gate i only sees what gates 1..i-1 passed on);
 5. max logit, and the margin between the two largest softmax scores, budgeted batch;
 6. the oracle (each sample leaves at the first exit that gets it right: a bound, computed on
    test, that no policy can beat) and no early exit.
@@ -44,10 +44,11 @@ from torch import nn
 
 from repro import distributed as D
 from repro.api import (Artifact, Claim, ConfigError, Figure, Paper, RunConfig, Table, TrainSpec,
-                       first_test_images)
-from repro.data import TensorBatches, dataset_info
-from repro.exits import (SCORES, budgeted_sweep, early_exit, exit_index_batch, inference_net,
-                         mean_and_spread, time_call)
+                       first_test_images, model_name)
+from repro.data import FeatureBatches, TensorBatches, dataset_info
+from repro.exits import (SCORES, budgeted_sweep, cascade_exit, cascade_grid, cheapest_reaching,
+                         early_exit, exit_index_batch, features_of, inference_net, mean_and_spread,
+                         split_accuracies, threshold_grid, time_call)
 from repro.flops import CONVENTIONS, count_exits
 from repro.models.base import MultiExitNet
 from repro.models.msdnet import MSDNet
@@ -219,16 +220,6 @@ def gate_layers(net: MultiExitNet) -> nn.ModuleList:
     return nn.ModuleList(h.fc for h in net.heads)
 
 
-def gate_features(net: MultiExitNet, x: torch.Tensor) -> list[torch.Tensor]:
-    if isinstance(net, GatedMSDNet):
-        return net.pooled_features(x)
-    return dgate.pooled_features(net, x)
-
-
-def _features(net: MultiExitNet, batches) -> tuple[list[torch.Tensor], torch.Tensor]:
-    return dgate.features_of(net, batches, gate_features)
-
-
 def load_backbone(cfg: RunConfig, state, device) -> nn.Module:
     """The backbone of ``cfg`` with its weights: a state dict, or a finished run (its checked model.pt)."""
     net = BUILDERS[cfg.paper](cfg, dataset_info(cfg.dataset))
@@ -256,8 +247,8 @@ def train_gates(ctx) -> dict:
     if not isinstance(data.train, TensorBatches):
         raise ConfigError(f"study: d-gate features are cached from an in-memory dataset, not {cfg.dataset}")
     plain = TensorBatches(data.train.x, data.train.y, 500, info=info)  # un-augmented, in order
-    feats, y = _features(net, plain)
-    val_feats, _ = _features(net, data.val)
+    feats, y = features_of(net, plain)
+    val_feats, _ = features_of(net, data.val)
     bank = ctx.to_device(dgate.GateBank([lin.in_features for lin in layers], info.num_classes))
     if m["standardize"]:
         for i, f in enumerate(feats):
@@ -270,26 +261,20 @@ def train_gates(ctx) -> dict:
         return {f"val_acc_gate{i + 1}": float((d.argmax(1) == val_y).double().mean() * 100) for i, d in enumerate(outs)}
 
     ctx.fit(bank, dgate.gate_step(m["loss"], float(m["l2"])), "gates",
-            batches=dgate.FeatureBatches(feats, y, cfg.train.batch_size, cfg.seed), eval_fn=evaluate)
+            batches=FeatureBatches(feats, y, cfg.train.batch_size, cfg.seed), eval_fn=evaluate)
     with torch.no_grad():
         for i, lin in enumerate(layers):
             w, b = D.unwrap(bank).folded(i)
             lin.weight.copy_(w)
             lin.bias.copy_(b)
     ctx.save_model(layers, "gates")
-    out = {}
-    for split, batches, labels in (("val", data.val, data.val_labels), ("test", data.test, data.test_labels)):
-        for k, v in dgate.collect_compact(net, batches).items():
-            out[f"{split}_{k}"] = v
-        out[f"{split}_labels"] = labels.cpu()
-    ctx.save_outputs(**out)
+    out = ctx.collect_compact_outputs(net)
     convention = ctx.ancestor().results["cost_convention"]
     plain_net = gated_net(backbone).to(ctx.device).eval()
     gate_layers(plain_net).load_state_dict(layers.state_dict())
     with threads(1):
         costs = count_exits(plain_net, (1, info.in_channels, info.image_size, info.image_size), convention)
-    acc = lambda s: ((out[f"{s}_preds"] == out[f"{s}_labels"]).double().mean(1) * 100).tolist()  # noqa: E731
-    return {"val_acc": acc("val"), "test_acc": acc("test"), "costs": costs["cost"].tolist(),
+    return {**split_accuracies(out), "costs": costs["cost"].tolist(),
             "params": costs["params"].tolist(), "cost_convention": convention}
 
 
@@ -312,7 +297,7 @@ def learn_thresholds(outputs: dict, method: dict, fit: Callable, device, batch_s
     vl, vy = outputs["val_logits"].float(), outputs["val_labels"]
     k, _, c = vl.shape
     bank = glancenet.ThresholdBank(method["alphas"], k - 1, c, norm=method["tnorm"]).to(device)
-    batches = dgate.FeatureBatches([vl[i].to(device) for i in range(k)], vy.to(device), batch_size, seed)
+    batches = FeatureBatches([vl[i].to(device) for i in range(k)], vy.to(device), batch_size, seed)
 
     def step(model, logits, y):
         return model(logits, y), logits[-1]
@@ -479,42 +464,19 @@ def _gate_split(gout: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return gout[f"{split}_scores"][:-1], correct
 
 
-def cheapest_reaching(grid: dict, grids: Sequence[torch.Tensor], targets: Sequence[float]) -> list[dict]:
-    """For each accuracy target (%), the threshold combination of ``dgate.cascade_grid``'s
-    output that reaches it at the lowest expected cost (ties: the more accurate), as
-    ``dgate.tune_thresholds(..., method="grid")`` chooses it (tested equal), from one grid
-    evaluation for all targets; every gate off (+inf) when nothing reaches the target."""
-    acc, cost = grid["acc"].flatten(), grid["cost"].flatten()
-    shape = tuple(grid["acc"].shape)
-    out = []
-    for target in targets:
-        ok = acc >= target - 1e-9
-        if not bool(ok.any()):
-            idx = tuple(len(g) - 1 for g in grids)
-        else:
-            c = torch.where(ok, cost, torch.full_like(cost, math.inf))
-            best = c.min()
-            cand = ok & (c <= best + 1e-9 * max(1.0, abs(float(best))))
-            flat = int(torch.where(cand, acc, torch.full_like(acc, -1.0)).argmax())
-            idx = tuple(int(v) for v in np.unravel_index(flat, shape))
-        out.append({"thresholds": [float(grids[d][j]) for d, j in enumerate(idx)], "acc": float(grid["acc"][idx]),
-                    "cost": float(grid["cost"][idx])})
-    return out
-
-
 def dgate_curve(gout: dict, gate_costs: Sequence[float], full: float, steps: int = 31) -> Curve:
     """d-gate thresholds tuned on validation for a ladder of ``steps`` validation accuracy
     targets, from the cheapest cascade's accuracy to the best reachable one: for each, the
-    cheapest combination of the exact cascade search (``dgate.cascade_grid``: gate i sees only
-    what gates 1..i-1 passed on) that reaches it, as ``dgate.tune_thresholds`` picks it; then
+    cheapest combination of the exact cascade search (``exits.cascade_grid``: gate i sees only
+    what gates 1..i-1 passed on) that reaches it, as ``exits.tune_thresholds`` picks it; then
     every gate off (the last exit alone, the paper's "original"); evaluated on test.  (The
     paper's targets, the backbone's accuracy minus a margin, are points of this ladder.)"""
     vs, vc = _gate_split(gout, "val")
     ts, tc = _gate_split(gout, "test")
     points = grid_points(vs.shape[0])
     with threads(1):
-        grids = [dgate.threshold_grid(s, points) for s in vs]
-        grid = dgate.cascade_grid(vs, vc, gate_costs, grids)
+        grids = [threshold_grid(s, points) for s in vs]
+        grid = cascade_grid(vs, vc, gate_costs, grids)
         lo = cheapest_reaching(grid, grids, [-1.0])[0]["acc"]
         seen, ths, vcost = set(), [], []
         for tuned in cheapest_reaching(grid, grids, np.linspace(lo, float(grid["acc"].max()), steps).tolist()):
@@ -527,7 +489,7 @@ def dgate_curve(gout: dict, gate_costs: Sequence[float], full: float, steps: int
         if not all(math.isinf(v) for v in ths[-1][:-1]):  # and every gate off: the curve ends at the last exit
             ths.append([math.inf] * len(grids) + [-math.inf])
             vcost.append(float(gate_costs[-1]) / full)
-        idx = torch.stack([dgate.cascade_exit(ts, t[:-1]) for t in ths])
+        idx = torch.stack([cascade_exit(ts, t[:-1]) for t in ths])
     rel = torch.as_tensor(list(gate_costs), dtype=torch.float64) / full
     return _points_curve(idx, tc, rel, vcost, ths, score="max_logit", net="gates",
                          fit="gates: training split (hinge); thresholds: val (cascade search)")
@@ -714,10 +676,6 @@ def _pct(f: float) -> str:
     return f"{round(100 * f)}pct"
 
 
-def _model(cfg: RunConfig) -> str:
-    return f"{cfg.model} {cfg.model_args or ''}".strip()
-
-
 def _analyse(key: str, request, runs, settings, device) -> dict:
     """One backbone: every policy's curves per seed, the matched costs, and the timing."""
     native = BACKBONES[key].native_thresholds
@@ -825,7 +783,7 @@ def _figure(a: dict) -> Figure:
              "the d-gates predict with their own linear classifiers: the dotted oracle (over the cascade's exits) "
              "bounds them, the dashed one (the network's own exits) bounds every other policy"]
     return Figure(f"Every exit policy on {BACKBONES[a['key']].label}: accuracy vs cost", a["cfg"].dataset,
-                  _model(a["cfg"]), CONVENTIONS[a["convention"]], draw=draw, data=data, notes=notes, name=a["key"])
+                  model_name(a["cfg"]), CONVENTIONS[a["convention"]], draw=draw, data=data, notes=notes, name=a["key"])
 
 
 def build_exits(request, runs, settings) -> list:
@@ -875,7 +833,7 @@ def build_exits(request, runs, settings) -> list:
         notes, claims = notes + lines, claims + cs
     datasets = sorted({a["cfg"].dataset for a in analyses})
     dataset = datasets[0] if len(datasets) == 1 else ", ".join(f"{a['cfg'].dataset} ({a['key']})" for a in analyses)
-    model = "; ".join(f"{a['key']}: {_model(a['cfg'])}" for a in analyses)
+    model = "; ".join(f"{a['key']}: {model_name(a['cfg'])}" for a in analyses)
     nets = {c: ", ".join(BACKBONES[a["key"]].short for a in analyses if a["convention"] == c)
             for c in dict.fromkeys(a["convention"] for a in analyses)}
     cost = "relative to each network's full cost; " + "; ".join(f"{n}: {CONVENTIONS[c]}" for c, n in nets.items())
