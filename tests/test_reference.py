@@ -25,7 +25,14 @@ from repro.reference_data import (
 UNITS = {"%", "M", "MMACs", "GFLOPs", "ms", "x", "-"}
 
 
-PAPERS = ("imta", "glancenet", "biasloss", "dgate", "dcp")
+def _papers_with_numbers() -> tuple[str, ...]:
+    """Every registered paper that prints numbers to compare with (the study has none)."""
+    from repro.artifacts import papers
+
+    return tuple(sorted(p for p in papers() if p != "study"))
+
+
+PAPERS = _papers_with_numbers()
 
 
 @pytest.fixture(scope="module", params=PAPERS)

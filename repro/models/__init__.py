@@ -14,9 +14,12 @@ name.  Their sizes are in docs/flops.md, their use in the papers' pages under do
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Callable
 
-_FAMILIES = ("msdnet", "densenet", "resnet", "vgg", "resnet50_dcp", "compact", "skipblocknet")
+# every module of this package is a family (a new family is one new file); base and staged hold
+# the shared pieces and register nothing, importing them is harmless
+_FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 _REGISTRY: dict[str, Callable] = {}
 _LOADED = False
 
