@@ -155,3 +155,44 @@ def test_runs_that_keep_only_predictions_are_read_too(tmp_path):
     run.write_results({})
     assert convergence.exit_top1(run) == [70.0, 93.0]
     assert validation_top1(run) == (93.0, 10)
+
+
+@pytest.mark.slow
+def test_a_channels_last_run_is_its_own_run_and_resumes_bit_identical(tmp_path, monkeypatch):
+    """The memory format is part of a run's identity (TrainSpec.memory_format): a channels_last
+    d-gate backbone at smoke size trained twice gives the same bits, differs from the contiguous
+    run, and a run interrupted after its first epoch and resumed ends bit-identical."""
+    from conftest import FMNIST_FOUND, FMNIST_MISSING
+
+    if FMNIST_FOUND is None:
+        pytest.skip(FMNIST_MISSING)
+    import repro.train as T
+    from repro.runner import execute
+
+    base = named_runs(get_paper("dgate").artifact("table1"), Request(scale="smoke"))["backbone"]
+    cl = replace(base, train=replace(base.train, epochs=2, memory_format="channels_last"))
+    nchw = replace(cl, train=replace(cl.train, memory_format="contiguous"))
+    assert cl.key != nchw.key
+
+    def train(root: Path, cfg: RunConfig) -> dict:
+        s = Settings(runs_dir=root, log=lambda m: None)
+        execute(cfg, s)
+        return torch.load(Run(root, cfg).dir / "model.pt", weights_only=True)
+
+    a, b, c = train(tmp_path / "a", cl), train(tmp_path / "b", cl), train(tmp_path / "c", nchw)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+    real_fit = T.fit
+
+    def stop_after_first(*args, **kw):
+        def hook(epoch):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return real_fit(*args, **{**kw, "on_epoch_end": hook})
+    monkeypatch.setattr(T, "fit", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "d", cl)
+    monkeypatch.setattr(T, "fit", real_fit)
+    d = train(tmp_path / "d", cl)
+    assert all(torch.equal(a[k], d[k]) for k in a)
