@@ -581,7 +581,7 @@ def test_the_quick_scale_trains_on_all_the_data_for_ten_epochs_unless_overridden
     cfgs = plan(art, Request(scale="quick"))
     assert {c.data.train_limit for c in cfgs} == {None} and {c.data.augment for c in cfgs} == {"crop_flip"}
     assert {c.train.memory_format for c in cfgs} == {"channels_last"} and {c.train.schedule for c in cfgs} == {"cosine"}
-    twins = [c for c in cfgs if c.name.endswith("-2x-epochs")]
+    twins = [c for c in cfgs if c.train.epochs == 20]
     assert {c.train.epochs for c in cfgs if c not in twins} == {10} and {c.train.epochs for c in twins} == {20}
     assert len(twins) == 5 and all(c.method == {**c.method, "loss": "ce"} for c in twins)
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=4000))} == {4000}

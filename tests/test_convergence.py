@@ -44,10 +44,10 @@ def _artifact(baselines=("a",)) -> Artifact:
 def test_twins_only_at_a_scale_that_tests_convergence():
     art = _artifact()
     quick = plan(art, Request(scale="quick", seeds=3))
-    assert [c.name for c in quick].count("base" + convergence.TWIN_SUFFIX) == 1  # seed 0 only
+    assert [(c.name, c.train.epochs, c.seed) for c in quick].count(("base", 8, 0)) == 1  # seed 0 only
     assert len(quick) == 2 * 3 + 1
     for scale in ("smoke", "paper"):
-        assert all(convergence.TWIN_SUFFIX not in c.name for c in plan(art, Request(scale=scale)))
+        assert all(c.train.epochs == 4 for c in plan(art, Request(scale=scale)))
     # the twin carries the request's overrides (here the epochs, then doubled)
     tw = convergence.twins(art, Request(scale="quick", epochs=3))["a"]
     assert tw.train.epochs == 6

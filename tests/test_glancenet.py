@@ -413,6 +413,6 @@ def test_the_quick_scale_trains_on_all_the_data_unless_overridden():
     cfgs = plan(art, Request(scale="quick"))
     assert {c.data.train_limit for c in cfgs} == {None}
     assert sorted((c.name, c.train.epochs) for c in cfgs) == [
-        ("glancenet-hem", 10), ("glancenet-nohem", 10), ("glancenet-nohem-2x-epochs", 20)]
+        ("glancenet-hem", 10), ("glancenet-nohem", 10), ("glancenet-nohem", 20)]
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=1000))} == {1000}
     assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}

@@ -421,7 +421,7 @@ def test_the_quick_scale_trains_on_all_the_data_unless_overridden():
     assert {c.data.train_limit for c in cfgs} == {None}
     assert {(c.kind, c.train.epochs, c.train.schedule) for c in cfgs} == {
         ("phase1", 8, "cosine"), ("phase2", 5, "cosine"), ("phase1", 16, "cosine")}
-    assert [c.name for c in cfgs if c.train.epochs == 16] == ["msdnet_cifar_5exit-phase1-2x-epochs"]
+    assert [c.name for c in cfgs if c.train.epochs == 16] == ["msdnet_cifar_5exit-phase1"]
     assert {c.data.train_limit for c in plan(art, Request(scale="quick", train_limit=3000))} == {3000}
     assert {c.data.train_limit for c in plan(art, Request(scale="smoke"))} == {512}
 

@@ -282,7 +282,10 @@ def test_the_header_states_the_images_really_held_out(tmp_path, capsys):
     # the numbers a run really used
     import torch
 
-    (split,) = [p for p in (tmp_path / "runs").rglob("split.pt") if "-2x-epochs-" not in str(p)]  # not the twin
+    import json
+
+    (split,) = [p for p in (tmp_path / "runs").rglob("split.pt")  # not the convergence twin (2 epochs)
+                if json.loads((p.parent / "config.json").read_text())["train"]["epochs"] == 1]
     saved = torch.load(split)
     assert len(saved["val"]) == 4 and len(saved["train"]) == 36
     # without sizes (tests of the renderer), the config's numbers
