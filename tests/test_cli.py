@@ -103,7 +103,7 @@ def test_only_headline_plans_the_headline_artifacts_and_their_convergence_twins(
     assert code == 0
     listed = {line.split()[1].split("/")[0] for line in out.splitlines() if line.strip().startswith("missing")}
     assert listed == {"imta", "glancenet", "dgate", "biasloss", "dcp"}  # not the study
-    twins = {line.strip() for line in out.splitlines() if "resnet101-backbone-s" in line and "20 ep]" in line}
-    assert len(twins) == 1 and "-s0-" in twins.pop()  # d-gates' backbone twin (table1's and fig4's): seed 0 only
+    twins = {line.strip() for line in out.splitlines() if "resnet101-backbone-s" in line and "40 ep]" in line}
+    assert len(twins) == 1 and "-s0-" in twins.pop()  # d-gates' backbone twin (table1's and fig4's, 2 x 20 epochs): seed 0 only
     code, _, err = _exit(["all", "--only", "headlines", "--dry-run"], capsys)
     assert code != 0 and "choose one of: table, figure, headline" in err
