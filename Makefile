@@ -46,8 +46,21 @@ data: install
 # test trains its own). The fast inner loop without the end-to-end tests: pytest -m "not slow".
 SMOKE_RUNS ?= runs
 
+# TEST_JOBS=2 (the default): the slow tests (smoke end to end, training itself) and the fast ones run
+# side by side, one process each (each trains at one thread), the slow ones' report printed after the
+# fast ones'; TEST_JOBS=1: one `pytest -q`.  Exits non-zero if either fails.
+TEST_JOBS ?= 2
+TEST_ENV   = REPRO_SMOKE_RUNS=$(if $(SMOKE_RUNS),$(abspath $(SMOKE_RUNS)))
 test: install data
-	REPRO_SMOKE_RUNS=$(if $(SMOKE_RUNS),$(abspath $(SMOKE_RUNS))) $(BIN)/python -m pytest -q
+ifeq ($(TEST_JOBS),1)
+	$(TEST_ENV) $(BIN)/python -m pytest -q
+else
+	@tmp=$$(mktemp -d); \
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow -p no:cacheprovider --basetemp $$tmp/slow > $$tmp/slow.log 2>&1 & slow=$$!; \
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider --basetemp $$tmp/fast; fast=$$?; \
+	wait $$slow; rc=$$?; echo "---- the slow tests (pytest -m slow), run alongside:"; cat $$tmp/slow.log; rm -rf $$tmp; \
+	[ $$fast -eq 0 ] && [ $$rc -eq 0 ]
+endif
 
 # One seed of IMTA's table2 into demo/ (git-ignored), never over the committed three-seed tables/quick/.
 DEMO_DIR ?= demo
