@@ -789,7 +789,9 @@ def claim(name: str, evidence, paper: float | None = None, sign: int | None = No
     line, v = stats.claim_line(name, g, paper, sign, level, scale)
     if scale == "smoke":  # a pipeline check: no verdict, whatever the numbers
         v = stats.Verdict("", v.lo, v.hi, v.level, "smoke scale", v.detectable)
-    elif ctx is not None and ctx.convergence is not None and not ctx.convergence.converged and g.kind != "fixed":
+    why = ""
+    if (scale != "smoke" and ctx is not None and ctx.convergence is not None and not ctx.convergence.converged
+            and g.kind != "fixed"):
         # an unconverged protocol: no verdict, whatever its numbers (docs/calibration.md)
         why = "not converged" if "converged" in ctx.convergence.reason else "convergence not tested"
         v = stats.Verdict("", v.lo, v.hi, v.level, why, v.detectable)
@@ -803,6 +805,8 @@ def claim(name: str, evidence, paper: float | None = None, sign: int | None = No
                 line += f"; uses outlying seed {seeds}"
             else:
                 alt_line, _ = stats.claim_line("", alt, paper, sign, level, scale)
+                if why:  # the protocol withholds that verdict too
+                    alt_line = _without_verdict(alt_line) + f" (no verdict: {why})"
                 line += f"; uses outlying seed {seeds} (without it, {alt.seeds} seeds:{alt_line[1:]})"
     if ctx is not None:
         ctx.verdicts.append((name, g, paper, sign, v, headline, line))

@@ -196,3 +196,17 @@ def test_a_channels_last_run_is_its_own_run_and_resumes_bit_identical(tmp_path, 
     monkeypatch.setattr(T, "fit", real_fit)
     d = train(tmp_path / "d", cl)
     assert all(torch.equal(a[k], d[k]) for k in a)
+
+
+def test_an_outlying_seeds_alternative_verdict_is_withheld_too_when_unconverged():
+    """The line's "without it" verdict (an outlying seed left out) follows the same rule: no
+    reproduced/contradicted on an unconverged protocol, anywhere in the line."""
+    a = torch.tensor([[1.0] * 50 + [0.0] * 50] * 4)
+    b = torch.tensor([[1.0] * 30 + [0.0] * 70] * 4)  # a clear gap of +20 points at every seed
+    g = stats.gap_evidence(a, b, arms=(("x",), ("y",)))
+    check = convergence.Check("baseline not converged: x changes +0.50 points", ())
+    with building(Request(scale="quick", seeds=4), convergence=check, outliers=[("x", 1, 10.0, 80.0)]) as ctx:
+        line = claim("gain", g, paper=5.0)
+    assert "uses outlying seed 1 (without it, 3 seeds:" in line
+    assert "reproduced" not in line and line.count("(no verdict: not converged)") == 2
+    assert ctx.verdicts[0][4].word == ""
