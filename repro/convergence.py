@@ -41,11 +41,12 @@ def twins(artifact, request) -> dict:
     return {b: twin(resolve(named[b], replace(request, seeds=1))[0]) for b in artifact.baselines}
 
 
-def exit_top1(run) -> list[float] | None:
+def exit_top1(run, out: dict | None = None) -> list[float] | None:
     """A finished run's validation top-1 (%) at every exit, from outputs.pt's ``val_logits``
-    (exits x N x C, or N x C) or ``val_preds`` (exits x N, or N); None without either."""
+    (exits x N x C, or N x C) or ``val_preds`` (exits x N, or N), or from ``out`` (its outputs,
+    already loaded); None without either."""
     try:
-        out = run.outputs()
+        out = run.outputs() if out is None else out
         labels = out["val_labels"]
         if "val_logits" in out:
             preds = out["val_logits"].argmax(-1)

@@ -478,20 +478,19 @@ def run_artifact(paper_name: str, artifact_name: str, request: Request, settings
 
 def validation_top1(run: Run) -> tuple[float, int] | None:
     """A finished run's validation top-1 (%) at its last exit and its class count, from its outputs
-    (``val_logits``, or ``val_preds`` with the count from the labels, and ``val_labels``); None where
-    it saved none."""
+    (:func:`repro.convergence.exit_top1`: ``val_logits`` or ``val_preds``; the class count from the
+    logits, else from the labels); None where it saved none."""
+    from repro.convergence import exit_top1
+
     try:
         out = run.outputs()
-        labels = out["val_labels"]
-        if "val_logits" in out:
-            logits = out["val_logits"]
-            preds, classes = (logits[-1] if logits.dim() == 3 else logits).argmax(-1), int(logits.shape[-1])
-        else:  # runs that keep only predictions (d-gates): the class count from the labels
-            preds = out["val_preds"]
-            preds, classes = (preds[-1] if preds.dim() == 2 else preds), int(labels.max()) + 1
-    except Exception:  # no outputs, or none on validation: nothing to compare
+    except Exception:  # no outputs: nothing to compare
         return None
-    return float((preds == labels).double().mean() * 100), classes
+    top1 = exit_top1(run, out)
+    if top1 is None:
+        return None
+    classes = int(out["val_logits"].shape[-1]) if "val_logits" in out else int(out["val_labels"].max()) + 1
+    return top1[-1], classes
 
 
 def outlying_seeds(named: dict, request: Request, settings: Settings) -> list[tuple[str, int, float, float]]:
